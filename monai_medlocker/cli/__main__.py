@@ -1,0 +1,5 @@
+import sys
+
+from monai_medlocker.cli import main
+
+sys.exit(main())
