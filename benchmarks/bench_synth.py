@@ -1,0 +1,110 @@
+"""Synthetic fundus lab throughput on one CPU core.
+
+    python benchmarks/bench_synth.py --size 512 --n 50 --out benchmarks/results/synth.json
+
+Times ``synthesize_fundus`` (image, masks and grade in memory; grades cycle 0..4) single-threaded and
+pinned to one core, and, unless ``--no-io``, ``generate_dataset`` end to end (PNG encoding included) into
+a temporary folder. Writes a JSON record and prints the images/s figure.
+"""
+
+from __future__ import annotations
+
+import os
+
+# One core, one thread: set before numpy (and its BLAS/OpenMP pools) is imported.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+             "VECLIB_MAXIMUM_THREADS"):
+    os.environ[_var] = "1"
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from datetime import datetime, timezone  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from monai_medlocker.data.synthetic import generate_dataset, synthesize_fundus  # noqa: E402
+
+
+def pin_to_one_core() -> int | None:
+    """Restrict this process to a single CPU (Linux); returns the CPU id, or None where unsupported."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    cpu = min(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpu})
+    return cpu
+
+
+def bench_memory(size: int, n: int, seed: int) -> list[float]:
+    synthesize_fundus(size, seed=seed + 10_000, grade=3)  # warm-up: caches, lazy imports
+    times = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        synthesize_fundus(size, seed=seed + i, grade=i % 5)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def bench_dataset(size: int, n: int, seed: int) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        generate_dataset(Path(tmp) / "lab", n=n, size=size, seed=seed, progress=False)
+        return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--n", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-io", action="store_true", help="skip the generate_dataset (PNG writing) figure")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "synth.json")
+    args = parser.parse_args(argv)
+    if args.n < 1:
+        parser.error(f"--n must be >= 1, got {args.n}")
+
+    cpu = pin_to_one_core()
+    times = bench_memory(args.size, args.n, args.seed)
+    total = sum(times)
+    record = {
+        "benchmark": "synthetic fundus lab throughput (synthesize_fundus, grades 0..4 in turn)",
+        "size": args.size,
+        "n": args.n,
+        "images_per_s": round(args.n / total, 2),
+        "median_s_per_image": round(statistics.median(times), 4),
+        "p90_s_per_image": round(float(np.percentile(times, 90)), 4),
+        "threads": 1,
+        "pinned_cpu": cpu,
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "cpu_count": os.cpu_count(),
+        },
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if not args.no_io:
+        elapsed = bench_dataset(args.size, args.n, args.seed)
+        record["dataset_images_per_s"] = round(args.n / elapsed, 2)  # with PNG image + 4 mask files per image
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    line = (f"synthesize_fundus @ {args.size} px, 1 core: {record['images_per_s']} images/s "
+            f"(median {record['median_s_per_image'] * 1000:.1f} ms/image, n={args.n})")
+    if "dataset_images_per_s" in record:
+        line += f"; generate_dataset with PNG writing: {record['dataset_images_per_s']} images/s"
+    print(line)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
