@@ -1,0 +1,140 @@
+"""PNG/JPEG fundus images in, lossless PNG out.
+
+MONAI's ``LoadImage`` with the PIL reader returns W x H arrays; the watermark geometry is
+easier to keep right in row-major H x W, so this module reads with Pillow directly and hands
+MONAI a channel-first MetaTensor whose meta records the source file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Hashable, Mapping
+
+import numpy as np
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, Transform
+from monai.utils import TransformBackends
+from PIL import Image, UnidentifiedImageError
+
+__all__ = [
+    "ImageReadError",
+    "load_rgb",
+    "load_mask",
+    "save_png",
+    "atomic_write_bytes",
+    "LoadFundusImage",
+    "LoadFundusImaged",
+]
+
+SUPPORTED_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+class ImageReadError(ValueError):
+    """An input image that cannot be used; the message names the file and the problem."""
+
+
+def _open(path: Path) -> Image.Image:
+    if not path.is_file():
+        raise ImageReadError(f"{path}: file not found")
+    try:
+        img = Image.open(path)
+        img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ImageReadError(f"{path}: not a readable image ({err})") from err
+    return img
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """Read an 8-bit colour (or grey) image as H x W x 3 uint8.
+
+    Raises:
+        ImageReadError: missing or corrupt file, or a pixel format that is not 8-bit RGB/grey.
+    """
+    path = Path(path)
+    img = _open(path)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        raise ImageReadError(f"{path}: unsupported pixel format {img.mode!r} (expected 8-bit RGB or greyscale)")
+    if img.mode not in ("RGB", "RGBA", "L", "LA", "P", "CMYK", "YCbCr"):
+        raise ImageReadError(f"{path}: unsupported pixel format {img.mode!r} (expected 8-bit RGB or greyscale)")
+    arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    if arr.shape[0] < 16 or arr.shape[1] < 16:
+        raise ImageReadError(f"{path}: image of {arr.shape[1]}x{arr.shape[0]} px is too small to be a fundus photograph")
+    return arr
+
+
+def load_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a binary mask (non-zero = set) as H x W bool; a size mismatch is an error, never resized."""
+    path = Path(path)
+    arr = np.asarray(_open(path).convert("L"))
+    if shape is not None and arr.shape != tuple(shape):
+        raise ImageReadError(f"{path}: mask is {arr.shape[1]}x{arr.shape[0]} px but the image is {shape[1]}x{shape[0]} px")
+    return arr > 0
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, mode: int | None = None) -> None:
+    """Write to a temporary file in the same folder, then rename: no half-written outputs.
+
+    Args:
+        mode: file permissions; ``None`` gives the usual umask-based ones (mkstemp alone makes 0600).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        if mode is None:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_png(path: str | Path, image: np.ndarray, text: Mapping[str, str] | None = None) -> None:
+    """Save H x W x 3 (or H x W) uint8 as a lossless PNG, atomically, with optional text chunks."""
+    from PIL import PngImagePlugin
+
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"save_png expects uint8 pixels, got {arr.dtype} for {path}")
+    info = PngImagePlugin.PngInfo()
+    for key, value in (text or {}).items():
+        info.add_itxt(key, value)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG", pnginfo=info)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+class LoadFundusImage(Transform):
+    """Load a PNG/JPEG fundus image as a 3 x H x W uint8 MetaTensor (meta: ``filename_or_obj``)."""
+
+    backend = [TransformBackends.NUMPY, TransformBackends.TORCH]
+
+    def __call__(self, filename: str | Path) -> MetaTensor:
+        arr = load_rgb(filename)
+        meta = {"filename_or_obj": str(filename), "spatial_shape": np.array(arr.shape[:2]), "original_channel_dim": 0}
+        return MetaTensor(np.ascontiguousarray(arr.transpose(2, 0, 1)), meta=meta)
+
+
+class LoadFundusImaged(MapTransform):
+    """Dictionary wrapper of :class:`LoadFundusImage`."""
+
+    backend = LoadFundusImage.backend
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.loader = LoadFundusImage()
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.loader(d[key])
+        return d

@@ -1,0 +1,181 @@
+"""Map network names to MONAI 2D classifiers with 3 input channels and N classes.
+
+Every network is built without pretrained weights: nothing can be downloaded here, and the
+surrogates are trained on the synthetic fundus lab (or on a user's own data).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from monai.networks.nets import DenseNet, DenseNet121, EfficientNetBN, ResNet, SEResNet50, ViT
+
+__all__ = ["NETWORK_NAMES", "ModelSpec", "Surrogate", "get_network", "model_spec", "load_classifier", "load_surrogate"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a classifier expects: its input size and intensity normalisation (on [0, 1] RGB)."""
+
+    name: str
+    input_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    extra: dict = field(default_factory=dict)
+
+
+class _ViTClassifier(torch.nn.Module):
+    """MONAI's ViT returns (logits, hidden_states); surrogates must return logits only."""
+
+    def __init__(self, num_classes: int, input_size: int):
+        super().__init__()
+        self.vit = ViT(
+            in_channels=3,
+            img_size=(input_size, input_size),
+            patch_size=(16, 16),
+            hidden_size=192,
+            mlp_dim=768,
+            num_layers=6,
+            num_heads=3,
+            classification=True,
+            num_classes=num_classes,
+            spatial_dims=2,
+            post_activation="none",
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vit(x)[0]
+
+
+def _resnet_tiny(num_classes: int, input_size: int) -> torch.nn.Module:
+    # The CPU default: a 4-stage basic-block ResNet with a strided stem (about 0.3 M parameters).
+    return ResNet(
+        "basic", [1, 1, 1, 1], [16, 32, 64, 128], spatial_dims=2, n_input_channels=3,
+        conv1_t_stride=2, num_classes=num_classes,
+    )
+
+
+def _densenet_tiny(num_classes: int, input_size: int) -> torch.nn.Module:
+    return DenseNet(2, 3, num_classes, init_features=16, growth_rate=12, block_config=(2, 4, 6, 4))
+
+
+def _resnet(layers: list[int], block: str) -> Callable[[int, int], torch.nn.Module]:
+    def build(num_classes: int, input_size: int) -> torch.nn.Module:
+        return ResNet(
+            block, layers, [64, 128, 256, 512], spatial_dims=2, n_input_channels=3,
+            conv1_t_size=7, conv1_t_stride=2, num_classes=num_classes,
+        )
+
+    return build
+
+
+_BUILDERS: dict[str, Callable[[int, int], torch.nn.Module]] = {
+    "resnet-tiny": _resnet_tiny,
+    "densenet-tiny": _densenet_tiny,
+    "resnet18": _resnet([2, 2, 2, 2], "basic"),
+    "resnet50": _resnet([3, 4, 6, 3], "bottleneck"),
+    "densenet121": lambda n, s: DenseNet121(spatial_dims=2, in_channels=3, out_channels=n),
+    "seresnet50": lambda n, s: SEResNet50(spatial_dims=2, in_channels=3, num_classes=n, pretrained=False),
+    "efficientnet-b0": lambda n, s: EfficientNetBN(
+        "efficientnet-b0", pretrained=False, spatial_dims=2, in_channels=3, num_classes=n
+    ),
+    "vit": lambda n, s: _ViTClassifier(n, s),
+}
+
+NETWORK_NAMES: tuple[str, ...] = tuple(_BUILDERS)
+
+
+def model_spec(name: str, input_size: int = 224) -> ModelSpec:
+    """The preprocessing contract of a named network."""
+    _check_name(name)
+    if input_size < 32:
+        raise ValueError(f"input_size must be >= 32 px, got {input_size}.")
+    if name == "vit" and input_size % 16:
+        raise ValueError(f"vit needs an input_size divisible by its 16 px patches, got {input_size}.")
+    return ModelSpec(name=name, input_size=input_size)
+
+
+def get_network(name: str = "resnet-tiny", num_classes: int = 5, input_size: int = 224) -> torch.nn.Module:
+    """Build a named 2D classifier with 3 input channels and ``num_classes`` outputs.
+
+    Args:
+        name: one of ``NETWORK_NAMES``; ``resnet-tiny`` is the small fast CPU default.
+        num_classes: number of output logits (5 for ICDR grades 0-4).
+        input_size: side of the square model input (used by size-dependent networks such as ViT).
+
+    Raises:
+        ValueError: an unknown name or a number of classes below 2.
+    """
+    model_spec(name, input_size)
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
+    return _BUILDERS[name](num_classes, input_size)
+
+
+def load_classifier(
+    checkpoint: str | Path, name: str = "resnet-tiny", num_classes: int = 5, input_size: int = 224
+) -> torch.nn.Module:
+    """Build a network and load a plain state_dict checkpoint (``weights_only=True``), in eval mode.
+
+    Raises:
+        FileNotFoundError: the checkpoint does not exist.
+        ValueError: the checkpoint does not fit the network (wrong architecture or class count).
+    """
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"model checkpoint not found: {path}")
+    net = get_network(name, num_classes, input_size)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(
+            f"checkpoint {path} does not fit network {name!r} with {num_classes} classes: {str(err).splitlines()[0]}"
+        ) from err
+    return net.eval()
+
+
+def _check_name(name: str) -> None:
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown network {name!r}; expected one of {', '.join(NETWORK_NAMES)}.")
+
+
+@dataclass
+class Surrogate:
+    """A classifier in eval mode plus its preprocessing contract: what the optimizers attack."""
+
+    network: torch.nn.Module
+    spec: ModelSpec
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.network, torch.nn.Module):
+            raise TypeError(f"Surrogate.network must be a torch.nn.Module, got {type(self.network).__name__}.")
+        if not isinstance(self.spec, ModelSpec):
+            raise TypeError(f"Surrogate.spec must be a ModelSpec, got {type(self.spec).__name__}.")
+        # BatchNorm/dropout in train mode would make every prediction wrong in a different way.
+        self.network.eval()
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @classmethod
+    def from_checkpoint(
+        cls, checkpoint: str | Path, name: str = "resnet-tiny", num_classes: int = 5, input_size: int = 224
+    ) -> "Surrogate":
+        return cls(load_classifier(checkpoint, name, num_classes, input_size), model_spec(name, input_size))
+
+
+def load_surrogate(
+    checkpoint: str | Path, name: str = "resnet-tiny", num_classes: int = 5, input_size: int = 224
+) -> Surrogate:
+    """A :class:`Surrogate` from a named network and a plain state_dict checkpoint (for bundle configs)."""
+    return Surrogate.from_checkpoint(checkpoint, name, num_classes, input_size)

@@ -1,0 +1,31 @@
+"""Training/evaluation workflow pieces: DR grading metrics and the MONAI handlers that report them."""
+
+from monai_medlocker.workflows.handlers import (
+    ClassificationReportHandler,
+    QuadraticKappa,
+    format_report,
+    write_json_atomic,
+)
+from monai_medlocker.workflows.metrics import (
+    REFERABLE_GRADE,
+    classification_report,
+    confusion_matrix,
+    multiclass_auc,
+    per_class_accuracy,
+    quadratic_weighted_kappa,
+    referable_metrics,
+)
+
+__all__ = [
+    "REFERABLE_GRADE",
+    "ClassificationReportHandler",
+    "QuadraticKappa",
+    "classification_report",
+    "confusion_matrix",
+    "format_report",
+    "multiclass_auc",
+    "per_class_accuracy",
+    "quadratic_weighted_kappa",
+    "referable_metrics",
+    "write_json_atomic",
+]
