@@ -1,0 +1,156 @@
+"""Array transforms: ``LesionBBoxMask`` (lesion masks -> WSM) and ``AdversarialWatermark``.
+
+Both take channel-first images like MONAI (C x H x W), accept numpy arrays, torch tensors and
+MetaTensors, and keep MetaTensor meta. ``AdversarialWatermark`` writes its parameter record to
+``meta["medlocker"]`` (and keeps the last one on ``last_record`` for plain arrays).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from monai.config import NdarrayOrTensor
+from monai.data import MetaTensor
+from monai.transforms import Transform
+from monai.utils import TransformBackends
+from monai.utils.type_conversion import convert_to_dst_type, convert_to_numpy
+
+from monai_medlocker.lesions import lesion_bboxes, wsm_from_boxes
+from monai_medlocker.networks import Surrogate
+from monai_medlocker.watermark.engine import watermark_image
+from monai_medlocker.watermark.feasibility import NoFeasiblePlacementError
+from monai_medlocker.watermark.logo import load_logo, logo_sha256
+from monai_medlocker.watermark.optimizers import WatermarkOptimizer, get_optimizer
+from monai_medlocker.watermark.problem import SearchSpace
+
+__all__ = ["LesionBBoxMask", "AdversarialWatermark"]
+
+
+def _with_meta(out: NdarrayOrTensor, src: NdarrayOrTensor, extra: dict) -> NdarrayOrTensor:
+    """Return ``out`` in the type of ``src``; a MetaTensor keeps the source meta plus ``extra``."""
+    if isinstance(src, MetaTensor):
+        meta = dict(src.meta)
+        meta.update(extra)
+        return MetaTensor(torch.as_tensor(out), meta=meta, applied_operations=list(src.applied_operations))
+    return convert_to_dst_type(out, src)[0]
+
+
+class LesionBBoxMask(Transform):
+    """Turn lesion masks or probability maps into the WSM, the forbidden region of the watermark.
+
+    The WSM is the union of the bounding boxes of the lesion components (8-connected, per
+    channel), each grown by a margin. Boxes go into the meta as ``wsm_boxes`` (MONAI xyxy,
+    end-exclusive) with ``wsm_box_channels``.
+
+    Args:
+        threshold: probability threshold for float maps (bool/integer masks use non-zero).
+        min_size: drop components smaller than this many pixels.
+        margin: margin in pixels added on every side of each box.
+        margin_fraction: extra margin as a fraction of the image's shorter side.
+
+    Returns:
+        a 1 x H x W boolean mask (True = forbidden), same container type as the input.
+    """
+
+    backend = [TransformBackends.NUMPY, TransformBackends.TORCH]
+
+    def __init__(self, threshold: float = 0.5, min_size: int = 1, margin: int = 0, margin_fraction: float = 0.0) -> None:
+        lesion_bboxes(np.zeros((1, 1, 1), bool), threshold, min_size, margin, margin_fraction)  # validates
+        self.threshold = threshold
+        self.min_size = min_size
+        self.margin = margin
+        self.margin_fraction = margin_fraction
+
+    def boxes(self, mask: NdarrayOrTensor) -> tuple[np.ndarray, np.ndarray]:
+        return lesion_bboxes(convert_to_numpy(mask), self.threshold, self.min_size, self.margin, self.margin_fraction)
+
+    def __call__(self, mask: NdarrayOrTensor) -> NdarrayOrTensor:
+        boxes, channels = self.boxes(mask)
+        wsm = wsm_from_boxes(boxes, tuple(mask.shape[1:]))[None]
+        extra = {"wsm_boxes": boxes.tolist(), "wsm_box_channels": channels.tolist()}
+        if isinstance(mask, torch.Tensor) and not isinstance(mask, MetaTensor):
+            return torch.as_tensor(wsm, device=mask.device)
+        return _with_meta(wsm, mask, extra)
+
+
+class AdversarialWatermark(Transform):
+    """Stamp the owner's logo where it makes the surrogate classifier(s) mispredict, off the WSM.
+
+    Args:
+        surrogates: a :class:`~monai_medlocker.networks.Surrogate` or a list of them (an ensemble:
+            success then means every one mispredicts).
+        logo: RGBA logo array or path; ``None`` uses the shipped owner logo.
+        optimizer: ``"medlocker"`` (default), ``"bhe"``, ``"random"`` or an optimizer instance.
+        optimizer_kwargs: settings for a named optimizer (e.g. ``confidence``).
+        search_space: a :class:`SearchSpace`, a dict of its fields, ``"paper"`` (position and
+            alpha only, as in MedLocker) or ``"full"``/``None`` (default space).
+        max_queries: query budget per mark; ``None`` keeps the optimizer's default.
+        seed: seed of the search; ``__call__`` may override it per image.
+        on_infeasible: ``"raise"`` (``NoFeasiblePlacementError``) or ``"skip"`` (return the image
+            unchanged with ``protected: False`` and the reason in the record).
+        batch_size: candidates per forward pass.
+    """
+
+    backend = [TransformBackends.NUMPY, TransformBackends.TORCH]
+
+    def __init__(
+        self,
+        surrogates: Surrogate | Sequence[Surrogate],
+        logo: np.ndarray | str | Path | None = None,
+        optimizer: str | WatermarkOptimizer = "medlocker",
+        optimizer_kwargs: dict | None = None,
+        search_space: SearchSpace | dict | str | None = None,
+        max_queries: int | None = None,
+        seed: int = 0,
+        on_infeasible: str = "raise",
+        batch_size: int = 32,
+    ) -> None:
+        self.surrogates = [surrogates] if isinstance(surrogates, Surrogate) else list(surrogates)
+        if not self.surrogates or not all(isinstance(s, Surrogate) for s in self.surrogates):
+            raise TypeError("surrogates must be a Surrogate or a non-empty list of Surrogate objects.")
+        self.logo = logo if isinstance(logo, np.ndarray) else load_logo(logo)
+        if self.logo.ndim != 3 or self.logo.shape[2] != 4 or self.logo.dtype != np.uint8:
+            raise ValueError(f"logo must be an h x w x 4 uint8 RGBA array, got {self.logo.shape} {self.logo.dtype}.")
+        kwargs = dict(optimizer_kwargs or {})
+        if max_queries is not None:
+            kwargs["max_queries"] = max_queries
+        self.optimizer = get_optimizer(optimizer, **kwargs)
+        self.search_space = SearchSpace.from_config(search_space)
+        if on_infeasible not in ("raise", "skip"):
+            raise ValueError(f"on_infeasible must be 'raise' or 'skip', got {on_infeasible!r}.")
+        self.on_infeasible = on_infeasible
+        self.seed = int(seed)
+        self.batch_size = int(batch_size)
+        self.last_record: dict | None = None
+
+    def __call__(
+        self, img: NdarrayOrTensor, wsm: NdarrayOrTensor, label: int | None = None, seed: int | None = None
+    ) -> NdarrayOrTensor:
+        arr = convert_to_numpy(img)
+        if arr.ndim != 3 or arr.shape[0] != 3:
+            raise ValueError(f"AdversarialWatermark expects a 3 x H x W RGB image, got shape {arr.shape}.")
+        forbidden = convert_to_numpy(wsm).astype(bool)
+        if forbidden.ndim == 3:
+            forbidden = forbidden.any(0)
+        if forbidden.shape != arr.shape[1:]:
+            raise ValueError(f"WSM of shape {forbidden.shape} does not match the image's {arr.shape[1:]}.")
+        hwc = np.ascontiguousarray(arr.transpose(1, 2, 0))
+        if label is not None:
+            label = int(convert_to_numpy(label).reshape(-1)[0]) if not isinstance(label, int) else label
+        try:
+            out, record = watermark_image(
+                hwc, forbidden, self.surrogates, self.logo, self.optimizer, self.search_space,
+                label=label, seed=self.seed if seed is None else int(seed), batch_size=self.batch_size,
+            )
+        except NoFeasiblePlacementError as err:
+            if self.on_infeasible == "raise":
+                raise
+            out, record = hwc, {
+                "protected": False, "success": False, "reason": str(err), "logo_sha256": logo_sha256(self.logo),
+                "optimizer": self.optimizer.name, "image_size": list(hwc.shape[:2]),
+            }
+        self.last_record = record
+        return _with_meta(np.ascontiguousarray(out.transpose(2, 0, 1)), img, {"medlocker": record})

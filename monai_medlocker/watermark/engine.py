@@ -1,0 +1,153 @@
+"""``watermark_image``: the one implementation of "find a placement, composite, verify".
+
+The transforms, the protect workflow and the benchmark all call it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from monai_medlocker import __version__
+from monai_medlocker.networks import Surrogate, preprocess_for_model
+from monai_medlocker.watermark.blend import Placement, composite
+from monai_medlocker.watermark.feasibility import NoFeasiblePlacementError
+from monai_medlocker.watermark.logo import logo_sha256
+from monai_medlocker.watermark.optimizers import WatermarkOptimizer
+from monai_medlocker.watermark.problem import AttackProblem, SearchSpace
+
+__all__ = ["RECORD_FORMAT", "WatermarkInvariantError", "watermark_image", "judge"]
+
+RECORD_FORMAT = "medlocker-params/1"
+
+
+class WatermarkInvariantError(RuntimeError):
+    """A composite changed a pixel it must not change (inside the WSM or outside the logo)."""
+
+
+def judge(image: np.ndarray, surrogates: list[Surrogate], label: int, value_max: float = 255.0) -> dict:
+    """Predictions and margins of the final artefact, through each model's own preprocessing.
+
+    This is the success test of DESIGN invariant 2: the full-resolution image (uint8 when the
+    output is uint8) goes through ``preprocess_for_model``, never a float intermediate.
+    """
+    t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
+    if t.dtype != torch.uint8:
+        t = t.float() / value_max
+    preds, margins = [], []
+    with torch.no_grad():
+        for s in surrogates:
+            logits = s.network(preprocess_for_model(t, s.spec))[0]
+            others = logits.clone()
+            others[label] = -torch.inf
+            preds.append(int(logits.argmax()))
+            margins.append(float(logits[label] - others.max()))
+    return {"preds": preds, "margin": max(margins), "model_margins": margins, "success": max(margins) < 0}
+
+
+def _check_invariants(before: np.ndarray, after: np.ndarray, wsm: np.ndarray, marks: list[Placement]) -> int:
+    changed = np.any(before != after, axis=-1)
+    if (changed & wsm).any():
+        raise WatermarkInvariantError(f"{int((changed & wsm).sum())} pixels inside the WSM changed")
+    footprint = np.zeros_like(changed)
+    for p in marks:
+        x0, y0, x1, y1 = p.box_xyxy
+        footprint[y0:y1, x0:x1] = True
+    if (changed & ~footprint).any():
+        raise WatermarkInvariantError(f"{int((changed & ~footprint).sum())} pixels outside the logo boxes changed")
+    return int(changed.sum())
+
+
+def watermark_image(
+    image: np.ndarray,
+    wsm: np.ndarray,
+    surrogates: list[Surrogate],
+    logo: np.ndarray,
+    optimizer: WatermarkOptimizer,
+    space: SearchSpace,
+    label: int | None = None,
+    seed: int = 0,
+    batch_size: int = 32,
+    value_max: float | None = None,
+) -> tuple[np.ndarray, dict]:
+    """Protect one H x W x 3 image: search placements, composite at native size, verify.
+
+    Args:
+        image: H x W x 3 uint8 or float image (floats in 0-1 or 0-255; see ``value_max``).
+        wsm: H x W bool forbidden mask.
+        surrogates: the model(s) to mislead; success means every one mispredicts.
+        logo: RGBA uint8 logo.
+        optimizer: a configured optimizer (its ``max_queries`` is the budget per mark).
+        space: the search space.
+        label: the grade to move away from; ``None`` uses the first surrogate's clean prediction.
+        seed: seed of the search.
+        batch_size: candidates per forward pass.
+        value_max: the image's white level; ``None`` infers 255 for uint8 and for floats above 1.
+
+    Returns:
+        The watermarked image (same dtype and size) and its parameter record.
+
+    Raises:
+        NoFeasiblePlacementError: every placement would touch a lesion box.
+        WatermarkInvariantError: a violated pixel invariant (a bug, never expected).
+    """
+    if value_max is None:
+        value_max = 255.0 if image.dtype == np.uint8 or float(np.max(image)) > 1.0 else 1.0
+    wsm = np.asarray(wsm, dtype=bool)
+    start = time.perf_counter()
+    current, marks, forbidden = image, [], wsm.copy()
+    queries, problem_label, clean = 0, label, None
+    for mark in range(space.n_marks):
+        problem = AttackProblem(
+            current, forbidden, surrogates, logo, space, label=problem_label, value_max=value_max,
+            seed=seed + 7919 * mark, batch_size=batch_size, max_queries=optimizer.max_queries,
+        )
+        if clean is None:
+            clean = {"preds": problem.clean_preds, "margin": float(problem.clean_eval.margins[0])}
+            problem_label = problem.label
+        try:
+            problem.configs
+        except NoFeasiblePlacementError:
+            if mark == 0:
+                queries += problem.queries
+                raise
+            break  # later marks are optional: keep the ones placed
+        placement = optimizer.search(problem)
+        queries += problem.queries
+        if not problem.is_feasible(placement):
+            raise WatermarkInvariantError(f"optimizer {optimizer.name} returned an infeasible placement {placement}")
+        marks.append(placement)
+        current = composite(current, logo, [placement], value_max)
+        x0, y0, x1, y1 = placement.box_xyxy
+        forbidden[y0:y1, x0:x1] = True  # marks never overlap each other
+    changed = _check_invariants(image, current, wsm, marks)
+    final = judge(current, surrogates, problem_label, value_max)
+    height, width = image.shape[:2]
+    record = {
+        "format": RECORD_FORMAT,
+        "software": f"monai-medlocker {__version__}",
+        "protected": True,
+        "success": bool(final["success"]),
+        "image_size": [int(height), int(width)],
+        "dtype": str(image.dtype),
+        "logo_sha256": logo_sha256(logo),
+        "marks": [p.to_record() for p in marks],
+        "box_area_fraction": round(sum(p.width * p.height for p in marks) / (height * width), 6),
+        "changed_pixels": changed,
+        "wsm_pixels": int(wsm.sum()),
+        "optimizer": optimizer.name,
+        "optimizer_settings": optimizer.settings(),
+        "search_space": space.to_record(),
+        "seed": int(seed),
+        "queries": int(queries),
+        "verification_queries": len(surrogates),
+        "models": [{"name": s.spec.name, "input_size": s.spec.input_size} for s in surrogates],
+        "label": int(problem_label),
+        "label_source": "given" if label is not None else "clean_prediction",
+        "clean": clean,
+        "final": {"preds": final["preds"], "margin": final["margin"]},
+        "seconds": round(time.perf_counter() - start, 4),
+    }
+    return current, record

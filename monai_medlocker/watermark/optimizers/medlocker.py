@@ -1,0 +1,219 @@
+"""``medlocker``: our optimizer. First-order screening of every feasible placement, batched checks.
+
+The blend is linear in the logo's opacity, so to first order the change of a pairwise margin
+``m_k = z_label - z_k`` when the logo lands at top-left (u, v) is a pair of 2-D correlations of
+the input gradient g_k with the logo (in the model's input frame, opacity o, logo colours L)::
+
+    dm_k(u, v) ~= sum_c corr(g_k,c, o * L_c)(u, v) - corr(sum_c g_k,c * x_c, o)(u, v)
+
+One forward pass and one backward pass per other class (one query per surrogate) therefore
+predict the margin ``min_k (m_k + dm_k)`` of every position of every scale and rotation at once.
+The best-ranked, mutually distant feasible placements are then checked for real in one batched
+forward pass; the model is re-linearised at the best composite (which already carries the logo)
+and the screen repeats until the margin target is met or the budget is spent.
+
+Without gradients (``gradient=False``), the same loop runs on batched random feasible
+placements refined around the best ones (a simple evolution strategy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from monai_medlocker.watermark.blend import Placement
+from monai_medlocker.watermark.logo import render_logo
+from monai_medlocker.watermark.optimizers.base import WatermarkOptimizer
+from monai_medlocker.watermark.problem import AttackProblem, Linearization, MarkConfig, QueryBudgetExceeded
+
+__all__ = ["MedLockerOptimizer"]
+
+
+class MedLockerOptimizer(WatermarkOptimizer):
+    """Gradient-screened, batch-verified placement search.
+
+    Args:
+        max_queries: query budget per mark (one image through one model = one query).
+        confidence: stop once the combined margin is below ``-confidence``.
+        candidates_per_round: candidates checked per batched forward pass.
+        gradient: use the first-order screen; ``False`` for models without gradients.
+        minimize_alpha: after success, lower the opacity as far as the margin target allows
+            (one more batch of checks; better fidelity, a few more queries).
+        spread: minimum distance between candidates of one round, as a fraction of the logo box.
+    """
+
+    name = "medlocker"
+
+    def __init__(
+        self,
+        max_queries: int | None = 100,
+        confidence: float = 0.0,
+        candidates_per_round: int = 16,
+        gradient: bool = True,
+        minimize_alpha: bool = False,
+        spread: float = 0.25,
+    ) -> None:
+        super().__init__(max_queries=max_queries, confidence=confidence)
+        if candidates_per_round < 1:
+            raise ValueError(f"candidates_per_round must be >= 1, got {candidates_per_round}.")
+        self.candidates_per_round = int(candidates_per_round)
+        self.gradient = bool(gradient)
+        self.minimize_alpha = bool(minimize_alpha)
+        self.spread = float(spread)
+
+    def settings(self) -> dict:
+        return {
+            **super().settings(),
+            "candidates_per_round": self.candidates_per_round,
+            "gradient": self.gradient,
+            "minimize_alpha": self.minimize_alpha,
+            "spread": self.spread,
+        }
+
+    # ------------------------------------------------------------------------------------------
+    def search(self, problem: AttackProblem) -> Placement:
+        tried: set[tuple] = set()
+        try:
+            if self.gradient:
+                self._gradient_search(problem, tried)
+            else:
+                self._free_search(problem, tried)
+            if self.minimize_alpha and problem.best[1] is not None and problem.best[0] < -self.confidence:
+                self._lower_alpha(problem)
+        except QueryBudgetExceeded:
+            pass
+        if problem.best[1] is None:
+            # Budget too small to check anything: fall back to a feasible placement.
+            return problem.random_placement(alpha=problem.space.alpha_range[1])
+        return problem.best[1]
+
+    def _batch(self, problem: AttackProblem) -> int:
+        left = problem.budget_left()
+        per_image = len(problem.surrogates)
+        return self.candidates_per_round if left is None else min(self.candidates_per_round, left // per_image)
+
+    def _gradient_search(self, problem: AttackProblem, tried: set) -> None:
+        per_image = len(problem.surrogates)
+        anchor: Placement | None = None
+        while True:
+            left = problem.budget_left()
+            if left is not None and left < 2 * per_image:
+                return
+            lin = problem.linearize(anchor)
+            if self.done(problem):
+                return
+            k = self._batch(problem)
+            candidates = self._screen(problem, lin, k, tried)
+            if not candidates:
+                return
+            problem.evaluate(candidates)
+            if self.done(problem):
+                return
+            if anchor is problem.best[1]:
+                # The re-linearised screen found nothing better: widen the search with fresh marks.
+                candidates = [problem.random_placement(alpha=problem.space.alpha_range[1]) for _ in range(self._batch(problem))]
+                if candidates:
+                    problem.evaluate(candidates)
+            anchor = problem.best[1]
+
+    def _screen(self, problem: AttackProblem, lin: Linearization, k: int, tried: set) -> list[Placement]:
+        """Rank all feasible placements by their predicted margin; return the best k, spread apart.
+
+        The predicted margin is the smallest over the other classes of the linearised pairwise
+        margin, so a placement may win by pushing the prediction to any wrong grade.
+        """
+        alpha = problem.space.alpha_range[1]
+        grads = lin.grads  # K x 3 x S x S
+        gx = (grads * problem.clean_screen).sum(1, keepdim=True)  # K x 1 x S x S
+        maps = []
+        for cfg in problem.configs:
+            rgb, cov = render_logo(problem.logo, cfg.screen_width, cfg.screen_height, cfg.rotation)
+            opacity = torch.from_numpy(np.minimum(cov, np.float32(alpha)))
+            colour = torch.from_numpy(rgb / np.float32(255.0)).permute(2, 0, 1) * opacity
+            delta = torch.nn.functional.conv2d(grads, colour[None])[:, 0]
+            delta = delta - torch.nn.functional.conv2d(gx, opacity[None, None])[:, 0]
+            pred = (lin.offsets[:, None, None] + delta).min(dim=0).values.numpy().astype(np.float64)
+            pred[~problem.screen_feasible(cfg)] = np.inf
+            maps.append(pred)
+        picked: list[Placement] = []
+        while len(picked) < k:
+            best_i, best_v, best_pos = -1, np.inf, None
+            for i, m in enumerate(maps):
+                j = int(np.argmin(m))
+                if m.flat[j] < best_v:
+                    best_i, best_v, best_pos = i, m.flat[j], np.unravel_index(j, m.shape)
+            if best_i < 0:
+                break
+            cfg = problem.configs[best_i]
+            v, u = best_pos
+            self._suppress(problem, maps, cfg, u, v)
+            x0, y0 = problem.screen_to_native(cfg, u, v)
+            p = problem.placement(cfg, int(x0), int(y0), alpha)
+            key = (p.x0, p.y0, p.width, p.height, p.rotation, round(p.alpha, 4))
+            if key in tried or not problem.is_feasible(p):
+                continue
+            tried.add(key)
+            picked.append(p)
+        return picked
+
+    def _suppress(self, problem: AttackProblem, maps: list[np.ndarray], cfg: MarkConfig, u: int, v: int) -> None:
+        cx, cy = u + cfg.screen_width / 2, v + cfg.screen_height / 2
+        radius = self.spread * max(cfg.screen_width, cfg.screen_height)
+        for other, m in zip(problem.configs, maps):
+            u0 = int(np.floor(cx - other.screen_width / 2 - radius))
+            v0 = int(np.floor(cy - other.screen_height / 2 - radius))
+            u1 = int(np.ceil(cx - other.screen_width / 2 + radius)) + 1
+            v1 = int(np.ceil(cy - other.screen_height / 2 + radius)) + 1
+            m[max(v0, 0) : max(v1, 0), max(u0, 0) : max(u1, 0)] = np.inf
+
+    def _free_search(self, problem: AttackProblem, tried: set) -> None:
+        """Gradient-free: random feasible marks, then Gaussian moves around the best ones."""
+        alpha = problem.space.alpha_range[1]
+        k = self._batch(problem)
+        if k < 1:
+            return
+        population = [problem.random_placement(cfg=problem.configs[i % len(problem.configs)], alpha=alpha) for i in range(k)]
+        margins = problem.evaluate(population).margins
+        step = 0.5
+        while not self.done(problem):
+            k = self._batch(problem)
+            if k < 1:
+                return
+            order = np.argsort(margins)[:3]
+            parents = [population[i] for i in order]
+            children = []
+            for i in range(k):
+                if i % 4 == 3:
+                    children.append(problem.random_placement(alpha=alpha))
+                    continue
+                parent = parents[i % len(parents)]
+                cfg = next(c for c in problem.configs if (c.width, c.height, c.rotation) == (parent.width, parent.height, parent.rotation))
+                if problem.rng.random() < 0.25:
+                    cfg = problem.configs[problem.rng.integers(len(problem.configs))]
+                dx, dy = problem.rng.normal(0, step, 2) * (cfg.width, cfg.height)
+                child = problem.placement(cfg, int(np.clip(parent.x0 + dx, 0, problem.width - cfg.width)),
+                                          int(np.clip(parent.y0 + dy, 0, problem.height - cfg.height)), alpha)
+                children.append(child if problem.is_feasible(child) else problem.random_placement(cfg=cfg, alpha=alpha))
+            pool = parents + children
+            pool_margins = np.concatenate([margins[order], problem.evaluate(children).margins])
+            keep = np.argsort(pool_margins)[: max(k, 3)]
+            population = [pool[i] for i in keep]
+            margins = pool_margins[keep]
+            step = max(0.05, step * 0.7)
+
+    def _lower_alpha(self, problem: AttackProblem) -> None:
+        """Check the winning placement at lower opacities in one batch; keep the faintest that still works."""
+        best = problem.best[1]
+        lo = problem.space.alpha_range[0]
+        alphas = [a for a in np.linspace(lo, best.alpha, 5)[:-1] if a < best.alpha]
+        k = self._batch(problem)
+        if not alphas or k < 1:
+            return
+        candidates = [replace(best, alpha=float(a)) for a in alphas[-k:]]
+        ev = problem.evaluate(candidates)
+        ok = [c for c, m in zip(candidates, ev.margins) if m < -self.confidence]
+        if ok:
+            winner = min(ok, key=lambda c: c.alpha)
+            problem.best = (float(ev.margins[candidates.index(winner)]), winner)

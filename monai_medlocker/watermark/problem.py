@@ -1,0 +1,370 @@
+"""The attack problem that every optimizer solves: one image, its WSM, the surrogates, the logo.
+
+Geometry lives in native pixels. The models see the image through ``preprocess_for_model``;
+the optimizers search in the frame of the first surrogate's input (``S x S``, the "screen
+frame"). Candidate composites are made at native resolution (uint8-rounded when the image is
+uint8) and mapped to the screen frame with the exact separable resize operator, so a 2048 px
+image costs about what a 512 px one does. The transform re-judges the chosen placement on the
+full-size final artefact through ``preprocess_for_model`` (DESIGN invariant 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from functools import cached_property
+
+import numpy as np
+import torch
+
+from monai_medlocker.networks import Surrogate, preprocess_for_model
+from monai_medlocker.watermark.blend import Placement, mark_opacity
+from monai_medlocker.watermark.feasibility import NoFeasiblePlacementError, feasible_top_left
+
+__all__ = ["SearchSpace", "MarkConfig", "AttackProblem", "Evaluation", "Linearization", "resize_matrix"]
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """What an optimizer may vary.
+
+    Attributes:
+        scale_range: the logo box's longest side as a fraction of the image's shorter side.
+        alpha_range: opacity cap range, in (0, 1]; (100/255, 1) is Adv-watermark's [100, 255].
+        rotations: allowed logo rotations in degrees.
+        n_marks: number of logo marks per image (placed one after the other, never overlapping).
+        max_area_fraction: upper bound on one box's area as a fraction of the image area.
+        n_scales: how many scales the searches consider inside ``scale_range``.
+    """
+
+    scale_range: tuple[float, float] = (0.2, 0.3)
+    alpha_range: tuple[float, float] = (100 / 255, 1.0)
+    rotations: tuple[float, ...] = (0.0,)
+    n_marks: int = 1
+    max_area_fraction: float = 0.10
+    n_scales: int = 3
+
+    def __post_init__(self) -> None:
+        lo, hi = self.scale_range
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"scale_range must satisfy 0 < min <= max <= 1, got {self.scale_range}.")
+        a_lo, a_hi = self.alpha_range
+        if not 0 < a_lo <= a_hi <= 1:
+            raise ValueError(f"alpha_range must satisfy 0 < min <= max <= 1, got {self.alpha_range}.")
+        if not self.rotations:
+            raise ValueError("rotations must list at least one angle, got an empty list.")
+        if not isinstance(self.n_marks, int) or self.n_marks < 1:
+            raise ValueError(f"n_marks must be an integer >= 1, got {self.n_marks!r}.")
+        if not 0 < self.max_area_fraction <= 1:
+            raise ValueError(f"max_area_fraction must be in (0, 1], got {self.max_area_fraction}.")
+        if self.n_scales < 1:
+            raise ValueError(f"n_scales must be >= 1, got {self.n_scales}.")
+
+    @classmethod
+    def paper(cls, scale: float = 0.25) -> "SearchSpace":
+        """The MedLocker/Adv-watermark space: position and transparency only, logo at 1/4 of the side."""
+        return cls(scale_range=(scale, scale), alpha_range=(100 / 255, 1.0), rotations=(0.0,), n_marks=1, n_scales=1)
+
+    @classmethod
+    def from_config(cls, cfg: "SearchSpace | dict | str | None") -> "SearchSpace":
+        """Build from a dict (bundle configs), ``"paper"``, ``"full"`` or ``None`` (the default space)."""
+        if isinstance(cfg, SearchSpace):
+            return cfg
+        if cfg is None or cfg == "full":
+            return cls()
+        if cfg == "paper":
+            return cls.paper()
+        if isinstance(cfg, dict):
+            cfg = dict(cfg)
+            mode = cfg.pop("mode", None)
+            if mode == "paper":
+                return cls.paper(**cfg)
+            return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+        raise ValueError(f"search space must be 'paper', 'full', a dict or a SearchSpace, got {cfg!r}.")
+
+    def scales(self) -> list[float]:
+        lo, hi = self.scale_range
+        return [float(s) for s in np.linspace(lo, hi, self.n_scales)] if hi > lo else [float(lo)]
+
+    def to_record(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class MarkConfig:
+    """A (scale, rotation) pair with its box size in native pixels and in the screen frame."""
+
+    scale: float
+    rotation: float
+    height: int
+    width: int
+    screen_height: int
+    screen_width: int
+
+
+@dataclass
+class Evaluation:
+    """Model outputs for a batch of candidates."""
+
+    margins: np.ndarray  # (N,) combined margin: the largest over surrogates (< 0 means success)
+    preds: np.ndarray  # (N, n_models)
+    model_margins: np.ndarray  # (N, n_models)
+    true_logits: np.ndarray  # (N, n_models) logit of the label
+
+    @property
+    def success(self) -> np.ndarray:
+        return self.margins < 0
+
+
+def resize_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """The n_out x n_in matrix of the 1-D antialiased bilinear resize used by ``preprocess_for_model``."""
+    eye = torch.eye(n_in, dtype=torch.float64)[None, None]
+    out = torch.nn.functional.interpolate(eye, size=(n_out, n_in), mode="bilinear", align_corners=False, antialias=True)
+    return out[0, 0].float()
+
+
+def _margins(logits: torch.Tensor, label: int) -> torch.Tensor:
+    others = logits.clone()
+    others[:, label] = -torch.inf
+    return logits[:, label] - others.max(dim=1).values
+
+
+class AttackProblem:
+    """One image to protect: candidate evaluation, gradients, geometry and the query count.
+
+    Args:
+        image: H x W x 3 native image, uint8 or float (0..``value_max``).
+        wsm: H x W bool forbidden mask.
+        surrogates: the model(s); the combined margin is the largest of their margins, so success
+            means that every surrogate mispredicts.
+        logo: RGBA uint8 logo.
+        space: the search space.
+        label: the grade to move away from; ``None`` uses the first surrogate's clean prediction.
+        value_max: white level of the image (255 for uint8 or 0-255 floats, 1 for 0-1 floats).
+        seed: seed of the problem's random generator (used by the optimizers).
+        batch_size: candidates per forward pass.
+        max_queries: query budget; ``None`` for no cap. Evaluation beyond it raises ``QueryBudgetExceeded``.
+    """
+
+    def __init__(
+        self,
+        image: np.ndarray,
+        wsm: np.ndarray,
+        surrogates: list[Surrogate],
+        logo: np.ndarray,
+        space: SearchSpace,
+        label: int | None = None,
+        value_max: float = 255.0,
+        seed: int = 0,
+        batch_size: int = 32,
+        max_queries: int | None = None,
+    ) -> None:
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected an H x W x 3 image, got shape {image.shape}.")
+        if wsm.shape != image.shape[:2]:
+            raise ValueError(f"WSM shape {wsm.shape} does not match the image's {image.shape[:2]}.")
+        if not surrogates:
+            raise ValueError("at least one surrogate model is needed.")
+        self.image = image
+        self.wsm = np.asarray(wsm, dtype=bool)
+        self.surrogates = list(surrogates)
+        self.logo = logo
+        self.space = space
+        self.value_max = float(value_max)
+        self.rng = np.random.default_rng(seed)
+        self.batch_size = int(batch_size)
+        self.max_queries = max_queries
+        self.queries = 0
+        self.height, self.width = image.shape[:2]
+        self.screen_size = self.surrogates[0].spec.input_size
+        self._ry = resize_matrix(self.height, self.screen_size)
+        self._rx = resize_matrix(self.width, self.screen_size)
+        native = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)) / self.value_max
+        self.clean_screen = torch.einsum("sh,hwc,tw->cst", self._ry, native, self._rx)
+        clean = self._forward(self.clean_screen[None])
+        self.clean_preds = [int(c) for c in clean[0].argmax(-1)]
+        self.label = int(self.clean_preds[0] if label is None else label)
+        n_classes = clean.shape[-1]
+        if not 0 <= self.label < n_classes:
+            raise ValueError(f"label {self.label} is outside the model's {n_classes} classes (0..{n_classes - 1}).")
+        self.clean_eval = self._evaluation(clean)
+        self.best: tuple[float, Placement | None] = (float(self.clean_eval.margins[0]), None)
+
+    # ----------------------------------------------------------------------------------- geometry
+    @cached_property
+    def configs(self) -> list[MarkConfig]:
+        """Every (scale, rotation) whose box fits the area cap and has a feasible position."""
+        configs = []
+        short = min(self.height, self.width)
+        for rotation in self.space.rotations:
+            for scale in self.space.scales():
+                h, w = self._box_size(scale, rotation, short)
+                if h * w > self.space.max_area_fraction * self.height * self.width + 1e-9:
+                    continue
+                sh = max(1, round(h * self.screen_size / self.height))
+                sw = max(1, round(w * self.screen_size / self.width))
+                cfg = MarkConfig(float(scale), float(rotation), h, w, sh, sw)
+                if self.native_feasible(cfg).any():
+                    configs.append(cfg)
+        if not configs:
+            raise NoFeasiblePlacementError(
+                f"no feasible logo placement: every box of the allowed sizes ({self.space.scale_range} of the "
+                f"short side, at most {self.space.max_area_fraction:.0%} of the area) touches a lesion box or "
+                f"leaves the {self.width}x{self.height} image"
+            )
+        return configs
+
+    def _box_size(self, scale: float, rotation: float, short: int) -> tuple[int, int]:
+        lh, lw = self.logo.shape[:2]
+        theta = np.deg2rad(rotation)
+        # The rotated logo's bounding box keeps the logo undistorted.
+        rw = abs(lw * np.cos(theta)) + abs(lh * np.sin(theta))
+        rh = abs(lw * np.sin(theta)) + abs(lh * np.cos(theta))
+        side = scale * short
+        f = side / max(rw, rh)
+        return max(1, int(round(rh * f))), max(1, int(round(rw * f)))
+
+    def native_feasible(self, cfg: MarkConfig) -> np.ndarray:
+        key = (cfg.height, cfg.width)
+        cache = self.__dict__.setdefault("_feasible_cache", {})
+        if key not in cache:
+            cache[key] = feasible_top_left(self.wsm, cfg.height, cfg.width)
+        return cache[key]
+
+    def screen_to_native(self, cfg: MarkConfig, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Map screen-frame top-left corners (column u, row v) to native ones, clipped inside the image."""
+        x0 = np.clip(np.rint(np.asarray(u) * self.width / self.screen_size), 0, self.width - cfg.width).astype(int)
+        y0 = np.clip(np.rint(np.asarray(v) * self.height / self.screen_size), 0, self.height - cfg.height).astype(int)
+        return x0, y0
+
+    def screen_feasible(self, cfg: MarkConfig) -> np.ndarray:
+        """Feasibility over screen-frame top-left corners (rows v, columns u)."""
+        key = ("screen", cfg.height, cfg.width, cfg.screen_height, cfg.screen_width)
+        cache = self.__dict__.setdefault("_feasible_cache", {})
+        if key not in cache:
+            nv = self.screen_size - cfg.screen_height + 1
+            nu = self.screen_size - cfg.screen_width + 1
+            x0, _ = self.screen_to_native(cfg, np.arange(nu), np.zeros(nu))
+            _, y0 = self.screen_to_native(cfg, np.zeros(nv), np.arange(nv))
+            cache[key] = self.native_feasible(cfg)[np.ix_(y0, x0)]
+        return cache[key]
+
+    def placement(self, cfg: MarkConfig, x0: int, y0: int, alpha: float) -> Placement:
+        lo, hi = self.space.alpha_range
+        return Placement(int(x0), int(y0), cfg.width, cfg.height, float(np.clip(alpha, lo, hi)), cfg.rotation, cfg.scale)
+
+    def is_feasible(self, p: Placement) -> bool:
+        cfg_ok = 0 <= p.x0 <= self.width - p.width and 0 <= p.y0 <= self.height - p.height
+        return cfg_ok and not self.wsm[p.y0 : p.y0 + p.height, p.x0 : p.x0 + p.width].any()
+
+    def random_placement(self, cfg: MarkConfig | None = None, alpha: float | None = None) -> Placement:
+        """A uniformly random feasible placement (config, position, alpha)."""
+        cfg = cfg or self.configs[self.rng.integers(len(self.configs))]
+        ys, xs = np.nonzero(self.native_feasible(cfg))
+        i = self.rng.integers(len(ys))
+        a = self.rng.uniform(*self.space.alpha_range) if alpha is None else alpha
+        return self.placement(cfg, xs[i], ys[i], a)
+
+    # --------------------------------------------------------------------------------- the models
+    def budget_left(self) -> int | None:
+        if self.max_queries is None:
+            return None
+        return max(0, self.max_queries - self.queries)
+
+    def _count(self, n_images: int) -> None:
+        cost = n_images * len(self.surrogates)
+        if self.max_queries is not None and self.queries + cost > self.max_queries:
+            raise QueryBudgetExceeded(f"query budget of {self.max_queries} exceeded")
+        self.queries += cost
+
+    def screen_image(self, placements: list[Placement]) -> torch.Tensor:
+        """The composite of the given marks, in the screen frame (3 x S x S, [0, 1])."""
+        x = self.clean_screen.clone()
+        for p in placements:
+            x0, y0, x1, y1 = p.box_xyxy
+            region = self.image[y0:y1, x0:x1].astype(np.float32)
+            rgb, opacity = mark_opacity(self.logo, p)
+            a = opacity[..., None]
+            blended = region * (1 - a) + rgb * np.float32(self.value_max / 255.0) * a
+            if self.image.dtype == np.uint8:
+                blended = np.clip(np.rint(blended), 0, 255)
+            delta = torch.from_numpy((blended - region) / np.float32(self.value_max))
+            x += torch.einsum("sh,hwc,tw->cst", self._ry[:, y0:y1], delta, self._rx[:, x0:x1])
+        return x
+
+    def _forward(self, screen: torch.Tensor, grad: bool = False) -> torch.Tensor:
+        """Logits of every surrogate: (N, n_models, n_classes)."""
+        self._count(screen.shape[0])
+        outs = []
+        for s in self.surrogates:
+            chunks = []
+            for start in range(0, screen.shape[0], self.batch_size):
+                with torch.set_grad_enabled(grad):
+                    chunks.append(s.network(preprocess_for_model(screen[start : start + self.batch_size], s.spec)))
+            outs.append(torch.cat(chunks))
+        if len({o.shape[-1] for o in outs}) > 1:
+            counts = ", ".join(f"{s.spec.name}: {o.shape[-1]}" for s, o in zip(self.surrogates, outs))
+            raise ValueError(f"the surrogates of an ensemble must share their classes, got {counts}.")
+        return torch.stack(outs, dim=1)
+
+    def _evaluation(self, logits: torch.Tensor) -> Evaluation:
+        logits = logits.detach()
+        model_margins = torch.stack([_margins(logits[:, m], self.label) for m in range(logits.shape[1])], dim=1)
+        return Evaluation(
+            margins=model_margins.max(dim=1).values.numpy(),
+            preds=logits.argmax(-1).numpy(),
+            model_margins=model_margins.numpy(),
+            true_logits=logits[:, :, self.label].numpy(),
+        )
+
+    def _track(self, candidates: list[Placement], ev: Evaluation) -> None:
+        i = int(np.argmin(ev.margins))
+        if ev.margins[i] < self.best[0] or self.best[1] is None:
+            self.best = (float(ev.margins[i]), candidates[i])
+
+    def evaluate(self, candidates: list[Placement]) -> Evaluation:
+        """Margins of candidate placements; 1 query per image and model."""
+        if not candidates:
+            raise ValueError("evaluate() needs at least one candidate placement.")
+        screens = torch.stack([self.screen_image([p]) for p in candidates])
+        ev = self._evaluation(self._forward(screens))
+        self._track(candidates, ev)
+        return ev
+
+    def linearize(self, placement: Placement | None = None) -> "Linearization":
+        """First-order model of every pairwise margin z_label - z_k around the image with ``placement``.
+
+        One query per surrogate: one forward pass, reused by one backward pass per other class.
+        For an ensemble, each pairwise margin is summed over the surrogates.
+        """
+        base = self.screen_image([placement] if placement else [])
+        x = base.clone().requires_grad_(True)
+        logits = self._forward(x[None], grad=True)
+        z = logits[0].sum(0)  # (n_classes,), summed over surrogates
+        others = [k for k in range(z.shape[0]) if k != self.label]
+        grads = torch.stack([
+            torch.autograd.grad(z[self.label] - z[k], x, retain_graph=i < len(others) - 1)[0]
+            for i, k in enumerate(others)
+        ])
+        margins = (z[self.label] - z[others]).detach()
+        # Predicted margin of a composite X: offsets + g . (X - clean), exact at X = base.
+        offsets = margins - (grads * (base - self.clean_screen)).sum(dim=(1, 2, 3))
+        ev = self._evaluation(logits)
+        if placement is not None:
+            self._track([placement], ev)
+        return Linearization(grads=grads, offsets=offsets, evaluation=ev)
+
+
+@dataclass
+class Linearization:
+    """Gradients (K x 3 x S x S) and offsets (K) of the K pairwise margins, in the screen frame."""
+
+    grads: torch.Tensor
+    offsets: torch.Tensor
+    evaluation: Evaluation
+
+
+class QueryBudgetExceeded(RuntimeError):
+    """An optimizer asked for more model queries than its budget allows."""
+
+
+__all__.append("QueryBudgetExceeded")
