@@ -1,0 +1,236 @@
+"""Lesion sources for the WSM on held-out synthetic images: built-in detector vs trained network vs truth.
+
+    python benchmarks/bench_lesions.py --n 40 --size 1024 --out benchmarks/results/lesions.json
+
+Held-out images are ``synthesize_fundus(size, sample_seed(seed, i), grade=i % 5)`` (grades 0-4 in
+turn; seed 777 is used by no test and no tuning set). The WSM is built exactly as protect builds it
+(``LesionBBoxMask`` with ``inference.json``'s threshold, minimum size and margins). Per lesion type:
+
+* object recall: a ground-truth lesion (8-connected component of its type's mask) counts as
+  found when it lies wholly inside the WSM (whatever channel the box came from);
+* pixel recall: ground-truth lesion pixels inside the WSM;
+* WSM area fraction: of the image and of the field of view, total and per box channel;
+* seconds per image for the lesion source alone (one thread, one core).
+
+``--watermark K`` also protects the first K lesion images with the demo surrogate under the
+ground-truth WSM and under the built-in detector's WSM (same seed, logo, budget) and reports the
+success rates. The real ``skimage.data.retina()`` photograph is run through the built-in detector
+and an overlay of its WSM boxes is saved (``--overlay``) for a person to look at.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from datetime import datetime, timezone  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+from scipy import ndimage  # noqa: E402
+
+from monai_medlocker.data.synthetic import LESION_TYPES, sample_seed, synthesize_fundus  # noqa: E402
+from monai_medlocker.io.image import load_rgb  # noqa: E402
+from monai_medlocker.lesions import detect_lesions, lesion_bboxes, wsm_from_boxes  # noqa: E402
+
+torch.set_num_threads(1)
+_COLOURS = {"MA": (0, 255, 255), "HE": (0, 255, 0), "EX": (255, 255, 0), "SE": (255, 0, 255)}
+
+
+def wsm_settings() -> dict:
+    from monai_medlocker.cli._bundle import bundle_root, parse_bundle_config
+
+    parser = parse_bundle_config("inference.json", bundle_root(), {})
+    return {k: parser.get_parsed_content(k) for k in ("lesion_threshold", "lesion_min_size", "wsm_margin",
+                                                      "wsm_margin_fraction")}
+
+
+def build_wsm(maps: np.ndarray, s: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    boxes, channels = lesion_bboxes(maps, s["lesion_threshold"], s["lesion_min_size"], s["wsm_margin"],
+                                    s["wsm_margin_fraction"])
+    return wsm_from_boxes(boxes, maps.shape[1:]), boxes, channels
+
+
+def score(gt: np.ndarray, wsm: np.ndarray) -> dict:
+    out = {}
+    for c, t in enumerate(LESION_TYPES):
+        labels, n = ndimage.label(gt[c], structure=np.ones((3, 3)))
+        found = 0
+        for i, sl in enumerate(ndimage.find_objects(labels), start=1):
+            found += bool(wsm[sl][labels[sl] == i].all())
+        out[t] = {"objects": int(n), "found": int(found), "pixels": int(gt[c].sum()),
+                  "pixels_covered": int((gt[c] & wsm).sum())}
+    return out
+
+
+def summarise(rows: list[dict]) -> dict:
+    per_type = {}
+    for t in LESION_TYPES:
+        objects = sum(r["score"][t]["objects"] for r in rows)
+        found = sum(r["score"][t]["found"] for r in rows)
+        pixels = sum(r["score"][t]["pixels"] for r in rows)
+        covered = sum(r["score"][t]["pixels_covered"] for r in rows)
+        missed_images = sum(r["score"][t]["found"] < r["score"][t]["objects"] for r in rows)
+        per_type[t] = {
+            "objects": objects, "found": found, "object_recall": round(found / objects, 4) if objects else None,
+            "pixel_recall": round(covered / pixels, 4) if pixels else None, "images_with_a_miss": missed_images,
+            "wsm_area_fraction_of_boxes_from_this_channel": round(statistics.mean(r["area_by_channel"][t] for r in rows), 4),
+        }
+    objects = sum(v["objects"] for v in per_type.values())
+    found = sum(v["found"] for v in per_type.values())
+    secs = sorted(r["seconds"] for r in rows)
+    areas = [r["wsm_area"] for r in rows]
+    return {
+        "per_type": per_type,
+        "object_recall": round(found / objects, 4) if objects else None,
+        "objects": objects,
+        "wsm_area_fraction_mean": round(statistics.mean(areas), 4),
+        "wsm_area_fraction_max": round(max(areas), 4),
+        "wsm_area_fraction_of_fov_mean": round(statistics.mean(r["wsm_area_fov"] for r in rows), 4),
+        "wsm_area_fraction_of_fov_max": round(max(r["wsm_area_fov"] for r in rows), 4),
+        "wsm_area_fraction_mean_by_grade": {
+            str(g): round(statistics.mean(r["wsm_area"] for r in rows if r["grade"] == g), 4)
+            for g in sorted({r["grade"] for r in rows})},
+        "seconds_per_image_median": round(statistics.median(secs), 3),
+        "seconds_per_image_p90": round(secs[min(len(secs) - 1, int(0.9 * len(secs)))], 3),
+        "seconds_per_image_max": round(secs[-1], 3),
+        "low_confidence_images": sum(bool(r.get("warnings")) for r in rows),
+    }
+
+
+def overlay(image: np.ndarray, boxes: np.ndarray, channels: np.ndarray, path: Path, gt_boxes=None) -> None:
+    im = Image.fromarray(image)
+    draw = ImageDraw.Draw(im)
+    for (x0, y0, x1, y1), c in zip(boxes.tolist(), channels.tolist()):
+        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=_COLOURS[LESION_TYPES[c]], width=2)
+    for x0, y0, x1, y1 in ([] if gt_boxes is None else gt_boxes.tolist()):
+        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=(255, 255, 255))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path)
+
+
+def run_watermark(samples, settings, k: int, max_queries: int) -> dict:
+    from monai_medlocker.networks import load_surrogate
+    from monai_medlocker.transforms.array import AdversarialWatermark
+
+    surrogate = load_surrogate(ROOT / "bundle" / "models" / "model.pt", "resnet-tiny", 5, 224)
+    marker = AdversarialWatermark(surrogate, max_queries=max_queries, on_infeasible="skip")
+    result = {}
+    chosen = [s for s in samples if s.grade > 0][:k]
+    for name in ("gt", "builtin"):
+        successes, feasible, queries = 0, 0, []
+        for i, s in enumerate(chosen):
+            gt = np.stack([s.masks[t] for t in LESION_TYPES])
+            maps = gt if name == "gt" else detect_lesions(s.image)[0]
+            wsm, _, _ = build_wsm(maps, settings)
+            marker(s.image.transpose(2, 0, 1), wsm[None], label=s.grade, seed=i)
+            rec = marker.last_record
+            feasible += bool(rec.get("protected"))
+            successes += bool(rec.get("success"))
+            if rec.get("queries") is not None:
+                queries.append(rec["queries"])
+        result[name] = {"images": len(chosen), "protected": feasible, "success_rate": round(successes / len(chosen), 4),
+                        "median_queries": statistics.median(queries) if queries else None}
+    result["max_queries"] = max_queries
+    result["note"] = ("success = the demo surrogate mispredicts the protected image; same images, seeds, logo and "
+                      "budget under both WSMs")
+    return result
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=40)
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--seed", type=int, default=777)
+    ap.add_argument("--checkpoint", default=str(ROOT / "bundle" / "models" / "lesion_segmenter.pt"),
+                    help="trained segmenter (skipped when missing)")
+    ap.add_argument("--network-input-size", type=int, default=256)
+    ap.add_argument("--watermark", type=int, default=0, help="also protect K images under GT vs builtin WSMs")
+    ap.add_argument("--max-queries", type=int, default=300)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lesions.json"))
+    ap.add_argument("--overlay", default=str(ROOT / "benchmarks" / "results" / "lesions_retina_overlay.png"))
+    args = ap.parse_args(argv)
+
+    settings = wsm_settings()
+    sources = {"builtin": lambda img: detect_lesions(img)}
+    if Path(args.checkpoint).is_file():
+        from monai_medlocker.lesions.network import NetworkLesionDetector
+
+        net = NetworkLesionDetector(args.checkpoint, input_size=args.network_input_size)
+        sources["network"] = net
+    rows = {name: [] for name in (*sources, "gt")}
+    samples = []
+    for i in range(args.n):
+        s = synthesize_fundus(args.size, sample_seed(args.seed, i), grade=i % 5)
+        samples.append(s)
+        gt = np.stack([s.masks[t] for t in LESION_TYPES])
+        fov = s.image.max(axis=-1) > 0
+        for name, fn in (*sources.items(), ("gt", None)):
+            t0 = time.perf_counter()
+            maps, report = (gt, None) if fn is None else fn(s.image)
+            seconds = time.perf_counter() - t0
+            wsm, boxes, channels = build_wsm(maps, settings)
+            rows[name].append({
+                "grade": s.grade, "seconds": seconds, "score": score(gt, wsm), "wsm_area": float(wsm.mean()),
+                "wsm_area_fov": float((wsm & fov).sum() / fov.sum()),
+                "area_by_channel": {t: float(wsm_from_boxes(boxes[channels == c], wsm.shape).mean())
+                                    for c, t in enumerate(LESION_TYPES)},
+                "warnings": (report or {}).get("warnings"),
+            })
+        print(f"{i + 1}/{args.n} grade {s.grade}: " + "  ".join(
+            f"{n} found {sum(r['found'] for r in rows[n][-1]['score'].values())}/"
+            f"{sum(r['objects'] for r in rows[n][-1]['score'].values())} area {rows[n][-1]['wsm_area']:.3f}"
+            for n in rows), file=sys.stderr, flush=True)
+
+    result = {
+        "benchmark": "lesion sources for the WSM (object recall = GT lesion wholly inside the WSM)",
+        "command": "python benchmarks/bench_lesions.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "threads": 1},
+        "images": {"n": args.n, "size": args.size, "seed": args.seed, "grades": "i % 5 (0-4 in turn)"},
+        "wsm_settings": settings,
+        "targets": {"object_recall": ">= 0.98", "wsm_area_fraction": "<= 0.35", "seconds_per_image_at_1024": "<= 1"},
+        "sources": {name: summarise(r) for name, r in rows.items()},
+    }
+    if args.watermark:
+        result["watermark"] = run_watermark(samples, settings, args.watermark, args.max_queries)
+
+    real = load_rgb(ROOT / "monai_medlocker" / "assets" / "retina_skimage.png")
+    t0 = time.perf_counter()
+    maps, report = detect_lesions(real)
+    seconds = time.perf_counter() - t0
+    wsm, boxes, channels = build_wsm(maps, settings)
+    overlay(real, boxes, channels, Path(args.overlay))
+    result["real_image"] = {
+        "file": "monai_medlocker/assets/retina_skimage.png (skimage.data.retina(), CC0)", "size": list(real.shape[:2]),
+        "boxes": int(len(boxes)), "boxes_by_type": {t: int((channels == c).sum()) for c, t in enumerate(LESION_TYPES)},
+        "wsm_area_fraction": round(float(wsm.mean()), 4), "seconds": round(seconds, 3), "report": report,
+        "overlay": str(Path(args.overlay).relative_to(ROOT)) if Path(args.overlay).is_relative_to(ROOT) else args.overlay,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    for name, summ in result["sources"].items():
+        print(f"{name:8s} object recall {summ['object_recall']}  " + " ".join(
+            f"{t}:{v['object_recall']}" for t, v in summ["per_type"].items())
+            + f"  WSM area mean {summ['wsm_area_fraction_mean']} max {summ['wsm_area_fraction_max']}"
+            f"  s/img median {summ['seconds_per_image_median']} p90 {summ['seconds_per_image_p90']}")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
