@@ -237,3 +237,13 @@ def test_composite_only_touches_opaque_logo_pixels():
     assert not changed[15:].any() and not changed[:, 15:].any()
     with pytest.raises(ValueError, match="outside"):
         composite(image, logo, [Placement(55, 5, 10, 10, 0.5)])
+
+
+def test_same_seed_gives_the_same_parameters(tiny_surrogate, dark_image, lesion_masks):
+    wsm = LesionBBoxMask(margin=2)(lesion_masks)
+    records = []
+    for _ in range(2):
+        t = AdversarialWatermark(tiny_surrogate, max_queries=40, seed=5, search_space={"rotations": [0, 15]})
+        out = t(dark_image.transpose(2, 0, 1), wsm)
+        records.append((t.last_record["marks"], t.last_record["queries"], out.tobytes()))
+    assert records[0] == records[1]

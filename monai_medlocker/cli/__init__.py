@@ -16,7 +16,7 @@ from monai_medlocker import __version__
 __all__ = ["main", "SUBCOMMANDS"]
 
 # Module names under monai_medlocker.cli, in the order shown by --help.
-SUBCOMMANDS = ("synth", "train_demo", "protect")
+SUBCOMMANDS = ("synth", "train_demo", "protect", "lesions", "datalist")
 
 
 class CLIError(Exception):
@@ -32,6 +32,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_error(err: BaseException) -> BaseException | None:
+    """The user-facing error behind ``err``: MONAI's config parser wraps the real one in a RuntimeError."""
+    seen = err
+    while seen is not None:
+        if isinstance(seen, (CLIError, ValueError, FileNotFoundError)):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -40,11 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except CLIError as err:
-        print(f"medlocker {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError) as err:
-        print(f"medlocker {args.command}: error: {err}", file=sys.stderr)
+    except (CLIError, ValueError, FileNotFoundError, RuntimeError) as err:
+        cause = _user_error(err)
+        if cause is None:
+            raise
+        print(f"medlocker {args.command}: error: {cause}", file=sys.stderr)
         return 2
 
 

@@ -48,7 +48,7 @@ class MedLockerOptimizer(WatermarkOptimizer):
 
     def __init__(
         self,
-        max_queries: int | None = 100,
+        max_queries: int | None = 50,
         confidence: float = 0.0,
         candidates_per_round: int = 16,
         gradient: bool = True,
@@ -96,27 +96,24 @@ class MedLockerOptimizer(WatermarkOptimizer):
 
     def _gradient_search(self, problem: AttackProblem, tried: set) -> None:
         per_image = len(problem.surrogates)
+        lin = problem.linearize(None)
         anchor: Placement | None = None
-        while True:
-            left = problem.budget_left()
-            if left is not None and left < 2 * per_image:
-                return
-            lin = problem.linearize(anchor)
-            if self.done(problem):
-                return
+        while not self.done(problem):
             k = self._batch(problem)
+            if k < 1:
+                return
             candidates = self._screen(problem, lin, k, tried)
             if not candidates:
                 return
             problem.evaluate(candidates)
             if self.done(problem):
                 return
-            if anchor is problem.best[1]:
-                # The re-linearised screen found nothing better: widen the search with fresh marks.
-                candidates = [problem.random_placement(alpha=problem.space.alpha_range[1]) for _ in range(self._batch(problem))]
-                if candidates:
-                    problem.evaluate(candidates)
-            anchor = problem.best[1]
+            left = problem.budget_left()
+            if problem.best[1] is not anchor and (left is None or left >= 2 * per_image):
+                # A better composite: re-linearise there (it already carries the logo). Otherwise the
+                # same screen is reused and yields its next-best untried placements.
+                anchor = problem.best[1]
+                lin = problem.linearize(anchor)
 
     def _screen(self, problem: AttackProblem, lin: Linearization, k: int, tried: set) -> list[Placement]:
         """Rank all feasible placements by their predicted margin; return the best k, spread apart.
@@ -138,6 +135,17 @@ class MedLockerOptimizer(WatermarkOptimizer):
             pred[~problem.screen_feasible(cfg)] = np.inf
             maps.append(pred)
         picked: list[Placement] = []
+        spread = self.spread
+        while len(picked) < k:
+            # Spread candidates apart; when the maps run dry, allow closer neighbours.
+            picked += self._pick(problem, [m.copy() for m in maps], k - len(picked), tried, alpha, spread)
+            if spread == 0:
+                break
+            spread = spread / 2 if spread > 0.03 else 0.0
+        return picked
+
+    def _pick(self, problem, maps, k, tried, alpha, spread) -> list[Placement]:
+        picked: list[Placement] = []
         while len(picked) < k:
             best_i, best_v, best_pos = -1, np.inf, None
             for i, m in enumerate(maps):
@@ -148,7 +156,8 @@ class MedLockerOptimizer(WatermarkOptimizer):
                 break
             cfg = problem.configs[best_i]
             v, u = best_pos
-            self._suppress(problem, maps, cfg, u, v)
+            self._suppress(problem, maps, cfg, u, v, spread)
+            maps[best_i][v, u] = np.inf
             x0, y0 = problem.screen_to_native(cfg, u, v)
             p = problem.placement(cfg, int(x0), int(y0), alpha)
             key = (p.x0, p.y0, p.width, p.height, p.rotation, round(p.alpha, 4))
@@ -158,9 +167,12 @@ class MedLockerOptimizer(WatermarkOptimizer):
             picked.append(p)
         return picked
 
-    def _suppress(self, problem: AttackProblem, maps: list[np.ndarray], cfg: MarkConfig, u: int, v: int) -> None:
+    def _suppress(self, problem: AttackProblem, maps: list[np.ndarray], cfg: MarkConfig, u: int, v: int,
+                  spread: float) -> None:
+        if spread <= 0:
+            return
         cx, cy = u + cfg.screen_width / 2, v + cfg.screen_height / 2
-        radius = self.spread * max(cfg.screen_width, cfg.screen_height)
+        radius = spread * max(cfg.screen_width, cfg.screen_height)
         for other, m in zip(problem.configs, maps):
             u0 = int(np.floor(cx - other.screen_width / 2 - radius))
             v0 = int(np.floor(cy - other.screen_height / 2 - radius))

@@ -1,0 +1,32 @@
+"""Find the MONAI Bundle and run its configs: the CLI is a thin shell over the bundle configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from monai.bundle import ConfigParser
+
+__all__ = ["bundle_root", "parse_bundle_config"]
+
+
+def bundle_root(explicit: str | None = None) -> Path:
+    """The bundle folder: ``explicit``, ``$MEDLOCKER_BUNDLE``, or ``bundle/`` beside the package source."""
+    candidates = [explicit, os.environ.get("MEDLOCKER_BUNDLE"), Path(__file__).resolve().parents[2] / "bundle"]
+    for c in candidates:
+        if c and (Path(c) / "configs").is_dir():
+            return Path(c).resolve()
+    raise FileNotFoundError(
+        "MedLocker bundle not found: pass --bundle-root or set MEDLOCKER_BUNDLE to the folder holding configs/ and models/"
+    )
+
+
+def parse_bundle_config(config_name: str, root: Path, overrides: dict) -> ConfigParser:
+    """Read ``root/configs/<config_name>`` with ``bundle_root`` set and the given overrides (``None`` values skipped)."""
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / config_name))
+    parser["bundle_root"] = str(root)
+    for key, value in overrides.items():
+        if value is not None:
+            parser[key] = value
+    return parser

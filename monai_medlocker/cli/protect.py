@@ -1,0 +1,67 @@
+"""``medlocker protect IN OUT``: the bundle's inference.json (protect workflow) from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from monai_medlocker.cli._bundle import bundle_root, parse_bundle_config
+from monai_medlocker.watermark.optimizers import OPTIMIZERS
+
+
+def add_subparser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "protect", help="watermark a folder or datalist of fundus images",
+        description="Protect every PNG/JPEG fundus image in IN (a folder or a datalist .json) and write lossless "
+        "PNGs, per-image parameter records, manifest.jsonl and summary.json to OUT. Inputs are never modified.",
+    )
+    p.add_argument("input", help="folder of images (masks beside them) or a datalist JSON")
+    p.add_argument("output", help="output folder (must not be inside the input folder)")
+    p.add_argument("--bundle-root", help="the MedLocker bundle folder (default: the one beside the package)")
+    p.add_argument("--model", dest="ckpt_path", help="surrogate checkpoint (plain state_dict); default: the demo model")
+    p.add_argument("--network", dest="network_name", help="network name of --model (e.g. resnet-tiny)")
+    p.add_argument("--num-classes", dest="num_classes", type=int)
+    p.add_argument("--input-size", dest="input_size", type=int)
+    p.add_argument("--optimizer", choices=OPTIMIZERS)
+    p.add_argument("--max-queries", dest="max_queries", type=int, help="query budget per mark")
+    p.add_argument("--space", dest="search_space", help="'paper', 'full', or a JSON object of SearchSpace fields")
+    p.add_argument("--logo", help="RGBA logo PNG (default: the shipped owner logo)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--on-infeasible", dest="on_infeasible", choices=("raise", "skip"))
+    p.add_argument("--wsm-margin", dest="wsm_margin", type=int, help="pixels added around each lesion box")
+    p.add_argument("--lesion-segmenter", dest="lesion_segmenter", choices=("builtin", "masks", "network"),
+                   help="lesion source for images without mask files: the built-in detector (default), a trained "
+                   "segmenter (--segmenter-checkpoint), or 'masks' to require masks")
+    p.add_argument("--segmenter-checkpoint", dest="segmenter_checkpoint",
+                   help="trained lesion segmenter state_dict for --lesion-segmenter network")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    root = bundle_root(args.bundle_root)
+    space = args.search_space
+    if space and space.lstrip().startswith("{"):
+        space = json.loads(space)
+    overrides = {
+        "dataset_dir": str(Path(args.input).resolve()),
+        "output_dir": str(Path(args.output).resolve()),
+        "ckpt_path": args.ckpt_path and str(Path(args.ckpt_path).resolve()),
+        "network_name": args.network_name,
+        "num_classes": args.num_classes,
+        "input_size": args.input_size,
+        "optimizer": args.optimizer,
+        "max_queries": args.max_queries,
+        "search_space": space,
+        "logo": args.logo and str(Path(args.logo).resolve()),
+        "seed": args.seed,
+        "on_infeasible": args.on_infeasible,
+        "wsm_margin": args.wsm_margin,
+        "lesion_segmenter": args.lesion_segmenter,
+        "segmenter_checkpoint": args.segmenter_checkpoint and str(Path(args.segmenter_checkpoint).resolve()),
+        "progress": False if args.quiet else None,
+    }
+    parser = parse_bundle_config("inference.json", root, overrides)
+    summary = parser.get_parsed_content("protector").run()
+    return int(summary["exit_code"])
