@@ -247,3 +247,18 @@ def test_same_seed_gives_the_same_parameters(tiny_surrogate, dark_image, lesion_
         out = t(dark_image.transpose(2, 0, 1), wsm)
         records.append((t.last_record["marks"], t.last_record["queries"], out.tobytes()))
     assert records[0] == records[1]
+
+
+@pytest.mark.parametrize("shape", [(160, 160), (301, 457), (1024, 1024)])
+def test_screen_frame_composite_matches_full_resize(shape, tiny_surrogate):
+    """The optimizers' cheap model-frame composite equals resizing the native composite."""
+    rng = np.random.default_rng(1)
+    image = (rng.random((*shape, 3)) * 255).astype(np.uint8)
+    problem = AttackProblem(image, np.zeros(shape, bool), [tiny_surrogate], load_logo(), SearchSpace())
+    size = tiny_surrogate.spec.input_size
+    for _ in range(3):
+        p = problem.random_placement()
+        native = torch.from_numpy(composite(image, problem.logo, [p]).transpose(2, 0, 1).astype(np.float32) / 255)
+        ref = torch.nn.functional.interpolate(native[None], size=(size, size), mode="bilinear", align_corners=False,
+                                              antialias=True)[0]
+        assert torch.allclose(problem.screen_image([p]), ref, atol=1e-4)

@@ -20,8 +20,9 @@ def feasible_top_left(wsm: np.ndarray, box_h: int, box_w: int) -> np.ndarray:
     height, width = forbidden.shape
     if box_h > height or box_w > width or box_h < 1 or box_w < 1:
         return np.zeros((max(height - box_h + 1, 0), max(width - box_w + 1, 0)), dtype=bool)
-    sat = np.zeros((height + 1, width + 1), dtype=np.int64)
-    sat[1:, 1:] = forbidden.cumsum(0).cumsum(1)
+    # int32 is exact up to 2**31 forbidden pixels and halves the cost of the cumulative sums.
+    sat = np.zeros((height + 1, width + 1), dtype=np.int32)
+    sat[1:, 1:] = forbidden.cumsum(0, dtype=np.int32).cumsum(1, dtype=np.int32)
     inside = sat[box_h:, box_w:] - sat[:-box_h, box_w:] - sat[box_h:, :-box_w] + sat[:-box_h, :-box_w]
     return inside == 0
 

@@ -31,6 +31,18 @@ from monai_medlocker.watermark.problem import AttackProblem, Linearization, Mark
 __all__ = ["MedLockerOptimizer"]
 
 
+def _correlate(maps: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Valid 2-D cross-correlation summed over channels, by FFT: (K, C, H, W) x (C, h, w) -> (K, H-h+1, W-w+1).
+
+    A direct conv2d with a logo-sized kernel costs O(H W h w) and dominated the search time.
+    """
+    height, width = maps.shape[-2:]
+    h, w = kernel.shape[-2:]
+    spectrum = torch.fft.rfft2(maps, s=(height, width)) * torch.fft.rfft2(kernel.flip(-2, -1), s=(height, width))
+    full = torch.fft.irfft2(spectrum.sum(dim=1), s=(height, width))
+    return full[:, h - 1 :, w - 1 :]
+
+
 class MedLockerOptimizer(WatermarkOptimizer):
     """Gradient-screened, batch-verified placement search.
 
@@ -42,6 +54,9 @@ class MedLockerOptimizer(WatermarkOptimizer):
         minimize_alpha: after success, lower the opacity as far as the margin target allows
             (one more batch of checks; better fidelity, a few more queries).
         spread: minimum distance between candidates of one round, as a fraction of the logo box.
+        alpha_levels: opacities checked per screened position, evenly spaced over the alpha range.
+            The screen ranks positions (its ranking does not depend on opacity), but the network is
+            not linear: a half-transparent logo tints the retina and often misleads it more.
     """
 
     name = "medlocker"
@@ -54,6 +69,7 @@ class MedLockerOptimizer(WatermarkOptimizer):
         gradient: bool = True,
         minimize_alpha: bool = False,
         spread: float = 0.25,
+        alpha_levels: int = 3,
     ) -> None:
         super().__init__(max_queries=max_queries, confidence=confidence)
         if candidates_per_round < 1:
@@ -62,6 +78,9 @@ class MedLockerOptimizer(WatermarkOptimizer):
         self.gradient = bool(gradient)
         self.minimize_alpha = bool(minimize_alpha)
         self.spread = float(spread)
+        if alpha_levels < 1:
+            raise ValueError(f"alpha_levels must be >= 1, got {alpha_levels}.")
+        self.alpha_levels = int(alpha_levels)
 
     def settings(self) -> dict:
         return {
@@ -70,6 +89,7 @@ class MedLockerOptimizer(WatermarkOptimizer):
             "gradient": self.gradient,
             "minimize_alpha": self.minimize_alpha,
             "spread": self.spread,
+            "alpha_levels": self.alpha_levels,
         }
 
     # ------------------------------------------------------------------------------------------
@@ -129,20 +149,22 @@ class MedLockerOptimizer(WatermarkOptimizer):
             rgb, cov = render_logo(problem.logo, cfg.screen_width, cfg.screen_height, cfg.rotation)
             opacity = torch.from_numpy(np.minimum(cov, np.float32(alpha)))
             colour = torch.from_numpy(rgb / np.float32(255.0)).permute(2, 0, 1) * opacity
-            delta = torch.nn.functional.conv2d(grads, colour[None])[:, 0]
-            delta = delta - torch.nn.functional.conv2d(gx, opacity[None, None])[:, 0]
+            delta = _correlate(grads, colour) - _correlate(gx, opacity[None])
             pred = (lin.offsets[:, None, None] + delta).min(dim=0).values.numpy().astype(np.float64)
             pred[~problem.screen_feasible(cfg)] = np.inf
             maps.append(pred)
-        picked: list[Placement] = []
+        lo, hi = problem.space.alpha_range
+        alphas = np.linspace(hi, lo, self.alpha_levels) if hi > lo else np.array([hi])
+        n_positions = max(1, -(-k // len(alphas)))
+        positions: list[Placement] = []
         spread = self.spread
-        while len(picked) < k:
+        while len(positions) < n_positions:
             # Spread candidates apart; when the maps run dry, allow closer neighbours.
-            picked += self._pick(problem, [m.copy() for m in maps], k - len(picked), tried, alpha, spread)
+            positions += self._pick(problem, [m.copy() for m in maps], n_positions - len(positions), tried, alpha, spread)
             if spread == 0:
                 break
             spread = spread / 2 if spread > 0.03 else 0.0
-        return picked
+        return [replace(p, alpha=float(a)) for p in positions for a in alphas][:k]
 
     def _pick(self, problem, maps, k, tried, alpha, spread) -> list[Placement]:
         picked: list[Placement] = []
