@@ -158,3 +158,41 @@ def test_bundle_inference_config_runs_through_monai_bundle(sample_dir, tmp_path)
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((out / "summary.json").read_text())["protected"] == 2
+
+
+def test_absolute_datalist_path_never_overwrites_the_input(tmp_path):
+    src = tmp_path / "ds"
+    src.mkdir()
+    for name in ("synthetic_grade2.png", *(f"synthetic_grade2_{t}.png" for t in ("MA", "HE", "EX", "SE"))):
+        shutil.copy(SAMPLES / name, src / name)
+    image = src / "synthetic_grade2.png"
+    (src / "datalist.json").write_text(json.dumps({"test": [{"image": str(image), "label": 2}]}))
+    before = _digest(src)
+    out = tmp_path / "out"
+    assert main(["protect", str(src / "datalist.json"), str(out), "--quiet", "--max-queries", "20"]) == 0
+    assert _digest(src) == before
+    assert (out / "synthetic_grade2.png").is_file()
+
+
+def test_two_inputs_with_one_output_name_both_reported(sample_dir, tmp_path):
+    Image.open(sample_dir / "synthetic_grade2.png").convert("RGB").save(sample_dir / "synthetic_grade2.jpg", quality=95)
+    out = tmp_path / "out"
+    assert main(["protect", str(sample_dir), str(out), "--quiet", "--max-queries", "20"]) == 1
+    errors = {f["image"]: f["error"] for f in json.loads((out / "summary.json").read_text())["failures"]}
+    assert "same output name" in errors["synthetic_grade2.png"]
+
+
+def test_rerun_still_reports_images_that_could_not_be_protected(sample_dir, tmp_path):
+    Image.fromarray(np.full((128, 128, 3), 90, np.uint8)).save(sample_dir / "alllesion.png")
+    Image.fromarray(np.full((128, 128), 255, np.uint8)).save(sample_dir / "alllesion_HE.png")
+    out = tmp_path / "out"
+    args = ["protect", str(sample_dir), str(out), "--quiet", "--max-queries", "20", "--on-infeasible", "skip"]
+    assert main(args) == 1
+    assert main(args) == 1  # the second run must not hide it
+    failures = json.loads((out / "summary.json").read_text())["failures"]
+    assert [f["image"] for f in failures] == ["alllesion.png"]
+
+
+def test_bad_search_space_is_a_clear_error(sample_dir, tmp_path, capsys):
+    assert main(["protect", str(sample_dir), str(tmp_path / "out"), "--quiet", "--space", '{"sclae_range": [0.1, 0.2]}']) == 2
+    assert "bad search space" in capsys.readouterr().err

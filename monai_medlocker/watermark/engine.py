@@ -16,7 +16,7 @@ from monai_medlocker.watermark.blend import Placement, composite
 from monai_medlocker.watermark.feasibility import NoFeasiblePlacementError
 from monai_medlocker.watermark.logo import logo_sha256
 from monai_medlocker.watermark.optimizers import WatermarkOptimizer
-from monai_medlocker.watermark.problem import AttackProblem, SearchSpace
+from monai_medlocker.watermark.problem import AttackProblem, SearchSpace, label_margins
 
 __all__ = ["RECORD_FORMAT", "WatermarkInvariantError", "watermark_image", "judge"]
 
@@ -39,11 +39,9 @@ def judge(image: np.ndarray, surrogates: list[Surrogate], label: int, value_max:
     preds, margins = [], []
     with torch.no_grad():
         for s in surrogates:
-            logits = s.network(preprocess_for_model(t, s.spec))[0]
-            others = logits.clone()
-            others[label] = -torch.inf
-            preds.append(int(logits.argmax()))
-            margins.append(float(logits[label] - others.max()))
+            logits = s.network(preprocess_for_model(t, s.spec))
+            preds.append(int(logits[0].argmax()))
+            margins.append(float(label_margins(logits, label)[0]))
     return {"preds": preds, "margin": max(margins), "model_margins": margins, "success": max(margins) < 0}
 
 
@@ -108,10 +106,9 @@ def watermark_image(
             clean = {"preds": problem.clean_preds, "margin": float(problem.clean_eval.margins[0])}
             problem_label = problem.label
         try:
-            problem.configs
+            problem.configs  # raises NoFeasiblePlacementError when no lesion-free box fits
         except NoFeasiblePlacementError:
             if mark == 0:
-                queries += problem.queries
                 raise
             break  # later marks are optional: keep the ones placed
         placement = optimizer.search(problem)

@@ -20,7 +20,10 @@ from monai_medlocker.networks import Surrogate, preprocess_for_model
 from monai_medlocker.watermark.blend import Placement, mark_opacity
 from monai_medlocker.watermark.feasibility import NoFeasiblePlacementError, feasible_top_left
 
-__all__ = ["SearchSpace", "MarkConfig", "AttackProblem", "Evaluation", "Linearization", "resize_matrix"]
+__all__ = [
+    "SearchSpace", "MarkConfig", "AttackProblem", "Evaluation", "Linearization", "QueryBudgetExceeded",
+    "label_margins", "resize_matrix",
+]
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,11 @@ class SearchSpace:
             mode = cfg.pop("mode", None)
             if mode == "paper":
                 return cls.paper(**cfg)
-            return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+            try:
+                return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+            except TypeError as err:
+                fields = ", ".join(cls.__dataclass_fields__)
+                raise ValueError(f"bad search space {cfg!r}: {err}; expected fields among {fields}") from err
         raise ValueError(f"search space must be 'paper', 'full', a dict or a SearchSpace, got {cfg!r}.")
 
     def scales(self) -> list[float]:
@@ -142,7 +149,8 @@ def _rows_touching(band: tuple[np.ndarray, np.ndarray], start: int, stop: int) -
     return lo, max(lo, hi)
 
 
-def _margins(logits: torch.Tensor, label: int) -> torch.Tensor:
+def label_margins(logits: torch.Tensor, label: int) -> torch.Tensor:
+    """Per row: the label's logit minus the largest other logit (< 0 means the label is not predicted)."""
     others = logits.clone()
     others[:, label] = -torch.inf
     return logits[:, label] - others.max(dim=1).values
@@ -338,7 +346,7 @@ class AttackProblem:
 
     def _evaluation(self, logits: torch.Tensor) -> Evaluation:
         logits = logits.detach()
-        model_margins = torch.stack([_margins(logits[:, m], self.label) for m in range(logits.shape[1])], dim=1)
+        model_margins = torch.stack([label_margins(logits[:, m], self.label) for m in range(logits.shape[1])], dim=1)
         return Evaluation(
             margins=model_margins.max(dim=1).values.numpy(),
             preds=logits.argmax(-1).numpy(),
@@ -395,6 +403,3 @@ class Linearization:
 
 class QueryBudgetExceeded(RuntimeError):
     """An optimizer asked for more model queries than its budget allows."""
-
-
-__all__.append("QueryBudgetExceeded")

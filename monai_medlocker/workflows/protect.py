@@ -22,6 +22,7 @@ per-image record says which source built the WSM (``lesion_source``: ``masks``, 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 import sys
@@ -83,7 +84,10 @@ def find_protect_items(source: str | Path) -> list[ProtectItem]:
                 image = base / entry["image"]
                 masks = [base / v for k, v in entry.items() if k.startswith("mask_") and isinstance(v, str)]
                 label = entry.get("label")
-                items.append(ProtectItem(image, Path(entry["image"]), masks or find_mask_files(image),
+                relative = Path(entry["image"])
+                if relative.is_absolute() or ".." in relative.parts:
+                    relative = Path(relative.name)  # keep outputs inside the output folder
+                items.append(ProtectItem(image, relative, masks or find_mask_files(image),
                                          int(label) if isinstance(label, (int, float)) else None))
     elif source.is_dir():
         for image in sorted(p for p in source.rglob("*") if p.suffix.lower() in SUPPORTED_SUFFIXES):
@@ -144,8 +148,6 @@ class DatasetProtector:
         self.summary: dict | None = None
 
     def _image_seed(self, relative: Path) -> int:
-        import hashlib
-
         digest = hashlib.sha256(f"{self.seed}:{relative.as_posix()}".encode()).digest()
         return int.from_bytes(digest[:4], "little")
 
@@ -171,14 +173,33 @@ class DatasetProtector:
         items = find_protect_items(self.input_path)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         rows = []
+        out_root = self.output_dir.resolve()
+        claimed: dict[Path, str] = {}
         for item in tqdm(items, desc="protect", unit="img", disable=not self.progress, file=sys.stderr):
             out_png = self.output_dir / item.relative.with_suffix(".png")
             row = {"image": item.relative.as_posix(), "output": None, "status": None}
             record_path = out_png.with_name(out_png.stem + RECORD_SUFFIX)
+            target = out_png.resolve()
+            # Never write outside the output folder or onto an input, and never let two inputs
+            # (a.jpg and a.png) share one output.
+            if out_root not in target.parents or target == item.image.resolve():
+                row.update(status="failed", error=f"{item.image}: its output {out_png} would lie outside {self.output_dir}")
+                rows.append(row)
+                continue
+            if target in claimed:
+                row.update(status="failed", error=f"{item.image}: same output name as {claimed[target]}; rename one")
+                rows.append(row)
+                continue
+            claimed[target] = str(item.image)
             if record_path.is_file():
+                try:
+                    previous = json.loads(record_path.read_text(encoding="utf-8"))
+                except (OSError, ValueError) as err:
+                    row.update(status="failed", error=f"{record_path}: unreadable record from an earlier run ({err})")
+                    rows.append(row)
+                    continue
                 row.update(status="already-done", output=out_png.relative_to(self.output_dir).as_posix())
-                previous = json.loads(record_path.read_text(encoding="utf-8"))
-                row.update({k: previous.get(k) for k in ("success", "queries", "seconds", "protected")})
+                row.update({k: previous.get(k) for k in ("success", "queries", "seconds", "protected", "reason")})
                 rows.append(row)
                 continue
             t0 = time.perf_counter()
@@ -186,6 +207,8 @@ class DatasetProtector:
                 record = self.protect_one(item, out_png)
             except (ImageReadError, ValueError, OSError) as err:
                 row.update(status="failed", error=str(err))
+            except Exception as err:  # a model or library failure on one image must not stop the batch
+                row.update(status="failed", error=f"{item.image}: {type(err).__name__}: {err}")
             else:
                 protected = bool(record.get("protected"))
                 row.update(
@@ -213,7 +236,8 @@ class DatasetProtector:
         queries = [r["queries"] for r in done if r.get("queries") is not None]
         per_image = [r["seconds"] for r in new]
         failures = [{"image": r["image"], "error": r.get("error") or r.get("reason")}
-                    for r in rows if r["status"] in ("failed", "not-protected")]
+                    for r in rows if r["status"] in ("failed", "not-protected")
+                    or (r["status"] == "already-done" and r.get("protected") is False)]
         return {
             "input": str(self.input_path),
             "output_dir": str(self.output_dir),
