@@ -13,8 +13,9 @@ from monai_medlocker.watermark.optimizers import OPTIMIZERS
 def add_subparser(subparsers) -> None:
     p = subparsers.add_parser(
         "protect", help="watermark a folder or datalist of fundus images",
-        description="Protect every PNG/JPEG fundus image in IN (a folder or a datalist .json) and write lossless "
-        "PNGs, per-image parameter records, manifest.jsonl and summary.json to OUT. Inputs are never modified.",
+        description="Protect every PNG/JPEG/DICOM fundus image in IN (a folder or a datalist .json) and write lossless "
+        "PNGs (derived DICOM instances for DICOM inputs), per-image parameter records, manifest.jsonl and summary.json "
+        "to OUT. Inputs are never modified.",
     )
     p.add_argument("input", help="folder of images (masks beside them) or a datalist JSON")
     p.add_argument("output", help="output folder (must not be inside the input folder)")
@@ -35,6 +36,8 @@ def add_subparser(subparsers) -> None:
                    "segmenter (--segmenter-checkpoint), or 'masks' to require masks")
     p.add_argument("--segmenter-checkpoint", dest="segmenter_checkpoint",
                    help="trained lesion segmenter state_dict for --lesion-segmenter network")
+    p.add_argument("--dicom-encoding", dest="dicom_encoding", choices=("explicit", "rle", "jpeg-ls"),
+                   help="transfer syntax of derived DICOM instances (lossless only; default: explicit, uncompressed)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -61,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         "lesion_segmenter": args.lesion_segmenter,
         "segmenter_checkpoint": args.segmenter_checkpoint and str(Path(args.segmenter_checkpoint).resolve()),
         "progress": False if args.quiet else None,
+        "dicom_encoding": args.dicom_encoding,
     }
     parser = parse_bundle_config("inference.json", root, overrides)
     summary = parser.get_parsed_content("protector").run()

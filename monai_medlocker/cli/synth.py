@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
-__all__ = ["add_subparser", "run"]
+__all__ = ["add_subparser", "run", "write_dicom"]
 
 
 def add_subparser(subparsers) -> None:
@@ -28,6 +29,12 @@ def add_subparser(subparsers) -> None:
                    metavar=("G0", "G1", "G2", "G3", "G4"), help="relative frequency of grades 0..4 (default: uniform)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (0 = one per CPU; default: 1)")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset previously written to OUT_DIR")
+    p.add_argument("--dicom", action="store_true",
+                   help="also write every image as a DICOM file under OUT_DIR/dicom/ (one patient, one study, "
+                        "one series; IMG0001.dcm is synth_00000.png); the datalist stays PNG-based")
+    p.add_argument("--iod", choices=("op8", "vl", "sc"), default=None,
+                   help="SOP class of the DICOM files (with --dicom): op8 = Ophthalmic Photography 8 Bit "
+                        "(default), vl = VL Photographic, sc = Secondary Capture")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -36,6 +43,16 @@ def run(args: argparse.Namespace) -> int:
     """Generate the dataset and print a one-line summary; invalid arguments raise ``ValueError``."""
     from monai_medlocker.data.synthetic import generate_dataset
 
+    if args.iod is not None and not args.dicom:
+        raise ValueError("--iod only applies together with --dicom")
+    dicom_dir = Path(args.out_dir) / "dicom"
+    if args.dicom:
+        if args.n > 9999:
+            raise ValueError(f"--dicom writes at most 9999 images (IMG0001..IMG9999.dcm), got --n {args.n}")
+        own = _own_dicom_files(dicom_dir)
+        if own and not args.overwrite:
+            raise ValueError(f"{dicom_dir} already holds DICOM files; refusing to overwrite them "
+                             "(pass --overwrite, or choose another folder)")
     path = generate_dataset(
         args.out_dir, n=args.n, size=args.size, seed=args.seed, split=tuple(args.split),
         grade_weights=args.grade_weights, progress=not args.quiet, overwrite=args.overwrite, workers=args.workers,
@@ -43,9 +60,49 @@ def run(args: argparse.Namespace) -> int:
     datalist = json.loads(Path(path).read_text(encoding="utf-8"))
     splits = {name: len(datalist.get(name, [])) for name in ("training", "validation", "test")}
     grades = Counter(item["label"] for name in splits for item in datalist.get(name, []))
+    if args.dicom:
+        files = write_dicom(Path(args.out_dir), datalist, iod=args.iod or "op8", overwrite=args.overwrite)
+        print(f"medlocker synth: wrote {len(files)} DICOM files ({args.iod or 'op8'}) to {dicom_dir}")
     print(
         f"medlocker synth: wrote {sum(splits.values())} images of {args.size}x{args.size} px to {path}; "
         + ", ".join(f"{name} {count}" for name, count in splits.items())
         + "; grades " + " ".join(f"{g}:{grades.get(g, 0)}" for g in range(5))
     )
     return 0
+
+
+_OWN_DICOM = re.compile(r"^IMG\d{4}\.dcm$")
+
+
+def _own_dicom_files(dicom_dir: Path) -> list[Path]:
+    return sorted(p for p in dicom_dir.iterdir() if _OWN_DICOM.match(p.name)) if dicom_dir.is_dir() else []
+
+
+def write_dicom(out_dir: Path, datalist: dict, iod: str = "op8", overwrite: bool = False) -> list[Path]:
+    """Write the dataset's images (in index order) as one DICOM study under ``out_dir/dicom/``.
+
+    One synthetic patient, one study and one series whose UIDs are derived from the dataset's seed and size,
+    so the files are a pure function of the ``synth`` arguments; each image's eye (``OD``/``OS``) becomes its
+    Image Laterality. With ``overwrite`` earlier ``IMG####.dcm`` files are deleted first (nothing else is).
+    """
+    import numpy as np
+    from PIL import Image
+    from pydicom.uid import generate_uid
+
+    from monai_medlocker.io.dicom_build import write_fundus_study
+
+    items = sorted((item for name in ("training", "validation", "test") for item in datalist.get(name, [])),
+                   key=lambda item: item["image"])
+    images = [np.asarray(Image.open(out_dir / item["image"]).convert("RGB")) for item in items]
+    lateralities = ["L" if item.get("eye") == "OS" else "R" for item in items]
+    dicom_dir = out_dir / "dicom"
+    if overwrite:
+        for p in _own_dicom_files(dicom_dir):
+            p.unlink()
+    key = ["medlocker synth", str(datalist.get("seed")), str(datalist.get("size")), str(len(items))]
+    return write_fundus_study(
+        images, dicom_dir, iod=iod, laterality=lateralities,
+        patient_id=f"MLK-SYNTH-{datalist.get('seed', 0)}", patient_name="Synthetic^Fundus",
+        study_uid=generate_uid(entropy_srcs=[*key, "study"]), series_uid=generate_uid(entropy_srcs=[*key, iod]),
+        study_description="MedLocker synthetic fundus study", accession_number="",
+    )

@@ -1,4 +1,4 @@
-"""PNG/JPEG fundus images in, lossless PNG out.
+"""Fundus images in (PNG/JPEG/TIFF/BMP, and DICOM through :mod:`monai_medlocker.io.dicom`), lossless PNG out.
 
 MONAI's ``LoadImage`` with the PIL reader returns W x H arrays; the watermark geometry is
 easier to keep right in row-major H x W, so this module reads with Pillow directly and hands
@@ -28,9 +28,10 @@ __all__ = [
     "atomic_write_bytes",
     "LoadFundusImage",
     "LoadFundusImaged",
+    "load_fundus",
 ]
 
-SUPPORTED_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+SUPPORTED_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
 
 
 class ImageReadError(ValueError):
@@ -48,13 +49,36 @@ def _open(path: Path) -> Image.Image:
     return img
 
 
+def load_fundus(path: str | Path):
+    """Read a fundus image as H x W x 3 uint8, with the decoded DICOM source when it is one.
+
+    Returns:
+        ``(pixels, dicom)``: ``dicom`` is a :class:`~monai_medlocker.io.dicom.FundusDicom` (source
+        dataset kept for the derived-instance writer) or ``None`` for PNG/JPEG/TIFF/BMP files.
+
+    Raises:
+        ImageReadError: missing, corrupt or unsupported file (the message names it).
+    """
+    from monai_medlocker.io.dicom import is_dicom_file, read_fundus_dicom  # dicom imports this module
+
+    path = Path(path)
+    if is_dicom_file(path):
+        dicom = read_fundus_dicom(path)
+        return dicom.pixels, dicom
+    return load_rgb(path), None
+
+
 def load_rgb(path: str | Path) -> np.ndarray:
-    """Read an 8-bit colour (or grey) image as H x W x 3 uint8.
+    """Read an 8-bit colour (or grey) image as H x W x 3 uint8; DICOM files are decoded too.
 
     Raises:
         ImageReadError: missing or corrupt file, or a pixel format that is not 8-bit RGB/grey.
     """
+    from monai_medlocker.io.dicom import is_dicom_file, read_fundus_dicom
+
     path = Path(path)
+    if is_dicom_file(path):
+        return read_fundus_dicom(path).pixels
     img = _open(path)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         raise ImageReadError(f"{path}: unsupported pixel format {img.mode!r} (expected 8-bit RGB or greyscale)")
@@ -114,13 +138,20 @@ def save_png(path: str | Path, image: np.ndarray, text: Mapping[str, str] | None
 
 
 class LoadFundusImage(Transform):
-    """Load a PNG/JPEG fundus image as a 3 x H x W uint8 MetaTensor (meta: ``filename_or_obj``)."""
+    """Load a fundus image (PNG/JPEG/TIFF/BMP or DICOM) as a 3 x H x W uint8 RGB MetaTensor.
+
+    Meta: ``filename_or_obj``; for DICOM also ``source_dataset`` (the pydicom dataset, kept for
+    the derived-instance writer) and ``monochrome`` (the source was MONOCHROME2, read as grey
+    replicated to three channels).
+    """
 
     backend = [TransformBackends.NUMPY, TransformBackends.TORCH]
 
     def __call__(self, filename: str | Path) -> MetaTensor:
-        arr = load_rgb(filename)
+        arr, dicom = load_fundus(filename)
         meta = {"filename_or_obj": str(filename), "spatial_shape": np.array(arr.shape[:2]), "original_channel_dim": 0}
+        if dicom is not None:
+            meta.update(source_dataset=dicom.dataset, monochrome=dicom.monochrome)
         return MetaTensor(np.ascontiguousarray(arr.transpose(2, 0, 1)), meta=meta)
 
 

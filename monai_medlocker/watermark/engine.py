@@ -14,7 +14,7 @@ from monai_medlocker import __version__
 from monai_medlocker.networks import Surrogate, preprocess_for_model
 from monai_medlocker.watermark.blend import Placement, composite
 from monai_medlocker.watermark.feasibility import NoFeasiblePlacementError
-from monai_medlocker.watermark.logo import logo_sha256
+from monai_medlocker.watermark.logo import logo_for_image, logo_sha256
 from monai_medlocker.watermark.optimizers import WatermarkOptimizer
 from monai_medlocker.watermark.problem import AttackProblem, SearchSpace, label_margins
 
@@ -95,6 +95,8 @@ def watermark_image(
         value_max = 255.0 if image.dtype == np.uint8 or float(np.max(image)) > 1.0 else 1.0
     wsm = np.asarray(wsm, dtype=bool)
     start = time.perf_counter()
+    owner_logo = logo
+    logo, logo_rendering = logo_for_image(owner_logo, image)
     current, marks, forbidden = image, [], wsm.copy()
     queries, problem_label, clean = 0, label, None
     for mark in range(space.n_marks):
@@ -129,7 +131,8 @@ def watermark_image(
         "success": bool(final["success"]),
         "image_size": [int(height), int(width)],
         "dtype": str(image.dtype),
-        "logo_sha256": logo_sha256(logo),
+        "logo_sha256": logo_sha256(owner_logo),
+        "logo_rendering": logo_rendering,
         "marks": [p.to_record() for p in marks],
         "box_area_fraction": round(sum(p.width * p.height for p in marks) / (height * width), 6),
         "changed_pixels": changed,

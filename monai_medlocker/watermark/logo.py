@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["DEFAULT_LOGO", "load_logo", "logo_sha256", "render_logo"]
+__all__ = ["DEFAULT_LOGO", "load_logo", "logo_sha256", "render_logo", "greyscale_logo", "is_greyscale", "logo_for_image"]
 
 DEFAULT_LOGO = "medlocker_logo.png"
 
@@ -43,6 +43,31 @@ def logo_sha256(logo: np.ndarray) -> str:
     h.update(np.asarray(logo.shape, dtype=np.int64).tobytes())
     h.update(np.ascontiguousarray(logo, dtype=np.uint8).tobytes())
     return h.hexdigest()
+
+
+def greyscale_logo(logo: np.ndarray) -> np.ndarray:
+    """The logo with its RGB replaced by its luma (ITU-R BT.601), alpha kept."""
+    rgb = logo[..., :3].astype(np.float32)
+    luma = np.clip(np.rint(rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)), 0, 255).astype(np.uint8)
+    out = logo.copy()
+    out[..., 0] = out[..., 1] = out[..., 2] = luma
+    return out
+
+
+def is_greyscale(image: np.ndarray) -> bool:
+    """True when an H x W x 3 image has equal R, G and B everywhere (e.g. a red-free photograph)."""
+    return bool(np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 0], image[..., 2]))
+
+
+def logo_for_image(logo: np.ndarray, image: np.ndarray) -> tuple[np.ndarray, str]:
+    """The logo as stamped on ``image``: in grey on a greyscale image, so that it stays greyscale.
+
+    Returns:
+        The RGBA logo to composite and its rendering, ``"greyscale"`` or ``"colour"`` (for the record).
+    """
+    if is_greyscale(image):
+        return greyscale_logo(logo), "greyscale"
+    return logo, "colour"
 
 
 def render_logo(logo: np.ndarray, width: int, height: int, rotation: float = 0.0) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,9 @@
-"""Protect a folder or datalist of PNG/JPEG fundus images: the protect workflow.
+"""Protect a folder or datalist of PNG/JPEG/DICOM fundus images: the protect workflow.
 
 For each image: load, read its lesion masks, build the WSM (``LesionBBoxMask``), watermark it
-(``AdversarialWatermark``), and write a lossless PNG plus a JSON parameter record. A run writes
+(``AdversarialWatermark``), and write a lossless PNG (a derived DICOM instance with the MedLocker
+private block for a DICOM input, see :mod:`monai_medlocker.io.dicom`) plus a JSON parameter
+record. All protected instances of one source series go into one new derived series. A run writes
 ``manifest.jsonl`` (one line per image, with its status) and ``summary.json``. Inputs are only
 read. Outputs are written atomically, and an interrupted run started again skips the images
 already done. A bad image is reported and the batch goes on.
@@ -34,7 +36,11 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from monai_medlocker.io.image import SUPPORTED_SUFFIXES, ImageReadError, atomic_write_bytes, load_rgb, save_png
+from pydicom.uid import generate_uid
+
+from monai_medlocker.io.dicom import DICOM_ENCODINGS, already_protected, derive_protected_dataset, is_dicom_file, save_dicom
+from monai_medlocker.io.image import SUPPORTED_SUFFIXES, ImageReadError, atomic_write_bytes, load_fundus, save_png
+from monai_medlocker.io.private_tags import MedlockerTags
 from monai_medlocker.lesions.masks import find_mask_files
 from monai_medlocker.lesions.source import LESION_SEGMENTERS, LesionSource, MissingMaskError
 from monai_medlocker.networks import Surrogate
@@ -55,6 +61,19 @@ class ProtectItem:
     relative: Path
     masks: list[Path] = field(default_factory=list)
     label: int | None = None
+
+
+def _is_image_file(path: Path) -> bool:
+    if path.suffix.lower() in SUPPORTED_SUFFIXES:
+        return True
+    return path.suffix == "" and path.is_file() and is_dicom_file(path)  # PACS exports often have no suffix
+
+
+def output_name(relative: Path, is_dicom: bool) -> Path:
+    """Where an input's protected copy goes, relative to the output folder."""
+    if is_dicom:
+        return relative.with_name(relative.name + ".dcm") if relative.suffix == "" else relative.with_suffix(".dcm")
+    return relative.with_suffix(".png")
 
 
 def _is_mask_file(path: Path) -> bool:
@@ -90,14 +109,14 @@ def find_protect_items(source: str | Path) -> list[ProtectItem]:
                 items.append(ProtectItem(image, relative, masks or find_mask_files(image),
                                          int(label) if isinstance(label, (int, float)) else None))
     elif source.is_dir():
-        for image in sorted(p for p in source.rglob("*") if p.suffix.lower() in SUPPORTED_SUFFIXES):
+        for image in sorted(p for p in source.rglob("*") if _is_image_file(p)):
             if _is_mask_file(image) or "masks" in image.relative_to(source).parts[:-1]:
                 continue
             items.append(ProtectItem(image, image.relative_to(source), find_mask_files(image)))
     else:
         raise ValueError(f"input must be a folder of images or a datalist .json file, got {source}")
     if not items:
-        raise ValueError(f"no PNG/JPEG images found in {source}")
+        raise ValueError(f"no PNG/JPEG/TIFF/DICOM images found in {source}")
     return items
 
 
@@ -114,6 +133,8 @@ class DatasetProtector:
         segmenter_checkpoint: the trained segmenter's ``state_dict`` (needed for ``"network"``).
         seed: base seed; each image's search seed is derived from it and the image's relative path.
         progress: show a progress bar.
+        dicom_encoding: transfer syntax of derived DICOM instances: ``"explicit"`` (uncompressed,
+            default), ``"rle"`` or ``"jpeg-ls"`` (lossless). Lossy output is refused.
     """
 
     def __init__(
@@ -130,7 +151,11 @@ class DatasetProtector:
         progress: bool = True,
         lesion_segmenter: str = "builtin",
         segmenter_checkpoint: str | None = None,
+        dicom_encoding: str = "explicit",
     ) -> None:
+        if dicom_encoding not in DICOM_ENCODINGS:
+            raise ValueError(f"dicom_encoding must be one of {sorted(DICOM_ENCODINGS)} (lossless only), got {dicom_encoding!r}")
+        self.dicom_encoding = dicom_encoding
         self.lesions = LesionSource(lesion_segmenter, segmenter_checkpoint)
         self.input_path = Path(input_path)
         self.output_dir = Path(output_dir)
@@ -151,8 +176,15 @@ class DatasetProtector:
         digest = hashlib.sha256(f"{self.seed}:{relative.as_posix()}".encode()).digest()
         return int.from_bytes(digest[:4], "little")
 
-    def protect_one(self, item: ProtectItem, out_png: Path) -> dict:
-        image = load_rgb(item.image)
+    def derived_series_uid(self, source_series_uid: str) -> str:
+        """One derived series per source series and output folder; stable, so a resumed run adds to it."""
+        return generate_uid(entropy_srcs=["medlocker-protected", source_series_uid, str(self.output_dir.resolve())])
+
+    def protect_one(self, item: ProtectItem, out_path: Path) -> dict:
+        image, dicom = load_fundus(item.image)
+        if dicom is not None and already_protected(dicom.dataset):
+            raise ImageReadError(f"{item.image}: already a MedLocker-protected instance (it has the MEDLOCKER 1 private "
+                                 "block); protect the original instead")
         masks, source, report = self.lesions(item.image, image, item.masks)
         wsm = self.wsm(masks)
         out = self.watermark(image.transpose(2, 0, 1), wsm, label=item.label, seed=self._image_seed(item.relative))
@@ -162,10 +194,24 @@ class DatasetProtector:
         if report is not None:
             record["lesion_report"] = report
         record["wsm_boxes"] = self.wsm.boxes(masks)[0].tolist()
-        if record.get("protected"):
-            save_png(out_png, np.ascontiguousarray(np.asarray(out).transpose(1, 2, 0)),
-                     text={"medlocker:params": json.dumps(record, sort_keys=True)})
-        atomic_write_bytes(out_png.with_name(out_png.stem + RECORD_SUFFIX), json.dumps(record, indent=2).encode())
+        protected = np.ascontiguousarray(np.asarray(out).transpose(1, 2, 0))
+        if record.get("protected") and dicom is not None:
+            src = dicom.dataset
+            tags = MedlockerTags(params=record, wsm_boxes=[tuple(b) for b in record["wsm_boxes"]],
+                                 source_sop_instance_uid=str(src.SOPInstanceUID))
+            derived = derive_protected_dataset(src, protected, tags, encoding=self.dicom_encoding,
+                                               series_uid=self.derived_series_uid(str(src.get("SeriesInstanceUID", ""))))
+            record["dicom"] = {
+                "source": {"study": str(src.get("StudyInstanceUID", "")), "series": str(src.get("SeriesInstanceUID", "")),
+                           "sop_instance": str(src.SOPInstanceUID), "sop_class": str(src.SOPClassUID)},
+                "derived": {"series": str(derived.SeriesInstanceUID), "sop_instance": str(derived.SOPInstanceUID),
+                            "transfer_syntax": str(derived.file_meta.TransferSyntaxUID)},
+                "monochrome": dicom.monochrome,
+            }
+            save_dicom(out_path, derived)
+        elif record.get("protected"):
+            save_png(out_path, protected, text={"medlocker:params": json.dumps(record, sort_keys=True)})
+        atomic_write_bytes(out_path.with_name(out_path.stem + RECORD_SUFFIX), json.dumps(record, indent=2).encode())
         return record
 
     def run(self) -> dict:
@@ -176,14 +222,14 @@ class DatasetProtector:
         out_root = self.output_dir.resolve()
         claimed: dict[Path, str] = {}
         for item in tqdm(items, desc="protect", unit="img", disable=not self.progress, file=sys.stderr):
-            out_png = self.output_dir / item.relative.with_suffix(".png")
+            out_path = self.output_dir / output_name(item.relative, is_dicom_file(item.image))
             row = {"image": item.relative.as_posix(), "output": None, "status": None}
-            record_path = out_png.with_name(out_png.stem + RECORD_SUFFIX)
-            target = out_png.resolve()
+            record_path = out_path.with_name(out_path.stem + RECORD_SUFFIX)
+            target = out_path.resolve()
             # Never write outside the output folder or onto an input, and never let two inputs
             # (a.jpg and a.png) share one output.
             if out_root not in target.parents or target == item.image.resolve():
-                row.update(status="failed", error=f"{item.image}: its output {out_png} would lie outside {self.output_dir}")
+                row.update(status="failed", error=f"{item.image}: its output {out_path} would lie outside {self.output_dir}")
                 rows.append(row)
                 continue
             if target in claimed:
@@ -198,22 +244,23 @@ class DatasetProtector:
                     row.update(status="failed", error=f"{record_path}: unreadable record from an earlier run ({err})")
                     rows.append(row)
                     continue
-                row.update(status="already-done", output=out_png.relative_to(self.output_dir).as_posix())
+                row.update(status="already-done", output=out_path.relative_to(self.output_dir).as_posix())
                 row.update({k: previous.get(k) for k in ("success", "queries", "seconds", "protected", "reason")})
                 rows.append(row)
                 continue
             t0 = time.perf_counter()
             try:
-                record = self.protect_one(item, out_png)
+                record = self.protect_one(item, out_path)
             except (ImageReadError, ValueError, OSError) as err:
-                row.update(status="failed", error=str(err))
+                message = str(err)
+                row.update(status="failed", error=message if str(item.image) in message else f"{item.image}: {message}")
             except Exception as err:  # a model or library failure on one image must not stop the batch
                 row.update(status="failed", error=f"{item.image}: {type(err).__name__}: {err}")
             else:
                 protected = bool(record.get("protected"))
                 row.update(
                     status="protected" if protected else "not-protected",
-                    output=out_png.relative_to(self.output_dir).as_posix() if protected else None,
+                    output=out_path.relative_to(self.output_dir).as_posix() if protected else None,
                     protected=protected, success=record.get("success"), queries=record.get("queries"),
                     reason=record.get("reason"), lesion_source=record.get("lesion_source"),
                 )

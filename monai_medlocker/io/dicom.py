@@ -1,0 +1,341 @@
+"""DICOM fundus photographs in, derived DICOM instances out.
+
+Reading (:func:`read_fundus_dicom`): single-frame 8-bit Ophthalmic Photography, VL Photographic
+and Secondary Capture images (any SOP class with 8-bit single-frame pixels is accepted), in any
+transfer syntax pydicom's installed plugins decode (uncompressed, RLE, JPEG Baseline/Extended/
+Lossless, JPEG-LS, JPEG 2000). Colour comes out as RGB: YBR_FULL, YBR_FULL_422, YBR_ICT and
+YBR_RCT are converted, PALETTE COLOR is expanded through its lookup table. MONAI's
+``PydicomReader`` is not used: for single-frame RGB it returns the axes swapped (checked with
+pydicom 3.0 / MONAI 1.6), and the watermark geometry must be exact.
+
+Monochrome (MONOCHROME2, e.g. red-free photographs) is read as grey replicated to three
+channels, so the surrogate sees what it would see for an RGB file of the same picture. The
+watermark engine then stamps a greyscale rendering of the logo (the three channels stay equal)
+and the writer stores one channel again as MONOCHROME2. MONOCHROME1 is refused: inverting it
+would make the protected pixels differ in meaning from the original's.
+
+Writing (:func:`derive_protected_dataset`): a new instance of the source's SOP class with a new
+SOP Instance UID and Series Instance UID, the same Study Instance UID, the patient and study
+modules copied unchanged, ImageType ``DERIVED\\SECONDARY``, a DerivationDescription and a
+SourceImageSequence pointing at the original. Lossy-compression history is kept. Pixels are
+written Explicit VR Little Endian uncompressed by default, or RLE Lossless / JPEG-LS Lossless
+on request; lossy output is never written because it would alter the watermark and the
+certified pixels.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import (
+    UID,
+    ExplicitVRLittleEndian,
+    JPEGLSLossless,
+    PYDICOM_IMPLEMENTATION_UID,
+    RLELossless,
+    generate_uid,
+)
+
+from monai_medlocker import __version__
+from monai_medlocker.io.image import ImageReadError, atomic_write_bytes
+from monai_medlocker.io.private_tags import MedlockerTags, has_medlocker_tags, write_medlocker_tags
+
+__all__ = [
+    "DICOM_SUFFIXES",
+    "DICOM_ENCODINGS",
+    "DicomReadError",
+    "FundusDicom",
+    "is_dicom_file",
+    "read_fundus_dicom",
+    "derive_protected_dataset",
+    "save_dicom",
+    "already_protected",
+]
+
+DICOM_SUFFIXES = (".dcm", ".dicom")
+DICOM_ENCODINGS = {"explicit": ExplicitVRLittleEndian, "rle": RLELossless, "jpeg-ls": JPEGLSLossless}
+
+# Transfer syntaxes whose presence alone proves lossy compression, and the method code for each.
+_LOSSY_METHOD = {
+    "1.2.840.10008.1.2.4.50": "ISO_10918_1",  # JPEG Baseline
+    "1.2.840.10008.1.2.4.51": "ISO_10918_1",  # JPEG Extended
+    "1.2.840.10008.1.2.4.81": "ISO_14495_1",  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.4.91": "ISO_15444_1",  # JPEG 2000 (may be lossy)
+}
+_COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
+# Attributes of the source that would be wrong or leak the original in a derived instance.
+_DROP = (
+    "IconImageSequence",  # a thumbnail of the unwatermarked picture
+    "DigitalSignaturesSequence", "MACParametersSequence",  # no longer valid for the new pixels
+    "SmallestImagePixelValue", "LargestImagePixelValue",
+    "ExtendedOffsetTable", "ExtendedOffsetTableLengths",
+    "PlanarConfiguration", "PixelData",
+)
+SOURCE_PURPOSE = ("121322", "DCM", "Source image for image processing operation")
+DERIVATION_DESCRIPTION = (
+    "MedLocker: owner logo composited at an optimised lesion-free placement; pixels outside the logo boxes unchanged"
+)
+
+
+class DicomReadError(ImageReadError):
+    """A DICOM file that cannot be protected; the message names the file and says what is supported."""
+
+
+@dataclass
+class FundusDicom:
+    """A decoded fundus DICOM image.
+
+    Attributes:
+        pixels: H x W x 3 uint8 RGB (grey replicated for monochrome).
+        dataset: the source dataset, pixel data included, kept for the writer.
+        monochrome: the source was MONOCHROME2.
+        path: the file it came from.
+    """
+
+    pixels: np.ndarray
+    dataset: Dataset
+    monochrome: bool
+    path: Path
+
+
+def is_dicom_file(path: str | Path) -> bool:
+    """True for a ``.dcm``/``.dicom`` name, or any file with the DICOM ``DICM`` preamble."""
+    path = Path(path)
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _check_pixel_module(path: Path, ds: Dataset) -> None:
+    if "PixelData" not in ds:
+        what = ds.get("SOPClassUID")
+        name = UID(what).name if what else "unknown SOP class"
+        raise DicomReadError(f"{path}: no pixel data ({name} instance); nothing to protect")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames != 1:
+        raise DicomReadError(
+            f"{path}: multi-frame image with {frames} frames; only single-frame images are supported "
+            "(Ophthalmic Photography 8 Bit, VL Photographic or Secondary Capture with one frame)"
+        )
+    bits_alloc, bits_stored = ds.get("BitsAllocated"), ds.get("BitsStored", ds.get("BitsAllocated"))
+    if bits_alloc != 8 or bits_stored != 8:
+        raise DicomReadError(
+            f"{path}: {bits_stored}-bit pixels (BitsAllocated {bits_alloc}); only 8-bit images are supported "
+            "(Ophthalmic Photography 8 Bit and 8-bit VL Photographic / Secondary Capture)"
+        )
+    if int(ds.get("PixelRepresentation", 0)) != 0:
+        raise DicomReadError(f"{path}: signed pixel data; only unsigned 8-bit images are supported")
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    samples = int(ds.get("SamplesPerPixel", 1))
+    supported = _COLOUR + ("MONOCHROME2", "PALETTE COLOR")
+    if photometric not in supported or (samples == 3) != (photometric in _COLOUR):
+        raise DicomReadError(
+            f"{path}: photometric interpretation {photometric!r} with {samples} samples per pixel is not supported "
+            f"(expected one of {', '.join(supported)}; MONOCHROME1 is refused because it would have to be inverted)"
+        )
+
+
+def read_fundus_dicom(path: str | Path) -> FundusDicom:
+    """Read and decode one fundus DICOM file.
+
+    Raises:
+        DicomReadError: not a DICOM file, no pixel data, multi-frame, not 8-bit, an unsupported
+            photometric interpretation, a transfer syntax that cannot be decoded, or too small.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DicomReadError(f"{path}: file not found")
+    try:
+        ds = pydicom.dcmread(path)
+    except InvalidDicomError as err:
+        raise DicomReadError(f"{path}: not a DICOM file ({err})") from err
+    except Exception as err:  # pydicom raises many types for truncated or garbled files
+        raise DicomReadError(f"{path}: unreadable DICOM file ({type(err).__name__}: {err})") from err
+    _check_pixel_module(path, ds)
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            arr = ds.pixel_array  # pydicom 3 converts YBR to RGB here
+            if ds.PhotometricInterpretation == "PALETTE COLOR":
+                from pydicom.pixels import apply_color_lut
+
+                arr = apply_color_lut(arr, ds)
+                if arr.dtype != np.uint8:
+                    arr = (arr >> 8).astype(np.uint8)  # 16-bit LUT entries: keep the high byte
+    except Exception as err:
+        name = UID(syntax).name if syntax else "an unknown transfer syntax"
+        raise DicomReadError(
+            f"{path}: pixel data in {name} cannot be decoded ({type(err).__name__}: {err}); "
+            "supported: uncompressed, RLE, JPEG Baseline/Extended/Lossless, JPEG-LS and JPEG 2000"
+        ) from err
+    arr = np.asarray(arr)
+    if arr.dtype != np.uint8:
+        arr = arr.astype(np.uint8)
+    monochrome = arr.ndim == 2
+    if monochrome:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise DicomReadError(f"{path}: decoded pixel array has shape {arr.shape}, expected rows x columns (x 3)")
+    if arr.shape[0] < 16 or arr.shape[1] < 16:
+        raise DicomReadError(f"{path}: image of {arr.shape[1]}x{arr.shape[0]} px is too small to be a fundus photograph")
+    return FundusDicom(np.ascontiguousarray(arr), ds, monochrome, path)
+
+
+def _lossy_history(source: Dataset) -> dict:
+    """LossyImageCompression and its ratio and method, from the attributes or the transfer syntax."""
+    out = {}
+    syntax = str(source.file_meta.get("TransferSyntaxUID", "")) if hasattr(source, "file_meta") else ""
+    if source.get("LossyImageCompression") == "01" or (
+        syntax in _LOSSY_METHOD and syntax != "1.2.840.10008.1.2.4.91"
+    ):
+        out["LossyImageCompression"] = "01"
+        for keyword in ("LossyImageCompressionRatio", "LossyImageCompressionMethod"):
+            if keyword in source:
+                out[keyword] = copy.deepcopy(source[keyword].value)
+        if "LossyImageCompressionMethod" not in out and syntax in _LOSSY_METHOD:
+            out["LossyImageCompressionMethod"] = _LOSSY_METHOD[syntax]
+    elif "LossyImageCompression" in source:
+        out["LossyImageCompression"] = source.LossyImageCompression
+    return out
+
+
+def _code_item(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
+
+
+def derive_protected_dataset(
+    source: Dataset,
+    pixels: np.ndarray,
+    tags: MedlockerTags,
+    *,
+    series_uid: str | None = None,
+    series_number: int | None = None,
+    series_description: str | None = None,
+    encoding: str = "explicit",
+    monochrome: bool | None = None,
+    now: _dt.datetime | None = None,
+) -> Dataset:
+    """A derived instance holding the protected pixels and the MedLocker private block.
+
+    Args:
+        source: the original dataset (not modified).
+        pixels: H x W x 3 uint8 protected RGB (all channels equal for a monochrome source).
+        tags: the private block's content (parameter record, WSM boxes, certificate).
+        series_uid: the derived series (one per protected source series); ``None`` makes a new one.
+        series_number: default: the source's + 1000.
+        series_description: default: the source's with " (MedLocker protected)".
+        encoding: ``"explicit"`` (uncompressed), ``"rle"`` or ``"jpeg-ls"`` (both lossless).
+        monochrome: write MONOCHROME2; default: the source is MONOCHROME2.
+
+    Raises:
+        ValueError: an unknown encoding, pixels of the wrong shape, or colour pixels for a monochrome output.
+    """
+    if encoding not in DICOM_ENCODINGS:
+        raise ValueError(f"encoding must be one of {sorted(DICOM_ENCODINGS)} (lossless only), got {encoding!r}")
+    pixels = np.asarray(pixels)
+    rows, cols = int(source.Rows), int(source.Columns)
+    if pixels.dtype != np.uint8 or pixels.shape != (rows, cols, 3):
+        raise ValueError(f"protected pixels must be {rows} x {cols} x 3 uint8, got {pixels.shape} {pixels.dtype}")
+    if monochrome is None:
+        monochrome = source.get("PhotometricInterpretation") == "MONOCHROME2"
+    if monochrome and not (np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 0], pixels[..., 2])):
+        raise ValueError("a monochrome output needs equal R, G and B channels (the logo must be rendered in grey)")
+    now = now or _dt.datetime.now()
+    lossy = _lossy_history(source)
+
+    ds = copy.deepcopy(source)
+    for keyword in _DROP:
+        if keyword in ds:
+            del ds[keyword]
+    for elem in list(ds):
+        if elem.tag.is_private:  # other vendors' private data may describe the old pixels
+            del ds[elem.tag]
+    ds.SOPInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = series_uid or generate_uid()
+    ds.SeriesNumber = int(series_number if series_number is not None else int(source.get("SeriesNumber", 0) or 0) + 1000)
+    if not source.get("StudyInstanceUID"):
+        ds.StudyInstanceUID = generate_uid()  # a source outside any study: the derived instance still needs one
+    source_description = str(source.get("SeriesDescription", "") or "")
+    ds.SeriesDescription = series_description or (
+        f"{source_description} (MedLocker protected)" if source_description else "MedLocker protected"
+    )[:64]
+    image_type = list(source.get("ImageType", []) or [])
+    ds.ImageType = ["DERIVED", "SECONDARY"] + image_type[2:]
+    ds.DerivationDescription = DERIVATION_DESCRIPTION
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = source.SOPClassUID
+    ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    ref.PurposeOfReferenceCodeSequence = [_code_item(*SOURCE_PURPOSE)]
+    ds.SourceImageSequence = [ref]
+    ds.InstanceCreationDate = ds.ContentDate = now.strftime("%Y%m%d")
+    ds.InstanceCreationTime = ds.ContentTime = now.strftime("%H%M%S")
+    for keyword in ("LossyImageCompression", "LossyImageCompressionRatio", "LossyImageCompressionMethod"):
+        if keyword in ds:
+            del ds[keyword]
+    for keyword, value in lossy.items():
+        setattr(ds, keyword, value)
+
+    ds.Rows, ds.Columns = rows, cols
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    if monochrome:
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        data = np.ascontiguousarray(pixels[..., 0])
+        for keyword in ("RedPaletteColorLookupTableDescriptor", "GreenPaletteColorLookupTableDescriptor",
+                        "BluePaletteColorLookupTableDescriptor", "RedPaletteColorLookupTableData",
+                        "GreenPaletteColorLookupTableData", "BluePaletteColorLookupTableData"):
+            if keyword in ds:
+                del ds[keyword]
+    else:
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+        data = np.ascontiguousarray(pixels)
+        for elem in list(ds):
+            if "PaletteColorLookupTable" in (elem.keyword or ""):
+                del ds[elem.tag]
+    if "NumberOfFrames" in source:
+        ds.NumberOfFrames = 1
+    ds.PixelData = data.tobytes()
+    ds["PixelData"].VR = "OB"
+    write_medlocker_tags(ds, tags)
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = f"MEDLOCKER_{__version__}"[:16]
+    ds.file_meta = meta
+    ds.preamble = b"\x00" * 128
+    if encoding != "explicit":
+        ds.compress(DICOM_ENCODINGS[encoding], data)
+    return ds
+
+
+def save_dicom(path: str | Path, ds: Dataset) -> None:
+    """Write ``ds`` as a DICOM Part 10 file, atomically (temporary file, then rename)."""
+    from io import BytesIO
+
+    buf = BytesIO()
+    # The derived dataset is always written little endian, explicit VR, even from a big-endian source.
+    pydicom.dcmwrite(buf, ds, implicit_vr=False, little_endian=True, enforce_file_format=True)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def already_protected(ds: Dataset) -> bool:
+    """True when ``ds`` is itself a MedLocker output (protecting it again would stack logos)."""
+    return has_medlocker_tags(ds)

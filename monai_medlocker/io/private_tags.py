@@ -1,0 +1,150 @@
+"""The MedLocker private block in a DICOM instance: watermark parameters and certificate.
+
+The block lives in odd group ``0x0011`` under the private creator ``"MEDLOCKER 1"``. pydicom
+(and any conformant PACS) keep it through a store/retrieve because the creator reserves the
+element range. Element offsets inside the block (the block's base ``0x0011,xx00`` is chosen by
+pydicom when the block is created; readers look the creator up, never a fixed element number):
+
+========  ====  =========================================================
+offset    VR    content
+========  ====  =========================================================
+``0x01``  LO    format version, :data:`PRIVATE_FORMAT`
+``0x02``  UT    the watermark parameter record (canonical JSON, ASCII)
+``0x03``  UL    the WSM boxes, flattened x0, y0, x1, y1 per box (end-exclusive, native pixels)
+``0x04``  UI    the SOP Instance UID of the source image
+``0x10``  UT    the certificate (canonical JSON), when signed
+``0x11``  OB    the Ed25519 signature over the certificate's canonical bytes
+``0x12``  OB    the encrypted restore payload
+========  ====  =========================================================
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from pydicom.dataset import Dataset
+
+__all__ = [
+    "PRIVATE_GROUP",
+    "PRIVATE_CREATOR",
+    "PRIVATE_FORMAT",
+    "MedlockerTags",
+    "PrivateTagError",
+    "write_medlocker_tags",
+    "read_medlocker_tags",
+    "has_medlocker_tags",
+]
+
+PRIVATE_GROUP = 0x0011
+PRIVATE_CREATOR = "MEDLOCKER 1"
+PRIVATE_FORMAT = "medlocker-dicom/1"
+
+_FORMAT, _PARAMS, _WSM, _SOURCE_UID = 0x01, 0x02, 0x03, 0x04
+_CERTIFICATE, _SIGNATURE, _PAYLOAD = 0x10, 0x11, 0x12
+
+
+class PrivateTagError(ValueError):
+    """The MedLocker private block is present but unreadable (wrong version, bad JSON, bad boxes)."""
+
+
+@dataclass
+class MedlockerTags:
+    """The content of a MedLocker private block."""
+
+    params: dict
+    wsm_boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
+    source_sop_instance_uid: str | None = None
+    certificate: dict | None = None
+    signature: bytes | None = None
+    restore_payload: bytes | None = None
+    version: str = PRIVATE_FORMAT
+
+
+def _json_text(obj: dict) -> str:
+    # ASCII only, so that the UT value never depends on the instance's Specific Character Set.
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def write_medlocker_tags(ds: Dataset, tags: MedlockerTags) -> None:
+    """Write (or replace) the MedLocker private block of ``ds``."""
+    if has_medlocker_tags(ds):
+        old = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)
+        for offset in range(0x100):
+            if offset in old:
+                del old[offset]
+    block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
+    block.add_new(_FORMAT, "LO", tags.version)
+    block.add_new(_PARAMS, "UT", _json_text(tags.params))
+    flat = [int(v) for box in tags.wsm_boxes for v in box]
+    if any(v < 0 or v > 0xFFFFFFFF for v in flat):
+        raise PrivateTagError(f"WSM box coordinates must be non-negative 32-bit integers, got {tags.wsm_boxes!r}")
+    block.add_new(_WSM, "UL", flat)
+    if tags.source_sop_instance_uid:
+        block.add_new(_SOURCE_UID, "UI", tags.source_sop_instance_uid)
+    if tags.certificate is not None:
+        block.add_new(_CERTIFICATE, "UT", _json_text(tags.certificate))
+    if tags.signature is not None:
+        block.add_new(_SIGNATURE, "OB", bytes(tags.signature))
+    if tags.restore_payload is not None:
+        block.add_new(_PAYLOAD, "OB", bytes(tags.restore_payload))
+
+
+def _creators(ds: Dataset) -> list[str]:
+    return [str(e.value) for e in ds.group_dataset(PRIVATE_GROUP) if e.tag.element <= 0xFF and e.tag.element >= 0x10]
+
+
+def has_medlocker_tags(ds: Dataset) -> bool:
+    """True when ``ds`` carries a MedLocker private block (it is already a protected instance)."""
+    return PRIVATE_CREATOR in _creators(ds)
+
+
+def _value(ds: Dataset, block, offset: int):
+    try:
+        elem = block[offset]
+    except KeyError:
+        return None
+    value = elem.value
+    if elem.VR == "UN" and isinstance(value, bytes) and offset in (_FORMAT, _PARAMS, _CERTIFICATE, _SOURCE_UID):
+        # Read from an implicit-VR copy: pydicom cannot know a private VR, so text arrives as bytes.
+        value = value.decode("ascii").rstrip("\x00 ")
+    return value
+
+
+def _bytes(value) -> bytes | None:
+    if value is None:
+        return None
+    return bytes(value)
+
+
+def read_medlocker_tags(ds: Dataset, filename: str = "dataset") -> MedlockerTags | None:
+    """The MedLocker block of ``ds`` as :class:`MedlockerTags`; ``None`` when there is none.
+
+    Raises:
+        PrivateTagError: the block is present but is not a readable MedLocker block.
+    """
+    if not has_medlocker_tags(ds):
+        return None
+    block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)
+    version = _value(ds, block, _FORMAT)
+    if version != PRIVATE_FORMAT:
+        raise PrivateTagError(f"{filename}: MedLocker private block has format {version!r}, expected {PRIVATE_FORMAT!r}")
+    try:
+        params = json.loads(_value(ds, block, _PARAMS) or "")
+        cert_text = _value(ds, block, _CERTIFICATE)
+        certificate = json.loads(cert_text) if cert_text else None
+    except ValueError as err:
+        raise PrivateTagError(f"{filename}: MedLocker private block holds invalid JSON ({err})") from err
+    raw = _value(ds, block, _WSM)
+    if isinstance(raw, bytes):  # implicit VR: four-byte little-endian integers
+        raw = [int.from_bytes(raw[i:i + 4], "little") for i in range(0, len(raw), 4)]
+    flat = [] if raw is None or raw == "" else ([int(raw)] if isinstance(raw, int) else [int(v) for v in raw])
+    if len(flat) % 4:
+        raise PrivateTagError(f"{filename}: MedLocker WSM boxes hold {len(flat)} values, not a multiple of 4")
+    boxes = [tuple(flat[i:i + 4]) for i in range(0, len(flat), 4)]
+    source_uid = _value(ds, block, _SOURCE_UID)
+    return MedlockerTags(
+        params=params, wsm_boxes=boxes, source_sop_instance_uid=str(source_uid) if source_uid else None,
+        certificate=certificate, signature=_bytes(_value(ds, block, _SIGNATURE)),
+        restore_payload=_bytes(_value(ds, block, _PAYLOAD)), version=version,
+    )
