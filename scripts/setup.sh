@@ -4,6 +4,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Debian packages used as real components by the DICOM/PACS features and their tests: a PACS
+# (Orthanc + DICOMweb plugin), the dciodvfy validator (dicom3tools) and dcmtk.
+DEBIAN_PACKAGES="orthanc orthanc-dicomweb dicom3tools dcmtk"
+missing=""
+for pkg in $DEBIAN_PACKAGES; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+    else
+        echo "setup.sh: please install the Debian packages:$missing (needs root); the PACS tests need them" >&2
+    fi
+fi
+
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv

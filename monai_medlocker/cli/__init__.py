@@ -16,7 +16,7 @@ from monai_medlocker import __version__
 __all__ = ["main", "SUBCOMMANDS"]
 
 # Module names under monai_medlocker.cli, in the order shown by --help.
-SUBCOMMANDS = ("synth", "train_demo", "protect", "lesions", "datalist")
+SUBCOMMANDS = ("synth", "train_demo", "protect", "pacs", "lesions", "datalist")
 
 
 class CLIError(Exception):
@@ -36,7 +36,7 @@ def _user_error(err: BaseException) -> BaseException | None:
     """The user-facing error behind ``err``: MONAI's config parser wraps the real one in a RuntimeError."""
     seen = err
     while seen is not None:
-        if isinstance(seen, (CLIError, ValueError, FileNotFoundError)):
+        if isinstance(seen, (CLIError, ValueError, FileNotFoundError)) or getattr(seen, "user_facing", False):
             return seen
         seen = seen.__cause__ or seen.__context__
     return None

@@ -21,10 +21,12 @@ def bundle_root(explicit: str | None = None) -> Path:
     )
 
 
-def parse_bundle_config(config_name: str, root: Path, overrides: dict) -> ConfigParser:
-    """Read ``root/configs/<config_name>`` with ``bundle_root`` set and the given overrides (``None`` values skipped)."""
+def parse_bundle_config(config_name: str | list[str], root: Path, overrides: dict) -> ConfigParser:
+    """Read ``root/configs/<config_name>`` (a list is merged in order, as ``monai.bundle run`` does) with
+    ``bundle_root`` set and the given overrides (``None`` values skipped)."""
+    names = [config_name] if isinstance(config_name, str) else list(config_name)
     parser = ConfigParser()
-    parser.read_config(str(root / "configs" / config_name))
+    parser.read_config([str(root / "configs" / name) for name in names])
     parser["bundle_root"] = str(root)
     for key, value in overrides.items():
         if value is not None:

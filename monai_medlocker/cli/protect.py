@@ -19,6 +19,12 @@ def add_subparser(subparsers) -> None:
     )
     p.add_argument("input", help="folder of images (masks beside them) or a datalist JSON")
     p.add_argument("output", help="output folder (must not be inside the input folder)")
+    add_protect_options(p)
+    p.set_defaults(func=run)
+
+
+def add_protect_options(p: argparse.ArgumentParser) -> None:
+    """The protect settings shared by ``protect`` and ``pacs protect`` (each maps to an inference.json key)."""
     p.add_argument("--bundle-root", help="the MedLocker bundle folder (default: the one beside the package)")
     p.add_argument("--model", dest="ckpt_path", help="surrogate checkpoint (plain state_dict); default: the demo model")
     p.add_argument("--network", dest="network_name", help="network name of --model (e.g. resnet-tiny)")
@@ -39,17 +45,14 @@ def add_subparser(subparsers) -> None:
     p.add_argument("--dicom-encoding", dest="dicom_encoding", choices=("explicit", "rle", "jpeg-ls"),
                    help="transfer syntax of derived DICOM instances (lossless only; default: explicit, uncompressed)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    root = bundle_root(args.bundle_root)
+def protect_overrides(args: argparse.Namespace) -> dict:
+    """inference.json overrides from the shared protect options (``None`` = keep the config's value)."""
     space = args.search_space
     if space and space.lstrip().startswith("{"):
         space = json.loads(space)
-    overrides = {
-        "dataset_dir": str(Path(args.input).resolve()),
-        "output_dir": str(Path(args.output).resolve()),
+    return {
         "ckpt_path": args.ckpt_path and str(Path(args.ckpt_path).resolve()),
         "network_name": args.network_name,
         "num_classes": args.num_classes,
@@ -66,6 +69,12 @@ def run(args: argparse.Namespace) -> int:
         "progress": False if args.quiet else None,
         "dicom_encoding": args.dicom_encoding,
     }
+
+
+def run(args: argparse.Namespace) -> int:
+    root = bundle_root(args.bundle_root)
+    overrides = {"dataset_dir": str(Path(args.input).resolve()), "output_dir": str(Path(args.output).resolve()),
+                 **protect_overrides(args)}
     parser = parse_bundle_config("inference.json", root, overrides)
     summary = parser.get_parsed_content("protector").run()
     return int(summary["exit_code"])

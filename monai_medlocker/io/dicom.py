@@ -16,7 +16,8 @@ would make the protected pixels differ in meaning from the original's.
 
 Writing (:func:`derive_protected_dataset`): a new instance of the source's SOP class with a new
 SOP Instance UID and Series Instance UID, the same Study Instance UID, the patient and study
-modules copied unchanged, ImageType ``DERIVED\\SECONDARY``, a DerivationDescription and a
+modules copied unchanged, ImageType ``DERIVED\\SECONDARY`` (``DERIVED\\PRIMARY\\WATERMARKED`` for
+Ophthalmic Photography, whose IOD allows only PRIMARY as Value 2), a DerivationDescription and a
 SourceImageSequence pointing at the original. Lossy-compression history is kept. Pixels are
 written Explicit VR Little Endian uncompressed by default, or RLE Lossless / JPEG-LS Lossless
 on request; lossy output is never written because it would alter the watermark and the
@@ -79,6 +80,7 @@ _DROP = (
     "ExtendedOffsetTable", "ExtendedOffsetTableLengths",
     "PlanarConfiguration", "PixelData",
 )
+_OPHTHALMIC_PHOTOGRAPHY = "1.2.840.10008.5.1.4.1.1.77.1.5."
 SOURCE_PURPOSE = ("121322", "DCM", "Source image for image processing operation")
 DERIVATION_DESCRIPTION = (
     "MedLocker: owner logo composited at an optimised lesion-free placement; pixels outside the logo boxes unchanged"
@@ -276,7 +278,12 @@ def derive_protected_dataset(
         f"{source_description} (MedLocker protected)" if source_description else "MedLocker protected"
     )[:64]
     image_type = list(source.get("ImageType", []) or [])
-    ds.ImageType = ["DERIVED", "SECONDARY"] + image_type[2:]
+    if str(source.SOPClassUID).startswith(_OPHTHALMIC_PHOTOGRAPHY):
+        # The OP image module enumerates Value 2 as PRIMARY only and requires Value 3 for DERIVED
+        # images (PS3.3 C.8.17.2.1.1); "WATERMARKED" extends its defined terms.
+        ds.ImageType = ["DERIVED", "PRIMARY"] + (image_type[2:] or ["WATERMARKED"])
+    else:
+        ds.ImageType = ["DERIVED", "SECONDARY"] + image_type[2:]
     ds.DerivationDescription = DERIVATION_DESCRIPTION
     ref = Dataset()
     ref.ReferencedSOPClassUID = source.SOPClassUID

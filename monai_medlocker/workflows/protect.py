@@ -159,7 +159,8 @@ class DatasetProtector:
         self.lesions = LesionSource(lesion_segmenter, segmenter_checkpoint)
         self.input_path = Path(input_path)
         self.output_dir = Path(output_dir)
-        in_root = (self.input_path if self.input_path.is_dir() else self.input_path.parent).resolve()
+        is_datalist = self.input_path.suffix.lower() == ".json" and not self.input_path.is_dir()
+        in_root = (self.input_path.parent if is_datalist else self.input_path).resolve()
         out_root = self.output_dir.resolve()
         if out_root == in_root or in_root in out_root.parents:
             raise ValueError(

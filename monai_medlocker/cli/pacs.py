@@ -1,0 +1,56 @@
+"""``medlocker pacs protect --url URL --study STUDY_UID``: protect a PACS study into a derived series.
+
+Runs the bundle's ``inference.json`` merged with ``pacs_protect.json``, so the protect settings
+are the same as for ``medlocker protect``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from monai_medlocker.cli._bundle import bundle_root, parse_bundle_config
+from monai_medlocker.cli.protect import add_protect_options, protect_overrides
+
+__all__ = ["add_subparser", "run_protect"]
+
+
+def add_subparser(subparsers) -> None:
+    p = subparsers.add_parser("pacs", help="protect studies held by a PACS (DICOMweb)",
+                              description="Round trips with a clinic's PACS over DICOMweb.")
+    actions = p.add_subparsers(dest="pacs_command", metavar="ACTION")
+    pp = actions.add_parser(
+        "protect", help="pull a study, protect each fundus instance, store a new derived series back",
+        description="Pull STUDY over DICOMweb (QIDO-RS/WADO-RS), protect each fundus photograph instance and store the "
+        "protected instances back as a new derived series (STOW-RS). The original series are never changed. A study "
+        "that already has a MedLocker series is reported and left alone unless --force is given.",
+    )
+    pp.add_argument("--url", required=True, help="DICOMweb root of the PACS, e.g. http://127.0.0.1:8042/dicom-web")
+    pp.add_argument("--study", required=True, help="Study Instance UID")
+    pp.add_argument("--force", action="store_true", help="protect again even if the study already has a MedLocker series")
+    pp.add_argument("--work-dir", dest="work_dir",
+                    help="folder for the pulled and protected copies and pacs_summary.json (default: a new temporary folder)")
+    pp.add_argument("--retries", dest="pacs_retries", type=int, help="attempts per PACS request (default: 3)")
+    pp.add_argument("--timeout", dest="pacs_timeout", type=float, help="seconds per PACS request (default: 30)")
+    pp.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    add_protect_options(pp)
+    pp.set_defaults(func=run_protect)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def run_protect(args: argparse.Namespace) -> int:
+    root = bundle_root(args.bundle_root)
+    overrides = {"pacs_url": args.url, "study_uid": args.study, "force": bool(args.force),
+                 "pacs_retries": args.pacs_retries, "pacs_timeout": args.pacs_timeout, **protect_overrides(args)}
+    if args.work_dir:
+        work = Path(args.work_dir).resolve()
+        if work.exists() and any(work.iterdir()):
+            raise ValueError(f"work folder {work} is not empty; give a new or empty folder")
+        overrides["work_dir"] = str(work)
+    parser = parse_bundle_config(["inference.json", "pacs_protect.json"], root, overrides)
+    summary = parser.get_parsed_content("study_protector").run()
+    if args.json:
+        print(json.dumps(summary, indent=2), file=sys.stdout)
+    return int(summary["exit_code"])

@@ -1,0 +1,160 @@
+"""Protect one study held by a PACS: pull it over DICOMweb, protect each fundus instance, store a
+new derived series back with STOW-RS. Nothing on the PACS is modified or deleted.
+
+Steps:
+1. QIDO-RS lists the study's series; WADO-RS metadata shows which series are already MedLocker
+   outputs (their instances carry the ``MEDLOCKER 1`` private block). If any exists, the study is
+   reported as already protected and nothing is done, unless ``force`` is set.
+2. WADO-RS downloads every instance of a fundus photograph SOP class into ``work_dir/in``;
+   instances of other classes (reports, OCT volumes, ...) are listed as skipped.
+3. The protect workflow (:class:`~monai_medlocker.workflows.protect.DatasetProtector`) writes
+   derived instances into ``work_dir/out``, one derived series per source series.
+4. STOW-RS stores each derived instance on its own request, so that a failure touches one
+   instance only; the report lists exactly which SOP Instance UIDs the PACS confirmed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pydicom
+from tqdm import tqdm
+
+from monai_medlocker.io.image import atomic_write_bytes
+from monai_medlocker.pacs.dicomweb import DicomWebPacs, PacsError, json_has_medlocker_block, json_value
+
+__all__ = ["FUNDUS_SOP_CLASSES", "StudyProtector", "format_study_summary"]
+
+FUNDUS_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.77.1.5.1": "Ophthalmic Photography 8 Bit Image",
+    "1.2.840.10008.5.1.4.1.1.77.1.5.2": "Ophthalmic Photography 16 Bit Image",  # refused by the reader, with a reason
+    "1.2.840.10008.5.1.4.1.1.77.1.4": "VL Photographic Image",
+    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image",
+    "1.2.840.10008.5.1.4.1.1.7.4": "Multi-frame True Color Secondary Capture Image",
+}
+_SERIES_UID, _SOP_CLASS, _SOP_UID = "0020000E", "00080016", "00080018"
+_SOURCE_IMAGE_SEQUENCE, _REFERENCED_SOP_UID = "00082112", "00081155"
+
+
+def _referenced_sources(item: dict) -> list[str]:
+    refs = item.get(_SOURCE_IMAGE_SEQUENCE, {}).get("Value") or []
+    return [json_value(r, _REFERENCED_SOP_UID) for r in refs if json_value(r, _REFERENCED_SOP_UID)]
+
+
+class StudyProtector:
+    """Protect one PACS study into a new derived series.
+
+    Args:
+        pacs: the DICOMweb service (a :class:`DicomWebPacs`, or its URL).
+        study_uid: the Study Instance UID.
+        protector: a configured :class:`~monai_medlocker.workflows.protect.DatasetProtector` whose
+            ``input_path`` and ``output_dir`` are the work folders (``work_dir/in`` and ``work_dir/out``).
+        force: protect again even when the study already has a MedLocker series (a new series is made).
+        progress: show progress bars.
+    """
+
+    def __init__(self, pacs: DicomWebPacs | str, study_uid: str, protector, force: bool = False,
+                 progress: bool = True) -> None:
+        if not study_uid or not isinstance(study_uid, str):
+            raise ValueError(f"study_uid must be a Study Instance UID string, got {study_uid!r}")
+        self.pacs = pacs if isinstance(pacs, DicomWebPacs) else DicomWebPacs(pacs)
+        self.study_uid = study_uid
+        self.protector = protector
+        self.force = bool(force)
+        self.progress = progress
+        self.summary: dict | None = None
+
+    def _inventory(self) -> tuple[list[tuple[str, str]], dict[str, list[str]], list[dict]]:
+        """Fundus instances to protect, existing MedLocker series (uid -> source SOP UIDs), skipped instances."""
+        series = self.pacs.study_series(self.study_uid)
+        if not series:
+            raise PacsError(f"PACS {self.pacs.url}: study {self.study_uid} not found (QIDO-RS returned no series)")
+        todo, protected, skipped = [], {}, []
+        for s in series:
+            series_uid = json_value(s, _SERIES_UID)
+            metadata = self.pacs.series_metadata(self.study_uid, series_uid)
+            if any(json_has_medlocker_block(m) for m in metadata):
+                protected[series_uid] = [ref for m in metadata for ref in _referenced_sources(m)]
+                continue
+            for m in metadata:
+                sop_class, sop_uid = json_value(m, _SOP_CLASS), json_value(m, _SOP_UID)
+                if sop_class in FUNDUS_SOP_CLASSES:
+                    todo.append((series_uid, sop_uid))
+                else:
+                    name = pydicom.uid.UID(sop_class).name if sop_class else "unknown SOP class"
+                    skipped.append({"series": series_uid, "sop_instance": sop_uid,
+                                    "reason": f"not a fundus photograph class ({name})"})
+        return todo, protected, skipped
+
+    def run(self) -> dict:
+        """Pull, protect, store; returns (and writes ``pacs_summary.json`` beside the outputs) the report."""
+        todo, existing, skipped = self._inventory()
+        summary = {"pacs": self.pacs.url, "study": self.study_uid, "existing_medlocker_series": sorted(existing),
+                   "skipped": skipped, "stored": [], "store_failed": [], "protect_failures": [], "derived_series": {}}
+        if existing and not self.force:
+            covered = sum(len(v) for v in existing.values())
+            summary.update(status="already-protected", exit_code=0, message=(
+                f"study {self.study_uid} is already protected: MedLocker series {', '.join(sorted(existing))} "
+                f"({covered} protected instance(s)); nothing done (use --force to protect it again into a new series)"))
+            return self._finish(summary)
+        if not todo:
+            summary.update(status="nothing-to-protect", exit_code=1,
+                           message=f"study {self.study_uid} has no fundus photograph instances to protect")
+            return self._finish(summary)
+
+        in_dir = Path(self.protector.input_path)
+        for series_uid, sop_uid in tqdm(todo, desc="pull", unit="img", disable=not self.progress, file=sys.stderr):
+            ds = self.pacs.retrieve(self.study_uid, series_uid, sop_uid)
+            target = in_dir / series_uid / f"{sop_uid}.dcm"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            ds.save_as(target, enforce_file_format=True)
+        protect = self.protector.run()
+        out_dir = Path(self.protector.output_dir)
+        rows = [json.loads(line) for line in (out_dir / "manifest.jsonl").read_text(encoding="utf-8").splitlines()]
+        summary["protect_failures"] = protect["failures"]
+        summary["protect"] = {k: protect[k] for k in ("images", "protected", "successes", "success_rate", "median_queries")}
+        outputs = [out_dir / r["output"] for r in rows if r.get("output") and r.get("protected", True)]
+        for path in tqdm(outputs, desc="store", unit="img", disable=not self.progress, file=sys.stderr):
+            ds = pydicom.dcmread(path)
+            entry = {"sop_instance": str(ds.SOPInstanceUID), "series": str(ds.SeriesInstanceUID),
+                     "source_sop_instance": str(ds.SourceImageSequence[0].ReferencedSOPInstanceUID), "file": path.name}
+            try:
+                result = self.pacs.store([ds], self.study_uid)
+            except PacsError as err:
+                summary["store_failed"].append({**entry, "error": str(err)})
+                continue
+            if entry["sop_instance"] in result.stored:
+                summary["stored"].append(entry)
+                summary["derived_series"][entry["series"]] = summary["derived_series"].get(entry["series"], 0) + 1
+            else:
+                reason = result.failed.get(entry["sop_instance"], "the PACS did not confirm it")
+                summary["store_failed"].append({**entry, "error": f"PACS {self.pacs.url}: not stored ({reason})"})
+        ok = not summary["store_failed"] and not summary["protect_failures"]
+        summary.update(status="protected" if ok else "incomplete", exit_code=0 if ok else 1, message=(
+            f"stored {len(summary['stored'])} protected instance(s) of study {self.study_uid} in "
+            f"{len(summary['derived_series'])} new series; {len(summary['store_failed'])} store failure(s), "
+            f"{len(summary['protect_failures'])} protect failure(s), {len(skipped)} skipped"))
+        return self._finish(summary)
+
+    def _finish(self, summary: dict) -> dict:
+        out_dir = Path(self.protector.output_dir)
+        summary["work_dir"] = str(out_dir.parent)
+        atomic_write_bytes(out_dir / "pacs_summary.json", json.dumps(summary, indent=2).encode())
+        self.summary = summary
+        print(format_study_summary(summary), file=sys.stderr)
+        return summary
+
+
+def format_study_summary(summary: dict) -> str:
+    lines = [f"MedLocker pacs protect: {summary['message']}"]
+    for item in summary["stored"]:
+        lines.append(f"  STORED {item['sop_instance']} (from {item['source_sop_instance']})")
+    for item in summary["store_failed"]:
+        lines.append(f"  NOT STORED {item['sop_instance']} (from {item['source_sop_instance']}): {item['error']}")
+    for item in summary["protect_failures"]:
+        lines.append(f"  FAILED {item['image']}: {item['error']}")
+    for item in summary["skipped"]:
+        lines.append(f"  SKIPPED {item['sop_instance']}: {item['reason']}")
+    return "\n".join(lines)
