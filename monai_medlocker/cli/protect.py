@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from monai_medlocker.cli._bundle import bundle_root, parse_bundle_config
+from monai_medlocker.cli.keygen import add_passphrase_options, read_passphrase
 from monai_medlocker.watermark.optimizers import OPTIMIZERS
 
 
@@ -44,6 +45,9 @@ def add_protect_options(p: argparse.ArgumentParser) -> None:
                    help="trained lesion segmenter state_dict for --lesion-segmenter network")
     p.add_argument("--dicom-encoding", dest="dicom_encoding", choices=("explicit", "rle", "jpeg-ls"),
                    help="transfer syntax of derived DICOM instances (lossless only; default: explicit, uncompressed)")
+    p.add_argument("--key", dest="owner_key", help="owner key (from medlocker keygen): sign a certificate and seal a "
+                   "restore payload into each protected image")
+    add_passphrase_options(p, "protects the --key file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -68,6 +72,8 @@ def protect_overrides(args: argparse.Namespace) -> dict:
         "segmenter_checkpoint": args.segmenter_checkpoint and str(Path(args.segmenter_checkpoint).resolve()),
         "progress": False if args.quiet else None,
         "dicom_encoding": args.dicom_encoding,
+        "owner_key": args.owner_key and str(Path(args.owner_key).resolve()),
+        "owner_key_passphrase": read_passphrase(args),
     }
 
 

@@ -59,6 +59,9 @@ __all__ = [
     "derive_protected_dataset",
     "save_dicom",
     "already_protected",
+    "RESTORED_KEYWORDS",
+    "original_header",
+    "restore_original_dataset",
 ]
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -330,6 +333,63 @@ def derive_protected_dataset(
     ds.preamble = b"\x00" * 128
     if encoding != "explicit":
         ds.compress(DICOM_ENCODINGS[encoding], data)
+    return ds
+
+
+# Attributes the derivation sets or replaces; their original values (or absence) go into the
+# certificate so that an unlock gives back the original instance, UIDs included.
+RESTORED_KEYWORDS = (
+    "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "SeriesNumber", "SeriesDescription", "ImageType",
+    "DerivationDescription", "SourceImageSequence", "InstanceCreationDate", "InstanceCreationTime", "ContentDate",
+    "ContentTime", "LossyImageCompression", "LossyImageCompressionRatio", "LossyImageCompressionMethod",
+)
+
+
+def original_header(source: Dataset) -> dict:
+    """The source's values of :data:`RESTORED_KEYWORDS` (DICOM JSON) and the ones it lacked."""
+    kept = Dataset()
+    for keyword in RESTORED_KEYWORDS:
+        if keyword in source:
+            kept[keyword] = copy.deepcopy(source[keyword])
+    return {"attributes": kept.to_json_dict(), "absent": [k for k in RESTORED_KEYWORDS if k not in source],
+            "sop_class": str(source.SOPClassUID)}
+
+
+def restore_original_dataset(derived: Dataset, pixels: np.ndarray, header: dict) -> Dataset:
+    """The original instance again: the derived dataset with the original pixels, UIDs and changed attributes.
+
+    The MedLocker private block is removed. The pixels are written uncompressed (RGB, or MONOCHROME2
+    when the derived instance is); attributes the protect step dropped for good (an icon image,
+    other vendors' private data, digital signatures) cannot come back.
+
+    Raises:
+        ValueError: a header that is not from :func:`original_header`, or pixels of the wrong shape.
+    """
+    try:
+        attributes = Dataset.from_json(header["attributes"])
+        absent = list(header["absent"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"the certificate's DICOM header record is unusable ({err!r})") from err
+    ds = copy.deepcopy(derived)
+    for elem in list(ds):
+        if elem.tag.is_private:
+            del ds[elem.tag]
+    for keyword in absent:
+        if keyword in RESTORED_KEYWORDS and keyword in ds:
+            del ds[keyword]
+    for elem in attributes:
+        ds[elem.tag] = elem
+    pixels = np.asarray(pixels)
+    if pixels.dtype != np.uint8 or pixels.shape != (int(ds.Rows), int(ds.Columns), 3):
+        raise ValueError(f"restored pixels must be {ds.Rows} x {ds.Columns} x 3 uint8, got {pixels.shape} {pixels.dtype}")
+    if ds.PhotometricInterpretation == "MONOCHROME2":
+        ds.PixelData = np.ascontiguousarray(pixels[..., 0]).tobytes()
+    else:
+        ds.PhotometricInterpretation, ds.SamplesPerPixel, ds.PlanarConfiguration = "RGB", 3, 0
+        ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     return ds
 
 

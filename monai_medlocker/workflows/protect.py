@@ -38,7 +38,15 @@ from tqdm import tqdm
 
 from pydicom.uid import generate_uid
 
-from monai_medlocker.io.dicom import DICOM_ENCODINGS, already_protected, derive_protected_dataset, is_dicom_file, save_dicom
+from monai_medlocker.certify.seal import PNG_PARAMS, Certifier
+from monai_medlocker.io.dicom import (
+    DICOM_ENCODINGS,
+    already_protected,
+    derive_protected_dataset,
+    is_dicom_file,
+    original_header,
+    save_dicom,
+)
 from monai_medlocker.io.image import SUPPORTED_SUFFIXES, ImageReadError, atomic_write_bytes, load_fundus, save_png
 from monai_medlocker.io.private_tags import MedlockerTags
 from monai_medlocker.lesions.masks import find_mask_files
@@ -135,6 +143,9 @@ class DatasetProtector:
         progress: show a progress bar.
         dicom_encoding: transfer syntax of derived DICOM instances: ``"explicit"`` (uncompressed,
             default), ``"rle"`` or ``"jpeg-ls"`` (lossless). Lossy output is refused.
+        owner_key: the owner's ``.key`` file (or an ``OwnerKey``): when given, each protected image
+            gets a signed certificate and an encrypted restore payload (:mod:`monai_medlocker.certify`).
+        owner_key_passphrase: the key file's passphrase, when it has one.
     """
 
     def __init__(
@@ -152,7 +163,10 @@ class DatasetProtector:
         lesion_segmenter: str = "builtin",
         segmenter_checkpoint: str | None = None,
         dicom_encoding: str = "explicit",
+        owner_key=None,
+        owner_key_passphrase: str | None = None,
     ) -> None:
+        self.certifier = Certifier(owner_key, owner_key_passphrase) if owner_key else None
         if dicom_encoding not in DICOM_ENCODINGS:
             raise ValueError(f"dicom_encoding must be one of {sorted(DICOM_ENCODINGS)} (lossless only), got {dicom_encoding!r}")
         self.dicom_encoding = dicom_encoding
@@ -196,10 +210,23 @@ class DatasetProtector:
             record["lesion_report"] = report
         record["wsm_boxes"] = self.wsm.boxes(masks)[0].tolist()
         protected = np.ascontiguousarray(np.asarray(out).transpose(1, 2, 0))
-        if record.get("protected") and dicom is not None:
-            src = dicom.dataset
+        if not record.get("protected"):
+            atomic_write_bytes(out_path.with_name(out_path.stem + RECORD_SUFFIX), json.dumps(record, indent=2).encode())
+            return record
+        src = dicom.dataset if dicom is not None else None
+        sealed = None
+        if self.certifier is not None:
+            t0 = time.perf_counter()
+            image_id = str(src.SOPInstanceUID) if src is not None else item.relative.as_posix()
+            extra = {"dicom_original": original_header(src)} if src is not None else None
+            sealed = self.certifier.seal(image_id, image, protected, dict(record), extra)
+            record["certify_seconds"] = round(time.perf_counter() - t0, 4)
+        if src is not None:
             tags = MedlockerTags(params=record, wsm_boxes=[tuple(b) for b in record["wsm_boxes"]],
                                  source_sop_instance_uid=str(src.SOPInstanceUID))
+            if sealed is not None:
+                tags.certificate, tags.signature, tags.restore_payload = (
+                    sealed.signed.certificate, sealed.signed.signature, sealed.payload)
             derived = derive_protected_dataset(src, protected, tags, encoding=self.dicom_encoding,
                                                series_uid=self.derived_series_uid(str(src.get("SeriesInstanceUID", ""))))
             record["dicom"] = {
@@ -210,9 +237,15 @@ class DatasetProtector:
                 "monochrome": dicom.monochrome,
             }
             save_dicom(out_path, derived)
-        elif record.get("protected"):
-            save_png(out_path, protected, text={"medlocker:params": json.dumps(record, sort_keys=True)})
-        atomic_write_bytes(out_path.with_name(out_path.stem + RECORD_SUFFIX), json.dumps(record, indent=2).encode())
+        else:
+            text = {PNG_PARAMS: json.dumps(record, sort_keys=True)}
+            if sealed is not None:
+                text.update(sealed.png_text())
+            save_png(out_path, protected, text=text)
+        sidecar = dict(record)
+        if sealed is not None:
+            sidecar.update(sealed.sidecar_fields())
+        atomic_write_bytes(out_path.with_name(out_path.stem + RECORD_SUFFIX), json.dumps(sidecar, indent=2).encode())
         return record
 
     def run(self) -> dict:
@@ -304,6 +337,7 @@ class DatasetProtector:
             "low_confidence_lesions": [{"image": r["image"], "confidence": r.get("lesion_confidence"),
                                         "warnings": r["lesion_warnings"]} for r in rows if r.get("lesion_warnings")],
             "optimizer": self.watermark.optimizer.name,
+            "certified_by": self.certifier.key_id if self.certifier else None,
             "exit_code": 1 if failures else 0,
         }
 

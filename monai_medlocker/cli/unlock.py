@@ -1,0 +1,47 @@
+"""``medlocker unlock FILE_OR_DIR OUT --key OWNER_KEY | --grant GRANT``: the bundle's unlock.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from monai_medlocker.cli._bundle import bundle_root, parse_bundle_config
+from monai_medlocker.cli.keygen import add_passphrase_options, read_passphrase
+
+__all__ = ["add_subparser", "run"]
+
+
+def add_subparser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "unlock", help="restore the bit-exact originals of protected images (owner key or grant)",
+        description="Remove the logo from each protected image with the owner key or a grant and write the original, "
+        "checked bit for bit against the certified hash, to OUT. DICOM images get their original UIDs back. An image "
+        "that does not unlock (wrong key, not covered by the grant, tampered) is reported and nothing is written for it.",
+    )
+    p.add_argument("input", metavar="FILE_OR_DIR", help="a protected image or a folder of them")
+    p.add_argument("output", metavar="OUT", help="output folder (not inside the input folder)")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--key", help="the owner key file (OWNER.key)")
+    who.add_argument("--grant", help="a grant file from medlocker grant")
+    p.add_argument("--pub", help="the owner's public key, to check signatures when unlocking with a grant")
+    add_passphrase_options(p, "protects the --key file")
+    p.add_argument("--json", action="store_true", help="print the machine-readable report (JSON) on stdout")
+    p.add_argument("--bundle-root", help="the MedLocker bundle folder (default: the one beside the package)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from monai_medlocker.workflows.unlock import format_unlock_summary
+
+    resolve = lambda p: p and str(Path(p).resolve())  # noqa: E731
+    overrides = {"dataset_dir": resolve(args.input), "output_dir": resolve(args.output), "owner_key": resolve(args.key),
+                 "grant": resolve(args.grant), "public_key": resolve(args.pub), "owner_key_passphrase": read_passphrase(args),
+                 "progress": False if args.quiet else None}
+    summary = parse_bundle_config("unlock.json", bundle_root(args.bundle_root), overrides).get_parsed_content("unlocker").run()
+    print(format_unlock_summary(summary), file=sys.stderr)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    return int(summary["exit_code"])

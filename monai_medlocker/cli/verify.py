@@ -1,0 +1,42 @@
+"""``medlocker verify FILE_OR_DIR --pub OWNER_PUB``: the bundle's verify.json from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from monai_medlocker.cli._bundle import bundle_root, parse_bundle_config
+
+__all__ = ["add_subparser", "run"]
+
+
+def add_subparser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "verify", help="check protected images' certificates against the owner's public key",
+        description="Print one verdict per image: authentic; watermark present, pixels modified; pixels modified, "
+        "watermark not found; invalid signature; foreign owner; no certificate. Exit code 1 unless every image is "
+        "authentic.",
+    )
+    p.add_argument("input", metavar="FILE_OR_DIR", help="a protected image (PNG/DICOM, or a copy with its sidecar) or a folder")
+    p.add_argument("--pub", required=True, help="the owner's public key file (OWNER.pub)")
+    p.add_argument("--logo", help="the owner's logo, to look for it in modified images (default: the shipped logo)")
+    p.add_argument("--json", action="store_true", help="print the machine-readable report (JSON) on stdout")
+    p.add_argument("--report", help="also write the JSON report to this file")
+    p.add_argument("--bundle-root", help="the MedLocker bundle folder (default: the one beside the package)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from monai_medlocker.workflows.verify import format_verify_summary
+
+    overrides = {"dataset_dir": str(Path(args.input).resolve()), "public_key": str(Path(args.pub).resolve()),
+                 "logo": args.logo and str(Path(args.logo).resolve()), "report": args.report and str(Path(args.report).resolve()),
+                 "progress": False if args.quiet else None}
+    summary = parse_bundle_config("verify.json", bundle_root(args.bundle_root), overrides).get_parsed_content("verifier").run()
+    print(format_verify_summary(summary), file=sys.stderr)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    return int(summary["exit_code"])

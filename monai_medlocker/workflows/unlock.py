@@ -1,0 +1,161 @@
+"""Unlock protected images: bit-exact originals for the owner or a grant holder.
+
+For each image: read its certificate and encrypted restore payload, check the signature (when
+an owner public key is known), derive or look up the image's key, decrypt (the certificate is
+the associated data, so a changed certificate or payload fails here), put the original pixels
+back under the logo boxes, and check the result against the certified hash of the original.
+Only then is anything written. A DICOM image gets its original UIDs and header values back from
+the certificate, so that the unlocked instance is the original instance.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from monai_medlocker.certify.certificate import certificate_digest, pixel_sha256, verify_certificate
+from monai_medlocker.certify.grant import Grant, GrantError, load_grant
+from monai_medlocker.certify.keys import OwnerKey, OwnerPublicKey, load_owner_key, load_public_key
+from monai_medlocker.certify.payload import PayloadError, apply_restore_payload, decrypt_payload, derive_image_key
+from monai_medlocker.certify.seal import ProtectedFile, payload_sha256, read_protected
+from monai_medlocker.io.image import ImageReadError, atomic_write_bytes, save_png
+from monai_medlocker.workflows.verify import find_certified_images
+
+__all__ = ["UnlockError", "unlock_image", "Unlocker", "format_unlock_summary"]
+
+
+class UnlockError(ValueError):
+    """An image that cannot be unlocked; the message names the file and the reason."""
+
+
+def unlock_image(pf: ProtectedFile, key: OwnerKey | None = None, grant: Grant | None = None,
+                 pub: OwnerPublicKey | None = None) -> np.ndarray:
+    """The original pixels of one protected image, checked against the certified hash.
+
+    Raises:
+        UnlockError: no certificate, an invalid signature or foreign owner, a key or grant that
+            does not open it, a tampered payload or certificate, or pixels that do not restore.
+    """
+    where = str(pf.path)
+    if pf.problem:
+        raise UnlockError(pf.problem)
+    if pf.signed is None or pf.payload is None:
+        raise UnlockError(f"{where}: no MedLocker certificate with a restore payload (was it protected with --key?)")
+    cert = pf.signed.certificate
+    image_id, key_id = cert.get("image_id"), cert.get("key_id")
+    if pub is not None:
+        status = verify_certificate(pf.signed, pub)
+        if status != "valid":
+            raise UnlockError(f"{where}: {status} (certificate key {key_id}, expected {pub.key_id}); nothing unlocked")
+    if key is not None:
+        if key_id != key.key_id:
+            raise UnlockError(f"{where}: protected by owner key {key_id}, not by the given key {key.key_id}")
+        image_key = derive_image_key(key.master_secret, key.key_id, image_id)
+    elif grant is not None:
+        if key_id != grant.key_id:
+            raise UnlockError(f"{where}: protected by owner key {key_id}; the grant is for {grant.key_id}")
+        try:
+            image_key = grant.key_for(image_id)
+        except GrantError as err:
+            raise UnlockError(f"{where}: {err}") from err
+    else:
+        raise UnlockError("unlock needs an owner key or a grant")
+    try:
+        packed = decrypt_payload(pf.payload, image_key, certificate_digest(cert), source=where)
+    except PayloadError as err:
+        raise UnlockError(str(err)) from err
+    if payload_sha256(packed) != cert.get("payload_sha256"):
+        raise UnlockError(f"{where}: the decrypted restore payload does not match the certified hash")
+    try:
+        restored = apply_restore_payload(pf.pixels, packed, source=where)
+    except PayloadError as err:
+        raise UnlockError(str(err)) from err
+    if pixel_sha256(restored) != cert.get("original_sha256"):
+        raise UnlockError(f"{where}: the restored pixels do not match the certified original (the protected image was "
+                          "modified after protection, outside the logo); nothing written")
+    return restored
+
+
+class Unlocker:
+    """Unlock a file or a folder of protected images into ``output_dir``.
+
+    Args:
+        input_path: a protected image or a folder of them.
+        output_dir: where originals are written (same relative names; never inside the input folder).
+        key: the owner's ``.key`` file (or an :class:`OwnerKey`); or
+        grant: a grant file (or a :class:`Grant`) covering the images.
+        passphrase: the key file's passphrase, when it has one.
+        public_key: the owner's ``.pub`` (optional with a grant; taken from the key otherwise).
+        progress: show a progress bar.
+    """
+
+    def __init__(self, input_path: str | Path, output_dir: str | Path, key: str | Path | OwnerKey | None = None,
+                 grant: str | Path | Grant | None = None, passphrase: str | None = None,
+                 public_key: str | Path | OwnerPublicKey | None = None, progress: bool = True) -> None:
+        if (key is None) == (grant is None):
+            raise ValueError("give exactly one of an owner key (--key) or a grant (--grant)")
+        self.key = key if isinstance(key, OwnerKey) or key is None else load_owner_key(key, passphrase)
+        self.grant = grant if isinstance(grant, Grant) or grant is None else load_grant(grant)
+        if isinstance(public_key, (str, Path)):
+            public_key = load_public_key(public_key)
+        self.public_key = public_key or (self.key.public if self.key else None)
+        self.input_path, self.output_dir = Path(input_path), Path(output_dir)
+        in_root = (self.input_path if self.input_path.is_dir() else self.input_path.parent).resolve()
+        out_root = self.output_dir.resolve()
+        if out_root == in_root or in_root in out_root.parents:
+            raise ValueError(f"output folder {self.output_dir} is the input folder or inside it; choose a separate folder")
+        self.progress = progress
+        self.summary: dict | None = None
+
+    def _target(self, path: Path, is_dicom: bool) -> Path:
+        rel = path.relative_to(self.input_path) if self.input_path.is_dir() else Path(path.name)
+        return self.output_dir / (rel.with_suffix(".dcm") if is_dicom else rel.with_suffix(".png"))
+
+    def _unlock_one(self, path: Path) -> dict:
+        from monai_medlocker.io.dicom import restore_original_dataset, save_dicom
+
+        pf = read_protected(path)
+        restored = unlock_image(pf, self.key, self.grant, self.public_key)
+        target = self._target(path, pf.dicom is not None)
+        if target.exists():
+            raise UnlockError(f"{path}: {target} already exists; not overwritten")
+        cert = pf.signed.certificate
+        if pf.dicom is not None:
+            header = (cert.get("extra") or {}).get("dicom_original")
+            if header is None:
+                raise UnlockError(f"{path}: the certificate holds no original DICOM header; cannot rebuild the instance")
+            save_dicom(target, restore_original_dataset(pf.dicom.dataset, restored, header))
+        else:
+            save_png(target, restored)
+        return {"image": str(path), "status": "unlocked", "output": str(target), "image_id": cert.get("image_id"),
+                "original_sha256": cert.get("original_sha256")}
+
+    def run(self) -> dict:
+        start = time.perf_counter()
+        rows = []
+        for path in tqdm(find_certified_images(self.input_path), desc="unlock", unit="img", disable=not self.progress,
+                         file=sys.stderr):
+            try:
+                rows.append(self._unlock_one(path))
+            except (UnlockError, ImageReadError, ValueError) as err:
+                message = str(err)
+                rows.append({"image": str(path), "status": "failed",
+                             "error": message if str(path) in message else f"{path}: {message}"})
+        failed = [r for r in rows if r["status"] == "failed"]
+        self.summary = {"input": str(self.input_path), "output_dir": str(self.output_dir), "images": len(rows),
+                        "unlocked": len(rows) - len(failed), "failures": failed,
+                        "seconds": round(time.perf_counter() - start, 2), "exit_code": 1 if failed or not rows else 0}
+        if rows and len(failed) < len(rows):
+            atomic_write_bytes(self.output_dir / "unlock_summary.json", json.dumps(self.summary, indent=2).encode())
+        return self.summary
+
+
+def format_unlock_summary(summary: dict) -> str:
+    lines = [f"MedLocker unlock: {summary['unlocked']}/{summary['images']} image(s) restored -> {summary['output_dir']}"]
+    lines += [f"  FAILED {f['error']}" for f in summary["failures"]]
+    return "\n".join(lines)

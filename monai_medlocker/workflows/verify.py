@@ -1,0 +1,128 @@
+"""Verify protected images against an owner's public key: one verdict per image.
+
+Verdicts:
+
+* ``authentic``: the signature is valid and the pixels are exactly the certified ones;
+* ``watermark present, pixels modified``: the signature is valid, the pixels differ (lossy
+  re-encoding, a resize, an edit), but the certified logo is still visible at its certified place;
+* ``pixels modified, watermark not found``: the signature is valid, the pixels differ and the
+  logo is not found where the certificate puts it;
+* ``invalid signature``: the certificate or its signature was altered (or is unreadable);
+* ``foreign owner``: the certificate was signed by another owner key;
+* ``no certificate``: the image carries no MedLocker certificate (embedded or in a sidecar).
+
+Only ``authentic`` passes: the run's exit code is 1 when any image gets another verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from monai_medlocker.certify.certificate import pixel_sha256, verify_certificate
+from monai_medlocker.certify.keys import OwnerPublicKey, load_public_key
+from monai_medlocker.certify.seal import ProtectedFile, read_protected
+from monai_medlocker.io.image import ImageReadError, atomic_write_bytes
+from monai_medlocker.watermark.logo import greyscale_logo, load_logo, logo_sha256
+
+__all__ = ["VERDICTS", "find_certified_images", "verify_image", "Verifier", "format_verify_summary"]
+
+VERDICTS = ("authentic", "watermark present, pixels modified", "pixels modified, watermark not found",
+            "invalid signature", "foreign owner", "no certificate", "unreadable image")
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".dcm", ".dicom")
+
+
+def find_certified_images(source: str | Path) -> list[Path]:
+    """One file, or the images in a folder (recursively; masks, sidecars and reports are not images)."""
+    from monai_medlocker.io.dicom import is_dicom_file
+
+    source = Path(source)
+    if not source.exists():
+        raise FileNotFoundError(f"input not found: {source}")
+    if source.is_file():
+        return [source]
+    files = [p for p in sorted(source.rglob("*")) if p.is_file()
+             and (p.suffix.lower() in _IMAGE_SUFFIXES or (p.suffix == "" and is_dicom_file(p)))]
+    if not files:
+        raise ValueError(f"no images found in {source}")
+    return files
+
+
+def verify_image(pf: ProtectedFile, pub: OwnerPublicKey, logo: np.ndarray) -> dict:
+    """The verdict for one image already read by :func:`read_protected`."""
+    row = {"image": str(pf.path), "certificate_in": pf.found_in}
+    if pf.problem:
+        return {**row, "verdict": "invalid signature", "detail": pf.problem}
+    if pf.signed is None:
+        return {**row, "verdict": "no certificate"}
+    cert = pf.signed.certificate
+    row.update(image_id=cert.get("image_id"), key_id=cert.get("key_id"))
+    status = verify_certificate(pf.signed, pub)
+    if status != "valid":
+        detail = (f"signed by {cert.get('key_id')}, not by {pub.key_id}" if status == "foreign owner"
+                  else "the certificate or its signature does not match the owner's public key")
+        return {**row, "verdict": status, "detail": detail}
+    if pixel_sha256(pf.pixels) == cert.get("watermarked_sha256"):
+        return {**row, "verdict": "authentic"}
+    params = cert.get("params") or {}
+    if params.get("logo_sha256") != logo_sha256(logo):
+        return {**row, "verdict": "pixels modified, watermark not found",
+                "detail": "the certified logo is not the one given (--logo), so it could not be looked for"}
+    mark_logo = greyscale_logo(logo) if params.get("logo_rendering") == "greyscale" else logo
+    from monai_medlocker.certify.detect import detect_logo
+
+    found = detect_logo(pf.pixels, params, mark_logo)
+    verdict = "watermark present, pixels modified" if found["present"] else "pixels modified, watermark not found"
+    return {**row, "verdict": verdict, "detection_score": round(found["score"], 4), "detection_threshold": found["threshold"]}
+
+
+class Verifier:
+    """Verify a file or a folder of protected images.
+
+    Args:
+        input_path: an image or a folder.
+        public_key: the owner's ``.pub`` file (or ``.key``; only its public part is read), or an
+            :class:`OwnerPublicKey`.
+        logo: the owner's logo file, used to look for the mark in modified images (default: the shipped logo).
+        report: optional path of a JSON report.
+        progress: show a progress bar.
+    """
+
+    def __init__(self, input_path: str | Path, public_key: str | Path | OwnerPublicKey, logo: str | Path | None = None,
+                 report: str | Path | None = None, progress: bool = True) -> None:
+        self.input_path = Path(input_path)
+        self.public_key = public_key if isinstance(public_key, OwnerPublicKey) else load_public_key(public_key)
+        self.logo = load_logo(logo)
+        self.report = Path(report) if report else None
+        self.progress = progress
+        self.summary: dict | None = None
+
+    def run(self) -> dict:
+        start = time.perf_counter()
+        rows = []
+        for path in tqdm(find_certified_images(self.input_path), desc="verify", unit="img", disable=not self.progress,
+                         file=sys.stderr):
+            try:
+                rows.append(verify_image(read_protected(path), self.public_key, self.logo))
+            except ImageReadError as err:
+                rows.append({"image": str(path), "verdict": "unreadable image", "detail": str(err)})
+        counts = {v: sum(r["verdict"] == v for r in rows) for v in VERDICTS if any(r["verdict"] == v for r in rows)}
+        self.summary = {"input": str(self.input_path), "owner_key_id": self.public_key.key_id, "images": len(rows),
+                        "verdicts": counts, "results": rows, "seconds": round(time.perf_counter() - start, 2),
+                        "exit_code": 0 if rows and all(r["verdict"] == "authentic" for r in rows) else 1}
+        if self.report:
+            atomic_write_bytes(self.report, json.dumps(self.summary, indent=2).encode())
+        return self.summary
+
+
+def format_verify_summary(summary: dict) -> str:
+    lines = [f"{r['verdict'].upper():38s} {r['image']}" + (f"  ({r['detail']})" if r.get("detail") else "")
+             for r in summary["results"]]
+    lines.append(f"MedLocker verify: {summary['images']} image(s): "
+                 + ", ".join(f"{n} {v}" for v, n in summary["verdicts"].items()))
+    return "\n".join(lines)

@@ -1,0 +1,254 @@
+"""Protect with a key, verify, unlock: round trips on PNG and DICOM, and every kind of tampering."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image, PngImagePlugin
+
+from monai_medlocker.certify import generate_owner_key, make_grant, save_grant, save_owner_key
+from monai_medlocker.certify.seal import PNG_CERTIFICATE, PNG_PAYLOAD, PNG_SIGNATURE, SIDECAR_SUFFIX
+from monai_medlocker.cli import main
+from monai_medlocker.data.synthetic import synthesize_fundus
+from monai_medlocker.io.dciodvfy import dciodvfy_available, run_dciodvfy
+from monai_medlocker.io.dicom import read_fundus_dicom
+from monai_medlocker.io.dicom_build import fundus_dataset
+from monai_medlocker.io.image import load_rgb
+from monai_medlocker.io.private_tags import has_medlocker_tags
+from monai_medlocker.workflows.protect import DatasetProtector
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("keys")
+    owner, other = generate_owner_key(), generate_owner_key()
+    save_owner_key(folder / "owner", owner)
+    save_owner_key(folder / "other", other)
+    return folder, owner, other
+
+
+@pytest.fixture(scope="module")
+def protected(tmp_path_factory, keys):
+    """Two PNGs and two DICOM files (colour JPEG Baseline OP 8-bit, red-free RLE) protected with the owner key."""
+    from conftest import TinyConv
+    from monai_medlocker.networks import Surrogate, model_spec
+
+    folder, _, _ = keys
+    src = tmp_path_factory.mktemp("originals")
+    for name in ("synthetic_grade2", "synthetic_grade3"):
+        shutil.copy(ROOT / "bundle" / "samples" / f"{name}.png", src / f"{name}.png")
+    rgb = synthesize_fundus(256, seed=21, grade=2).image
+    fundus_dataset(rgb, iod="op8", transfer_syntax="jpeg-baseline").save_as(src / "colour.dcm", enforce_file_format=True)
+    fundus_dataset(rgb[..., 1], iod="op8", transfer_syntax="rle").save_as(src / "redfree.dcm", enforce_file_format=True)
+    for stem in ("synthetic_grade2", "synthetic_grade3", "colour", "redfree"):  # empty masks: fast and deterministic
+        shape = (512, 512) if stem.startswith("synthetic") else (256, 256)
+        Image.fromarray(np.zeros(shape, np.uint8)).save(src / f"{stem}_lesions.png")
+    out = tmp_path_factory.mktemp("protected")
+    surrogate = Surrogate(TinyConv(), model_spec("resnet-tiny", 64))
+    summary = DatasetProtector(src, out, surrogate, watermark={"max_queries": 6}, lesion_segmenter="masks",
+                               owner_key=folder / "owner.key", progress=False).run()
+    assert summary["protected"] == 4 and summary["certified_by"] == keys[1].key_id, summary
+    return src, out
+
+
+def _copy(out: Path, tmp_path: Path, names: list[str]) -> Path:
+    dst = tmp_path / "copy"
+    dst.mkdir()
+    for name in names:
+        for p in out.glob(f"{Path(name).stem}*"):
+            shutil.copy(p, dst / p.name)
+    return dst
+
+
+def _verify(target: Path, pub: Path, capsys) -> tuple[int, dict]:
+    code = main(["verify", str(target), "--pub", str(pub), "--json", "--quiet"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def _rewrite_png(path: Path, change_text=None, change_pixels=None) -> None:
+    with Image.open(path) as img:
+        text, arr = dict(img.text), np.array(img.convert("RGB"))
+    if change_text:
+        change_text(text)
+    if change_pixels:
+        change_pixels(arr)
+    info = PngImagePlugin.PngInfo()
+    for k, v in text.items():
+        info.add_itxt(k, v)
+    Image.fromarray(arr).save(path, pnginfo=info)
+    path.with_name(path.stem + SIDECAR_SUFFIX).unlink()  # only the embedded copy is under test
+
+
+def test_verify_authentic_and_unlock_bit_exact(protected, keys, tmp_path, capsys):
+    src, out = protected
+    folder, owner, _ = keys
+    code, report = _verify(out, folder / "owner.pub", capsys)
+    assert code == 0 and report["verdicts"] == {"authentic": 4}, report
+    assert main(["unlock", str(out), str(tmp_path / "un"), "--key", str(folder / "owner.key"), "--quiet"]) == 0
+    for name in ("synthetic_grade2", "synthetic_grade3"):
+        assert np.array_equal(load_rgb(tmp_path / "un" / f"{name}.png"), load_rgb(src / f"{name}.png"))
+        assert not np.array_equal(load_rgb(out / f"{name}.png"), load_rgb(src / f"{name}.png"))
+    for name in ("colour", "redfree"):
+        original, unlocked = read_fundus_dicom(src / f"{name}.dcm"), read_fundus_dicom(tmp_path / "un" / f"{name}.dcm")
+        assert np.array_equal(unlocked.pixels, original.pixels)
+        o, u = original.dataset, unlocked.dataset
+        for keyword in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "SeriesNumber", "ImageType",
+                        "ContentDate", "ContentTime", "PatientID", "LossyImageCompression"):
+            assert u.get(keyword) == o.get(keyword), keyword
+        assert "SourceImageSequence" not in u and "DerivationDescription" not in u and not has_medlocker_tags(u)
+        assert u.PhotometricInterpretation == ("MONOCHROME2" if name == "redfree" else "RGB")
+        if dciodvfy_available():
+            assert run_dciodvfy(tmp_path / "un" / f"{name}.dcm").errors == []
+
+
+def test_grant_unlocks_exactly_its_images(protected, keys, tmp_path):
+    src, out = protected
+    folder, owner, _ = keys
+    grant = tmp_path / "partner.grant"
+    save_grant(grant, make_grant(owner, ["synthetic_grade2.png"]))
+    assert main(["unlock", str(out / "synthetic_grade2.png"), str(tmp_path / "ok"), "--grant", str(grant),
+                 "--pub", str(folder / "owner.pub"), "--quiet"]) == 0
+    assert np.array_equal(load_rgb(tmp_path / "ok" / "synthetic_grade2.png"), load_rgb(src / "synthetic_grade2.png"))
+    assert "master_secret" not in grant.read_text() and base64.b64encode(owner.master_secret).decode() not in grant.read_text()
+    # A grant for other images does not open this one, and nothing is written.
+    assert main(["unlock", str(out / "synthetic_grade3.png"), str(tmp_path / "no"), "--grant", str(grant), "--quiet"]) == 1
+    assert not (tmp_path / "no").exists()
+
+
+def test_grant_cli_from_folder_then_unlock(protected, keys, tmp_path):
+    _, out = protected
+    folder, _, _ = keys
+    grant = tmp_path / "all.grant"
+    assert main(["grant", "--key", str(folder / "owner.key"), "--images", str(out), "--out", str(grant)]) == 0
+    assert main(["unlock", str(out), str(tmp_path / "un"), "--grant", str(grant), "--quiet"]) == 0
+    assert len(list((tmp_path / "un").glob("*.png"))) == 2 and len(list((tmp_path / "un").glob("*.dcm"))) == 2
+
+
+def test_wrong_key_fails_and_writes_nothing(protected, keys, tmp_path, capsys):
+    _, out = protected
+    folder, _, other = keys
+    assert main(["unlock", str(out), str(tmp_path / "un"), "--key", str(folder / "other.key"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "foreign owner" in err and other.key_id in err and not (tmp_path / "un").exists()
+    code, report = _verify(out, folder / "other.pub", capsys)
+    assert code == 1 and report["verdicts"] == {"foreign owner": 4}
+
+
+@pytest.mark.parametrize("tamper,verdict,unlock_error", [
+    ("pixel", "watermark present, pixels modified", "do not match the certified original"),
+    ("parameter", "invalid signature", "invalid signature"),
+    ("signature", "invalid signature", "invalid signature"),
+    ("payload", "authentic", "wrong key, or the payload or its certificate was altered"),
+])
+def test_png_tampering_is_detected(protected, keys, tmp_path, capsys, tamper, verdict, unlock_error):
+    _, out = protected
+    folder, _, _ = keys
+    target = _copy(out, tmp_path, ["synthetic_grade2.png"]) / "synthetic_grade2.png"
+    if tamper == "pixel":
+        _rewrite_png(target, change_pixels=lambda a: a.__setitem__((3, 3, 0), a[3, 3, 0] ^ 1))  # far from any logo box
+    elif tamper == "parameter":
+        def edit(text):
+            cert = json.loads(text[PNG_CERTIFICATE])
+            cert["params"]["marks"][0]["alpha"] = round(cert["params"]["marks"][0]["alpha"] - 0.01, 6)
+            text[PNG_CERTIFICATE] = json.dumps(cert)
+        _rewrite_png(target, change_text=edit)
+    elif tamper == "signature":
+        def edit(text):
+            sig = bytearray(base64.b64decode(text[PNG_SIGNATURE]))
+            sig[10] ^= 0x01
+            text[PNG_SIGNATURE] = base64.b64encode(bytes(sig)).decode()
+        _rewrite_png(target, change_text=edit)
+    else:
+        def edit(text):
+            blob = bytearray(base64.b64decode(text[PNG_PAYLOAD]))
+            blob[len(blob) // 2] ^= 0x01
+            text[PNG_PAYLOAD] = base64.b64encode(bytes(blob)).decode()
+        _rewrite_png(target, change_text=edit)
+    code, report = _verify(target, folder / "owner.pub", capsys)
+    assert report["results"][0]["verdict"] == verdict, report
+    assert code == (0 if verdict == "authentic" else 1)  # verify does not read the sealed payload
+    assert main(["unlock", str(target), str(tmp_path / "un"), "--key", str(folder / "owner.key"), "--quiet"]) == 1
+    assert unlock_error in capsys.readouterr().err
+    assert not (tmp_path / "un").exists()
+
+
+def test_dicom_tampering_is_detected(protected, keys, tmp_path, capsys):
+    _, out = protected
+    folder, _, _ = keys
+    copy = _copy(out, tmp_path, ["colour.dcm"])
+    (copy / ("colour" + SIDECAR_SUFFIX)).unlink()
+    ds = pydicom.dcmread(copy / "colour.dcm")
+    block = ds.private_block(0x0011, "MEDLOCKER 1")
+    payload = bytearray(block[0x12].value)
+    payload[-5] ^= 0x80
+    block[0x12].value = bytes(payload)
+    ds.save_as(copy / "colour.dcm")
+    assert main(["unlock", str(copy / "colour.dcm"), str(tmp_path / "un"), "--key", str(folder / "owner.key"), "--quiet"]) == 1
+    assert "payload or its certificate was altered" in capsys.readouterr().err
+    cert = json.loads(block[0x10].value)
+    cert["params"]["seed"] += 1
+    block[0x10].value = json.dumps(cert)
+    ds.save_as(copy / "colour.dcm")
+    code, report = _verify(copy / "colour.dcm", folder / "owner.pub", capsys)
+    assert code == 1 and report["results"][0]["verdict"] == "invalid signature"
+
+
+def test_lossy_reencoding_is_watermark_present_pixels_modified(protected, keys, tmp_path, capsys):
+    src, out = protected
+    folder, _, _ = keys
+    copy = tmp_path / "shared"
+    copy.mkdir()
+    Image.open(out / "synthetic_grade3.png").convert("RGB").save(copy / "synthetic_grade3.jpg", quality=80)
+    shutil.copy(out / f"synthetic_grade3{SIDECAR_SUFFIX}", copy / f"synthetic_grade3{SIDECAR_SUFFIX}")
+    half = Image.open(out / "synthetic_grade2.png").convert("RGB").resize((256, 256), Image.Resampling.BILINEAR)
+    half.save(copy / "synthetic_grade2.png")
+    shutil.copy(out / f"synthetic_grade2{SIDECAR_SUFFIX}", copy / f"synthetic_grade2{SIDECAR_SUFFIX}")
+    shutil.copy(src / "synthetic_grade2.png", copy / "unprotected.png")
+    code, report = _verify(copy, folder / "owner.pub", capsys)
+    verdicts = {Path(r["image"]).name: r["verdict"] for r in report["results"]}
+    assert verdicts == {"synthetic_grade3.jpg": "watermark present, pixels modified",
+                        "synthetic_grade2.png": "watermark present, pixels modified",
+                        "unprotected.png": "no certificate"}, report
+    assert code == 1
+
+
+def test_logo_moved_elsewhere_is_not_reported_present(protected, keys, tmp_path, capsys):
+    """The negative case of the detector: the original (no logo) with the protected copy's sidecar."""
+    src, out = protected
+    folder, _, _ = keys
+    copy = tmp_path / "c"
+    copy.mkdir()
+    Image.open(src / "synthetic_grade3.png").convert("RGB").save(copy / "synthetic_grade3.jpg", quality=80)
+    shutil.copy(out / f"synthetic_grade3{SIDECAR_SUFFIX}", copy / f"synthetic_grade3{SIDECAR_SUFFIX}")
+    _, report = _verify(copy, folder / "owner.pub", capsys)
+    assert report["results"][0]["verdict"] == "pixels modified, watermark not found"
+
+
+def _bundle_run(config: str, **settings) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(ROOT / "bundle" / "configs" / config),
+           "--progress", "False"]
+    for key, value in settings.items():
+        cmd += [f"--{key}", str(value)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_unlock_and_verify_bundle_configs_through_monai_bundle(protected, keys, tmp_path):
+    src, out = protected
+    folder, _, _ = keys
+    result = _bundle_run("unlock.json", dataset_dir=out, output_dir=tmp_path / "un", owner_key=folder / "owner.key")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert np.array_equal(load_rgb(tmp_path / "un" / "synthetic_grade3.png"), load_rgb(src / "synthetic_grade3.png"))
+    result = _bundle_run("verify.json", dataset_dir=out, public_key=folder / "owner.pub", report=tmp_path / "verify.json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((tmp_path / "verify.json").read_text())["verdicts"] == {"authentic": 4}
