@@ -227,3 +227,40 @@ def test_pacs_bundle_config_runs_through_monai_bundle(orthanc, study_files, tmp_
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((work / "out" / "pacs_summary.json").read_text())
     assert summary["status"] == "protected" and len(summary["stored"]) == 3
+
+
+def test_pacs_protect_with_key_stores_by_c_store_and_unlocks_to_the_original(orthanc, study_files, tmp_path):
+    """Pull over DICOMweb, push by DIMSE C-STORE, sign with an owner key; the unlocked instance is the original."""
+    from monai_medlocker.certify import generate_owner_key, save_owner_key
+
+    save_owner_key(tmp_path / "owner", generate_owner_key())
+    before = _series(orthanc)
+    code, summary = _pacs_protect(orthanc, tmp_path, "--force", "--key", str(tmp_path / "owner.key"),
+                                  "--dimse", f"127.0.0.1:{orthanc.dicom_port}", "--called-aet", orthanc.aet)
+    assert code == 0 and len(summary["stored"]) == 3 and summary["stored_via"].startswith("dicom://"), summary
+    new_series = set(_series(orthanc)) - set(before)
+    assert len(new_series) == 2
+    client = _client(orthanc)
+    pulled = tmp_path / "pulled"
+    pulled.mkdir()
+    for series_uid in new_series:
+        for item in client.search_for_instances(STUDY, series_uid):
+            sop = item["00080018"]["Value"][0]
+            client.retrieve_instance(STUDY, series_uid, sop).save_as(pulled / f"{sop}.dcm", enforce_file_format=True)
+    assert main(["verify", str(pulled), "--pub", str(tmp_path / "owner.pub"), "--quiet"]) == 0
+    assert main(["unlock", str(pulled), str(tmp_path / "unlocked"), "--key", str(tmp_path / "owner.key"), "--quiet"]) == 0
+    originals = {pydicom.dcmread(p).SOPInstanceUID: p for p in study_files}
+    unlocked = list((tmp_path / "unlocked").glob("*.dcm"))
+    assert len(unlocked) == 3
+    for path in unlocked:
+        back = read_fundus_dicom(path)
+        assert back.dataset.SOPInstanceUID in originals  # the original instance again
+        source = read_fundus_dicom(originals[back.dataset.SOPInstanceUID])
+        assert np.array_equal(back.pixels, source.pixels)
+        assert back.dataset.SeriesInstanceUID == source.dataset.SeriesInstanceUID
+
+
+def test_unreachable_dimse_fails_clearly(orthanc, study_files, tmp_path, capsys):
+    code, summary = _pacs_protect(orthanc, tmp_path, "--force", "--retries", "2", "--dimse", f"127.0.0.1:{free_port()}")
+    assert code == 1 and summary["stored"] == [] and len(summary["store_failed"]) == 3
+    assert all("C-STORE association failed after 2 attempts" in f["error"] for f in summary["store_failed"])

@@ -34,6 +34,10 @@ def add_subparser(subparsers) -> None:
                     help="folder for the pulled and protected copies and pacs_summary.json (default: a new temporary folder)")
     pp.add_argument("--retries", dest="pacs_retries", type=int, help="attempts per PACS request (default: 3)")
     pp.add_argument("--timeout", dest="pacs_timeout", type=float, help="seconds per PACS request (default: 30)")
+    pp.add_argument("--dimse", metavar="HOST:PORT",
+                    help="store the derived instances by C-STORE to this DICOM port instead of STOW-RS")
+    pp.add_argument("--called-aet", dest="dimse_called_aet", help="the PACS's AE title for --dimse (default: ANY-SCP)")
+    pp.add_argument("--calling-aet", dest="dimse_calling_aet", help="our AE title for --dimse (default: MEDLOCKER)")
     pp.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     add_protect_options(pp)
     pp.set_defaults(func=run_protect)
@@ -44,6 +48,12 @@ def run_protect(args: argparse.Namespace) -> int:
     root = bundle_root(args.bundle_root)
     overrides = {"pacs_url": args.url, "study_uid": args.study, "force": bool(args.force),
                  "pacs_retries": args.pacs_retries, "pacs_timeout": args.pacs_timeout, **protect_overrides(args)}
+    if args.dimse:
+        host, _, port = args.dimse.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"--dimse must be HOST:PORT, got {args.dimse!r}")
+        overrides.update(dimse_host=host, dimse_port=int(port), dimse_called_aet=args.dimse_called_aet,
+                         dimse_calling_aet=args.dimse_calling_aet)
     if args.work_dir:
         work = Path(args.work_dir).resolve()
         if work.exists() and any(work.iterdir()):

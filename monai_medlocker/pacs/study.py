@@ -10,7 +10,8 @@ Steps:
 3. The protect workflow (:class:`~monai_medlocker.workflows.protect.DatasetProtector`) writes
    derived instances into ``work_dir/out``, one derived series per source series.
 4. STOW-RS stores each derived instance on its own request, so that a failure touches one
-   instance only; the report lists exactly which SOP Instance UIDs the PACS confirmed.
+   instance only; the report lists exactly which SOP Instance UIDs the PACS confirmed. With a
+   ``store`` target (:class:`~monai_medlocker.pacs.dimse.DimseStore`) they go by C-STORE instead.
 """
 
 from __future__ import annotations
@@ -53,10 +54,13 @@ class StudyProtector:
             ``input_path`` and ``output_dir`` are the work folders (``work_dir/in`` and ``work_dir/out``).
         force: protect again even when the study already has a MedLocker series (a new series is made).
         progress: show progress bars.
+        store: where derived instances go; ``None`` = STOW-RS to ``pacs``, or a
+            :class:`~monai_medlocker.pacs.dimse.DimseStore` for C-STORE.
     """
 
     def __init__(self, pacs: DicomWebPacs | str, study_uid: str, protector, force: bool = False,
-                 progress: bool = True) -> None:
+                 progress: bool = True, store=None) -> None:
+        self.store = store
         if not study_uid or not isinstance(study_uid, str):
             raise ValueError(f"study_uid must be a Study Instance UID string, got {study_uid!r}")
         self.pacs = pacs if isinstance(pacs, DicomWebPacs) else DicomWebPacs(pacs)
@@ -91,7 +95,8 @@ class StudyProtector:
     def run(self) -> dict:
         """Pull, protect, store; returns (and writes ``pacs_summary.json`` beside the outputs) the report."""
         todo, existing, skipped = self._inventory()
-        summary = {"pacs": self.pacs.url, "study": self.study_uid, "existing_medlocker_series": sorted(existing),
+        target = self.store or self.pacs
+        summary = {"pacs": self.pacs.url, "stored_via": target.url, "study": self.study_uid, "existing_medlocker_series": sorted(existing),
                    "skipped": skipped, "stored": [], "store_failed": [], "protect_failures": [], "derived_series": {}}
         if existing and not self.force:
             covered = sum(len(v) for v in existing.values())
@@ -121,7 +126,7 @@ class StudyProtector:
             entry = {"sop_instance": str(ds.SOPInstanceUID), "series": str(ds.SeriesInstanceUID),
                      "source_sop_instance": str(ds.SourceImageSequence[0].ReferencedSOPInstanceUID), "file": path.name}
             try:
-                result = self.pacs.store([ds], self.study_uid)
+                result = target.store([ds], self.study_uid)
             except PacsError as err:
                 summary["store_failed"].append({**entry, "error": str(err)})
                 continue
@@ -130,7 +135,7 @@ class StudyProtector:
                 summary["derived_series"][entry["series"]] = summary["derived_series"].get(entry["series"], 0) + 1
             else:
                 reason = result.failed.get(entry["sop_instance"], "the PACS did not confirm it")
-                summary["store_failed"].append({**entry, "error": f"PACS {self.pacs.url}: not stored ({reason})"})
+                summary["store_failed"].append({**entry, "error": f"PACS {target.url}: not stored ({reason})"})
         ok = not summary["store_failed"] and not summary["protect_failures"]
         summary.update(status="protected" if ok else "incomplete", exit_code=0 if ok else 1, message=(
             f"stored {len(summary['stored'])} protected instance(s) of study {self.study_uid} in "
