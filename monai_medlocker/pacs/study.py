@@ -95,8 +95,8 @@ class StudyProtector:
     def run(self) -> dict:
         """Pull, protect, store; returns (and writes ``pacs_summary.json`` beside the outputs) the report."""
         todo, existing, skipped = self._inventory()
-        target = self.store or self.pacs
-        summary = {"pacs": self.pacs.url, "stored_via": target.url, "study": self.study_uid, "existing_medlocker_series": sorted(existing),
+        store_to = self.store or self.pacs
+        summary = {"pacs": self.pacs.url, "stored_via": store_to.url, "study": self.study_uid, "existing_medlocker_series": sorted(existing),
                    "skipped": skipped, "stored": [], "store_failed": [], "protect_failures": [], "derived_series": {}}
         if existing and not self.force:
             covered = sum(len(v) for v in existing.values())
@@ -126,7 +126,7 @@ class StudyProtector:
             entry = {"sop_instance": str(ds.SOPInstanceUID), "series": str(ds.SeriesInstanceUID),
                      "source_sop_instance": str(ds.SourceImageSequence[0].ReferencedSOPInstanceUID), "file": path.name}
             try:
-                result = target.store([ds], self.study_uid)
+                result = store_to.store([ds], self.study_uid)
             except PacsError as err:
                 summary["store_failed"].append({**entry, "error": str(err)})
                 continue
@@ -135,7 +135,7 @@ class StudyProtector:
                 summary["derived_series"][entry["series"]] = summary["derived_series"].get(entry["series"], 0) + 1
             else:
                 reason = result.failed.get(entry["sop_instance"], "the PACS did not confirm it")
-                summary["store_failed"].append({**entry, "error": f"PACS {target.url}: not stored ({reason})"})
+                summary["store_failed"].append({**entry, "error": f"PACS {store_to.url}: not stored ({reason})"})
         ok = not summary["store_failed"] and not summary["protect_failures"]
         summary.update(status="protected" if ok else "incomplete", exit_code=0 if ok else 1, message=(
             f"stored {len(summary['stored'])} protected instance(s) of study {self.study_uid} in "
