@@ -229,6 +229,11 @@ def test_dicom_seg_masks(tmp_path):
         series_instance_uid=generate_uid(), series_number=2, sop_instance_uid=generate_uid(), instance_number=1,
         manufacturer="MedLocker", manufacturer_model_name="test", software_versions="0", device_serial_number="1")
     seg.save_as(tmp_path / "img_seg.dcm")
+    _source_dicom(rows, cols).save_as(tmp_path / "img.dcm", enforce_file_format=True)
+    from monai_medlocker.workflows.protect import find_protect_items
+
+    items = find_protect_items(tmp_path)  # the SEG is the image's mask, never an image to protect
+    assert [(i.image.name, [m.name for m in i.masks]) for i in items] == [("img.dcm", ["img_seg.dcm"])]
     masks = load_lesion_masks(tmp_path / "img_seg.dcm", (rows, cols))
     assert masks.shape == (4, rows, cols)
     assert masks[1].sum() == 9 and masks[1, 2:5, 3:6].all()  # "Haemorrhages" -> HE

@@ -85,6 +85,8 @@ def output_name(relative: Path, is_dicom: bool) -> Path:
 
 
 def _is_mask_file(path: Path) -> bool:
+    if path.suffix.lower() == ".dcm" and path.stem.endswith(("_seg", ".seg")):
+        return True  # a DICOM SEG lesion mask (lesions/masks.py naming rule), not an image
     return any(path.stem.endswith(s) for s in MASK_SUFFIXES) or path.stem.endswith("_wsm")
 
 
