@@ -183,6 +183,16 @@ def test_private_block_survives_implicit_vr_rewrite(tmp_path):
     assert tags.wsm_boxes == [(0, 0, 5, 5), (60, 60, 70, 80)]
 
 
+@pytest.mark.parametrize("length", [39, 40])
+def test_odd_length_payload_survives_the_even_length_padding(tmp_path, length):
+    ds = pydicom.dcmread(CORPUS / "SC_rgb_rle.dcm")
+    payload = bytes(range(length))
+    write_medlocker_tags(ds, MedlockerTags(params={"a": 1}, certificate={"c": 1}, signature=b"s" * 64, restore_payload=payload))
+    ds.save_as(tmp_path / "p.dcm")
+    back = read_medlocker_tags(pydicom.dcmread(tmp_path / "p.dcm"))
+    assert back.restore_payload == payload and back.signature == b"s" * 64
+
+
 def test_private_block_reader_rejects_wrong_version_and_absent_block(tmp_path):
     ds = pydicom.dcmread(CORPUS / "SC_rgb_rle.dcm")
     assert read_medlocker_tags(ds) is None
@@ -281,3 +291,32 @@ def test_ci_has_the_dicom_validator():
     if os.environ.get("MEDLOCKER_REQUIRE_DCIODVFY") != "1":
         pytest.skip("MEDLOCKER_REQUIRE_DCIODVFY is not set (only .ci/run sets it)")
     assert dciodvfy_available(), "dciodvfy (Debian dicom3tools) is required here but not installed"
+
+
+def test_uid_named_dicom_files_and_shared_record_names(tmp_path, tiny_surrogate):
+    """PACS exports name files by UID: each is found and keeps its whole name; a.png + a.dcm do not share a record."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("1.2.826.0.1.3680043.8.498.4", "1.2.826.0.1.3680043.8.498.5"):
+        shutil.copy(CORPUS / "examples_rgb_color.dcm", src / name)
+        Image.fromarray(np.zeros((240, 320), np.uint8)).save(src / f"{name}_lesions.png")
+    shutil.copy(CORPUS / "examples_rgb_color.dcm", src / "eye.dcm")
+    Image.fromarray(np.zeros((240, 320, 3), np.uint8) + 90).save(src / "eye.png")
+    Image.fromarray(np.zeros((240, 320), np.uint8)).save(src / "eye_lesions.png")
+    out = tmp_path / "out"
+    summary = DatasetProtector(src, out, tiny_surrogate, lesion_segmenter="masks", progress=False,
+                               watermark={"max_queries": 4}).run()
+    rows = {r["image"]: r for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
+    assert rows["1.2.826.0.1.3680043.8.498.4"]["output"] == "1.2.826.0.1.3680043.8.498.4.dcm"
+    assert rows["1.2.826.0.1.3680043.8.498.5"]["output"] == "1.2.826.0.1.3680043.8.498.5.dcm"
+    assert [r["status"] for n, r in sorted(rows.items()) if n.startswith("eye")] == ["protected", "failed"]
+    assert "same output or record name" in rows["eye.png"]["error"] and summary["exit_code"] == 1
+
+
+def test_missing_sop_instance_uid_is_named(tmp_path):
+    ds = pydicom.dcmread(CORPUS / "SC_rgb_rle.dcm")
+    del ds.SOPInstanceUID
+    del ds.file_meta.MediaStorageSOPInstanceUID
+    ds.save_as(tmp_path / "anonymous.dcm")
+    with pytest.raises(DicomReadError, match=r"anonymous\.dcm: no SOPInstanceUID"):
+        read_fundus_dicom(tmp_path / "anonymous.dcm")

@@ -68,18 +68,18 @@ def _client(orthanc) -> DICOMwebClient:
     return DICOMwebClient(orthanc.url)
 
 
-def _series(orthanc) -> dict[str, int]:
+def _series(orthanc, study: str = STUDY) -> dict[str, int]:
     """Series UID -> instance count, straight from QIDO-RS."""
     out = {}
-    for s in _client(orthanc).search_for_series(STUDY):
+    for s in _client(orthanc).search_for_series(study):
         uid = s["0020000E"]["Value"][0]
-        out[uid] = len(_client(orthanc).search_for_instances(STUDY, uid))
+        out[uid] = len(_client(orthanc).search_for_instances(study, uid))
     return out
 
 
-def _pacs_protect(orthanc, tmp_path, *extra, url=None) -> tuple[int, dict]:
+def _pacs_protect(orthanc, tmp_path, *extra, url=None, study=STUDY) -> tuple[int, dict]:
     work = tmp_path / f"work{len(list(tmp_path.glob('work*')))}"
-    code = main(["pacs", "protect", "--url", url or orthanc.url, "--study", STUDY, "--work-dir", str(work), *FAST, *extra])
+    code = main(["pacs", "protect", "--url", url or orthanc.url, "--study", study, "--work-dir", str(work), *FAST, *extra])
     summary = json.loads((work / "out" / "pacs_summary.json").read_text()) if (work / "out" / "pacs_summary.json").is_file() else {}
     return code, summary
 
@@ -162,7 +162,7 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
 
     def _forward(self, method: str):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) if method == "POST" else None
-        if method == "POST" and self.path.rstrip("/").endswith(f"/studies/{STUDY}"):
+        if method == "POST" and "/studies/" in self.path:
             self.server.stow_seen += 1
             if self.server.stow_seen > self.server.allow:
                 self.send_response(503)
@@ -190,26 +190,37 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         self._forward("POST")
 
 
-def test_failing_store_reports_exactly_what_was_stored(orthanc, study_files, tmp_path):
+def test_failing_store_reports_exactly_what_was_stored_and_a_rerun_completes(orthanc, tmp_path):
+    study, series = "1.2.826.0.1.3680043.8.498.77002", "1.2.826.0.1.3680043.8.498.77002.1"
+    for i in range(3):
+        ds = fundus_dataset(synthesize_fundus(256, seed=11 + i, grade=2).image, iod="op8", study_uid=study,
+                            series_uid=series, instance_number=i + 1)
+        ds.save_as(tmp_path / f"s{i}.dcm", enforce_file_format=True)
+        orthanc.upload(tmp_path / f"s{i}.dcm")
     proxy = _FailingStowProxy(orthanc.base, allow=1)
     thread = threading.Thread(target=proxy.serve_forever, daemon=True)
     thread.start()
     try:
-        before = _series(orthanc)
         url = f"http://127.0.0.1:{proxy.server_address[1]}/dicom-web"
-        code, summary = _pacs_protect(orthanc, tmp_path, "--force", "--retries", "2", url=url)
+        code, summary = _pacs_protect(orthanc, tmp_path, "--retries", "2", url=url, study=study)
     finally:
         proxy.shutdown()
-    assert code == 1 and summary["status"] == "incomplete"
+    assert code == 1 and summary["status"] == "incomplete" and summary["protect_failures"] == [], summary
     assert len(summary["stored"]) == 1 and len(summary["store_failed"]) == 2
     assert all("503" in f["error"] and "after 2 attempts" in f["error"] for f in summary["store_failed"])
     # The PACS holds exactly the instance the report says was stored, and nothing else new.
-    after = _series(orthanc)
-    added = {s: n for s, n in after.items() if s not in before}
-    assert sum(added.values()) == 1
-    stored_uid = summary["stored"][0]["sop_instance"]
-    series_uid = next(iter(added))
-    assert [i["00080018"]["Value"][0] for i in _client(orthanc).search_for_instances(STUDY, series_uid)] == [stored_uid]
+    after = _series(orthanc, study)
+    added = {s: n for s, n in after.items() if s != series}
+    assert list(added.values()) == [1]
+    derived = next(iter(added))
+    assert [i["00080018"]["Value"][0] for i in _client(orthanc).search_for_instances(study, derived)] == \
+        [summary["stored"][0]["sop_instance"]]
+    # Run again: only the two missing instances are protected, into the same derived series.
+    code, again = _pacs_protect(orthanc, tmp_path, study=study)
+    assert code == 0 and again["completing"] == 2 and len(again["stored"]) == 2, again
+    assert _series(orthanc, study) == {series: 3, derived: 3}
+    code, third = _pacs_protect(orthanc, tmp_path, study=study)
+    assert code == 0 and third["status"] == "already-protected"
 
 
 def test_pacs_bundle_config_runs_through_monai_bundle(orthanc, study_files, tmp_path):

@@ -179,7 +179,7 @@ def test_two_inputs_with_one_output_name_both_reported(sample_dir, tmp_path):
     out = tmp_path / "out"
     assert main(["protect", str(sample_dir), str(out), "--quiet", "--max-queries", "20"]) == 1
     errors = {f["image"]: f["error"] for f in json.loads((out / "summary.json").read_text())["failures"]}
-    assert "same output name" in errors["synthetic_grade2.png"]
+    assert "same output or record name" in errors["synthetic_grade2.png"]
 
 
 def test_rerun_still_reports_images_that_could_not_be_protected(sample_dir, tmp_path):

@@ -116,14 +116,35 @@ def test_grant_unlocks_exactly_its_images(protected, keys, tmp_path):
     src, out = protected
     folder, owner, _ = keys
     grant = tmp_path / "partner.grant"
-    save_grant(grant, make_grant(owner, ["synthetic_grade2.png"]))
-    assert main(["unlock", str(out / "synthetic_grade2.png"), str(tmp_path / "ok"), "--grant", str(grant),
-                 "--pub", str(folder / "owner.pub"), "--quiet"]) == 0
+    image_id = json.loads((out / f"synthetic_grade2{SIDECAR_SUFFIX}").read_text())["certificate"]["image_id"]
+    assert image_id.startswith("synthetic_grade2.png#")  # the file name plus the original's hash: unique
+    save_grant(grant, make_grant(owner, [image_id]))
+    assert main(["unlock", str(out / "synthetic_grade2.png"), str(tmp_path / "ok"), "--grant", str(grant), "--quiet"]) == 0
     assert np.array_equal(load_rgb(tmp_path / "ok" / "synthetic_grade2.png"), load_rgb(src / "synthetic_grade2.png"))
     assert "master_secret" not in grant.read_text() and base64.b64encode(owner.master_secret).decode() not in grant.read_text()
     # A grant for other images does not open this one, and nothing is written.
     assert main(["unlock", str(out / "synthetic_grade3.png"), str(tmp_path / "no"), "--grant", str(grant), "--quiet"]) == 1
     assert not (tmp_path / "no").exists()
+    # Nor does a grant for the bare file name (another dataset's synthetic_grade2.png).
+    save_grant(tmp_path / "name.grant", make_grant(owner, ["synthetic_grade2.png"]))
+    assert main(["unlock", str(out / "synthetic_grade2.png"), str(tmp_path / "no"), "--grant",
+                 str(tmp_path / "name.grant"), "--quiet"]) == 1
+
+
+def test_grant_holder_always_checks_the_signature(protected, keys, tmp_path, capsys):
+    _, out = protected
+    _, owner, _ = keys
+    target = _copy(out, tmp_path, ["synthetic_grade3.png"]) / "synthetic_grade3.png"
+    image_id = json.loads((target.parent / f"synthetic_grade3{SIDECAR_SUFFIX}").read_text())["certificate"]["image_id"]
+
+    def edit(text):
+        sig = bytearray(base64.b64decode(text[PNG_SIGNATURE]))
+        sig[0] ^= 0x01
+        text[PNG_SIGNATURE] = base64.b64encode(bytes(sig)).decode()
+    _rewrite_png(target, change_text=edit)
+    save_grant(tmp_path / "g.grant", make_grant(owner, [image_id]))
+    assert main(["unlock", str(target), str(tmp_path / "un"), "--grant", str(tmp_path / "g.grant"), "--quiet"]) == 1
+    assert "invalid signature" in capsys.readouterr().err and not (tmp_path / "un").exists()
 
 
 def test_grant_cli_from_folder_then_unlock(protected, keys, tmp_path):
@@ -202,6 +223,17 @@ def test_dicom_tampering_is_detected(protected, keys, tmp_path, capsys):
     ds.save_as(copy / "colour.dcm")
     code, report = _verify(copy / "colour.dcm", folder / "owner.pub", capsys)
     assert code == 1 and report["results"][0]["verdict"] == "invalid signature"
+
+
+def test_dicom_header_swap_is_detected(protected, keys, tmp_path, capsys):
+    _, out = protected
+    folder, _, _ = keys
+    copy = _copy(out, tmp_path, ["colour.dcm"])
+    ds = pydicom.dcmread(copy / "colour.dcm")
+    ds.PatientID = "SOMEONE-ELSE"
+    ds.save_as(copy / "colour.dcm")
+    code, report = _verify(copy / "colour.dcm", folder / "owner.pub", capsys)
+    assert code == 1 and report["results"][0]["verdict"] == "DICOM header modified", report
 
 
 def test_lossy_reencoding_is_watermark_present_pixels_modified(protected, keys, tmp_path, capsys):

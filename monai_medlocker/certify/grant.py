@@ -1,8 +1,9 @@
 """Grants: the unlock keys of chosen images, handed to someone allowed to restore them.
 
-A grant file (JSON, format ``medlocker-grant/1``, mode 0600) holds the owner's key id and one
-HKDF-derived key per image id. It never holds the master secret, so a grant for some images gives
-no way to unlock any other image.
+A grant file (JSON, format ``medlocker-grant/1``, mode 0600) holds the owner's key id and public
+key (so that the holder always checks certificate signatures) and one HKDF-derived key per image
+id. It never holds the master secret, so a grant for some images gives no way to unlock any other
+image.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
 
-from monai_medlocker.certify.keys import OwnerKey, write_new_file
+from monai_medlocker.certify.keys import KeyFileError, OwnerKey, OwnerPublicKey, _public_from, write_new_file
 from monai_medlocker.certify.payload import derive_image_key
 
 __all__ = ["GRANT_FORMAT", "GrantError", "Grant", "make_grant", "save_grant", "load_grant"]
@@ -36,11 +37,13 @@ class Grant:
         key_id: the owner's key id.
         image_keys: image id -> 32-byte key from :func:`~monai_medlocker.certify.payload.derive_image_key`.
         path: the file the grant was loaded from or saved to, for messages.
+        public_key: the owner's public key (checks the certificates of the granted images).
     """
 
     key_id: str
     image_keys: dict[str, bytes] = field(repr=False)
     path: Path | None = None
+    public_key: OwnerPublicKey | None = None
 
     def key_for(self, image_id: str) -> bytes:
         """The unlock key of ``image_id``.
@@ -72,7 +75,7 @@ def make_grant(key: OwnerKey, image_ids: Iterable[str]) -> Grant:
         if not isinstance(image_id, str) or not image_id:
             raise GrantError(f"image ids must be non-empty strings, got {image_id!r}")
         keys[image_id] = derive_image_key(key.master_secret, key.key_id, image_id)
-    return Grant(key.key_id, keys)
+    return Grant(key.key_id, keys, public_key=key.public)
 
 
 def save_grant(path: str | os.PathLike, grant: Grant) -> Path:
@@ -84,6 +87,7 @@ def save_grant(path: str | os.PathLike, grant: Grant) -> Path:
     data = {
         "format": GRANT_FORMAT,
         "key_id": grant.key_id,
+        **({"public_key": base64.b64encode(grant.public_key.raw).decode("ascii")} if grant.public_key else {}),
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "image_keys": {image_id: base64.b64encode(k).decode("ascii") for image_id, k in sorted(grant.image_keys.items())},
     }
@@ -124,4 +128,10 @@ def load_grant(path: str | os.PathLike) -> Grant:
         if not image_id or len(raw) != 32:
             raise GrantError(f"{path}: the key for image {image_id!r} is not 32 bytes of base64")
         keys[image_id] = raw
-    return Grant(key_id, keys, path)
+    public_key = None
+    if "public_key" in data:
+        try:
+            public_key = _public_from(path, data)
+        except KeyFileError as err:
+            raise GrantError(str(err)) from err
+    return Grant(key_id, keys, path, public_key)

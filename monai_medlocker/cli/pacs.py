@@ -55,10 +55,7 @@ def run_protect(args: argparse.Namespace) -> int:
         overrides.update(dimse_host=host, dimse_port=int(port), dimse_called_aet=args.dimse_called_aet,
                          dimse_calling_aet=args.dimse_calling_aet)
     if args.work_dir:
-        work = Path(args.work_dir).resolve()
-        if work.exists() and any(work.iterdir()):
-            raise ValueError(f"work folder {work} is not empty; give a new or empty folder")
-        overrides["work_dir"] = str(work)
+        overrides["work_dir"] = str(Path(args.work_dir).resolve())  # StudyProtector refuses a non-empty one
     parser = parse_bundle_config(["inference.json", "pacs_protect.json"], root, overrides)
     summary = parser.get_parsed_content("study_protector").run()
     if args.json:

@@ -59,6 +59,7 @@ __all__ = [
     "derive_protected_dataset",
     "save_dicom",
     "already_protected",
+    "dicom_subject_sha256",
     "RESTORED_KEYWORDS",
     "original_header",
     "restore_original_dataset",
@@ -124,6 +125,27 @@ def is_dicom_file(path: str | Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
+def _check_identity(path: Path, ds: Dataset) -> None:
+    """SOP Class and Instance UIDs must be known (from the dataset, else from the file meta)."""
+    meta = getattr(ds, "file_meta", None)
+    for keyword, fallback in (("SOPClassUID", "MediaStorageSOPClassUID"), ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
+        if not ds.get(keyword):
+            value = meta.get(fallback) if meta is not None else None
+            if not value:
+                raise DicomReadError(f"{path}: no {keyword} (nor {fallback} in the file meta); cannot derive an instance")
+            setattr(ds, keyword, value)
+
+
+def dicom_subject_sha256(ds: Dataset) -> str:
+    """Hash of who and which study an instance belongs to: signed, so a verifier sees a header swap."""
+    import hashlib
+    import json
+
+    keys = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "AccessionNumber", "StudyDate")
+    values = {k: str(ds.get(k, "") or "") for k in keys}
+    return "sha256:" + hashlib.sha256(json.dumps(values, sort_keys=True).encode("utf-8")).hexdigest()
+
+
 def _check_pixel_module(path: Path, ds: Dataset) -> None:
     if "PixelData" not in ds:
         what = ds.get("SOPClassUID")
@@ -170,6 +192,7 @@ def read_fundus_dicom(path: str | Path) -> FundusDicom:
     except Exception as err:  # pydicom raises many types for truncated or garbled files
         raise DicomReadError(f"{path}: unreadable DICOM file ({type(err).__name__}: {err})") from err
     _check_pixel_module(path, ds)
+    _check_identity(path, ds)
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     try:
         with warnings.catch_warnings():
@@ -275,7 +298,9 @@ def derive_protected_dataset(
     ds.SeriesInstanceUID = series_uid or generate_uid()
     ds.SeriesNumber = int(series_number if series_number is not None else int(source.get("SeriesNumber", 0) or 0) + 1000)
     if not source.get("StudyInstanceUID"):
-        ds.StudyInstanceUID = generate_uid()  # a source outside any study: the derived instance still needs one
+        # A source outside any study still needs one; instances of one source series share it.
+        ds.StudyInstanceUID = generate_uid(entropy_srcs=["medlocker-study", str(source.get("SeriesInstanceUID")
+                                                                                or source.SOPInstanceUID)])
     source_description = str(source.get("SeriesDescription", "") or "")
     ds.SeriesDescription = series_description or (
         f"{source_description} (MedLocker protected)" if source_description else "MedLocker protected"

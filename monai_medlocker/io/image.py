@@ -29,9 +29,16 @@ __all__ = [
     "LoadFundusImage",
     "LoadFundusImaged",
     "load_fundus",
+    "image_stem",
 ]
 
 SUPPORTED_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
+
+
+def image_stem(path: str | Path) -> str:
+    """An image's name without its image suffix; a UID-named DICOM file ("1.2.840...5") keeps its whole name."""
+    path = Path(path)
+    return path.stem if path.suffix.lower() in SUPPORTED_SUFFIXES else path.name
 
 
 class ImageReadError(ValueError):

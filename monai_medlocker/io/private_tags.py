@@ -15,6 +15,7 @@ offset    VR    content
 ``0x10``  UT    the certificate (canonical JSON), when signed
 ``0x11``  OB    the Ed25519 signature over the certificate's canonical bytes
 ``0x12``  OB    the encrypted restore payload
+``0x13``  UL    the payload's length in bytes (OB values are padded to an even length)
 ========  ====  =========================================================
 """
 
@@ -41,7 +42,7 @@ PRIVATE_CREATOR = "MEDLOCKER 1"
 PRIVATE_FORMAT = "medlocker-dicom/1"
 
 _FORMAT, _PARAMS, _WSM, _SOURCE_UID = 0x01, 0x02, 0x03, 0x04
-_CERTIFICATE, _SIGNATURE, _PAYLOAD = 0x10, 0x11, 0x12
+_CERTIFICATE, _SIGNATURE, _PAYLOAD, _PAYLOAD_LENGTH = 0x10, 0x11, 0x12, 0x13
 
 
 class PrivateTagError(ValueError):
@@ -88,6 +89,7 @@ def write_medlocker_tags(ds: Dataset, tags: MedlockerTags) -> None:
         block.add_new(_SIGNATURE, "OB", bytes(tags.signature))
     if tags.restore_payload is not None:
         block.add_new(_PAYLOAD, "OB", bytes(tags.restore_payload))
+        block.add_new(_PAYLOAD_LENGTH, "UL", len(tags.restore_payload))
 
 
 def _creators(ds: Dataset) -> list[str]:
@@ -143,8 +145,17 @@ def read_medlocker_tags(ds: Dataset, filename: str = "dataset") -> MedlockerTags
         raise PrivateTagError(f"{filename}: MedLocker WSM boxes hold {len(flat)} values, not a multiple of 4")
     boxes = [tuple(flat[i:i + 4]) for i in range(0, len(flat), 4)]
     source_uid = _value(ds, block, _SOURCE_UID)
+    payload = _bytes(_value(ds, block, _PAYLOAD))
+    if payload is not None:
+        length = _value(ds, block, _PAYLOAD_LENGTH)
+        if isinstance(length, bytes):
+            length = int.from_bytes(length[:4], "little")
+        if length is None or not 0 <= int(length) <= len(payload) or len(payload) - int(length) > 1:
+            raise PrivateTagError(f"{filename}: MedLocker restore payload length {length!r} does not fit its "
+                                  f"{len(payload)} stored bytes")
+        payload = payload[: int(length)]  # drop the even-length padding byte
     return MedlockerTags(
         params=params, wsm_boxes=boxes, source_sop_instance_uid=str(source_uid) if source_uid else None,
         certificate=certificate, signature=_bytes(_value(ds, block, _SIGNATURE)),
-        restore_payload=_bytes(_value(ds, block, _PAYLOAD)), version=version,
+        restore_payload=payload, version=version,
     )

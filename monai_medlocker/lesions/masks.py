@@ -31,6 +31,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from monai_medlocker.io.image import image_stem
+
 __all__ = ["MASK_CHANNELS", "MaskFormatError", "lesion_type_of", "load_lesion_masks", "find_mask_files"]
 
 MASK_CHANNELS: tuple[str, ...] = ("MA", "HE", "EX", "SE")
@@ -216,7 +218,7 @@ def load_lesion_masks(
 def find_mask_files(image: str | Path) -> list[Path]:
     """Mask files of ``image`` by the naming rule in the module docstring (an empty list when none)."""
     image = Path(image)
-    stem = image.stem
+    stem = image_stem(image)
     found: list[Path] = []
     for folder in (image.parent, image.parent / "masks"):
         if not folder.is_dir():

@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
+from monai_medlocker.io.image import image_stem
 from monai_medlocker.lesions.masks import MASK_CHANNELS, load_lesion_masks
 
 __all__ = ["LESION_SEGMENTERS", "MissingMaskError", "LesionSource"]
@@ -61,8 +62,8 @@ class LesionSource:
             return masks.astype(np.float32), "masks", None
         if self.detector is None:
             raise MissingMaskError(
-                f"{image_path}: no lesion mask found (expected {image_path.stem}_MA/_HE/_EX/_SE/_lesions.png, "
-                f"{image_path.stem}.nii[.gz] or {image_path.stem}_seg.dcm beside it or in masks/, or mask_* keys in "
+                f"{image_path}: no lesion mask found (expected {image_stem(image_path)}_MA/_HE/_EX/_SE/_lesions.png, "
+                f"{image_stem(image_path)}.nii[.gz] or {image_stem(image_path)}_seg.dcm beside it or in masks/, or mask_* keys in "
                 "the datalist) and lesion_segmenter is 'masks'; the WSM cannot be built, image not protected"
             )
         try:

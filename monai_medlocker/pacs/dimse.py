@@ -16,6 +16,9 @@ from monai_medlocker.pacs.dicomweb import PacsError, StoreResult
 
 __all__ = ["DimseStore"]
 
+# C-STORE warning statuses: the instance was stored (coerced, elements discarded, ...), PS3.4 B.2.3.
+_STORED_WITH_WARNING = (0xB000, 0xB006, 0xB007)
+
 
 class DimseStore:
     """A C-STORE SCP (the PACS's DICOM port).
@@ -36,10 +39,13 @@ class DimseStore:
         self.host, self.port, self.called_aet, self.calling_aet = host, int(port), called_aet, calling_aet
         self.retries, self.backoff, self.timeout = int(retries), float(backoff), float(timeout)
         self.url = f"dicom://{called_aet}@{host}:{self.port}"
+        self._unreachable: PacsError | None = None  # after one failed association, fail fast
 
     def _associate(self, datasets: list[Dataset]):
         from pynetdicom import AE
 
+        if self._unreachable is not None:
+            raise self._unreachable
         ae = AE(ae_title=self.calling_aet)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
         contexts = sorted({(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets})
@@ -54,7 +60,8 @@ class DimseStore:
             if attempt < self.retries:
                 time.sleep(delay)
                 delay *= 2
-        raise PacsError(f"PACS {self.url}: C-STORE association failed after {self.retries} attempts ({last})")
+        self._unreachable = PacsError(f"PACS {self.url}: C-STORE association failed after {self.retries} attempts ({last})")
+        raise self._unreachable
 
     def store(self, datasets: list[Dataset], study_uid: str | None = None) -> StoreResult:
         """C-STORE each dataset on one association; the result lists the instances the PACS accepted."""
@@ -65,7 +72,7 @@ class DimseStore:
                 uid = str(ds.SOPInstanceUID)
                 status = assoc.send_c_store(ds)
                 code = getattr(status, "Status", None)
-                if code == 0x0000:
+                if code == 0x0000 or code in _STORED_WITH_WARNING:
                     result.stored.append(uid)
                 else:
                     result.failed[uid] = "no response" if code is None else f"C-STORE status 0x{code:04X}"

@@ -70,12 +70,13 @@ class StudyProtector:
         self.progress = progress
         self.summary: dict | None = None
 
-    def _inventory(self) -> tuple[list[tuple[str, str]], dict[str, list[str]], list[dict]]:
-        """Fundus instances to protect, existing MedLocker series (uid -> source SOP UIDs), skipped instances."""
+    def _inventory(self) -> tuple[list[tuple[str, str]], dict[str, list[str]], list[dict], dict[str, str]]:
+        """Fundus instances to protect, existing MedLocker series (uid -> source SOP UIDs), skipped instances,
+        and the series of every non-MedLocker instance (SOP UID -> series UID)."""
         series = self.pacs.study_series(self.study_uid)
         if not series:
             raise PacsError(f"PACS {self.pacs.url}: study {self.study_uid} not found (QIDO-RS returned no series)")
-        todo, protected, skipped = [], {}, []
+        todo, protected, skipped, series_of = [], {}, [], {}
         for s in series:
             series_uid = json_value(s, _SERIES_UID)
             metadata = self.pacs.series_metadata(self.study_uid, series_uid)
@@ -84,64 +85,107 @@ class StudyProtector:
                 continue
             for m in metadata:
                 sop_class, sop_uid = json_value(m, _SOP_CLASS), json_value(m, _SOP_UID)
+                series_of[sop_uid] = series_uid
                 if sop_class in FUNDUS_SOP_CLASSES:
                     todo.append((series_uid, sop_uid))
                 else:
                     name = pydicom.uid.UID(sop_class).name if sop_class else "unknown SOP class"
                     skipped.append({"series": series_uid, "sop_instance": sop_uid,
                                     "reason": f"not a fundus photograph class ({name})"})
-        return todo, protected, skipped
+        return todo, protected, skipped, series_of
+
+    def _check_work_dirs(self) -> tuple[Path, Path]:
+        in_dir, out_dir = Path(self.protector.input_path), Path(self.protector.output_dir)
+        for folder in (in_dir, out_dir):
+            if folder.exists() and any(folder.iterdir()):
+                raise ValueError(f"work folder {folder} is not empty (an earlier study's files would be protected and "
+                                 "stored again); give a new or empty work folder")
+        return in_dir, out_dir
 
     def run(self) -> dict:
-        """Pull, protect, store; returns (and writes ``pacs_summary.json`` beside the outputs) the report."""
-        todo, existing, skipped = self._inventory()
-        store_to = self.store or self.pacs
-        summary = {"pacs": self.pacs.url, "stored_via": store_to.url, "study": self.study_uid, "existing_medlocker_series": sorted(existing),
-                   "skipped": skipped, "stored": [], "store_failed": [], "protect_failures": [], "derived_series": {}}
-        if existing and not self.force:
-            covered = sum(len(v) for v in existing.values())
-            summary.update(status="already-protected", exit_code=0, message=(
-                f"study {self.study_uid} is already protected: MedLocker series {', '.join(sorted(existing))} "
-                f"({covered} protected instance(s)); nothing done (use --force to protect it again into a new series)"))
-            return self._finish(summary)
-        if not todo:
-            summary.update(status="nothing-to-protect", exit_code=1,
-                           message=f"study {self.study_uid} has no fundus photograph instances to protect")
-            return self._finish(summary)
+        """Pull, protect, store; returns (and writes ``pacs_summary.json`` beside the outputs) the report.
 
-        in_dir = Path(self.protector.input_path)
-        for series_uid, sop_uid in tqdm(todo, desc="pull", unit="img", disable=not self.progress, file=sys.stderr):
-            ds = self.pacs.retrieve(self.study_uid, series_uid, sop_uid)
-            target = in_dir / series_uid / f"{sop_uid}.dcm"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            ds.save_as(target, enforce_file_format=True)
-        protect = self.protector.run()
-        out_dir = Path(self.protector.output_dir)
-        rows = [json.loads(line) for line in (out_dir / "manifest.jsonl").read_text(encoding="utf-8").splitlines()]
-        summary["protect_failures"] = protect["failures"]
-        summary["protect"] = {k: protect[k] for k in ("images", "protected", "successes", "success_rate", "median_queries")}
-        outputs = [out_dir / r["output"] for r in rows if r.get("output") and r.get("protected", True)]
-        for path in tqdm(outputs, desc="store", unit="img", disable=not self.progress, file=sys.stderr):
-            ds = pydicom.dcmread(path)
-            entry = {"sop_instance": str(ds.SOPInstanceUID), "series": str(ds.SeriesInstanceUID),
-                     "source_sop_instance": str(ds.SourceImageSequence[0].ReferencedSOPInstanceUID), "file": path.name}
-            try:
-                result = store_to.store([ds], self.study_uid)
-            except PacsError as err:
-                summary["store_failed"].append({**entry, "error": str(err)})
-                continue
-            if entry["sop_instance"] in result.stored:
-                summary["stored"].append(entry)
-                summary["derived_series"][entry["series"]] = summary["derived_series"].get(entry["series"], 0) + 1
-            else:
-                reason = result.failed.get(entry["sop_instance"], "the PACS did not confirm it")
-                summary["store_failed"].append({**entry, "error": f"PACS {store_to.url}: not stored ({reason})"})
-        ok = not summary["store_failed"] and not summary["protect_failures"]
-        summary.update(status="protected" if ok else "incomplete", exit_code=0 if ok else 1, message=(
-            f"stored {len(summary['stored'])} protected instance(s) of study {self.study_uid} in "
-            f"{len(summary['derived_series'])} new series; {len(summary['store_failed'])} store failure(s), "
-            f"{len(summary['protect_failures'])} protect failure(s), {len(skipped)} skipped"))
-        return self._finish(summary)
+        A study whose MedLocker series already covers every fundus instance is left alone. One
+        partly covered (an interrupted run, or images added later) gets only the missing
+        instances, into the existing derived series. ``force`` protects everything again into new
+        series.
+        """
+        in_dir, out_dir = self._check_work_dirs()
+        todo, existing, skipped, series_of = self._inventory()
+        store_to = self.store or self.pacs
+        summary = {"pacs": self.pacs.url, "stored_via": store_to.url, "study": self.study_uid,
+                   "existing_medlocker_series": sorted(existing), "skipped": skipped, "pull_failed": [], "stored": [],
+                   "store_failed": [], "protect_failures": [], "derived_series": {}}
+        try:
+            if existing and not self.force:
+                covered = {ref for refs in existing.values() for ref in refs}
+                todo = [(series, sop) for series, sop in todo if sop not in covered]
+                if not todo:
+                    summary.update(status="already-protected", exit_code=0, message=(
+                        f"study {self.study_uid} is already protected: MedLocker series {', '.join(sorted(existing))} "
+                        f"cover all {len(covered)} fundus instance(s); nothing done (use --force to protect it again "
+                        "into new series)"))
+                    return summary
+                # Complete the existing derived series rather than start new ones.
+                for derived, refs in existing.items():
+                    for ref in refs:
+                        if ref in series_of:
+                            self.protector.series_overrides[series_of[ref]] = derived
+                summary["completing"] = len(todo)
+            if not todo:
+                summary.update(status="nothing-to-protect", exit_code=1,
+                               message=f"study {self.study_uid} has no fundus photograph instances to protect")
+                return summary
+            for series_uid, sop_uid in tqdm(todo, desc="pull", unit="img", disable=not self.progress, file=sys.stderr):
+                try:
+                    ds = self.pacs.retrieve(self.study_uid, series_uid, sop_uid)
+                    target = in_dir / series_uid / f"{sop_uid}.dcm"
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    ds.save_as(target, enforce_file_format=True)
+                except Exception as err:  # one instance that cannot be pulled must not stop the study
+                    summary["pull_failed"].append({"series": series_uid, "sop_instance": sop_uid, "error": str(err)})
+            if any(in_dir.rglob("*.dcm")):
+                protect = self.protector.run()
+            else:  # every pull failed
+                protect = {"failures": [], "images": 0, "protected": 0, "successes": 0, "success_rate": None,
+                           "median_queries": None}
+            summary["protect_failures"] = protect["failures"]
+            summary["protect"] = {k: protect[k] for k in ("images", "protected", "successes", "success_rate", "median_queries")}
+            manifest = out_dir / "manifest.jsonl"
+            rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines()] if manifest.is_file() else []
+            outputs = [out_dir / r["output"] for r in rows if r.get("output") and r.get("protected", True)]
+            for path in tqdm(outputs, desc="store", unit="img", disable=not self.progress, file=sys.stderr):
+                self._store_one(store_to, path, summary)
+            failures = summary["store_failed"] or summary["protect_failures"] or summary["pull_failed"]
+            summary.update(status="incomplete" if failures else "protected", exit_code=1 if failures else 0, message=(
+                f"stored {len(summary['stored'])} protected instance(s) of study {self.study_uid} in "
+                f"{len(summary['derived_series'])} series; {len(summary['pull_failed'])} pull failure(s), "
+                f"{len(summary['protect_failures'])} protect failure(s), {len(summary['store_failed'])} store failure(s), "
+                f"{len(skipped)} skipped"))
+            return summary
+        except BaseException as err:
+            summary.update(status="aborted", exit_code=1, message=f"stopped by {type(err).__name__}: {err}; "
+                           f"{len(summary['stored'])} instance(s) were stored before (listed in this report)")
+            raise
+        finally:
+            self._finish(summary)
+
+    def _store_one(self, store_to, path: Path, summary: dict) -> None:
+        ds = pydicom.dcmread(path)
+        entry = {"sop_instance": str(ds.SOPInstanceUID), "series": str(ds.SeriesInstanceUID),
+                 "source_sop_instance": str(ds.SourceImageSequence[0].ReferencedSOPInstanceUID), "file": path.name}
+        try:
+            result = store_to.store([ds], self.study_uid)
+        except Exception as err:  # PacsError, or a library error on this instance (e.g. no accepted context)
+            summary["store_failed"].append({**entry, "error": str(err) if isinstance(err, PacsError)
+                                            else f"PACS {store_to.url}: {type(err).__name__}: {err}"})
+            return
+        if entry["sop_instance"] in result.stored:
+            summary["stored"].append(entry)
+            summary["derived_series"][entry["series"]] = summary["derived_series"].get(entry["series"], 0) + 1
+        else:
+            reason = result.failed.get(entry["sop_instance"], "the PACS did not confirm it")
+            summary["store_failed"].append({**entry, "error": f"PACS {store_to.url}: not stored ({reason})"})
 
     def _finish(self, summary: dict) -> dict:
         out_dir = Path(self.protector.output_dir)
@@ -156,6 +200,8 @@ def format_study_summary(summary: dict) -> str:
     lines = [f"MedLocker pacs protect: {summary['message']}"]
     for item in summary["stored"]:
         lines.append(f"  STORED {item['sop_instance']} (from {item['source_sop_instance']})")
+    for item in summary.get("pull_failed", []):
+        lines.append(f"  NOT PULLED {item['sop_instance']}: {item['error']}")
     for item in summary["store_failed"]:
         lines.append(f"  NOT STORED {item['sop_instance']} (from {item['source_sop_instance']}): {item['error']}")
     for item in summary["protect_failures"]:

@@ -38,11 +38,13 @@ from tqdm import tqdm
 
 from pydicom.uid import generate_uid
 
+from monai_medlocker.certify.certificate import pixel_sha256
 from monai_medlocker.certify.seal import PNG_PARAMS, Certifier
 from monai_medlocker.io.dicom import (
     DICOM_ENCODINGS,
     already_protected,
     derive_protected_dataset,
+    dicom_subject_sha256,
     is_dicom_file,
     original_header,
     save_dicom,
@@ -74,13 +76,16 @@ class ProtectItem:
 def _is_image_file(path: Path) -> bool:
     if path.suffix.lower() in SUPPORTED_SUFFIXES:
         return True
-    return path.suffix == "" and path.is_file() and is_dicom_file(path)  # PACS exports often have no suffix
+    # PACS exports name files by UID ("1.2.840...123") or give them no suffix: look for the DICM preamble.
+    return path.is_file() and path.suffix.lower() not in (".json", ".jsonl") and is_dicom_file(path)
 
 
 def output_name(relative: Path, is_dicom: bool) -> Path:
-    """Where an input's protected copy goes, relative to the output folder."""
+    """Where an input's protected (or unlocked) copy goes, relative to the output folder."""
     if is_dicom:
-        return relative.with_name(relative.name + ".dcm") if relative.suffix == "" else relative.with_suffix(".dcm")
+        # A UID-named file keeps its whole name: "1.2.3.4" and "1.2.3.5" must not both become "1.2.3.dcm".
+        known = relative.suffix.lower() in (".dcm", ".dicom")
+        return relative.with_suffix(".dcm") if known else relative.with_name(relative.name + ".dcm")
     return relative.with_suffix(".png")
 
 
@@ -172,6 +177,7 @@ class DatasetProtector:
         if dicom_encoding not in DICOM_ENCODINGS:
             raise ValueError(f"dicom_encoding must be one of {sorted(DICOM_ENCODINGS)} (lossless only), got {dicom_encoding!r}")
         self.dicom_encoding = dicom_encoding
+        self.series_overrides: dict[str, str] = {}
         self.lesions = LesionSource(lesion_segmenter, segmenter_checkpoint)
         self.input_path = Path(input_path)
         self.output_dir = Path(output_dir)
@@ -194,7 +200,13 @@ class DatasetProtector:
         return int.from_bytes(digest[:4], "little")
 
     def derived_series_uid(self, source_series_uid: str) -> str:
-        """One derived series per source series and output folder; stable, so a resumed run adds to it."""
+        """One derived series per source series and output folder; stable, so a resumed run adds to it.
+
+        ``series_overrides`` (source series -> derived series) lets a caller complete an existing
+        derived series, e.g. a PACS study protected in part earlier.
+        """
+        if source_series_uid in self.series_overrides:
+            return self.series_overrides[source_series_uid]
         return generate_uid(entropy_srcs=["medlocker-protected", source_series_uid, str(self.output_dir.resolve())])
 
     def protect_one(self, item: ProtectItem, out_path: Path) -> dict:
@@ -219,8 +231,12 @@ class DatasetProtector:
         sealed = None
         if self.certifier is not None:
             t0 = time.perf_counter()
-            image_id = str(src.SOPInstanceUID) if src is not None else item.relative.as_posix()
-            extra = {"dicom_original": original_header(src)} if src is not None else None
+            # A file name alone is not unique across datasets: its key (and a grant for it) would open any
+            # other image once protected under the same name. The original's hash makes it unique.
+            image_id = (str(src.SOPInstanceUID) if src is not None
+                        else f"{item.relative.as_posix()}#{pixel_sha256(image).split(':', 1)[1][:16]}")
+            extra = ({"dicom_original": original_header(src), "dicom_subject_sha256": dicom_subject_sha256(src)}
+                     if src is not None else None)
             sealed = self.certifier.seal(image_id, image, protected, dict(record), extra)
             record["certify_seconds"] = round(time.perf_counter() - t0, 4)
         if src is not None:
@@ -268,11 +284,13 @@ class DatasetProtector:
                 row.update(status="failed", error=f"{item.image}: its output {out_path} would lie outside {self.output_dir}")
                 rows.append(row)
                 continue
-            if target in claimed:
-                row.update(status="failed", error=f"{item.image}: same output name as {claimed[target]}; rename one")
+            sidecar = record_path.resolve()
+            if target in claimed or sidecar in claimed:
+                other = claimed.get(target) or claimed.get(sidecar)
+                row.update(status="failed", error=f"{item.image}: same output or record name as {other}; rename one")
                 rows.append(row)
                 continue
-            claimed[target] = str(item.image)
+            claimed[target] = claimed[sidecar] = str(item.image)
             if record_path.is_file():
                 try:
                     previous = json.loads(record_path.read_text(encoding="utf-8"))

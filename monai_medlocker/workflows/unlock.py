@@ -103,7 +103,8 @@ class Unlocker:
         self.grant = grant if isinstance(grant, Grant) or grant is None else load_grant(grant)
         if isinstance(public_key, (str, Path)):
             public_key = load_public_key(public_key)
-        self.public_key = public_key or (self.key.public if self.key else None)
+        # The signature is always checked: the owner key or the grant carries the public key.
+        self.public_key = public_key or (self.key.public if self.key else self.grant.public_key)
         self.input_path, self.output_dir = Path(input_path), Path(output_dir)
         in_root = (self.input_path if self.input_path.is_dir() else self.input_path.parent).resolve()
         out_root = self.output_dir.resolve()
@@ -113,8 +114,10 @@ class Unlocker:
         self.summary: dict | None = None
 
     def _target(self, path: Path, is_dicom: bool) -> Path:
+        from monai_medlocker.workflows.protect import output_name
+
         rel = path.relative_to(self.input_path) if self.input_path.is_dir() else Path(path.name)
-        return self.output_dir / (rel.with_suffix(".dcm") if is_dicom else rel.with_suffix(".png"))
+        return self.output_dir / output_name(rel, is_dicom)
 
     def _unlock_one(self, path: Path) -> dict:
         from monai_medlocker.io.dicom import restore_original_dataset, save_dicom
@@ -142,7 +145,7 @@ class Unlocker:
                          file=sys.stderr):
             try:
                 rows.append(self._unlock_one(path))
-            except (UnlockError, ImageReadError, ValueError) as err:
+            except (UnlockError, ImageReadError, ValueError, OSError) as err:
                 message = str(err)
                 rows.append({"image": str(path), "status": "failed",
                              "error": message if str(path) in message else f"{path}: {message}"})

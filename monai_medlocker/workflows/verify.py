@@ -7,6 +7,9 @@ Verdicts:
   re-encoding, a resize, an edit), but the certified logo is still visible at its certified place;
 * ``pixels modified, watermark not found``: the signature is valid, the pixels differ and the
   logo is not found where the certificate puts it;
+* ``DICOM header modified``: the signature is valid, but the instance's patient/study identity or
+  its source reference is not the certified one (e.g. pixels and private block grafted onto
+  another patient's instance);
 * ``invalid signature``: the certificate or its signature was altered (or is unreadable);
 * ``foreign owner``: the certificate was signed by another owner key;
 * ``no certificate``: the image carries no MedLocker certificate (embedded or in a sidecar).
@@ -33,7 +36,7 @@ from monai_medlocker.watermark.logo import greyscale_logo, load_logo, logo_sha25
 __all__ = ["VERDICTS", "find_certified_images", "verify_image", "Verifier", "format_verify_summary"]
 
 VERDICTS = ("authentic", "watermark present, pixels modified", "pixels modified, watermark not found",
-            "invalid signature", "foreign owner", "no certificate", "unreadable image")
+            "DICOM header modified", "invalid signature", "foreign owner", "no certificate", "unreadable image")
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".dcm", ".dicom")
 
 
@@ -47,10 +50,22 @@ def find_certified_images(source: str | Path) -> list[Path]:
     if source.is_file():
         return [source]
     files = [p for p in sorted(source.rglob("*")) if p.is_file()
-             and (p.suffix.lower() in _IMAGE_SUFFIXES or (p.suffix == "" and is_dicom_file(p)))]
+             and (p.suffix.lower() in _IMAGE_SUFFIXES or (p.suffix.lower() not in (".json", ".jsonl") and is_dicom_file(p)))]
     if not files:
         raise ValueError(f"no images found in {source}")
     return files
+
+
+def _dicom_header_problem(ds, cert: dict) -> str | None:
+    from monai_medlocker.io.dicom import dicom_subject_sha256
+
+    extra = cert.get("extra") or {}
+    refs = [str(r.get("ReferencedSOPInstanceUID", "")) for r in ds.get("SourceImageSequence", [])]
+    if cert.get("image_id") not in refs:
+        return f"its SourceImageSequence does not reference the certified original {cert.get('image_id')}"
+    if extra.get("dicom_subject_sha256") != dicom_subject_sha256(ds):
+        return "its patient/study attributes are not the certified ones"
+    return None
 
 
 def verify_image(pf: ProtectedFile, pub: OwnerPublicKey, logo: np.ndarray) -> dict:
@@ -67,6 +82,10 @@ def verify_image(pf: ProtectedFile, pub: OwnerPublicKey, logo: np.ndarray) -> di
         detail = (f"signed by {cert.get('key_id')}, not by {pub.key_id}" if status == "foreign owner"
                   else "the certificate or its signature does not match the owner's public key")
         return {**row, "verdict": status, "detail": detail}
+    if pf.dicom is not None:
+        problem = _dicom_header_problem(pf.dicom.dataset, cert)
+        if problem:
+            return {**row, "verdict": "DICOM header modified", "detail": problem}
     if pixel_sha256(pf.pixels) == cert.get("watermarked_sha256"):
         return {**row, "verdict": "authentic"}
     params = cert.get("params") or {}
@@ -109,8 +128,10 @@ class Verifier:
                          file=sys.stderr):
             try:
                 rows.append(verify_image(read_protected(path), self.public_key, self.logo))
-            except ImageReadError as err:
-                rows.append({"image": str(path), "verdict": "unreadable image", "detail": str(err)})
+            except (ImageReadError, ValueError, OSError) as err:
+                message = str(err)
+                rows.append({"image": str(path), "verdict": "unreadable image",
+                             "detail": message if str(path) in message else f"{path}: {message}"})
         counts = {v: sum(r["verdict"] == v for r in rows) for v in VERDICTS if any(r["verdict"] == v for r in rows)}
         self.summary = {"input": str(self.input_path), "owner_key_id": self.public_key.key_id, "images": len(rows),
                         "verdicts": counts, "results": rows, "seconds": round(time.perf_counter() - start, 2),
