@@ -24,7 +24,9 @@ class CLIError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medlocker", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="medlocker", description="MedLocker for MONAI: protect fundus photographs against unauthorised AI analysis "
+        "with a lesion-aware adversarial logo; certify, verify and unlock them; round trips with a PACS.")
     parser.add_argument("--version", action="version", version=f"medlocker {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
