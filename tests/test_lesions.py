@@ -381,5 +381,21 @@ def test_train_lesions_config_runs_end_to_end(tmp_path):
     image = np.asarray(Image.open(data / "images" / "synth_00000.png").convert("RGB"))
     probs, report = detector(image)
     assert probs.shape == (4, 128, 128) and probs.dtype == np.float32 and report["segmenter"] == "network"
+    assert 0.0 < report["confidence"] <= 1.0 and isinstance(report["warnings"], list)
     with pytest.raises(ValueError, match="not a lesion segmenter checkpoint"):
         NetworkLesionDetector(ckpt, input_size=64)  # default channels differ from the trained ones
+
+
+def test_network_confidence_surfaces_doubtful_maps():
+    from monai_medlocker.lesions.network import network_confidence
+
+    probs = np.zeros((4, 100, 100), np.float32)
+    probs[1, 10:20, 10:20] = 0.9
+    assert network_confidence(probs) == (1.0, [])
+    faint = probs.copy()
+    faint[0, 40:80, 40:80] = 0.3  # a large sub-threshold response: lesions the WSM may miss
+    confidence, warnings = network_confidence(faint)
+    assert confidence < 1.0 and "between 0.1 and 0.5" in warnings[0]
+    flooded = np.full((4, 100, 100), 0.9, np.float32)
+    confidence, warnings = network_confidence(flooded)
+    assert confidence <= 0.5 and "100% of the image" in warnings[0]

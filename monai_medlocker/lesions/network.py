@@ -24,7 +24,7 @@ from monai_medlocker.io.image import load_rgb
 from monai_medlocker.lesions.builtin import LESION_CHANNELS
 from monai_medlocker.lesions.masks import load_lesion_masks
 
-__all__ = ["get_lesion_network", "LoadLesionPaird", "NetworkLesionDetector"]
+__all__ = ["network_confidence", "get_lesion_network", "LoadLesionPaird", "NetworkLesionDetector"]
 
 
 def get_lesion_network(channels: tuple[int, ...] = (16, 32, 64, 128), num_res_units: int = 1) -> torch.nn.Module:
@@ -43,6 +43,28 @@ def _resize_label(chw: torch.Tensor, size: int) -> torch.Tensor:
     if h >= size and w >= size:
         return F.adaptive_max_pool2d(chw[None].float(), (size, size))[0]
     return F.interpolate(chw[None].float(), size=(size, size), mode="nearest")[0]
+
+
+def network_confidence(probs: np.ndarray, threshold: float = 0.5) -> tuple[float, list[str]]:
+    """How much to trust a segmenter's maps for the WSM; the warnings reach the protect report.
+
+    A missed lesion is the harm to avoid, so a lot of sub-threshold response (lesions the WSM
+    may leave uncovered) lowers the confidence, as does an implausibly large lesion area (likely
+    not a fundus photograph, or one unlike the training data).
+    """
+    warnings, confidence = [], 1.0
+    above = (probs >= threshold).any(0)
+    area = float(above.mean())
+    if area > 0.25:
+        warnings.append(f"the segmenter marks {100 * area:.0f}% of the image as lesion; is this a fundus photograph "
+                        "like its training data?")
+        confidence *= 0.5
+    unsure = float((((probs > 0.1) & (probs < threshold)).any(0) & ~above).mean())
+    if unsure > max(area, 0.002):
+        warnings.append(f"{100 * unsure:.1f}% of the image has a lesion probability between 0.1 and {threshold}: lesions "
+                        "may lie outside the WSM (lower lesion_threshold, or use the built-in detector)")
+        confidence *= 0.7
+    return round(confidence, 3), warnings
 
 
 class LoadLesionPaird(MapTransform):
@@ -117,6 +139,8 @@ class NetworkLesionDetector:
         # Max-pool-style upsampling would shift boxes; bilinear keeps the 0.5 boundary where the network put it.
         probs = F.interpolate(probs, size=rgb.shape[:2], mode="bilinear", align_corners=False)[0]
         out = probs.clamp_(0, 1).cpu().numpy().astype(np.float32)
+        confidence, warnings = network_confidence(out)
         self.last_report = {"segmenter": "network", "checkpoint": self.checkpoint, "input_size": self.input_size,
-                            "components": {t: int((out[c] >= 0.5).any()) for c, t in enumerate(LESION_CHANNELS)}}
+                            "components": {t: int((out[c] >= 0.5).any()) for c, t in enumerate(LESION_CHANNELS)},
+                            "confidence": confidence, "warnings": warnings}
         return out, self.last_report
