@@ -3,8 +3,9 @@
     python benchmarks/bench_lesions.py --n 40 --size 1024 --out benchmarks/results/lesions.json
 
 Held-out images are ``synthesize_fundus(size, sample_seed(seed, i), grade=i % 5)`` (grades 0-4 in
-turn; seed 777 is used by no test and no tuning set). The WSM is built exactly as protect builds it
-(``LesionBBoxMask`` with ``inference.json``'s threshold, minimum size and margins). Per lesion type:
+turn; the reported seeds 31337 and 9001 were not looked at while the detector was tuned, seed 777
+was). The WSM is built exactly as protect builds it (``LesionBBoxMask`` with ``inference.json``'s
+threshold, minimum size and margins). Per lesion type:
 
 * object recall: a ground-truth lesion (8-connected component of its type's mask) counts as
   found when it lies wholly inside the WSM (whatever channel the box came from);
@@ -154,7 +155,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--size", type=int, default=1024)
-    ap.add_argument("--seed", type=int, default=777)
+    ap.add_argument("--seed", type=int, default=31337)
     ap.add_argument("--checkpoint", default=str(ROOT / "bundle" / "models" / "lesion_segmenter.pt"),
                     help="trained segmenter (skipped when missing)")
     ap.add_argument("--network-input-size", type=int, default=256)
