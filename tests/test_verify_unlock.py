@@ -284,3 +284,20 @@ def test_unlock_and_verify_bundle_configs_through_monai_bundle(protected, keys, 
     result = _bundle_run("verify.json", dataset_dir=out, public_key=folder / "owner.pub", report=tmp_path / "verify.json")
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((tmp_path / "verify.json").read_text())["verdicts"] == {"authentic": 4}
+
+
+def test_dicom_transcoded_lossy_by_dcmtk_is_watermark_present(protected, keys, tmp_path, capsys):
+    """A PACS-style lossy transcode (dcmtk's dcmcjpeg, JPEG Baseline): the mark is still found, unlock refuses."""
+    if not shutil.which("dcmcjpeg"):
+        if os.environ.get("MEDLOCKER_REQUIRE_DCIODVFY") == "1":
+            pytest.fail("dcmtk (dcmcjpeg) is required here but not installed")
+        pytest.skip("dcmtk is not installed (apt-get install dcmtk); .ci/run installs it")
+    _, out = protected
+    folder, _, _ = keys
+    subprocess.run(["dcmcjpeg", "+eb", str(out / "colour.dcm"), str(tmp_path / "colour.dcm")], check=True)
+    assert pydicom.dcmread(tmp_path / "colour.dcm").file_meta.TransferSyntaxUID == pydicom.uid.JPEGBaseline8Bit
+    code, report = _verify(tmp_path / "colour.dcm", folder / "owner.pub", capsys)
+    assert code == 1 and report["results"][0]["verdict"] == "watermark present, pixels modified", report
+    assert main(["unlock", str(tmp_path / "colour.dcm"), str(tmp_path / "un"), "--key", str(folder / "owner.key"),
+                 "--quiet"]) == 1
+    assert not (tmp_path / "un").exists()

@@ -106,9 +106,11 @@ class Unlocker:
         # The signature is always checked: the owner key or the grant carries the public key.
         self.public_key = public_key or (self.key.public if self.key else self.grant.public_key)
         self.input_path, self.output_dir = Path(input_path), Path(output_dir)
-        in_root = (self.input_path if self.input_path.is_dir() else self.input_path.parent).resolve()
-        out_root = self.output_dir.resolve()
-        if out_root == in_root or in_root in out_root.parents:
+        in_root, out_root = self.input_path.resolve(), self.output_dir.resolve()
+        # A folder's outputs must not land among its inputs (a re-run would read them back);
+        # a single file only needs a different folder.
+        if out_root == in_root or (self.input_path.is_dir() and in_root in out_root.parents) or \
+                (self.input_path.is_file() and out_root == in_root.parent):
             raise ValueError(f"output folder {self.output_dir} is the input folder or inside it; choose a separate folder")
         self.progress = progress
         self.summary: dict | None = None

@@ -8,8 +8,8 @@ Verdicts:
 * ``pixels modified, watermark not found``: the signature is valid, the pixels differ and the
   logo is not found where the certificate puts it;
 * ``DICOM header modified``: the signature is valid, but the instance's patient/study identity or
-  its source reference is not the certified one (e.g. pixels and private block grafted onto
-  another patient's instance);
+  the source named in its MedLocker block is not the certified one (e.g. pixels and private block
+  grafted onto another patient's instance);
 * ``invalid signature``: the certificate or its signature was altered (or is unreadable);
 * ``foreign owner``: the certificate was signed by another owner key;
 * ``no certificate``: the image carries no MedLocker certificate (embedded or in a sidecar).
@@ -61,10 +61,14 @@ def find_certified_images(source: str | Path) -> list[Path]:
 def _dicom_header_problem(ds, cert: dict) -> str | None:
     from monai_medlocker.io.dicom import dicom_subject_sha256
 
+    from monai_medlocker.io.private_tags import read_medlocker_tags
+
     extra = cert.get("extra") or {}
-    refs = [str(r.get("ReferencedSOPInstanceUID", "")) for r in ds.get("SourceImageSequence", [])]
-    if cert.get("image_id") not in refs:
-        return f"its SourceImageSequence does not reference the certified original {cert.get('image_id')}"
+    # The private block's source UID, not SourceImageSequence: a PACS or dcmtk transcoding the
+    # instance legitimately re-points SourceImageSequence at the instance it transcoded.
+    tags = read_medlocker_tags(ds)
+    if tags is None or tags.source_sop_instance_uid != cert.get("image_id"):
+        return f"its MedLocker block does not name the certified original {cert.get('image_id')}"
     if extra.get("dicom_subject_sha256") != dicom_subject_sha256(ds):
         return "its patient/study attributes are not the certified ones"
     return None
