@@ -320,3 +320,17 @@ def test_missing_sop_instance_uid_is_named(tmp_path):
     ds.save_as(tmp_path / "anonymous.dcm")
     with pytest.raises(DicomReadError, match=r"anonymous\.dcm: no SOPInstanceUID"):
         read_fundus_dicom(tmp_path / "anonymous.dcm")
+
+
+def test_resumed_run_does_not_take_another_images_record(tmp_path, tiny_surrogate):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    Image.fromarray(np.zeros((240, 320, 3), np.uint8) + 90).save(src / "eye.png")
+    Image.fromarray(np.zeros((240, 320), np.uint8)).save(src / "eye_lesions.png")
+    settings = dict(lesion_segmenter="masks", progress=False, watermark={"max_queries": 4})
+    assert DatasetProtector(src, out, tiny_surrogate, **settings).run()["protected"] == 1
+    shutil.copy(CORPUS / "examples_rgb_color.dcm", src / "eye.dcm")  # added later, same stem
+    DatasetProtector(src, out, tiny_surrogate, **settings).run()
+    rows = {r["image"]: r for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
+    assert rows["eye.dcm"]["status"] == "failed" and "is the record of eye.png" in rows["eye.dcm"]["error"]
+    assert rows["eye.png"]["status"] == "already-done" and not (out / "eye.dcm").exists()

@@ -301,3 +301,21 @@ def test_dicom_transcoded_lossy_by_dcmtk_is_watermark_present(protected, keys, t
     assert main(["unlock", str(tmp_path / "colour.dcm"), str(tmp_path / "un"), "--key", str(folder / "owner.key"),
                  "--quiet"]) == 1
     assert not (tmp_path / "un").exists()
+
+
+def test_dicom_source_without_study_uid_verifies_and_unlocks(keys, tmp_path, capsys, tiny_surrogate):
+    """pydicom's JPEG-LS file has no Study/Series Instance UID: the derived study must not break verify."""
+    folder, _, _ = keys
+    corpus = Path(pydicom.__file__).parent / "data" / "test_files"
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(corpus / "SC_rgb_jls_lossy_line.dcm", src / "nostudy.dcm")
+    Image.fromarray(np.zeros((100, 100), np.uint8)).save(src / "nostudy_lesions.png")
+    DatasetProtector(src, tmp_path / "out", tiny_surrogate, watermark={"max_queries": 4}, lesion_segmenter="masks",
+                     owner_key=folder / "owner.key", progress=False).run()
+    code, report = _verify(tmp_path / "out", folder / "owner.pub", capsys)
+    assert code == 0 and report["verdicts"] == {"authentic": 1}, report
+    assert main(["unlock", str(tmp_path / "out"), str(tmp_path / "un"), "--key", str(folder / "owner.key"), "--quiet"]) == 0
+    back = read_fundus_dicom(tmp_path / "un" / "nostudy.dcm")
+    assert np.array_equal(back.pixels, read_fundus_dicom(src / "nostudy.dcm").pixels)
+    assert "StudyInstanceUID" not in back.dataset  # the original had none

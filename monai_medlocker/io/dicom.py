@@ -60,6 +60,7 @@ __all__ = [
     "save_dicom",
     "already_protected",
     "dicom_subject_sha256",
+    "derived_study_uid",
     "RESTORED_KEYWORDS",
     "original_header",
     "restore_original_dataset",
@@ -136,13 +137,26 @@ def _check_identity(path: Path, ds: Dataset) -> None:
             setattr(ds, keyword, value)
 
 
-def dicom_subject_sha256(ds: Dataset) -> str:
-    """Hash of who and which study an instance belongs to: signed, so a verifier sees a header swap."""
+def derived_study_uid(source: Dataset) -> str:
+    """The derived instance's study: the source's, or (a source outside any study) one per source series."""
+    if source.get("StudyInstanceUID"):
+        return str(source.StudyInstanceUID)
+    return generate_uid(entropy_srcs=["medlocker-study", str(source.get("SeriesInstanceUID") or source.SOPInstanceUID)])
+
+
+def dicom_subject_sha256(ds: Dataset, study_uid: str | None = None) -> str:
+    """Hash of who and which study an instance belongs to: signed, so a verifier sees a header swap.
+
+    Args:
+        study_uid: the study to hash instead of ``ds``'s (a source's derived study, see :func:`derived_study_uid`).
+    """
     import hashlib
     import json
 
     keys = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "AccessionNumber", "StudyDate")
     values = {k: str(ds.get(k, "") or "") for k in keys}
+    if study_uid is not None:
+        values["StudyInstanceUID"] = study_uid
     return "sha256:" + hashlib.sha256(json.dumps(values, sort_keys=True).encode("utf-8")).hexdigest()
 
 
@@ -297,10 +311,7 @@ def derive_protected_dataset(
     ds.SOPInstanceUID = generate_uid()
     ds.SeriesInstanceUID = series_uid or generate_uid()
     ds.SeriesNumber = int(series_number if series_number is not None else int(source.get("SeriesNumber", 0) or 0) + 1000)
-    if not source.get("StudyInstanceUID"):
-        # A source outside any study still needs one; instances of one source series share it.
-        ds.StudyInstanceUID = generate_uid(entropy_srcs=["medlocker-study", str(source.get("SeriesInstanceUID")
-                                                                                or source.SOPInstanceUID)])
+    ds.StudyInstanceUID = derived_study_uid(source)
     source_description = str(source.get("SeriesDescription", "") or "")
     ds.SeriesDescription = series_description or (
         f"{source_description} (MedLocker protected)" if source_description else "MedLocker protected"

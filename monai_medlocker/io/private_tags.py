@@ -146,11 +146,11 @@ def read_medlocker_tags(ds: Dataset, filename: str = "dataset") -> MedlockerTags
     boxes = [tuple(flat[i:i + 4]) for i in range(0, len(flat), 4)]
     source_uid = _value(ds, block, _SOURCE_UID)
     payload = _bytes(_value(ds, block, _PAYLOAD))
-    if payload is not None:
+    if payload is not None and _value(ds, block, _PAYLOAD_LENGTH) is not None:
         length = _value(ds, block, _PAYLOAD_LENGTH)
         if isinstance(length, bytes):
             length = int.from_bytes(length[:4], "little")
-        if length is None or not 0 <= int(length) <= len(payload) or len(payload) - int(length) > 1:
+        if not 0 <= int(length) <= len(payload) or len(payload) - int(length) > 1:
             raise PrivateTagError(f"{filename}: MedLocker restore payload length {length!r} does not fit its "
                                   f"{len(payload)} stored bytes")
         payload = payload[: int(length)]  # drop the even-length padding byte

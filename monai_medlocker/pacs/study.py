@@ -110,13 +110,14 @@ class StudyProtector:
         instances, into the existing derived series. ``force`` protects everything again into new
         series.
         """
-        in_dir, out_dir = self._check_work_dirs()
-        todo, existing, skipped, series_of = self._inventory()
+        in_dir, out_dir = self._check_work_dirs()  # before anything is written, so never a stale report
         store_to = self.store or self.pacs
         summary = {"pacs": self.pacs.url, "stored_via": store_to.url, "study": self.study_uid,
-                   "existing_medlocker_series": sorted(existing), "skipped": skipped, "pull_failed": [], "stored": [],
+                   "existing_medlocker_series": [], "skipped": [], "pull_failed": [], "stored": [],
                    "store_failed": [], "protect_failures": [], "derived_series": {}}
         try:
+            todo, existing, skipped, series_of = self._inventory()
+            summary.update(existing_medlocker_series=sorted(existing), skipped=skipped)
             if existing and not self.force:
                 covered = {ref for refs in existing.values() for ref in refs}
                 todo = [(series, sop) for series, sop in todo if sop not in covered]

@@ -44,6 +44,7 @@ from monai_medlocker.io.dicom import (
     DICOM_ENCODINGS,
     already_protected,
     derive_protected_dataset,
+    derived_study_uid,
     dicom_subject_sha256,
     is_dicom_file,
     original_header,
@@ -77,7 +78,9 @@ def _is_image_file(path: Path) -> bool:
     if path.suffix.lower() in SUPPORTED_SUFFIXES:
         return True
     # PACS exports name files by UID ("1.2.840...123") or give them no suffix: look for the DICM preamble.
-    return path.is_file() and path.suffix.lower() not in (".json", ".jsonl") and is_dicom_file(path)
+    # A DICOMDIR (the media index of an export) is not an image.
+    return (path.is_file() and path.suffix.lower() not in (".json", ".jsonl") and path.name.upper() != "DICOMDIR"
+            and is_dicom_file(path))
 
 
 def output_name(relative: Path, is_dicom: bool) -> Path:
@@ -183,6 +186,7 @@ class DatasetProtector:
         self.output_dir = Path(output_dir)
         is_datalist = self.input_path.suffix.lower() == ".json" and not self.input_path.is_dir()
         in_root = (self.input_path.parent if is_datalist else self.input_path).resolve()
+        self._in_root = in_root
         out_root = self.output_dir.resolve()
         if out_root == in_root or in_root in out_root.parents:
             raise ValueError(
@@ -235,7 +239,7 @@ class DatasetProtector:
             # other image once protected under the same name. The original's hash makes it unique.
             image_id = (str(src.SOPInstanceUID) if src is not None
                         else f"{item.relative.as_posix()}#{pixel_sha256(image).split(':', 1)[1][:16]}")
-            extra = ({"dicom_original": original_header(src), "dicom_subject_sha256": dicom_subject_sha256(src)}
+            extra = ({"dicom_original": original_header(src), "dicom_subject_sha256": dicom_subject_sha256(src, derived_study_uid(src))}
                      if src is not None else None)
             sealed = self.certifier.seal(image_id, image, protected, dict(record), extra)
             record["certify_seconds"] = round(time.perf_counter() - t0, 4)
@@ -280,7 +284,8 @@ class DatasetProtector:
             target = out_path.resolve()
             # Never write outside the output folder or onto an input, and never let two inputs
             # (a.jpg and a.png) share one output.
-            if out_root not in target.parents or target == item.image.resolve():
+            # (and never among the inputs, where a later run would read it back as an input)
+            if out_root not in target.parents or target == item.image.resolve() or self._in_root in target.parents:
                 row.update(status="failed", error=f"{item.image}: its output {out_path} would lie outside {self.output_dir}")
                 rows.append(row)
                 continue
@@ -296,6 +301,14 @@ class DatasetProtector:
                     previous = json.loads(record_path.read_text(encoding="utf-8"))
                 except (OSError, ValueError) as err:
                     row.update(status="failed", error=f"{record_path}: unreadable record from an earlier run ({err})")
+                    rows.append(row)
+                    continue
+                earlier = (previous.get("source") or {}).get("file")
+                if earlier != item.relative.as_posix() or (previous.get("protected") and not out_path.is_file()):
+                    claimed.pop(target, None)  # the record's own image may still come later in this run
+                    claimed.pop(sidecar, None)
+                    row.update(status="failed", error=f"{item.image}: {record_path} is the record of {earlier or 'another image'} "
+                               f"from an earlier run (same record name); rename one")
                     rows.append(row)
                     continue
                 row.update(status="already-done", output=out_path.relative_to(self.output_dir).as_posix())

@@ -127,6 +127,8 @@ class Unlocker:
         pf = read_protected(path)
         restored = unlock_image(pf, self.key, self.grant, self.public_key)
         target = self._target(path, pf.dicom is not None)
+        if self.input_path.is_dir() and self.input_path.resolve() in target.resolve().parents:
+            raise UnlockError(f"{path}: its output {target} would lie inside the input folder; choose another output folder")
         if target.exists():
             raise UnlockError(f"{path}: {target} already exists; not overwritten")
         cert = pf.signed.certificate

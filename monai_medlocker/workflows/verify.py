@@ -51,7 +51,7 @@ def find_certified_images(source: str | Path) -> list[Path]:
         return [source]
     from monai_medlocker.workflows.protect import _is_mask_file
 
-    files = [p for p in sorted(source.rglob("*")) if p.is_file() and not _is_mask_file(p)
+    files = [p for p in sorted(source.rglob("*")) if p.is_file() and not _is_mask_file(p) and p.name.upper() != "DICOMDIR"
              and (p.suffix.lower() in _IMAGE_SUFFIXES or (p.suffix.lower() not in (".json", ".jsonl") and is_dicom_file(p)))]
     if not files:
         raise ValueError(f"no images found in {source}")
@@ -69,7 +69,7 @@ def _dicom_header_problem(ds, cert: dict) -> str | None:
     tags = read_medlocker_tags(ds)
     if tags is None or tags.source_sop_instance_uid != cert.get("image_id"):
         return f"its MedLocker block does not name the certified original {cert.get('image_id')}"
-    if extra.get("dicom_subject_sha256") != dicom_subject_sha256(ds):
+    if "dicom_subject_sha256" in extra and extra["dicom_subject_sha256"] != dicom_subject_sha256(ds):
         return "its patient/study attributes are not the certified ones"
     return None
 
