@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -31,8 +32,9 @@ def free_port() -> int:
 class OrthancServer:
     """Start Orthanc with the DICOMweb plugin in ``folder``; ``url`` is its DICOMweb root."""
 
-    def __init__(self, folder: Path, aet: str = "MLKORTHANC") -> None:
+    def __init__(self, folder: Path, aet: str = "MLKORTHANC", users: dict | None = None) -> None:
         self.folder = Path(folder)
+        self.users = users  # HTTP Basic users (name -> password); None = no authentication
         self.http_port, self.dicom_port, self.aet = free_port(), free_port(), aet
         self.process: subprocess.Popen | None = None
 
@@ -49,7 +51,8 @@ class OrthancServer:
         config = {
             "Name": "MedLockerTest", "StorageDirectory": str(self.folder / "db"), "IndexDirectory": str(self.folder / "db"),
             "HttpPort": self.http_port, "DicomPort": self.dicom_port, "DicomAet": self.aet,
-            "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "HttpBindAddress": "127.0.0.1",
+            "RemoteAccessAllowed": False, "AuthenticationEnabled": bool(self.users), "HttpBindAddress": "127.0.0.1",
+            "RegisteredUsers": self.users or {},
             "DicomServerEnabled": True, "Plugins": [DICOMWEB_PLUGIN],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True, "Host": "127.0.0.1", "Ssl": False},
             "StorageCompression": False, "OverwriteInstances": False,
@@ -66,6 +69,10 @@ class OrthancServer:
                 with urllib.request.urlopen(self.base + "/system", timeout=2) as r:
                     if r.status == 200:
                         return self
+            except urllib.error.HTTPError as err:
+                if err.code == 401:  # up, and asking for credentials
+                    return self
+                time.sleep(0.2)
             except OSError:
                 time.sleep(0.2)
         self.stop()

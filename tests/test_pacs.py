@@ -36,12 +36,16 @@ REDFREE_SERIES = "1.2.826.0.1.3680043.8.498.77001.2"
 FAST = ["--quiet", "--max-queries", "12"]
 
 
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory):
+def _require_orthanc() -> None:
     if not orthanc_available():
         if os.environ.get("MEDLOCKER_REQUIRE_ORTHANC") == "1":
             pytest.fail("Orthanc (Debian packages orthanc, orthanc-dicomweb) is required here but not installed")
         pytest.skip("Orthanc is not installed (apt-get install orthanc orthanc-dicomweb); .ci/run installs it")
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory):
+    _require_orthanc()
     server = OrthancServer(tmp_path_factory.mktemp("orthanc")).start()
     yield server
     server.stop()
@@ -275,3 +279,23 @@ def test_unreachable_dimse_fails_clearly(orthanc, study_files, tmp_path, capsys)
     code, summary = _pacs_protect(orthanc, tmp_path, "--force", "--retries", "2", "--dimse", f"127.0.0.1:{free_port()}")
     assert code == 1 and summary["stored"] == [] and len(summary["store_failed"]) == 3
     assert all("C-STORE association failed after 2 attempts" in f["error"] for f in summary["store_failed"])
+
+
+def test_pacs_with_http_basic_authentication(tmp_path, monkeypatch, capsys):
+    """A PACS that asks for credentials: refused without them (clear message), protected with them (from the env)."""
+    _require_orthanc()
+    with OrthancServer(tmp_path / "secure", users={"medlocker": "s3cret"}) as secure:
+        study = "1.2.826.0.1.3680043.8.498.77003"
+        ds = fundus_dataset(synthesize_fundus(256, seed=11, grade=2).image, iod="op8", study_uid=study)
+        ds.save_as(tmp_path / "a.dcm", enforce_file_format=True)
+        import base64
+
+        req = urllib.request.Request(secure.base + "/instances", data=(tmp_path / "a.dcm").read_bytes(), method="POST",
+                                     headers={"Authorization": "Basic " + base64.b64encode(b"medlocker:s3cret").decode()})
+        urllib.request.urlopen(req).read()
+        code = main(["pacs", "protect", "--url", secure.url, "--study", study, "--work-dir", str(tmp_path / "w0"), *FAST])
+        assert code == 2 and "401" in capsys.readouterr().err
+        monkeypatch.setenv("PACS_CREDENTIALS", "medlocker:s3cret")
+        code, summary = _pacs_protect(secure, tmp_path, "--auth-env", "PACS_CREDENTIALS", study=study)
+        assert code == 0 and len(summary["stored"]) == 1, summary
+        assert "s3cret" not in json.dumps(summary)

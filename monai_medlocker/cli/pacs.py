@@ -34,6 +34,9 @@ def add_subparser(subparsers) -> None:
                     help="folder for the pulled and protected copies and pacs_summary.json (default: a new temporary folder)")
     pp.add_argument("--retries", dest="pacs_retries", type=int, help="attempts per PACS request (default: 3)")
     pp.add_argument("--timeout", dest="pacs_timeout", type=float, help="seconds per PACS request (default: 30)")
+    pp.add_argument("--auth-env", dest="pacs_auth_env", metavar="VAR",
+                    help="environment variable holding the PACS credentials: 'user:password' (HTTP Basic) or "
+                    "'Bearer <token>'")
     pp.add_argument("--dimse", metavar="HOST:PORT",
                     help="store the derived instances by C-STORE to this DICOM port instead of STOW-RS")
     pp.add_argument("--called-aet", dest="dimse_called_aet", help="the PACS's AE title for --dimse (default: ANY-SCP)")
@@ -47,7 +50,8 @@ def add_subparser(subparsers) -> None:
 def run_protect(args: argparse.Namespace) -> int:
     root = bundle_root(args.bundle_root)
     overrides = {"pacs_url": args.url, "study_uid": args.study, "force": bool(args.force),
-                 "pacs_retries": args.pacs_retries, "pacs_timeout": args.pacs_timeout, **protect_overrides(args)}
+                 "pacs_retries": args.pacs_retries, "pacs_timeout": args.pacs_timeout, "pacs_auth_env": args.pacs_auth_env,
+                 **protect_overrides(args)}
     if args.dimse:
         host, _, port = args.dimse.rpartition(":")
         if not host or not port.isdigit():

@@ -55,6 +55,23 @@ def json_has_medlocker_block(item: dict) -> bool:
     return False
 
 
+def _auth_header(env_name: str | None) -> dict:
+    """The Authorization header from an environment variable (``user:password`` or ``Bearer <token>``)."""
+    import base64
+    import os
+
+    if not env_name:
+        return {}
+    value = os.environ.get(env_name)
+    if not value:
+        raise ValueError(f"PACS credentials: environment variable {env_name} is not set or empty")
+    if value.startswith("Bearer "):
+        return {"Authorization": value}
+    if ":" not in value:
+        raise ValueError(f"PACS credentials in {env_name} must be 'user:password' or 'Bearer <token>'")
+    return {"Authorization": "Basic " + base64.b64encode(value.encode("utf-8")).decode("ascii")}
+
+
 def _retryable(err: Exception) -> bool:
     import requests
 
@@ -73,11 +90,13 @@ class DicomWebPacs:
         retries: attempts per operation (at least 1).
         backoff: seconds before the second attempt; doubled after each failure.
         timeout: seconds per HTTP request.
-        headers: extra HTTP headers (e.g. an ``Authorization`` bearer token).
+        headers: extra HTTP headers.
+        auth_env: name of an environment variable holding the PACS credentials: ``user:password``
+            (HTTP Basic) or ``Bearer <token>``. Credentials never go on the command line or in configs.
     """
 
     def __init__(self, url: str, retries: int = 3, backoff: float = 0.5, timeout: float = 30.0,
-                 headers: dict | None = None) -> None:
+                 headers: dict | None = None, auth_env: str | None = None) -> None:
         from dicomweb_client.api import DICOMwebClient
 
         if not str(url).startswith(("http://", "https://")):
@@ -86,6 +105,7 @@ class DicomWebPacs:
             raise ValueError(f"retries must be at least 1, got {retries}")
         self.url = str(url).rstrip("/")
         self.retries, self.backoff = int(retries), float(backoff)
+        headers = {**(headers or {}), **_auth_header(auth_env)}
         self.client = DICOMwebClient(self.url, timeout=timeout, headers=headers)
         self.client.set_http_retry_params(retry=False)  # one retry policy, ours: bounded and reported
 
