@@ -382,6 +382,8 @@ def format_summary(summary: dict) -> str:
         f"  surrogate fooled: {summary['successes']}/{summary['protected']}  "
         f"median queries: {summary['median_queries']}  median s/image: {summary['median_seconds_per_image']}",
     ]
+    if summary.get("certified_by"):
+        lines.append(f"  signed and sealed with owner key {summary['certified_by']} (medlocker verify / unlock)")
     for f in summary["failures"]:
         lines.append(f"  FAILED {f['image']}: {f['error']}")
     for f in summary.get("low_confidence_lesions", []):
