@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
 
-from monai_medlocker.certify.keys import KeyFileError, OwnerKey, OwnerPublicKey, _public_from, write_new_file
+from monai_medlocker.certify.keys import KeyFileError, OwnerKey, OwnerPublicKey, _public_from, read_json_file, write_new_file
 from monai_medlocker.certify.payload import derive_image_key
 
 __all__ = ["GRANT_FORMAT", "GrantError", "Grant", "make_grant", "save_grant", "load_grant"]
@@ -102,15 +102,9 @@ def load_grant(path: str | os.PathLike) -> Grant:
     Raises:
         GrantError: a missing file, not a grant, a wrong format version, or malformed keys.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise GrantError(f"{path}: grant file not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise GrantError(f"{path}: not a MedLocker grant file (not JSON: {err})") from err
-    fmt = data.get("format") if isinstance(data, dict) else None
-    if not isinstance(fmt, str) or not fmt.startswith("medlocker-grant/"):
+    path, data = read_json_file(path, "grant", GrantError)
+    fmt = data["format"]
+    if not fmt.startswith("medlocker-grant/"):
         raise GrantError(f"{path}: not a MedLocker grant file")
     if fmt != GRANT_FORMAT:
         raise GrantError(f"{path}: unsupported grant format version {fmt!r} (this version reads {GRANT_FORMAT})")

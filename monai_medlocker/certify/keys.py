@@ -252,16 +252,17 @@ def save_owner_key(prefix: str | os.PathLike, key: OwnerKey, passphrase: str | N
     return key_path, pub_path
 
 
-def _read_json(path: str | os.PathLike, kind: str) -> tuple[Path, dict]:
+def read_json_file(path: str | os.PathLike, kind: str, error: type[ValueError] = KeyFileError) -> tuple[Path, dict]:
+    """A MedLocker JSON file (key, public key, grant) with a ``format`` field; ``error`` names what went wrong."""
     path = Path(path)
     if not path.is_file():
-        raise KeyFileError(f"{path}: {kind} file not found")
+        raise error(f"{path}: {kind} file not found")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise KeyFileError(f"{path}: not a MedLocker {kind} file (not JSON: {err})") from err
+        raise error(f"{path}: not a MedLocker {kind} file (not JSON: {err})") from err
     if not isinstance(data, dict) or not isinstance(data.get("format"), str):
-        raise KeyFileError(f"{path}: not a MedLocker {kind} file (no format field)")
+        raise error(f"{path}: not a MedLocker {kind} file (no format field)")
     return path, data
 
 
@@ -291,7 +292,7 @@ def load_public_key(path: str | os.PathLike) -> OwnerPublicKey:
     Raises:
         KeyFileError: a missing or malformed file, or a key id that does not match the key.
     """
-    path, data = _read_json(path, "public key")
+    path, data = read_json_file(path, "public key")
     _check_format(path, data, (PUB_FORMAT, KEY_FORMAT), "key")
     return _public_from(path, data)
 
@@ -332,7 +333,7 @@ def load_owner_key(path: str | os.PathLike, passphrase: str | None = None) -> Ow
         KeyFileError: a missing or malformed file, a wrong format version, a passphrase needed but not
             given, a wrong passphrase, or a key id or public key that does not match the signing key.
     """
-    path, data = _read_json(path, "owner key")
+    path, data = read_json_file(path, "owner key")
     if data.get("format") == PUB_FORMAT:
         raise KeyFileError(f"{path}: this is a public key file; the private .key file is needed")
     _check_format(path, data, (KEY_FORMAT,), "owner key")
