@@ -127,6 +127,7 @@ class ProtectedFile:
         payload: the encrypted restore payload, if any.
         found_in: where the certificate came from: ``"png"``, ``"dicom"``, ``"sidecar"`` or ``None``.
         problem: why a certificate that seemed present could not be read.
+        tags: the DICOM MedLocker private block, when there is one.
     """
 
     path: Path
@@ -137,6 +138,7 @@ class ProtectedFile:
     payload: bytes | None = None
     found_in: str | None = None
     problem: str | None = None
+    tags: object | None = None
 
 
 def _b64(text, source: str, what: str) -> bytes:
@@ -169,7 +171,7 @@ def read_protected(path: str | Path) -> ProtectedFile:
     pf = ProtectedFile(path, pixels, dicom)
     try:
         if dicom is not None:
-            tags = read_medlocker_tags(dicom.dataset, str(path))
+            tags = pf.tags = read_medlocker_tags(dicom.dataset, str(path))
             if tags is not None:
                 pf.params = tags.params
                 if tags.certificate is not None:
