@@ -58,18 +58,16 @@ def find_certified_images(source: str | Path) -> list[Path]:
     return files
 
 
-def _dicom_header_problem(ds, cert: dict) -> str | None:
+def _dicom_header_problem(pf: ProtectedFile, cert: dict) -> str | None:
     from monai_medlocker.io.dicom import dicom_subject_sha256
-
-    from monai_medlocker.io.private_tags import read_medlocker_tags
 
     extra = cert.get("extra") or {}
     # The private block's source UID, not SourceImageSequence: a PACS or dcmtk transcoding the
     # instance legitimately re-points SourceImageSequence at the instance it transcoded.
-    tags = read_medlocker_tags(ds)
+    tags = pf.tags
     if tags is None or tags.source_sop_instance_uid != cert.get("image_id"):
         return f"its MedLocker block does not name the certified original {cert.get('image_id')}"
-    if "dicom_subject_sha256" in extra and extra["dicom_subject_sha256"] != dicom_subject_sha256(ds):
+    if "dicom_subject_sha256" in extra and extra["dicom_subject_sha256"] != dicom_subject_sha256(pf.dicom.dataset):
         return "its patient/study attributes are not the certified ones"
     return None
 
@@ -89,7 +87,7 @@ def verify_image(pf: ProtectedFile, pub: OwnerPublicKey, logo: np.ndarray) -> di
                   else "the certificate or its signature does not match the owner's public key")
         return {**row, "verdict": status, "detail": detail}
     if pf.dicom is not None:
-        problem = _dicom_header_problem(pf.dicom.dataset, cert)
+        problem = _dicom_header_problem(pf, cert)
         if problem:
             return {**row, "verdict": "DICOM header modified", "detail": problem}
     if pixel_sha256(pf.pixels) == cert.get("watermarked_sha256"):
