@@ -236,13 +236,18 @@ def test_dicom_header_swap_is_detected(protected, keys, tmp_path, capsys):
     assert code == 1 and report["results"][0]["verdict"] == "DICOM header modified", report
 
 
+def _jpeg_with_sidecar(image: Path, sidecar_folder: Path, dst: Path) -> None:
+    """A JPEG (q80) copy of ``image`` in ``dst``, with the protected copy's sidecar of the same stem beside it."""
+    Image.open(image).convert("RGB").save(dst / f"{image.stem}.jpg", quality=80)
+    shutil.copy(sidecar_folder / f"{image.stem}{SIDECAR_SUFFIX}", dst / f"{image.stem}{SIDECAR_SUFFIX}")
+
+
 def test_lossy_reencoding_is_watermark_present_pixels_modified(protected, keys, tmp_path, capsys):
     src, out = protected
     folder, _, _ = keys
     copy = tmp_path / "shared"
     copy.mkdir()
-    Image.open(out / "synthetic_grade3.png").convert("RGB").save(copy / "synthetic_grade3.jpg", quality=80)
-    shutil.copy(out / f"synthetic_grade3{SIDECAR_SUFFIX}", copy / f"synthetic_grade3{SIDECAR_SUFFIX}")
+    _jpeg_with_sidecar(out / "synthetic_grade3.png", out, copy)
     half = Image.open(out / "synthetic_grade2.png").convert("RGB").resize((256, 256), Image.Resampling.BILINEAR)
     half.save(copy / "synthetic_grade2.png")
     shutil.copy(out / f"synthetic_grade2{SIDECAR_SUFFIX}", copy / f"synthetic_grade2{SIDECAR_SUFFIX}")
@@ -261,8 +266,7 @@ def test_logo_moved_elsewhere_is_not_reported_present(protected, keys, tmp_path,
     folder, _, _ = keys
     copy = tmp_path / "c"
     copy.mkdir()
-    Image.open(src / "synthetic_grade3.png").convert("RGB").save(copy / "synthetic_grade3.jpg", quality=80)
-    shutil.copy(out / f"synthetic_grade3{SIDECAR_SUFFIX}", copy / f"synthetic_grade3{SIDECAR_SUFFIX}")
+    _jpeg_with_sidecar(src / "synthetic_grade3.png", out, copy)
     _, report = _verify(copy, folder / "owner.pub", capsys)
     assert report["results"][0]["verdict"] == "pixels modified, watermark not found"
 
