@@ -6,11 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
+from monai_medlocker.certify.seal import SIDECAR_SUFFIX
 from monai_medlocker.cli.keygen import add_passphrase_options, read_passphrase
 
 __all__ = ["add_subparser", "run", "image_ids_from"]
-
-SIDECAR_SUFFIX = ".medlocker.json"
 
 
 def add_subparser(subparsers) -> None:

@@ -39,7 +39,7 @@ from tqdm import tqdm
 from pydicom.uid import generate_uid
 
 from monai_medlocker.certify.certificate import pixel_sha256
-from monai_medlocker.certify.seal import PNG_PARAMS, Certifier
+from monai_medlocker.certify.seal import PNG_PARAMS, SIDECAR_SUFFIX, Certifier
 from monai_medlocker.io.dicom import (
     DICOM_ENCODINGS,
     already_protected,
@@ -61,7 +61,6 @@ __all__ = ["MASK_SUFFIXES", "LESION_SEGMENTERS", "MissingMaskError", "ProtectIte
            "protect_dataset"]
 
 MASK_SUFFIXES = ("_MA", "_HE", "_EX", "_SE", "_lesions")
-RECORD_SUFFIX = ".medlocker.json"
 
 
 @dataclass
@@ -229,7 +228,7 @@ class DatasetProtector:
         record["wsm_boxes"] = self.wsm.boxes(masks)[0].tolist()
         protected = np.ascontiguousarray(np.asarray(out).transpose(1, 2, 0))
         if not record.get("protected"):
-            atomic_write_bytes(out_path.with_name(out_path.stem + RECORD_SUFFIX), json.dumps(record, indent=2).encode())
+            atomic_write_bytes(out_path.with_name(out_path.stem + SIDECAR_SUFFIX), json.dumps(record, indent=2).encode())
             return record
         src = dicom.dataset if dicom is not None else None
         sealed = None
@@ -267,7 +266,7 @@ class DatasetProtector:
         sidecar = dict(record)
         if sealed is not None:
             sidecar.update(sealed.sidecar_fields())
-        atomic_write_bytes(out_path.with_name(out_path.stem + RECORD_SUFFIX), json.dumps(sidecar, indent=2).encode())
+        atomic_write_bytes(out_path.with_name(out_path.stem + SIDECAR_SUFFIX), json.dumps(sidecar, indent=2).encode())
         return record
 
     def run(self) -> dict:
@@ -280,7 +279,7 @@ class DatasetProtector:
         for item in tqdm(items, desc="protect", unit="img", disable=not self.progress, file=sys.stderr):
             out_path = self.output_dir / output_name(item.relative, is_dicom_file(item.image))
             row = {"image": item.relative.as_posix(), "output": None, "status": None}
-            record_path = out_path.with_name(out_path.stem + RECORD_SUFFIX)
+            record_path = out_path.with_name(out_path.stem + SIDECAR_SUFFIX)
             target = out_path.resolve()
             # Never write outside the output folder or onto an input, and never let two inputs
             # (a.jpg and a.png) share one output.
