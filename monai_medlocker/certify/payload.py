@@ -12,8 +12,9 @@ Packed format (version 1, big-endian)::
     n_boxes x (x0 u32 | y0 u32 | x1 u32 | y1 u32 | codec u8 | length u32)
     the boxes' encoded pixels, concatenated in the same order
 
-Codec choice, measured on 128-307 px crops of synthetic fundus photographs (256-1024 px) and of the
-shipped real retina sample, as compressed size / raw size: WebP lossless (Pillow, effort 4)
+Codec choice, measured ad hoc during development (no benchmark in the repo repeats it) on
+128-307 px crops of synthetic fundus photographs (256-1024 px) and of the shipped real retina
+sample, as compressed size / raw size: WebP lossless (Pillow, effort 4)
 0.15-0.29, PNG (Pillow, optimize) 0.22-0.39, LZMA on a LOCO-I (MED) prediction residual
 0.17-0.36, LZMA on a left-neighbour delta 0.22-0.44, zlib on that delta 0.35-0.48. WebP lossless is
 the smallest, so it is the codec for RGB boxes, at method 1 / quality 50: on a 256 px box of a 1024 px
