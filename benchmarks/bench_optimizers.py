@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT))
 from monai_medlocker.data.synthetic import LESION_TYPES, synthesize_fundus  # noqa: E402
 from monai_medlocker.lesions import lesion_bboxes, wsm_from_boxes  # noqa: E402
 from monai_medlocker.networks import load_surrogate  # noqa: E402
+from monai_medlocker.workflows.metrics import protection_metrics  # noqa: E402
 from monai_medlocker.watermark import SearchSpace, get_optimizer, judge, load_logo, watermark_image  # noqa: E402
 
-REFERABLE = 2
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -59,32 +59,8 @@ def percentile(values, q):
 
 def aggregate(rows: list[dict], model: str) -> dict:
     """Accuracy, ASR (over images the model got right before) and referable decisions, for one model."""
-    clean_ok = [r for r in rows if r[f"{model}_clean"] == r["grade"]]
-    out = {
-        "images": len(rows),
-        "clean_accuracy": round(len(clean_ok) / len(rows), 4),
-        "watermarked_accuracy": round(sum(r[f"{model}_final"] == r["grade"] for r in rows) / len(rows), 4),
-        "asr": round(sum(r[f"{model}_final"] != r["grade"] for r in clean_ok) / len(clean_ok), 4) if clean_ok else None,
-    }
-    ref_ok = [r for r in rows if (r[f"{model}_clean"] >= REFERABLE) == (r["grade"] >= REFERABLE)]
-    out["referable_clean_accuracy"] = round(len(ref_ok) / len(rows), 4)
-    out["referable_watermarked_accuracy"] = round(
-        sum((r[f"{model}_final"] >= REFERABLE) == (r["grade"] >= REFERABLE) for r in rows) / len(rows), 4)
-    out["referable_flip_rate"] = round(
-        sum((r[f"{model}_final"] >= REFERABLE) != (r["grade"] >= REFERABLE) for r in ref_ok) / len(ref_ok), 4
-    ) if ref_ok else None
-    per_grade = {}
-    for g in sorted({r["grade"] for r in rows}):
-        sub = [r for r in rows if r["grade"] == g]
-        ok = [r for r in sub if r[f"{model}_clean"] == g]
-        per_grade[str(g)] = {
-            "images": len(sub),
-            "clean_accuracy": round(len(ok) / len(sub), 4),
-            "watermarked_accuracy": round(sum(r[f"{model}_final"] == g for r in sub) / len(sub), 4),
-            "asr": round(sum(r[f"{model}_final"] != g for r in ok) / len(ok), 4) if ok else None,
-        }
-    out["per_grade"] = per_grade
-    return out
+    return protection_metrics([r["grade"] for r in rows], [r[f"{model}_clean"] for r in rows],
+                              [r[f"{model}_final"] for r in rows])
 
 
 def variants(args) -> dict:

@@ -16,7 +16,9 @@ from monai_medlocker import __version__
 __all__ = ["main", "SUBCOMMANDS"]
 
 # Module names under monai_medlocker.cli, in the order shown by --help.
-SUBCOMMANDS = ("synth", "train_demo", "protect", "pacs", "keygen", "grant", "verify", "unlock", "lesions", "datalist")
+SUBCOMMANDS = (
+    "synth", "train_demo", "zoo", "protect", "pacs", "keygen", "grant", "verify", "unlock", "lesions", "datalist",
+)
 
 
 class CLIError(Exception):

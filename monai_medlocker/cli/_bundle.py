@@ -7,7 +7,7 @@ from pathlib import Path
 
 from monai.bundle import ConfigParser
 
-__all__ = ["bundle_root", "parse_bundle_config"]
+__all__ = ["bundle_root", "parse_bundle_config", "run_workflow"]
 
 
 def bundle_root(explicit: str | None = None) -> Path:
@@ -32,3 +32,10 @@ def parse_bundle_config(config_name: str | list[str], root: Path, overrides: dic
         if value is not None:
             parser[key] = value
     return parser
+
+
+def run_workflow(parser: ConfigParser) -> None:
+    """Run a parsed bundle config's ``initialize``, ``run`` and ``finalize`` sections, as ``monai.bundle run`` does."""
+    for section in ("initialize", "run", "finalize"):
+        if section in parser.config:
+            parser.get_parsed_content(section, lazy=False)

@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from monai_medlocker.cli._bundle import bundle_root, parse_bundle_config
+from monai_medlocker.cli._bundle import bundle_root, parse_bundle_config, run_workflow
 
 RECIPE_PATH = Path(__file__).resolve().parents[2] / "configs" / "datasets" / "demo_lab.json"
 RECIPE_KEYS = ("n", "size", "seed", "epochs", "batch_size", "learning_rate")
@@ -61,18 +61,13 @@ def run(args: argparse.Namespace) -> int:
         **common, "output_dir": str(out.resolve()), "ckpt_name": ckpt_name, "epochs": args.epochs,
         "batch_size": args.batch_size, "learning_rate": args.learning_rate, "seed": args.seed,
     })
-    _run_workflow(train)
+    run_workflow(train)
     report_dir = out / "eval" / Path(ckpt_name).stem
     evaluate = parse_bundle_config("evaluate.json", root, {
         **common, "ckpt_path": str((out / ckpt_name).resolve()), "output_dir": str(report_dir.resolve()),
     })
-    _run_workflow(evaluate)
+    run_workflow(evaluate)
     report = json.loads((report_dir / "eval_report.json").read_text())
     print(json.dumps({k: report.get(k) for k in ("accuracy", "quadratic_weighted_kappa", "auc_macro", "eval_mode")}, indent=2))
     return 0
 
-
-def _run_workflow(parser) -> None:
-    for section in ("initialize", "run", "finalize"):
-        if section in parser.config:
-            parser.get_parsed_content(section, lazy=False)

@@ -11,9 +11,14 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from monai.networks.nets import DenseNet, DenseNet121, EfficientNetBN, ResNet, SEResNet50, ViT
+from monai.networks.blocks import ChannelSELayer
+from monai.networks.nets import DenseNet, DenseNet121, EfficientNet, EfficientNetBN, ResNet, SEResNet50, ViT
+from monai.networks.nets.resnet import ResNetBlock
 
-__all__ = ["NETWORK_NAMES", "ModelSpec", "Surrogate", "get_network", "model_spec", "load_classifier", "load_surrogate"]
+__all__ = [
+    "NETWORK_NAMES", "ModelSpec", "Surrogate", "SEResNetBlock", "VGGTiny", "get_network", "model_spec", "load_classifier",
+    "load_surrogate",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -33,16 +38,16 @@ class ModelSpec:
 class _ViTClassifier(torch.nn.Module):
     """MONAI's ViT returns (logits, hidden_states); surrogates must return logits only."""
 
-    def __init__(self, num_classes: int, input_size: int):
+    def __init__(self, num_classes: int, input_size: int, hidden_size: int = 192, num_layers: int = 6, num_heads: int = 3):
         super().__init__()
         self.vit = ViT(
             in_channels=3,
             img_size=(input_size, input_size),
             patch_size=(16, 16),
-            hidden_size=192,
-            mlp_dim=768,
-            num_layers=6,
-            num_heads=3,
+            hidden_size=hidden_size,
+            mlp_dim=4 * hidden_size,
+            num_layers=num_layers,
+            num_heads=num_heads,
             classification=True,
             num_classes=num_classes,
             spatial_dims=2,
@@ -63,6 +68,75 @@ def _resnet_tiny(num_classes: int, input_size: int) -> torch.nn.Module:
 
 def _densenet_tiny(num_classes: int, input_size: int) -> torch.nn.Module:
     return DenseNet(2, 3, num_classes, init_features=16, growth_rate=12, block_config=(2, 4, 6, 4))
+
+
+class SEResNetBlock(ResNetBlock):
+    """MONAI's basic ResNet block with a squeeze-and-excitation gate (MONAI's ``ChannelSELayer``) before the sum.
+
+    MONAI's ``SENet`` builds only bottleneck blocks of ImageNet widths (tens of MB); this keeps the SE-ResNet
+    design at CPU size.
+    """
+
+    def __init__(self, in_planes: int, planes: int, spatial_dims: int = 2, stride: int = 1, downsample=None, **kwargs):
+        super().__init__(in_planes, planes, spatial_dims=spatial_dims, stride=stride, downsample=downsample, **kwargs)
+        self.se = ChannelSELayer(spatial_dims, planes, r=8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        residual = x if self.downsample is None else self.downsample(x)
+        out = self.act(self.bn1(self.conv1(x)))
+        out = self.se(self.bn2(self.conv2(out)))
+        return self.act(out + residual)
+
+
+def _seresnet_tiny(num_classes: int, input_size: int) -> torch.nn.Module:
+    return ResNet(
+        SEResNetBlock, [1, 1, 1, 1], [16, 32, 64, 128], spatial_dims=2, n_input_channels=3,
+        conv1_t_stride=2, num_classes=num_classes,
+    )
+
+
+# EfficientNet-B0's stages (MONAI's block strings) at half width and half depth: 0.6 M parameters.
+_EFFICIENTNET_B0_BLOCKS = [
+    "r1_k3_s11_e1_i32_o16_se0.25", "r2_k3_s22_e6_i16_o24_se0.25", "r2_k5_s22_e6_i24_o40_se0.25",
+    "r3_k3_s22_e6_i40_o80_se0.25", "r3_k5_s11_e6_i80_o112_se0.25", "r4_k5_s22_e6_i112_o192_se0.25",
+    "r1_k3_s11_e6_i192_o320_se0.25",
+]
+
+
+def _efficientnet_tiny(num_classes: int, input_size: int) -> torch.nn.Module:
+    return EfficientNet(
+        _EFFICIENTNET_B0_BLOCKS, spatial_dims=2, in_channels=3, num_classes=num_classes, width_coefficient=0.5,
+        depth_coefficient=0.5, dropout_rate=0.2, image_size=input_size, drop_connect_rate=0.1,
+    )
+
+
+class VGGTiny(torch.nn.Module):
+    """A plain VGG-style CNN (torchvision's VGG does not import beside this torch build).
+
+    A stride-2 3x3 stem (for CPU cost), then four stages of two 3x3 conv + BatchNorm + ReLU layers and a 2x2 max
+    pool (widths 16-32-64-128), global average pooling and a linear classifier: no residuals, no attention.
+    """
+
+    def __init__(self, num_classes: int, widths: tuple[int, ...] = (16, 32, 64, 128)):
+        super().__init__()
+        layers: list[torch.nn.Module] = [
+            torch.nn.Conv2d(3, widths[0], 3, stride=2, padding=1, bias=False), torch.nn.BatchNorm2d(widths[0]),
+            torch.nn.ReLU(inplace=True),
+        ]
+        channels = widths[0]
+        for width in widths:
+            for _ in range(2):
+                layers += [torch.nn.Conv2d(channels, width, 3, padding=1, bias=False), torch.nn.BatchNorm2d(width),
+                           torch.nn.ReLU(inplace=True)]
+                channels = width
+            layers.append(torch.nn.MaxPool2d(2))
+        self.features = torch.nn.Sequential(*layers)
+        self.classifier = torch.nn.Sequential(
+            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Dropout(0.2), torch.nn.Linear(channels, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
 
 
 def _resnet(layers: list[int], block: str) -> Callable[[int, int], torch.nn.Module]:
@@ -86,6 +160,11 @@ _BUILDERS: dict[str, Callable[[int, int], torch.nn.Module]] = {
         "efficientnet-b0", pretrained=False, spatial_dims=2, in_channels=3, num_classes=n
     ),
     "vit": lambda n, s: _ViTClassifier(n, s),
+    # CPU-sized members of the threat study's model zoo (configs/zoo.json): one per family.
+    "seresnet-tiny": _seresnet_tiny,
+    "efficientnet-tiny": _efficientnet_tiny,
+    "vit-tiny": lambda n, s: _ViTClassifier(n, s, hidden_size=128, num_layers=4, num_heads=4),
+    "vgg-tiny": lambda n, s: VGGTiny(n),
 }
 
 NETWORK_NAMES: tuple[str, ...] = tuple(_BUILDERS)
@@ -96,7 +175,7 @@ def model_spec(name: str, input_size: int = 224) -> ModelSpec:
     _check_name(name)
     if input_size < 32:
         raise ValueError(f"input_size must be >= 32 px, got {input_size}.")
-    if name == "vit" and input_size % 16:
+    if name in ("vit", "vit-tiny") and input_size % 16:
         raise ValueError(f"vit needs an input_size divisible by its 16 px patches, got {input_size}.")
     return ModelSpec(name=name, input_size=input_size)
 

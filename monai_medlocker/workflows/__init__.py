@@ -12,6 +12,7 @@ from monai_medlocker.workflows.metrics import (
     confusion_matrix,
     multiclass_auc,
     per_class_accuracy,
+    protection_metrics,
     quadratic_weighted_kappa,
     referable_metrics,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "format_report",
     "multiclass_auc",
     "per_class_accuracy",
+    "protection_metrics",
     "quadratic_weighted_kappa",
     "referable_metrics",
     "write_json_atomic",

@@ -25,6 +25,7 @@ __all__ = [
     "referable_metrics",
     "multiclass_auc",
     "classification_report",
+    "protection_metrics",
 ]
 
 REFERABLE_GRADE = 2
@@ -237,3 +238,49 @@ def classification_report(
         "confusion_matrix": cm,
     }
     return _jsonable(report)
+
+
+def _rate(hits: np.ndarray) -> float | None:
+    return round(float(hits.mean()), 4) if hits.size else None
+
+
+def protection_metrics(grades: Any, clean_preds: Any, preds: Any, referable_grade: int = REFERABLE_GRADE) -> dict:
+    """How much a protection (or an attack on it) costs one model, per image set.
+
+    Args:
+        grades: true grades of the images.
+        clean_preds: the model's predictions on the unprotected images (same preprocessing).
+        preds: its predictions on the protected (or attacked) images.
+
+    Returns:
+        ``clean_accuracy``, ``watermarked_accuracy``, ``asr`` (attack success rate: the share of images the
+        model got right before that it now gets wrong), the referable decision's clean and watermarked
+        accuracy and ``referable_flip_rate`` (over images whose referable decision was right before), and
+        the same per true grade. Rates over an empty set are ``None``.
+    """
+    g, c, p = (np.asarray(a, dtype=np.int64) for a in (grades, clean_preds, preds))
+    if not g.shape == c.shape == p.shape or g.ndim != 1:
+        raise ValueError(f"grades, clean_preds and preds must be 1-D of one length, got {g.shape}, {c.shape}, {p.shape}.")
+    ok = c == g
+    ref_true, ref_clean, ref_wm = g >= referable_grade, c >= referable_grade, p >= referable_grade
+    ref_ok = ref_clean == ref_true
+    out = {
+        "images": int(g.size),
+        "clean_accuracy": _rate(ok),
+        "watermarked_accuracy": _rate(p == g),
+        "asr": _rate(p[ok] != g[ok]),
+        "referable_clean_accuracy": _rate(ref_ok),
+        "referable_watermarked_accuracy": _rate(ref_wm == ref_true),
+        "referable_flip_rate": _rate(ref_wm[ref_ok] != ref_true[ref_ok]),
+    }
+    per_grade = {}
+    for grade in sorted(set(g.tolist())):
+        sel = g == grade
+        per_grade[str(grade)] = {
+            "images": int(sel.sum()),
+            "clean_accuracy": _rate(ok[sel]),
+            "watermarked_accuracy": _rate(p[sel] == grade),
+            "asr": _rate(p[sel & ok] != grade),
+        }
+    out["per_grade"] = per_grade
+    return out
