@@ -17,7 +17,7 @@ __all__ = ["main", "SUBCOMMANDS"]
 
 # Module names under monai_medlocker.cli, in the order shown by --help.
 SUBCOMMANDS = (
-    "synth", "train_demo", "zoo", "protect", "pacs", "keygen", "grant", "verify", "unlock", "lesions", "datalist",
+    "synth", "train_demo", "zoo", "evaluate", "protect", "pacs", "keygen", "grant", "verify", "unlock", "lesions", "datalist",
 )
 
 

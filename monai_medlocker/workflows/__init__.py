@@ -2,6 +2,7 @@
 
 from monai_medlocker.workflows.handlers import (
     ClassificationReportHandler,
+    EpochCheckpoint,
     QuadraticKappa,
     format_report,
     write_json_atomic,
@@ -20,6 +21,7 @@ from monai_medlocker.workflows.metrics import (
 __all__ = [
     "REFERABLE_GRADE",
     "ClassificationReportHandler",
+    "EpochCheckpoint",
     "QuadraticKappa",
     "classification_report",
     "confusion_matrix",

@@ -18,7 +18,7 @@ from monai.handlers import from_engine
 from monai_medlocker.io.image import atomic_write_bytes
 from monai_medlocker.workflows.metrics import classification_report, quadratic_weighted_kappa
 
-__all__ = ["ClassificationReportHandler", "QuadraticKappa", "format_report", "write_json_atomic"]
+__all__ = ["ClassificationReportHandler", "EpochCheckpoint", "QuadraticKappa", "format_report", "write_json_atomic"]
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
@@ -198,3 +198,22 @@ class QuadraticKappa(EpochMetric):
         pred = y_preds.argmax(dim=1) if y_preds.ndim == 2 else y_preds
         target = y_targets.argmax(dim=1) if y_targets.ndim == 2 else y_targets
         return quadratic_weighted_kappa(target.cpu().numpy(), pred.cpu().numpy(), self.num_classes)
+
+
+class EpochCheckpoint:
+    """Save the network's plain state_dict after every training epoch (``epoch_001.pt``, ...).
+
+    The threat study scores every epoch of a thief's training run, to report the peak over training
+    as well as the last epoch (early stopping defeats many data poisons).
+    """
+
+    def __init__(self, network: torch.nn.Module, save_dir: str | os.PathLike) -> None:
+        self.network = network
+        self.save_dir = Path(save_dir)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        self.save_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(self.network.state_dict(), self.save_dir / f"epoch_{engine.state.epoch:03d}.pt")

@@ -1,0 +1,587 @@
+"""The threat study: how well does a protected release hold against a thief?
+
+A data owner runs it before publishing (``medlocker evaluate``, ``bundle/configs/evaluate_protection.json``).
+The thief of ``shared/reference/threats.md`` holds the protected images and this project's public code:
+
+1. **Transfer.** Every zoo model (``configs/zoo.json``) classifies every row of images: ``none`` (the
+   originals), ``random`` (a plain visible logo at a random feasible place: the control), ``bhe``
+   (Adv-watermark's optimizer) and ``medlocker`` (ours), each made with the current protect defaults
+   against the default surrogate. Held-out models were never queried by the optimizer; only they
+   count as evidence of transfer. A source x target matrix protects the images once per source model.
+2. **The thief's preprocessing** (``monai_medlocker.threats.preprocessing``) before each model.
+3. **Removal** (``monai_medlocker.threats.removal``): informed and blind inverse blends, three
+   inpaintings, a learned remover the thief trains on their own images, and a collection attack.
+4. **Unauthorised training**: the thief trains models on a protected training split with the true
+   labels; their accuracy on clean and protected test images is compared with the same models trained
+   on the clean split (peak over epochs and last epoch).
+
+Outputs (``output_dir``): ``threats.json`` (every aggregate and the settings), ``per_image.jsonl``,
+``threats.md`` (the report), and PNG plots (``transfer_matrix.png``, ``preprocessing.png``,
+``removal.png``, ``montage.png``).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from monai_medlocker.networks import Surrogate, preprocess_for_model
+from monai_medlocker.workflows.handlers import write_json_atomic
+from monai_medlocker.workflows.metrics import REFERABLE_GRADE, protection_metrics
+
+__all__ = ["ROWS", "StudyImage", "ThreatStudy", "lab_study_images", "datalist_study_images", "release_study_images",
+           "predict"]
+
+ROWS = ("none", "random", "bhe", "medlocker")
+PROTECTED_ROWS = ("random", "bhe", "medlocker")
+WHITE_BOX = "white-box"
+# Removal attacks that must first be fitted (trained / estimated) before they can be applied.
+FITTED_ATTACKS = ("learned_remover", "collection")
+
+
+@dataclass
+class StudyImage:
+    """One test image: the original pixels, its WSM (forbidden boxes) and its true grade."""
+
+    image_id: str
+    original: np.ndarray
+    wsm: np.ndarray
+    grade: int
+
+
+@dataclass
+class _Row:
+    """One protection row: the images the thief gets and the owner's records of how they were made."""
+
+    name: str
+    images: list[np.ndarray]
+    records: list[dict | None]
+    seconds: list[float] = field(default_factory=list)
+    queries: list[int] = field(default_factory=list)
+
+    def placements(self, i: int) -> list:
+        from monai_medlocker.watermark.blend import Placement
+
+        rec = self.records[i]
+        return [Placement.from_record(m) for m in rec["marks"]] if rec else []
+
+
+def _wsm_from_masks(masks: np.ndarray, shape: tuple[int, int], margin: int = 2) -> np.ndarray:
+    from monai_medlocker.lesions import lesion_bboxes, wsm_from_boxes
+
+    boxes, _ = lesion_bboxes(masks, margin=margin)
+    return wsm_from_boxes(boxes, shape)
+
+
+def lab_study_images(n: int, size: int = 512, seed: int = 31, lab_version: int | None = None,
+                     grade_weights: Sequence[float] | None = None) -> list[StudyImage]:
+    """Fresh synthetic test images (seeds far from any training lab), grades balanced unless weights are given.
+
+    The WSM comes from the lab's exact lesion masks (margin 2 px), as ``bench_optimizers.py`` does.
+    """
+    from monai_medlocker.data.synthetic import LESION_TYPES, synthesize_fundus
+
+    if n < 1:
+        raise ValueError(f"the study needs at least 1 image, got n={n}.")
+    rng = np.random.default_rng(seed)
+    if grade_weights is None:
+        grades = [i % 5 for i in range(n)]
+    else:
+        w = np.asarray(grade_weights, dtype=float)
+        grades = rng.choice(5, size=n, p=w / w.sum()).tolist()
+    kwargs = {"lab_version": lab_version} if lab_version is not None else {}
+    out = []
+    for i, grade in enumerate(grades):
+        sample = synthesize_fundus(size, seed=seed * 100_003 + i, grade=int(grade), **kwargs)
+        masks = np.stack([sample.masks[t] for t in LESION_TYPES])
+        out.append(StudyImage(f"lab{i:04d}", sample.image, _wsm_from_masks(masks, sample.image.shape[:2]), sample.grade))
+    return out
+
+
+def datalist_study_images(path: str | Path, section: str = "test", num_classes: int = 5,
+                          errors: list[dict] | None = None) -> list[StudyImage]:
+    """A user's labelled images from a MONAI datalist (``image``, ``label``, optional ``mask_*`` keys).
+
+    Without masks the built-in lesion detector builds the WSM, as ``medlocker protect`` does. Unreadable
+    items are appended to ``errors`` (file and reason) and skipped.
+    """
+    from monai_medlocker.data.datalist import load_datalist
+    from monai_medlocker.io.image import load_rgb
+    from monai_medlocker.lesions.source import LesionSource
+
+    errors = errors if errors is not None else []
+    lesions = LesionSource("builtin")
+    out = []
+    for item in load_datalist(path, section, num_classes=num_classes):
+        try:
+            image = load_rgb(item["image"])
+            mask_paths = [Path(v) for k, v in item.items() if k.startswith("mask_") and v]
+            maps, _, _ = lesions(Path(item["image"]), image, mask_paths)
+            out.append(StudyImage(Path(item["image"]).name, image, _wsm_from_masks(maps > 0.5, image.shape[:2]),
+                                  int(item["label"])))
+        except (OSError, ValueError) as err:
+            errors.append({"file": str(item.get("image")), "error": str(err)})
+    return out
+
+
+def release_study_images(release_dir: str | Path, originals_dir: str | Path,
+                         errors: list[dict] | None = None) -> tuple[list[StudyImage], _Row]:
+    """An existing protected release and its originals: the owner checks what they are about to publish.
+
+    Each protected PNG in ``release_dir`` with a parameter record (sidecar) is matched to the original of
+    the same name in ``originals_dir``; its grade is the record's ``label``. A protected image without
+    its original, or without a record, is reported in ``errors`` and skipped.
+
+    Raises:
+        FileNotFoundError: either folder does not exist.
+    """
+    from monai_medlocker.certify.seal import SIDECAR_SUFFIX
+    from monai_medlocker.io.image import load_rgb
+
+    release_dir, originals_dir = Path(release_dir), Path(originals_dir)
+    for label, folder in (("release", release_dir), ("originals", originals_dir)):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{label} folder not found: {folder}")
+    errors = errors if errors is not None else []
+    images, row = [], _Row("release", [], [])
+    for sidecar in sorted(release_dir.rglob(f"*{SIDECAR_SUFFIX}")):
+        rel = sidecar.relative_to(release_dir)
+        stem = sidecar.name[: -len(SIDECAR_SUFFIX)]
+        protected = sidecar.with_name(stem + ".png")
+        candidates = sorted((originals_dir / rel.parent).glob(stem + ".*"))
+        candidates = [c for c in candidates if c.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif", ".tiff")]
+        try:
+            record = json.loads(sidecar.read_text())
+            record = record.get("params", record)
+            if not protected.is_file():
+                raise ValueError(f"protected image not found beside its record: {protected}")
+            if not candidates:
+                raise ValueError(f"no original for {protected.name} in {originals_dir / rel.parent}")
+            if "label" not in record or "marks" not in record:
+                raise ValueError(f"{sidecar}: the record has no label or marks (not a MedLocker parameter record)")
+            original = load_rgb(candidates[0])
+            wm = load_rgb(protected)
+            if original.shape != wm.shape:
+                raise ValueError(f"{protected.name} is {wm.shape[1]}x{wm.shape[0]} but its original "
+                                 f"{candidates[0].name} is {original.shape[1]}x{original.shape[0]}")
+        except (OSError, ValueError) as err:
+            errors.append({"file": str(protected), "error": str(err)})
+            continue
+        wsm = np.zeros(original.shape[:2], dtype=bool)
+        images.append(StudyImage(str(rel.parent / stem), original, wsm, int(record["label"])))
+        row.images.append(wm)
+        row.records.append(record)
+    if not images:
+        raise ValueError(f"no protected image in {release_dir} could be matched to an original in {originals_dir}"
+                         + (f": {errors[0]['error']}" if errors else ""))
+    return images, row
+
+
+def predict(models: dict[str, Surrogate], images: Sequence[np.ndarray], batch_size: int = 16) -> dict[str, np.ndarray]:
+    """Each model's predicted grade per image, through the model's own ``preprocess_for_model``.
+
+    Images of different sizes are fine (each batch holds images of one size).
+    """
+    preds = {name: np.zeros(len(images), dtype=np.int64) for name in models}
+    by_shape: dict[tuple, list[int]] = {}
+    for i, img in enumerate(images):
+        by_shape.setdefault(img.shape, []).append(i)
+    with torch.no_grad():
+        for idx in by_shape.values():
+            for start in range(0, len(idx), batch_size):
+                chunk = idx[start:start + batch_size]
+                t = torch.from_numpy(np.stack([images[i] for i in chunk]).transpose(0, 3, 1, 2).copy())
+                for name, model in models.items():
+                    logits = model.network(preprocess_for_model(t, model.spec))
+                    preds[name][chunk] = logits.argmax(dim=1).numpy()
+    return preds
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return round(float(statistics.median(values)), 4) if values else None
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return round(float(np.mean(vals)), 4) if vals else None
+
+
+class ThreatStudy:
+    """Run the threat study on a test set and write its report (see the module docstring).
+
+    Args:
+        output_dir: where the report, plots and the thief's working files go (created).
+        surrogate: the default protect surrogate (what ``medlocker protect`` attacks): the white-box model.
+        zoo: a zoo config path (``configs/zoo.json``) or a loaded ``Zoo``; its checkpoints must exist.
+        images: the test set; or give ``n``/``size``/``seed`` for a lab test set, ``datalist`` for a user's
+            labelled images, or ``release_dir`` + ``originals_dir`` to study an existing release.
+        rows: protection rows (subset of ``ROWS``).
+        preprocessing: thief preprocessing names (``monai_medlocker.threats.THIEF_PREPROCESSING``).
+        attacks: removal attack names (``REMOVAL_ATTACKS`` plus ``learned_remover`` and ``collection``).
+        optimizer, optimizer_kwargs, max_queries, search_space, logo: the protect settings (defaults of
+            ``bundle/configs/inference.json``), used for every protected row.
+        transfer_matrix: also protect with each source model alone (source x target matrix).
+        remover: settings of the thief's learned remover (``train_remover`` keyword arguments).
+        unauthorised_training: ``None`` to skip, or a dict with ``families`` (zoo member names),
+            ``n_train``, ``size``, ``seed``, ``epochs``.
+        quick: a small, fast configuration (CI); the settings above still apply where given.
+        progress: tqdm progress bars.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        surrogate: Surrogate,
+        zoo: Any = None,
+        images: list[StudyImage] | None = None,
+        n: int = 60,
+        size: int = 512,
+        seed: int = 31,
+        lab_version: int | None = None,
+        datalist: str | None = None,
+        release_dir: str | None = None,
+        originals_dir: str | None = None,
+        rows: Sequence[str] = ROWS,
+        preprocessing: Sequence[str] | None = None,
+        attacks: Sequence[str] | None = None,
+        optimizer: str = "medlocker",
+        optimizer_kwargs: dict | None = None,
+        max_queries: int | None = None,
+        search_space: Any = "full",
+        logo: str | None = None,
+        transfer_matrix: bool = True,
+        remover: dict | None = None,
+        unauthorised_training: dict | None = None,
+        bundle_root: str | None = None,
+        quick: bool = False,
+        progress: bool = True,
+        num_classes: int = 5,
+    ) -> None:
+        from monai_medlocker.networks.zoo import Zoo, load_zoo_config
+        from monai_medlocker.threats import REMOVAL_ATTACKS, THIEF_PREPROCESSING
+
+        self.output_dir = Path(output_dir)
+        if self.output_dir.exists() and not self.output_dir.is_dir():
+            raise ValueError(f"output path is not a folder: {self.output_dir}")
+        if not isinstance(surrogate, Surrogate):
+            raise TypeError(f"surrogate must be a Surrogate, got {type(surrogate).__name__}.")
+        self.surrogate = surrogate
+        self.zoo = zoo if isinstance(zoo, Zoo) else load_zoo_config(zoo)
+        unknown = [r for r in rows if r not in ROWS]
+        if unknown:
+            raise ValueError(f"unknown study row(s) {unknown}; expected among {ROWS}.")
+        # The originals are always a row: every accuracy drop and ASR is measured against them.
+        self.rows = ["none"] + [r for r in rows if r != "none"]
+        self.preprocessing = list(preprocessing) if preprocessing is not None else list(THIEF_PREPROCESSING)
+        bad = [p for p in self.preprocessing if p not in THIEF_PREPROCESSING]
+        if bad:
+            raise ValueError(f"unknown thief preprocessing {bad}; expected among {', '.join(THIEF_PREPROCESSING)}.")
+        all_attacks = list(REMOVAL_ATTACKS) + list(FITTED_ATTACKS)
+        self.attacks = list(attacks) if attacks is not None else all_attacks
+        bad = [a for a in self.attacks if a not in all_attacks]
+        if bad:
+            raise ValueError(f"unknown removal attack(s) {bad}; expected among {', '.join(all_attacks)}.")
+        self.protect_settings = {"optimizer": optimizer, "optimizer_kwargs": dict(optimizer_kwargs or {}),
+                                 "max_queries": max_queries, "search_space": search_space, "logo": logo}
+        self.transfer_matrix = transfer_matrix
+        self.quick = quick
+        self.remover = dict(remover or ({"n_pairs": 48, "epochs": 2} if quick else {}))
+        self.unauthorised_training = unauthorised_training
+        self.bundle_root = bundle_root
+        self.progress = progress
+        self.num_classes = num_classes
+        self.errors: list[dict] = []
+        self.timings: dict[str, float] = {}
+        self._source = {"n": n, "size": size, "seed": seed, "lab_version": lab_version, "datalist": datalist,
+                        "release_dir": release_dir, "originals_dir": originals_dir}
+        self._images = images
+        self.release_row: _Row | None = None
+        self.results: dict | None = None
+
+    # -- set-up ---------------------------------------------------------------------------------------
+    def _load_images(self) -> list[StudyImage]:
+        src = self._source
+        if self._images is not None:
+            return self._images
+        if src["release_dir"] or src["originals_dir"]:
+            if not (src["release_dir"] and src["originals_dir"]):
+                raise ValueError("studying a release needs both release_dir and originals_dir.")
+            images, self.release_row = release_study_images(src["release_dir"], src["originals_dir"], self.errors)
+            return images
+        if src["datalist"]:
+            return datalist_study_images(src["datalist"], errors=self.errors, num_classes=self.num_classes)
+        return lab_study_images(src["n"], src["size"], src["seed"], src["lab_version"])
+
+    def _load_models(self) -> tuple[dict[str, Surrogate], dict[str, str]]:
+        models, roles = {WHITE_BOX: self.surrogate}, {WHITE_BOX: "white_box"}
+        for member in self.zoo.members.values():
+            try:
+                models[member.name] = member.load(self.zoo.num_classes)
+                roles[member.name] = member.role
+            except (FileNotFoundError, ValueError) as err:
+                self.errors.append({"file": str(member.checkpoint), "error": str(err)})
+        if not any(r == "held_out" for r in roles.values()):
+            raise ValueError(f"no held-out zoo model could be loaded from {self.zoo.path}: "
+                             + "; ".join(e["error"] for e in self.errors[-3:]))
+        return models, roles
+
+    def _bar(self, iterable, desc: str, total: int | None = None):
+        if not self.progress:
+            return iterable
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, desc=desc, total=total, leave=False)
+
+    # -- protection -------------------------------------------------------------------------------------
+    def _protect_row(self, name: str, images: list[StudyImage], surrogates: list[Surrogate]) -> _Row:
+        from monai_medlocker.watermark import SearchSpace, get_optimizer, load_logo, watermark_image
+        from monai_medlocker.watermark.feasibility import NoFeasiblePlacementError
+
+        if name == "none":
+            return _Row(name, [s.original for s in images], [None] * len(images))
+        settings = self.protect_settings
+        kwargs = dict(settings["optimizer_kwargs"]) if name == settings["optimizer"] else {}
+        if settings["max_queries"] is not None and name == settings["optimizer"]:
+            kwargs["max_queries"] = settings["max_queries"]
+        optimizer = get_optimizer(name, **kwargs)
+        space = SearchSpace.from_config(settings["search_space"])
+        logo = load_logo(settings["logo"])
+        row = _Row(name, [], [])
+        for i, s in enumerate(self._bar(images, f"protect {name}")):
+            start = time.perf_counter()
+            try:
+                out, rec = watermark_image(s.original, s.wsm, surrogates, logo, optimizer, space, label=s.grade, seed=i)
+            except NoFeasiblePlacementError as err:
+                self.errors.append({"file": s.image_id, "error": f"{name}: {err}"})
+                out, rec = s.original, None
+            row.images.append(out)
+            row.records.append(rec)
+            row.seconds.append(time.perf_counter() - start)
+            row.queries.append(rec["queries"] if rec else 0)
+        return row
+
+    # -- evaluation -------------------------------------------------------------------------------------
+    def _evaluate(self, models, images: list[StudyImage], rows: dict[str, _Row]) -> dict:
+        from monai_medlocker.threats import get_thief_preprocessing
+
+        grades = np.array([s.grade for s in images])
+        preds: dict[str, dict[str, dict[str, np.ndarray]]] = {}  # preprocessing -> row -> model -> preds
+        for prep in self._bar(self.preprocessing, "thief preprocessing"):
+            fn = get_thief_preprocessing(prep)
+            preds[prep] = {name: predict(models, [fn(img) for img in row.images]) for name, row in rows.items()}
+        table = {prep: {row: {m: protection_metrics(grades, by_row["none"][m], p[m]) for m in models}
+                         for row, p in by_row.items()} for prep, by_row in preds.items()}
+        return {"metrics": table, "preds": preds}
+
+    def _removal(self, models, images: list[StudyImage], rows: dict[str, _Row], clean_preds) -> dict:
+        from monai_medlocker.threats import box_fidelity, get_removal_attack
+        from monai_medlocker.watermark import load_logo
+
+        logo = load_logo(self.protect_settings["logo"])
+        grades = np.array([s.grade for s in images])
+        out: dict[str, dict[str, dict]] = {}
+        examples: dict[str, dict[str, np.ndarray]] = {}
+        for attack in self.attacks:
+            fitted = self._fitted_attack(attack, logo, rows) if attack in FITTED_ATTACKS else None
+            out[attack] = {}
+            for row_name, row in rows.items():
+                if row_name == "none":
+                    continue
+                fit = fitted(row) if fitted else None
+                restored, seconds, fidelity = [], [], []
+                for i, img in enumerate(self._bar(row.images, f"{attack} on {row_name}")):
+                    placements = row.placements(i)
+                    start = time.perf_counter()
+                    if not placements:
+                        restored.append(img)
+                        continue
+                    if fit is not None:
+                        res = fit(img)
+                    else:
+                        res = get_removal_attack(attack)(img, logo, placements=placements)
+                    seconds.append(time.perf_counter() - start)
+                    restored.append(res)
+                    fidelity.append(box_fidelity(res, images[i].original, placements))
+                    if i == 0:
+                        examples.setdefault(row_name, {})[attack] = res
+                p = predict(models, restored)
+                out[attack][row_name] = {
+                    "models": {m: protection_metrics(grades, clean_preds[m], p[m]) for m in models},
+                    "box_psnr_median": _median([f["psnr"] for f in fidelity if np.isfinite(f["psnr"])]),
+                    "box_ssim_median": _median([f["ssim"] for f in fidelity]),
+                    "seconds_per_image_median": _median(seconds),
+                    "images_attacked": len(seconds),
+                }
+        return {"metrics": out, "examples": examples}
+
+    def _fitted_attack(self, attack: str, logo: np.ndarray, rows: dict[str, _Row]) -> Callable[[_Row], Callable]:
+        """A factory: row -> (image -> restored image) for attacks that must be trained or fitted first."""
+        if attack == "learned_remover":
+            from monai_medlocker.threats import LearnedRemover, train_remover
+
+            path = self.output_dir / "thief" / "learned_remover.pt"
+            if not path.is_file():
+                start = time.perf_counter()
+                path.parent.mkdir(parents=True, exist_ok=True)
+                train_remover(path, **self.remover)
+                self.timings["train_learned_remover"] = round(time.perf_counter() - start, 1)
+            remover = LearnedRemover.from_checkpoint(path)
+            return lambda row: remover
+        from monai_medlocker.threats import CollectionAttack
+
+        def fit(row: _Row):
+            marked = [img for i, img in enumerate(row.images) if row.records[i]]
+            estimate = CollectionAttack().fit(marked, logo=logo)
+            return estimate.remove
+
+        return fit
+
+    # -- unauthorised training --------------------------------------------------------------------------
+    def _unauthorised_training(self, models, images: list[StudyImage], rows: dict[str, _Row]) -> dict:
+        from monai_medlocker.workflows.unauthorised import unauthorised_training
+
+        cfg = dict(self.unauthorised_training)
+        test_sets = {"clean": [s.original for s in images]}
+        if "medlocker" in rows:
+            test_sets["protected"] = rows["medlocker"].images
+        return unauthorised_training(
+            self.output_dir / "thief" / "training", zoo=self.zoo, surrogate=self.surrogate,
+            protect_settings=self.protect_settings, test_images=test_sets, test_grades=[s.grade for s in images],
+            bundle_root=self.bundle_root, progress=self.progress, **cfg,
+        )
+
+    # -- the run ----------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        """Run every stage, write the outputs and print a summary; returns the results dict."""
+        total_start = time.perf_counter()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        stage = time.perf_counter()
+        images = self._load_images()
+        models, roles = self._load_models()
+        self.timings["load"] = round(time.perf_counter() - stage, 1)
+        rows: dict[str, _Row] = {}
+        for name in self.rows:
+            stage = time.perf_counter()
+            rows[name] = self._protect_row(name, images, [self.surrogate])
+            self.timings[f"protect_{name}"] = round(time.perf_counter() - stage, 1)
+        if self.release_row is not None:
+            rows["release"] = self.release_row
+        stage = time.perf_counter()
+        evaluation = self._evaluate(models, images, rows)
+        self.timings["evaluate_preprocessing"] = round(time.perf_counter() - stage, 1)
+        matrix = None
+        if self.transfer_matrix:
+            stage = time.perf_counter()
+            matrix = self._transfer_matrix(models, images, evaluation["preds"]["none"]["none"])
+            self.timings["transfer_matrix"] = round(time.perf_counter() - stage, 1)
+        stage = time.perf_counter()
+        removal = self._removal(models, images, rows, evaluation["preds"]["none"]["none"]) if self.attacks else None
+        self.timings["removal"] = round(time.perf_counter() - stage, 1)
+        training = None
+        if self.unauthorised_training:
+            stage = time.perf_counter()
+            training = self._unauthorised_training(models, images, rows)
+            self.timings["unauthorised_training"] = round(time.perf_counter() - stage, 1)
+        self.timings["total"] = round(time.perf_counter() - total_start, 1)
+        self.results = self._results(images, rows, roles, evaluation, matrix, removal, training)
+        self._write(images, rows, evaluation, removal)
+        print(self.summary_text())
+        return self.results
+
+    def _transfer_matrix(self, models, images, clean_preds) -> dict:
+        """Accuracy of every target when the optimizer attacks each zoo source model alone (no preprocessing).
+
+        The white-box source's row is the main protected row (added in ``_results``).
+        """
+        grades = np.array([s.grade for s in images])
+        matrix = {}
+        for member in self.zoo.by_role("source"):
+            if member.name not in models:
+                continue
+            row = self._protect_row(self.protect_settings["optimizer"], images, [models[member.name]])
+            p = predict(models, row.images)
+            matrix[member.name] = {t: protection_metrics(grades, clean_preds[t], p[t])["watermarked_accuracy"]
+                                   for t in models}
+        return matrix
+
+    # -- results ----------------------------------------------------------------------------------------
+    def _results(self, images, rows, roles, evaluation, matrix, removal, training) -> dict:
+        metrics = evaluation["metrics"]
+        held_out = [m for m, r in roles.items() if r == "held_out"]
+        if matrix is not None and self.protect_settings["optimizer"] in rows:
+            none = metrics["none"][self.protect_settings["optimizer"]]
+            matrix = {WHITE_BOX: {t: v["watermarked_accuracy"] for t, v in none.items()}, **matrix}
+            matrix = {"clean": {t: v["clean_accuracy"] for t, v in none.items()}, **matrix}
+        headline = {}
+        for row in rows:
+            m = metrics["none"][row]
+            per_prep = {p: _mean([metrics[p][row][h]["watermarked_accuracy"] for h in held_out]) for p in metrics}
+            headline[row] = {
+                "held_out_clean_accuracy": _mean([m[h]["clean_accuracy"] for h in held_out]),
+                "held_out_accuracy": _mean([m[h]["watermarked_accuracy"] for h in held_out]),
+                "held_out_asr": _mean([m[h]["asr"] for h in held_out]),
+                "held_out_referable_flip_rate": _mean([m[h]["referable_flip_rate"] for h in held_out]),
+                "held_out_accuracy_worst_preprocessing": max(v for v in per_prep.values() if v is not None),
+                "held_out_accuracy_per_preprocessing": per_prep,
+                "white_box_clean_accuracy": m[WHITE_BOX]["clean_accuracy"],
+                "white_box_accuracy": m[WHITE_BOX]["watermarked_accuracy"],
+                "seconds_per_image_median": _median(rows[row].seconds),
+                "queries_median": _median(rows[row].queries),
+                "box_area_fraction_median": _median([r["box_area_fraction"] for r in rows[row].records if r]),
+            }
+        removal_summary = None
+        if removal:
+            removal_summary = {a: {row: {
+                "held_out_accuracy": _mean([v["models"][h]["watermarked_accuracy"] for h in held_out]),
+                "white_box_accuracy": v["models"][WHITE_BOX]["watermarked_accuracy"],
+                "box_psnr_median": v["box_psnr_median"], "box_ssim_median": v["box_ssim_median"],
+                "seconds_per_image_median": v["seconds_per_image_median"]} for row, v in by_row.items()}
+                for a, by_row in removal["metrics"].items()}
+        return {
+            "format": "medlocker-threat-study/1",
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": {"platform": platform.platform(), "torch_threads": torch.get_num_threads()},
+            "settings": {"images": len(images), "source": {k: v for k, v in self._source.items() if v is not None},
+                         "rows": list(rows), "preprocessing": self.preprocessing, "attacks": self.attacks,
+                         "protect": self.protect_settings, "quick": self.quick, "remover": self.remover,
+                         "unauthorised_training": self.unauthorised_training,
+                         "zoo": str(self.zoo.path), "surrogate": self.surrogate.spec.name},
+            "models": {m: {"role": r} for m, r in roles.items()},
+            "headline": headline,
+            "transfer_matrix": matrix,
+            "preprocessing": metrics,
+            "removal": removal["metrics"] if removal else None,
+            "removal_summary": removal_summary,
+            "unauthorised_training": training,
+            "grades": {str(g): sum(s.grade == g for s in images) for g in range(self.num_classes)},
+            "errors": self.errors,
+            "timings_seconds": self.timings,
+        }
+
+    def _write(self, images, rows, evaluation, removal) -> None:
+        from monai_medlocker.workflows import threat_report
+
+        write_json_atomic(self.output_dir / "threats.json", self.results)
+        with open(self.output_dir / "per_image.jsonl", "w") as fh:
+            for i, s in enumerate(images):
+                rec = {"image": s.image_id, "grade": s.grade}
+                for row in rows:
+                    rec[row] = {m: int(p[i]) for m, p in evaluation["preds"]["none"][row].items()}
+                fh.write(json.dumps(rec) + "\n")
+        (self.output_dir / "threats.md").write_text(threat_report.markdown(self.results))
+        threat_report.plots(self.results, self.output_dir)
+        threat_report.montage(images, rows, removal["examples"] if removal else {}, self.output_dir / "montage.png")
+
+    def summary_text(self) -> str:
+        from monai_medlocker.workflows import threat_report
+
+        return threat_report.summary(self.results)

@@ -1,0 +1,146 @@
+"""Unauthorised training: the thief trains a model on the protected release with the true labels.
+
+The question (Huang et al., ICLR 2021; APBench) is whether a model trained on protected images still
+learns to grade clean images. The thief's lab is a seeded synthetic dataset of its own; its training
+and validation images are protected with the owner's protect settings, and each zoo family named is
+trained twice with one recipe and seed through ``bundle/configs/train.json``: once on the clean split
+and once on the protected split. Every epoch's weights are scored on the study's clean and protected
+test images, so the report gives the peak over training as well as the last epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from monai_medlocker.networks import Surrogate, load_classifier, model_spec
+
+__all__ = ["protect_lab_split", "unauthorised_training"]
+
+
+def protect_lab_split(clean_dir: Path, out_dir: Path, surrogate: Surrogate, protect_settings: dict,
+                      sections: Sequence[str] = ("training", "validation"), progress: bool = True) -> Path:
+    """Copy a lab dataset with the images of ``sections`` protected (same names, labels and masks).
+
+    An image where no placement avoids the lesions is kept unprotected and counted in the datalist's
+    ``unprotected`` field, as a release would ship it.
+    """
+    from monai_medlocker.data.datalist import load_datalist
+    from monai_medlocker.io.image import load_mask, load_rgb, save_png
+    from monai_medlocker.watermark import SearchSpace, get_optimizer, load_logo, watermark_image
+    from monai_medlocker.watermark.feasibility import NoFeasiblePlacementError
+    from monai_medlocker.workflows.threat_study import _wsm_from_masks
+
+    data = json.loads((clean_dir / "datalist.json").read_text())
+    kwargs = dict(protect_settings.get("optimizer_kwargs") or {})
+    if protect_settings.get("max_queries") is not None:
+        kwargs["max_queries"] = protect_settings["max_queries"]
+    optimizer = get_optimizer(protect_settings.get("optimizer", "medlocker"), **kwargs)
+    space = SearchSpace.from_config(protect_settings.get("search_space", "full"))
+    logo = load_logo(protect_settings.get("logo"))
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    unprotected = 0
+    items = [(section, i, item) for section in sections
+             for i, item in enumerate(load_datalist(clean_dir, section))]
+    if progress:
+        from tqdm.auto import tqdm
+
+        items = tqdm(items, desc="thief: protect training split", leave=False)
+    for section, i, item in items:
+        image = load_rgb(item["image"])
+        masks = np.stack([load_mask(item[k], image.shape[:2]) for k in sorted(item) if k.startswith("mask_") and item[k]])
+        rel = data[section][i]["image"]
+        try:
+            out, _ = watermark_image(image, _wsm_from_masks(masks, image.shape[:2]), [surrogate], logo, optimizer, space,
+                                     label=int(item["label"]), seed=i)
+        except NoFeasiblePlacementError:
+            out, unprotected = image, unprotected + 1
+        save_png(out_dir / rel, out)
+    data["description"] = f"{data.get('description', '')} (training/validation images protected by MedLocker)"
+    data["unprotected"] = unprotected
+    (out_dir / "datalist.json").write_text(json.dumps(data, indent=2))
+    for rel in {Path(it["image"]).parent for it in data.get("test", [])}:
+        shutil.copytree(clean_dir / rel, out_dir / rel, dirs_exist_ok=True)
+    return out_dir
+
+
+def _accuracy_curve(ckpt_dir: Path, network: str, input_size: int, test_images: dict, grades: np.ndarray,
+                    num_classes: int) -> dict[str, list[float]]:
+    from monai_medlocker.workflows.threat_study import predict
+
+    curves: dict[str, list[float]] = {name: [] for name in test_images}
+    for ckpt in sorted(ckpt_dir.glob("epoch_*.pt")):
+        model = Surrogate(load_classifier(ckpt, network, num_classes, input_size), model_spec(network, input_size))
+        for name, imgs in test_images.items():
+            preds = predict({"m": model}, imgs)["m"]
+            curves[name].append(round(float((preds == grades).mean()), 4))
+    return curves
+
+
+def unauthorised_training(work_dir: str | Path, zoo, surrogate: Surrogate, protect_settings: dict,
+                          test_images: dict[str, list[np.ndarray]], test_grades: Sequence[int],
+                          families: Sequence[str] = ("resnet", "vgg"), n_train: int = 600, size: int = 256,
+                          seed: int = 4242, epochs: int = 12, lab_version: int | None = None,
+                          bundle_root: str | None = None, progress: bool = True) -> dict:
+    """Run the unauthorised-training experiment; returns the report's rows (see the module docstring).
+
+    Args:
+        work_dir: the thief's folder (labs, checkpoints); reused when a step's outputs are there.
+        zoo: the loaded zoo; ``families`` name its members (their network, input size, seed, recipe).
+        surrogate, protect_settings: what the owner protects the release with.
+        test_images: named sets of test images (``clean``, ``protected``), all with ``test_grades``.
+        n_train, size, seed, lab_version: the thief's lab (training and validation splits are used).
+        epochs: training epochs per model.
+    """
+    from monai.utils import set_determinism
+
+    from monai_medlocker.cli._bundle import bundle_root as find_bundle, parse_bundle_config, run_workflow
+    from monai_medlocker.data.synthetic import generate_dataset
+
+    work = Path(work_dir)
+    clean_dir, protected_dir = work / "clean_lab", work / "protected_lab"
+    if not (clean_dir / "datalist.json").is_file():
+        kwargs = {"lab_version": lab_version} if lab_version is not None else {}
+        generate_dataset(clean_dir, n=n_train, size=size, seed=seed, split=(0.8, 0.2, 0.0), progress=progress,
+                         **kwargs)
+    if not (protected_dir / "datalist.json").is_file():
+        protect_lab_split(clean_dir, protected_dir, surrogate, protect_settings, progress=progress)
+    root = find_bundle(bundle_root)
+    grades = np.asarray(test_grades)
+    rows = []
+    for member in zoo.select(list(families)):
+        for trained_on, data_dir in (("clean", clean_dir), ("protected", protected_dir)):
+            out = work / "models" / f"{member.name}_{trained_on}"
+            if not list(out.glob("epoch_*.pt")):
+                parser = parse_bundle_config("train.json", root, {
+                    "dataset_dir": str(data_dir.resolve()), "output_dir": str(out.resolve()),
+                    "network_name": member.network, "input_size": member.input_size, "epochs": epochs,
+                    "batch_size": member.train.get("batch_size"), "learning_rate": member.train.get("learning_rate"),
+                    "seed": member.seed, "num_classes": zoo.num_classes,
+                })
+                handlers = parser.get("train#handlers")
+                parser["train#handlers"] = list(handlers) + [{
+                    "_target_": "monai_medlocker.workflows.EpochCheckpoint", "network": "@network",
+                    "save_dir": str(out.resolve()),
+                }]
+                run_workflow(parser)
+                set_determinism(seed=None)
+            curves = _accuracy_curve(out, member.network, member.input_size, test_images, grades, zoo.num_classes)
+            row = {"family": member.name, "network": member.network, "trained_on": trained_on,
+                   "epochs": len(curves["clean"]), "curves": curves}
+            for name, curve in curves.items():
+                row[f"{name}_peak"] = max(curve) if curve else None
+                row[f"{name}_last"] = curve[-1] if curve else None
+            rows.append(row)
+    info = json.loads((protected_dir / "datalist.json").read_text())
+    return {
+        "description": (f"Thief lab: {n_train} images at {size} px (seed {seed}), training/validation 80/20; "
+                        f"{info.get('unprotected', 0)} of its images had no lesion-free placement and stayed clean. "
+                        f"{epochs} epochs per model, same recipe and seed for the clean and protected runs; accuracy on "
+                        "the study's clean and protected test images after every epoch (peak / last)."),
+        "rows": rows,
+    }
