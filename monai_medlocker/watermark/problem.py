@@ -22,7 +22,7 @@ from monai_medlocker.watermark.feasibility import NoFeasiblePlacementError, feas
 
 __all__ = [
     "SearchSpace", "MarkConfig", "AttackProblem", "Evaluation", "Linearization", "QueryBudgetExceeded",
-    "label_margins", "resize_matrix",
+    "label_margins", "resize_matrix", "logo_box_size",
 ]
 
 
@@ -94,6 +94,19 @@ class SearchSpace:
 
     def to_record(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def logo_box_size(logo_shape: tuple[int, ...], scale: float, rotation: float, short: int) -> tuple[int, int]:
+    """(height, width) of the box of a logo of ``logo_shape`` at ``scale`` of the shorter side ``short``.
+
+    The rotated logo's bounding box keeps the logo undistorted; its longest side is ``scale * short``.
+    """
+    lh, lw = logo_shape[:2]
+    theta = np.deg2rad(rotation)
+    rw = abs(lw * np.cos(theta)) + abs(lh * np.sin(theta))
+    rh = abs(lw * np.sin(theta)) + abs(lh * np.cos(theta))
+    f = scale * short / max(rw, rh)
+    return max(1, int(round(rh * f))), max(1, int(round(rw * f)))
 
 
 @dataclass(frozen=True)
@@ -247,14 +260,7 @@ class AttackProblem:
         return configs
 
     def _box_size(self, scale: float, rotation: float, short: int) -> tuple[int, int]:
-        lh, lw = self.logo.shape[:2]
-        theta = np.deg2rad(rotation)
-        # The rotated logo's bounding box keeps the logo undistorted.
-        rw = abs(lw * np.cos(theta)) + abs(lh * np.sin(theta))
-        rh = abs(lw * np.sin(theta)) + abs(lh * np.cos(theta))
-        side = scale * short
-        f = side / max(rw, rh)
-        return max(1, int(round(rh * f))), max(1, int(round(rw * f)))
+        return logo_box_size(self.logo.shape, scale, rotation, short)
 
     def native_feasible(self, cfg: MarkConfig) -> np.ndarray:
         key = (cfg.height, cfg.width)
