@@ -210,7 +210,10 @@ def load_classifier(
     if not path.is_file():
         raise FileNotFoundError(f"model checkpoint not found: {path}")
     net = get_network(name, num_classes, input_size)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises pickle, zip and runtime errors for a file that is not a checkpoint
+        raise ValueError(f"{path} is not a readable model checkpoint (a plain state_dict): {err}".splitlines()[0]) from err
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     try:

@@ -267,7 +267,8 @@ class ThreatStudy:
         num_classes: int = 5,
     ) -> None:
         from monai_medlocker.networks.zoo import Zoo, load_zoo_config
-        from monai_medlocker.threats import REMOVAL_ATTACKS, THIEF_PREPROCESSING
+        from monai_medlocker.threats import THIEF_PREPROCESSING
+        from monai_medlocker.threats.removal import REMOVAL_ATTACKS
 
         self.output_dir = Path(output_dir)
         if self.output_dir.exists() and not self.output_dir.is_dir():
@@ -383,7 +384,7 @@ class ThreatStudy:
         return {"metrics": table, "preds": preds}
 
     def _removal(self, models, images: list[StudyImage], rows: dict[str, _Row], clean_preds) -> dict:
-        from monai_medlocker.threats import box_fidelity, get_removal_attack
+        from monai_medlocker.threats.removal import box_fidelity, get_removal_attack
         from monai_medlocker.watermark import load_logo
 
         logo = load_logo(self.protect_settings["logo"])

@@ -1,0 +1,170 @@
+"""The threat study: the zoo, the protection metrics, bad inputs, and the bundle config end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from monai_medlocker.networks import NETWORK_NAMES, get_network, load_surrogate
+from monai_medlocker.networks.zoo import load_zoo_config
+from monai_medlocker.workflows.metrics import protection_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+ZOO_FAMILIES = ("resnet-tiny", "densenet-tiny", "seresnet-tiny", "efficientnet-tiny", "vit-tiny", "vgg-tiny")
+
+
+@pytest.mark.parametrize("name", ZOO_FAMILIES)
+def test_every_zoo_family_runs_a_forward_pass(name):
+    net = get_network(name, num_classes=5, input_size=64).eval()
+    with torch.no_grad():
+        out = net(torch.rand(2, 3, 64, 64))
+    assert out.shape == (2, 5)
+    assert torch.isfinite(out).all()
+
+
+def test_shipped_zoo_config_has_six_families_and_three_held_out():
+    zoo = load_zoo_config()
+    assert all(m.network in NETWORK_NAMES for m in zoo.members.values())
+    families = {m.family for m in zoo.members.values()}
+    assert {"resnet", "densenet", "seresnet", "efficientnet", "vit", "vgg"} <= families
+    held_out_families = {m.family for m in zoo.by_role("held_out")}
+    source_families = {m.family for m in zoo.by_role("source")}
+    assert len(held_out_families - source_families) >= 3
+    for m in zoo.members.values():
+        if m.checkpoint.is_file():  # shipped checkpoints stay small
+            assert m.checkpoint.stat().st_size < 20e6
+
+
+def _tiny_zoo(tmp_path: Path, members: dict) -> Path:
+    ckpt = tmp_path / "zoo"
+    ckpt.mkdir()
+    for name, (network, size, role) in members.items():
+        torch.manual_seed(len(name))
+        torch.save(get_network(network, 5, size).state_dict(), ckpt / f"{name}.pt")
+    cfg = {"checkpoint_dir": str(ckpt), "data_dir": str(tmp_path / "lab"),
+           "lab": {"n": 20, "size": 128, "seed": 3}, "defaults": {"epochs": 1, "batch_size": 8},
+           "members": {n: {"network": net, "input_size": s, "role": r, "seed": i}
+                       for i, (n, (net, s, r)) in enumerate(members.items())}}
+    path = tmp_path / "zoo.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def test_zoo_checkpoint_of_wrong_architecture_or_class_count_is_named(tmp_path):
+    path = _tiny_zoo(tmp_path, {"a": ("vgg-tiny", 64, "held_out"), "b": ("resnet-tiny", 64, "held_out")})
+    torch.save(get_network("densenet-tiny", 5, 64).state_dict(), tmp_path / "zoo" / "a.pt")  # wrong architecture
+    torch.save(get_network("resnet-tiny", 3, 64).state_dict(), tmp_path / "zoo" / "b.pt")  # wrong class count
+    zoo = load_zoo_config(path)
+    for name in ("a", "b"):
+        with pytest.raises(ValueError, match=f"{name}.pt"):
+            zoo.members[name].load()
+
+
+def test_zoo_config_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"members": {"x": {"network": "alexnet"}}}')
+    with pytest.raises(ValueError, match="bad.json.*alexnet"):
+        load_zoo_config(bad)
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json"):
+        load_zoo_config(bad)
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        load_zoo_config(tmp_path / "missing.json")
+
+
+def test_protection_metrics_counts_asr_over_clean_correct_images_only():
+    grades = [0, 1, 2, 3, 4, 2]
+    clean = [0, 1, 2, 0, 4, 2]  # image 3 wrong before
+    preds = [1, 1, 0, 3, 3, 2]  # images 0, 2, 4 flipped; image 3 now right
+    m = protection_metrics(grades, clean, preds)
+    assert m["clean_accuracy"] == round(5 / 6, 4)
+    assert m["watermarked_accuracy"] == 0.5
+    assert m["asr"] == 0.6  # 3 of the 5 clean-correct images
+    # referable (grade >= 2): image 2 (2 -> 0) loses its referral; 4 -> 3 stays referable
+    assert m["referable_flip_rate"] == round(1 / 5, 4)
+    assert m["per_grade"]["4"]["asr"] == 1.0
+    with pytest.raises(ValueError):
+        protection_metrics([0, 1], [0], [0, 1])
+
+
+def _surrogate(tmp_path: Path):
+    torch.manual_seed(0)
+    path = tmp_path / "surrogate.pt"
+    torch.save(get_network("resnet-tiny", 5, 64).state_dict(), path)
+    return load_surrogate(path, "resnet-tiny", 5, 64)
+
+
+def test_release_study_bad_inputs_are_named_and_the_study_goes_on(tmp_path):
+    from monai_medlocker.workflows.threat_study import release_study_images
+
+    release, originals = tmp_path / "release", tmp_path / "originals"
+    with pytest.raises(FileNotFoundError, match="originals folder not found"):
+        release_study_images(tmp_path, originals)
+    release.mkdir()
+    originals.mkdir()
+    from monai_medlocker.data.synthetic import synthesize_fundus
+    from monai_medlocker.io.image import save_png
+
+    for name in ("a", "b"):
+        img = synthesize_fundus(128, seed=len(name), grade=1).image
+        save_png(release / f"{name}.png", img)
+        (release / f"{name}.medlocker.json").write_text(json.dumps({"label": 1, "marks": []}))
+    save_png(originals / "a.png", synthesize_fundus(128, seed=1, grade=1).image)
+    errors: list[dict] = []
+    images, row = release_study_images(release, originals, errors)
+    assert [s.image_id for s in images] == ["a"]
+    assert len(errors) == 1 and "b.png" in errors[0]["file"] and "no original" in errors[0]["error"]
+
+
+def test_study_runs_on_a_release_without_a_loadable_zoo_member(tmp_path):
+    from monai_medlocker.workflows.threat_study import ThreatStudy, lab_study_images
+
+    zoo = _tiny_zoo(tmp_path, {"src": ("resnet-tiny", 64, "source"), "held": ("vgg-tiny", 64, "held_out"),
+                               "broken": ("seresnet-tiny", 64, "held_out")})
+    (tmp_path / "zoo" / "broken.pt").write_bytes(b"not a checkpoint")
+    images = lab_study_images(3, size=128, seed=5)
+    study = ThreatStudy(tmp_path / "out", _surrogate(tmp_path), zoo=zoo, images=images, rows=["none", "random"],
+                        preprocessing=["none", "hflip"], attacks=["informed_inverse"], transfer_matrix=False,
+                        progress=False)
+    results = study.run()
+    assert any("broken.pt" in e["file"] for e in results["errors"])
+    assert set(results["models"]) == {"white-box", "src", "held"}
+    assert results["headline"]["none"]["held_out_accuracy"] == results["headline"]["none"]["held_out_clean_accuracy"]
+    assert (tmp_path / "out" / "threats.md").read_text().startswith("# Threat study")
+
+
+@pytest.mark.slow
+def test_bundle_config_runs_end_to_end(tmp_path):
+    """evaluate_protection.json + its quick override through `python -m monai.bundle run`, tiny images."""
+    zoo = _tiny_zoo(tmp_path, {"src": ("resnet-tiny", 64, "source"), "held": ("vgg-tiny", 64, "held_out"),
+                               "vit": ("vit-tiny", 64, "held_out")})
+    surrogate = tmp_path / "surrogate.pt"
+    torch.save(get_network("resnet-tiny", 5, 64).state_dict(), surrogate)
+    out = tmp_path / "study"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
+           "['bundle/configs/evaluate_protection.json','bundle/configs/evaluate_protection_quick.json']",
+           "--output_dir", str(out), "--zoo_config", str(zoo), "--n", "3", "--size", "128",
+           "--ckpt_path", str(surrogate), "--input_size", "64", "--progress", "False",
+           "--remover", "{'n_pairs': 8, 'epochs': 1, 'size': 64}",
+           "--unauthorised_training", "{'families': ['src'], 'n_train': 10, 'size': 128, 'epochs': 1}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "threats.json").read_text())
+    assert list(results["headline"]) == ["none", "random", "bhe", "medlocker"]
+    assert set(results["removal_summary"]) >= {"informed_inverse", "blind_inverse", "inpaint_telea", "inpaint_ns",
+                                               "inpaint_biharmonic", "learned_remover", "collection"}
+    assert set(results["preprocessing"]) >= {"none", "disc_crop", "ben_graham", "jpeg75", "downscale50",
+                                             "center_crop90", "hflip", "color_jitter", "gaussian_blur"}
+    assert results["transfer_matrix"]["src"]["held"] is not None
+    assert [r["trained_on"] for r in results["unauthorised_training"]["rows"]] == ["clean", "protected"]
+    for png in ("transfer_matrix.png", "preprocessing.png", "removal.png", "montage.png"):
+        assert (out / png).stat().st_size > 1000
+    assert "threat study: 3 images" in proc.stdout
