@@ -206,6 +206,21 @@ def predict(models: dict[str, Surrogate], images: Sequence[np.ndarray], batch_si
     return preds
 
 
+def _same_weights(a: Surrogate, b: Surrogate) -> bool:
+    """Whether two surrogates are the same trained model (the white-box row already covers it)."""
+    if type(a.network) is not type(b.network) or a.spec.input_size != b.spec.input_size:
+        return False
+    sa, sb = a.network.state_dict(), b.network.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _settings_hash(settings: dict) -> str:
+    """A short digest of a thief step's settings: its cached outputs are reused only for the same settings."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
 def _median(values: Sequence[float]) -> float | None:
     return round(float(statistics.median(values)), 4) if values else None
 
@@ -429,7 +444,7 @@ class ThreatStudy:
         if attack == "learned_remover":
             from monai_medlocker.threats import LearnedRemover, train_remover
 
-            path = self.output_dir / "thief" / "learned_remover.pt"
+            path = self.output_dir / "thief" / f"learned_remover_{_settings_hash(self.remover)}.pt"
             if not path.is_file():
                 start = time.perf_counter()
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -454,8 +469,9 @@ class ThreatStudy:
         test_sets = {"clean": [s.original for s in images]}
         if "medlocker" in rows:
             test_sets["protected"] = rows["medlocker"].images
+        work = self.output_dir / "thief" / f"training_{_settings_hash({**cfg, **self.protect_settings})}"
         return unauthorised_training(
-            self.output_dir / "thief" / "training", zoo=self.zoo, surrogate=self.surrogate,
+            work, zoo=self.zoo, surrogate=self.surrogate,
             protect_settings=self.protect_settings, test_images=test_sets, test_grades=[s.grade for s in images],
             bundle_root=self.bundle_root, progress=self.progress, **cfg,
         )
@@ -506,7 +522,7 @@ class ThreatStudy:
         grades = np.array([s.grade for s in images])
         matrix = {}
         for member in self.zoo.by_role("source"):
-            if member.name not in models:
+            if member.name not in models or _same_weights(models[member.name], self.surrogate):
                 continue
             row = self._protect_row(self.protect_settings["optimizer"], images, [models[member.name]])
             p = predict(models, row.images)
