@@ -54,7 +54,9 @@ peripapillary atrophy, flare and blur, none of which is a lesion type.
 """
 
 
+from monai_medlocker.data.lab.camera import CAMERA_ARTEFACT_RATES
 from monai_medlocker.data.lab.dataset import (
+    GRADE_WEIGHT_PRESETS,
     REAL_SAMPLE_PATH,
     generate_dataset,
     load_real_sample,
@@ -71,7 +73,15 @@ from monai_medlocker.data.lab.lesions import (
     SEVERE_SOFT_EXUDATES,
     grade_from_lesions,
 )
-from monai_medlocker.data.lab.render import MAX_SIZE, MIN_SIZE, FundusSample, synthesize_fundus
+from monai_medlocker.data.lab.lookalikes import LOOKALIKE_RATES
+from monai_medlocker.data.lab.render import (
+    DEFAULT_LAB_VERSION,
+    LAB_VERSIONS,
+    MAX_SIZE,
+    MIN_SIZE,
+    FundusSample,
+    synthesize_fundus,
+)
 
 __all__ = [
     "LESION_TYPES",
@@ -84,6 +94,11 @@ __all__ = [
     "MAX_SIZE",
     "MASK_ALPHA_THRESHOLD",
     "REAL_SAMPLE_PATH",
+    "LAB_VERSIONS",
+    "DEFAULT_LAB_VERSION",
+    "CAMERA_ARTEFACT_RATES",
+    "LOOKALIKE_RATES",
+    "GRADE_WEIGHT_PRESETS",
     "FundusSample",
     "synthesize_fundus",
     "grade_from_lesions",

@@ -200,6 +200,7 @@ def _grow_vessels(rng: np.random.Generator, g: _Geometry) -> list[tuple[str, np.
 _VEIN_ABSORB = np.array([0.26, 0.68, 0.55], dtype=np.float32)
 _ARTERY_ABSORB = np.array([0.12, 0.5, 0.38], dtype=np.float32)
 _NV_ABSORB = np.array([0.15, 0.55, 0.42], dtype=np.float32)
+_REFLEX_GAIN = np.array([0.5, 1.5, 1.55], dtype=np.float32)  # whitish: the reflex restores green and blue
 
 
 def _background(rng: np.random.Generator, g: _Geometry, size: int) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -309,8 +310,13 @@ def _draw_macula(rng: np.random.Generator, img: np.ndarray, g: _Geometry, size: 
 
 
 def _draw_vessels(img: np.ndarray, trees: list[tuple[str, np.ndarray]], size: int, contrast: float,
-                  reflex: float = 0.0) -> None:
-    """Darken ``img`` along the vessel trees (``kind`` "a" artery, "v" vein, "n" new vessels)."""
+                  reflex: float = 0.0, stripe: float = 0.0, keepout: np.ndarray | None = None) -> None:
+    """Darken ``img`` along the vessel trees (``kind`` "a" artery, "v" vein, "n" new vessels).
+
+    ``reflex`` (lab v1 and v2) pales the centre of larger arteries. ``stripe`` (lab v2 only, a DR look-alike) adds
+    the vessel light reflex of young eyes: a thin bright whitish line along the centre of the larger arteries and,
+    fainter, veins; it is left out where ``keepout`` (a ``(size, size)`` bool map) is set, i.e. near lesions.
+    """
     s = float(size)
     absorb = {"v": _VEIN_ABSORB, "a": _ARTERY_ABSORB, "n": _NV_ABSORB}
     flat = img.reshape(-1, 3)
@@ -336,3 +342,9 @@ def _draw_vessels(img: np.ndarray, trees: list[tuple[str, np.ndarray]], size: in
         if kind == "a" and reflex > 0:  # central light reflex of larger arteries
             density *= 1.0 - reflex * np.clip((hw - 1.2) / 1.5, 0.0, 1.0) * np.exp(-(((1.0 - t) / 0.22) ** 2))
         flat[idx] *= 1.0 - density[:, None] * absorb[kind][None, :]
+        if stripe > 0 and kind != "n":
+            glint = (stripe * (1.0 if kind == "a" else 0.6) * np.clip((hw - 1.5) / 1.5, 0.0, 1.0)
+                     * np.exp(-(((1.0 - t) / 0.22) ** 2)) * cover)
+            if keepout is not None:
+                glint *= ~keepout.reshape(-1)[idx]
+            flat[idx] *= 1.0 + glint[:, None] * _REFLEX_GAIN[None, :]

@@ -15,9 +15,18 @@ import numpy as np
 from PIL import Image
 
 from monai_medlocker.data.lab.lesions import GRADE_NAMES, LESION_NAMES, LESION_TYPES, MASK_ALPHA_THRESHOLD, QUADRANTS
-from monai_medlocker.data.lab.render import _check_seed, _check_size, synthesize_fundus
+from monai_medlocker.data.lab.render import DEFAULT_LAB_VERSION, _check_lab_version, _check_seed, _check_size, \
+    synthesize_fundus
 
-__all__ = ["REAL_SAMPLE_PATH", "sample_seed", "generate_dataset", "write_real_sample", "load_real_sample"]
+__all__ = ["REAL_SAMPLE_PATH", "GRADE_WEIGHT_PRESETS", "sample_seed", "generate_dataset", "write_real_sample",
+           "load_real_sample"]
+
+#: Named grade mixes for :func:`generate_dataset`: balanced, or the real-world imbalance of EyePACS
+#: (Kaggle DR 2015 training set: about 73 % grade 0, 7 % grade 1, 15 % grade 2, 2.5 % grade 3, 2.5 % grade 4).
+GRADE_WEIGHT_PRESETS: dict[str, tuple[float, ...]] = {
+    "uniform": (1.0, 1.0, 1.0, 1.0, 1.0),  # relative weights
+    "eyepacs": (0.73, 0.07, 0.15, 0.025, 0.025),
+}
 
 REAL_SAMPLE_PATH = Path(__file__).resolve().parents[2] / "assets" / "retina_skimage.png"
 _DATALIST_NAME = "datalist.json"
@@ -78,10 +87,10 @@ def _assign(n: int, seed: int, split: np.ndarray, weights: np.ndarray) -> tuple[
     return grades, which
 
 
-def _write_one(task: tuple[str, int, int, int, int]) -> dict[str, Any]:
+def _write_one(task: tuple[str, int, int, int, int, int]) -> dict[str, Any]:
     """Generate and save image ``i`` (worker function; top level so that it pickles)."""
-    out_dir, i, size, seed_i, grade = task
-    sample = synthesize_fundus(size, seed_i, grade)
+    out_dir, i, size, seed_i, grade, lab_version = task
+    sample = synthesize_fundus(size, seed_i, grade, lab_version=lab_version)
     stem = f"synth_{i:05d}"
     root = Path(out_dir)
     Image.fromarray(sample.image).save(root / "images" / f"{stem}.png", compress_level=3)
@@ -103,10 +112,11 @@ def generate_dataset(
     size: int = 256,
     seed: int = 0,
     split: Sequence[float] = (0.7, 0.15, 0.15),
-    grade_weights: Sequence[float] | None = None,
+    grade_weights: Sequence[float] | str | None = None,
     progress: bool = True,
     overwrite: bool = False,
     workers: int = 1,
+    lab_version: int = DEFAULT_LAB_VERSION,
 ) -> Path:
     """Write ``n`` synthetic fundus images, their lesion masks and a MONAI datalist.
 
@@ -119,8 +129,9 @@ def generate_dataset(
     Each item is ``{"image", "label" (grade), "referable" (0/1), "mask_MA", "mask_HE", "mask_EX", "mask_SE",
     "seed", "eye", "counts"}``. Grades are allotted by quota (largest remainder of ``n * grade_weights``) and
     shuffled; splits are stratified by grade so that every split gets every grade when there are enough
-    images. Image ``i`` is ``synthesize_fundus(size, sample_seed(seed, i), label)``; the whole dataset is a
-    pure function of ``(n, size, seed, split, grade_weights)``.
+    images. Image ``i`` is ``synthesize_fundus(size, sample_seed(seed, i), label, lab_version)``; the whole dataset
+    is a pure function of ``(n, size, seed, split, grade_weights, lab_version)``. The datalist records
+    ``lab_version``, ``grade_weights`` and ``grade_weights_name`` (the preset's name, if one was used).
 
     Args:
         out_dir: output folder (created if needed).
@@ -128,11 +139,15 @@ def generate_dataset(
         size: image side in px, 128..2048.
         seed: non-negative dataset seed.
         split: fractions for training, validation, test; non-negative, summing to 1.
-        grade_weights: five non-negative weights for grades 0..4 (not all zero); ``None`` is uniform.
+        grade_weights: five non-negative weights for grades 0..4 (not all zero), or the name of a preset in
+            ``GRADE_WEIGHT_PRESETS``: ``"uniform"`` (the default, also ``None``: balanced classes) or
+            ``"eyepacs"`` (the real-world imbalance of EyePACS, 73/7/15/2.5/2.5 % for grades 0..4).
         progress: show a tqdm progress bar.
         overwrite: allow replacing an earlier dataset in ``out_dir``; its ``synth_*`` images and masks are
             deleted first (no other file is touched).
         workers: processes to use (1 = in-process; 0 = one per CPU).
+        lab_version: lab version of every image (``LAB_VERSIONS``): 1 the original lab, 2 (default) the
+            realistic one (see :func:`~monai_medlocker.data.synthetic.synthesize_fundus`).
 
     Returns:
         Path of the written ``datalist.json``.
@@ -154,8 +169,16 @@ def generate_dataset(
             or abs(fractions.sum() - 1.0) > 1e-6:
         raise ValueError(f"split must be three non-negative fractions (training, validation, test) summing to 1, "
                          f"got {tuple(split)!r}")
+    lab_version = _check_lab_version(lab_version)
+    weights_name = None
     if grade_weights is None:
-        weights = np.ones(5)
+        grade_weights = "uniform"
+    if isinstance(grade_weights, str):
+        if grade_weights.lower() not in GRADE_WEIGHT_PRESETS:
+            raise ValueError(f"grade_weights must be 5 non-negative numbers or a preset name "
+                             f"({', '.join(sorted(GRADE_WEIGHT_PRESETS))}), got {grade_weights!r}")
+        weights_name = grade_weights.lower()
+        weights = np.asarray(GRADE_WEIGHT_PRESETS[weights_name], dtype=np.float64)
     else:
         try:
             weights = np.asarray([float(w) for w in grade_weights], dtype=np.float64)
@@ -185,7 +208,7 @@ def generate_dataset(
     (root / "masks").mkdir(parents=True, exist_ok=True)
 
     grades, which = _assign(n, seed, fractions, weights)
-    tasks = [(str(root), i, size, sample_seed(seed, i), grades[i]) for i in range(n)]
+    tasks = [(str(root), i, size, sample_seed(seed, i), grades[i], lab_version) for i in range(n)]
     from tqdm import tqdm
 
     items: list[dict[str, Any]] = []
@@ -212,7 +235,7 @@ def generate_dataset(
         "name": "MedLocker synthetic fundus",
         "description": (f"{n} procedural colour fundus photographs ({size}x{size} px, seed {seed}) with IDRiD-style "
                         "lesion masks (MA, HE, EX, SE) and ICDR grades computed from the lesions; "
-                        "generated by monai_medlocker.data.synthetic"),
+                        f"generated by monai_medlocker.data.synthetic, lab version {lab_version}"),
         "reference": "monai_medlocker.data.synthetic.generate_dataset",
         "licence": "CC0-1.0 (synthetic)",
         "num_classes": 5,
@@ -225,6 +248,8 @@ def generate_dataset(
         "seed": seed,
         "split": [float(f) for f in fractions],
         "grade_weights": [float(w) for w in weights],
+        "grade_weights_name": weights_name,
+        "lab_version": lab_version,
         "numTraining": sum(1 for k in which if k == 0),
     }
     for k, name in enumerate(_SPLITS):

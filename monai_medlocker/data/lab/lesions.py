@@ -314,30 +314,61 @@ def _with_core(alpha: np.ndarray, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
     return alpha
 
 
+def _lesion_extent(les: dict, s: float) -> tuple[float, float]:
+    """Drawing radius and window half-side of lesion ``les`` in px, at image side ``s``.
+
+    The lesion's support (``alpha > 0``) lies inside the window, so the window bounds everything it draws.
+    """
+    kind = les["kind"]
+    if kind == "microaneurysm":
+        r = max(1.0, les["r"] * s)
+        return r, r + 2.0
+    if kind in ("blot", "flame"):
+        r = max(1.2, les["r"] * s)
+        return r, r * math.sqrt(les["aspect"]) * 1.7 + 3.0
+    if kind == "preretinal":
+        r = les["r"] * s
+        return r, r * 1.4 + 3.0
+    if kind == "hard_exudate":
+        r = max(0.9, les["r"] * s)
+        return r, r * math.sqrt(les["aspect"]) * 1.6 + 2.0
+    if kind == "cotton_wool":
+        r = les["r"] * s
+        return r, r * math.sqrt(les["aspect"]) * 2.2 + 2.0
+    raise ValueError(f"unknown lesion kind {kind!r}")  # pragma: no cover
+
+
+def _lesion_keepout(lesions: list[dict], size: int, margin: float = 2.0) -> np.ndarray:
+    """``(size, size)`` bool map of the lesions' drawing windows grown by ``margin`` px: where look-alikes may
+    not be drawn, so that they never touch a lesion or its mask."""
+    s = float(size)
+    keep = np.zeros((size, size), dtype=bool)
+    for les in lesions:
+        _, ext = _lesion_extent(les, s)
+        win = _patch(les["x"] * s - 0.5, les["y"] * s - 0.5, ext + margin, size)
+        if win is not None:
+            keep[win[0]] = True
+    return keep
+
+
 def _draw_lesion(les: dict, img: np.ndarray, illum: np.ndarray, size: int) -> tuple[tuple, np.ndarray] | None:
     """Draw one lesion into ``img``; return its window and coverage ``alpha`` (mask = alpha > 0.5)."""
     s = float(size)
     cx, cy = les["x"] * s - 0.5, les["y"] * s - 0.5
     kind = les["kind"]
+    r, ext = _lesion_extent(les, s)
+    win = _patch(cx, cy, ext, size)
+    if win is None:
+        return None
+    sl, xx, yy = win
     light = _bilinear(illum, les["x"], les["y"])
     if kind == "microaneurysm":
-        r = max(1.0, les["r"] * s)
-        win = _patch(cx, cy, r + 2.0, size)
-        if win is None:
-            return None
-        sl, xx, yy = win
         d = np.sqrt(xx * xx + yy * yy)
         alpha = _with_core(np.clip(r - d + 0.5, 0.0, 1.0), xx, yy)
         dens = alpha * les["strength"] * (0.75 + 0.25 * np.clip(1.0 - d / r, 0, 1))
         img[sl] *= 1.0 - dens[..., None] * _MA_ABSORB
         return sl, alpha
     if kind in ("blot", "flame"):
-        r = max(1.2, les["r"] * s)
-        ext = r * math.sqrt(les["aspect"]) * 1.7 + 3.0
-        win = _patch(cx, cy, ext, size)
-        if win is None:
-            return None
-        sl, xx, yy = win
         edge = max(1.0, (0.35 if kind == "flame" else 0.3) * r)
         alpha, q = _blob(xx, yy, r, les["aspect"], les["angle"], les["harm"], edge, les.get("taper", 0.0))
         alpha = _with_core(alpha, xx, yy)
@@ -349,12 +380,6 @@ def _draw_lesion(les: dict, img: np.ndarray, illum: np.ndarray, size: int) -> tu
         img[sl] *= 1.0 - dens[..., None] * _BLOOD_ABSORB
         return sl, alpha
     if kind == "preretinal":
-        r = les["r"] * s
-        ext = r * 1.4 + 3.0
-        win = _patch(cx, cy, ext, size)
-        if win is None:
-            return None
-        sl, xx, yy = win
         # A horizontally elongated blob whose top is cut by a horizontal fluid level (boat shape).
         b = r * les["aspect"]  # vertical half-height; r is the horizontal half-width
         alpha_e, q = _blob(xx, yy, r * math.sqrt(les["aspect"]), 1.0 / les["aspect"], les["angle"], les["harm"],
@@ -376,12 +401,6 @@ def _draw_lesion(les: dict, img: np.ndarray, illum: np.ndarray, size: int) -> tu
         patch += (alpha * les["strength"])[..., None] * (colour - patch)
         return sl, alpha
     if kind == "hard_exudate":
-        r = max(0.9, les["r"] * s)
-        ext = r * math.sqrt(les["aspect"]) * 1.6 + 2.0
-        win = _patch(cx, cy, ext, size)
-        if win is None:
-            return None
-        sl, xx, yy = win
         alpha, q = _blob(xx, yy, r, les["aspect"], les["angle"], les["harm"], 1.0)
         alpha = _with_core(alpha, xx, yy)
         colour = np.array([1.02, 0.9, 0.42], dtype=np.float32) * light
@@ -390,12 +409,6 @@ def _draw_lesion(les: dict, img: np.ndarray, illum: np.ndarray, size: int) -> tu
         patch += opacity[..., None] * (colour - patch)
         return sl, alpha
     if kind == "cotton_wool":
-        r = les["r"] * s
-        ext = r * math.sqrt(les["aspect"]) * 2.2 + 2.0
-        win = _patch(cx, cy, ext, size)
-        if win is None:
-            return None
-        sl, xx, yy = win
         alpha, q = _blob(xx, yy, r, les["aspect"], les["angle"], les["harm"], max(1.0, 0.8 * r))
         alpha = _with_core(alpha, xx, yy)
         fluff = np.zeros_like(alpha)
@@ -407,4 +420,3 @@ def _draw_lesion(les: dict, img: np.ndarray, illum: np.ndarray, size: int) -> tu
         patch = img[sl]
         patch += opacity[..., None] * (colour - patch)
         return sl, alpha
-    raise ValueError(f"unknown lesion kind {kind!r}")  # pragma: no cover
