@@ -44,10 +44,10 @@ from monai_medlocker.networks import load_surrogate  # noqa: E402
 from monai_medlocker.workflows.protect import DatasetProtector  # noqa: E402
 
 
-def _scenes(folder: Path, size: int, n: int, seed: int) -> None:
+def _scenes(folder: Path, size: int, n: int, seed: int, lab_version: int = 1) -> None:
     folder.mkdir(parents=True)
     for i in range(n):
-        s = synthesize_fundus(size, seed=seed + i, grade=i % 5)
+        s = synthesize_fundus(size, seed=seed + i, grade=i % 5, lab_version=lab_version)
         Image.fromarray(s.image).save(folder / f"img{i:03d}.png")
         lesions = np.any(np.stack([s.masks[t] for t in LESION_TYPES]), axis=0)
         Image.fromarray((lesions * 255).astype(np.uint8)).save(folder / f"img{i:03d}_lesions.png")
@@ -83,6 +83,7 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=10)
     p.add_argument("--sizes", default="512,1024,2048")
     p.add_argument("--seed", type=int, default=52_000)
+    p.add_argument("--lab-version", type=int, default=1, choices=(1, 2), help="lab version of the synthetic images (default 1: the committed results were made on lab v1; 2 = the realistic lab)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--model", default=str(ROOT / "bundle/models/model.pt"))
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/certify.json"))
@@ -96,7 +97,7 @@ def main(argv=None) -> int:
         key_path = save_owner_key(tmp / "owner", generate_owner_key())[0]
         for size in [int(s) for s in args.sizes.split(",")]:
             src = tmp / f"src{size}"
-            _scenes(src, size, args.n, args.seed)
+            _scenes(src, size, args.n, args.seed, args.lab_version)
             plain = _protect(src, tmp / f"plain{size}", model, None)
             keyed = _protect(src, tmp / f"keyed{size}", model, key_path)
             out = tmp / f"keyed{size}"

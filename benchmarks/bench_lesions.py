@@ -156,6 +156,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=31337)
+    ap.add_argument("--lab-version", type=int, default=1, choices=(1, 2), help="lab version of the synthetic images (default 1: the committed results were made on lab v1; 2 = the realistic lab)")
     ap.add_argument("--checkpoint", default=str(ROOT / "bundle" / "models" / "lesion_segmenter.pt"),
                     help="trained segmenter (skipped when missing)")
     ap.add_argument("--network-input-size", type=int, default=256)
@@ -175,7 +176,7 @@ def main(argv=None) -> int:
     rows = {name: [] for name in (*sources, "gt")}
     samples = []
     for i in range(args.n):
-        s = synthesize_fundus(args.size, sample_seed(args.seed, i), grade=i % 5)
+        s = synthesize_fundus(args.size, sample_seed(args.seed, i), grade=i % 5, lab_version=args.lab_version)
         samples.append(s)
         gt = np.stack([s.masks[t] for t in LESION_TYPES])
         fov = s.image.max(axis=-1) > 0
@@ -201,7 +202,8 @@ def main(argv=None) -> int:
         "command": "python benchmarks/bench_lesions.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "threads": 1},
-        "images": {"n": args.n, "size": args.size, "seed": args.seed, "grades": "i % 5 (0-4 in turn)"},
+        "images": {"n": args.n, "size": args.size, "seed": args.seed, "grades": "i % 5 (0-4 in turn)",
+                   "lab_version": args.lab_version},
         "wsm_settings": settings,
         "targets": {"object_recall": ">= 0.98", "wsm_area_fraction": "<= 0.35", "seconds_per_image_at_1024": "<= 1"},
         "sources": {name: summarise(r) for name, r in rows.items()},

@@ -45,10 +45,10 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     return float(structural_similarity(a, b, channel_axis=2, data_range=255))
 
 
-def held_out_images(n: int, size: int, seed: int):
+def held_out_images(n: int, size: int, seed: int, lab_version: int = 1):
     """Fresh synthetic test images (a seed range the demo model never trained on), grades balanced."""
     for i in range(n):
-        sample = synthesize_fundus(size, seed=seed * 100_003 + i, grade=i % 5)
+        sample = synthesize_fundus(size, seed=seed * 100_003 + i, grade=i % 5, lab_version=lab_version)
         masks = np.stack([sample.masks[t] for t in LESION_TYPES])
         yield f"img{i:03d}", sample.image, masks, sample.grade
 
@@ -173,6 +173,7 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int)
     p.add_argument("--size", type=int)
     p.add_argument("--seed", type=int, help="held-out image seed (training used 2026)")
+    p.add_argument("--lab-version", type=int, choices=(1, 2), help="lab version of the synthetic images (config default 1: the committed results were made on lab v1; 2 = the realistic lab)")
     p.add_argument("--optimizers", help="comma-separated: random, bhe, medlocker, medlocker-free, medlocker-full")
     p.add_argument("--space", help="paper (position + alpha, as BHE) or full")
     p.add_argument("--max-queries", type=int, help="medlocker budget")
@@ -195,7 +196,7 @@ def main(argv=None) -> int:
     white = load_surrogate(args.white, args.white_network)
     transfer = load_surrogate(args.transfer, args.transfer_network)
     logo = load_logo()
-    images = list(held_out_images(args.n, args.size, args.seed))
+    images = list(held_out_images(args.n, args.size, args.seed, args.lab_version))
     results = {"config": vars(args), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "machine": {"platform": platform.platform(), "processor": platform.machine(),
                            "torch_threads": torch.get_num_threads()},

@@ -35,6 +35,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=10)
     p.add_argument("--sizes", default="512,2048")
+    p.add_argument("--lab-version", type=int, default=1, choices=(1, 2), help="lab version of the synthetic images (default 1: the committed results were made on lab v1; 2 = the realistic lab)")
     p.add_argument("--max-queries", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--model", default=str(ROOT / "bundle/models/model.pt"))
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
     for size in [int(s) for s in args.sizes.split(",")]:
         seconds, composite_s, queries, successes = [], [], [], 0
         for i in range(args.n):
-            sample = synthesize_fundus(size, seed=31_000 + i, grade=i % 5)
+            sample = synthesize_fundus(size, seed=31_000 + i, grade=i % 5, lab_version=args.lab_version)
             wsm = wsm_from_boxes(lesion_bboxes(np.stack([sample.masks[t] for t in LESION_TYPES]), margin=2)[0],
                                  sample.image.shape[:2])
             t0 = time.perf_counter()

@@ -1,10 +1,11 @@
-"""Synthetic fundus lab throughput on one CPU core.
+"""Synthetic fundus lab throughput on one CPU core, per lab version.
 
-    python benchmarks/bench_synth.py --size 512 --n 50 --out benchmarks/results/synth.json
+    python benchmarks/bench_synth.py --size 512 --n 50 --lab-version 1 2 --out benchmarks/results/synth.json
 
 Times ``synthesize_fundus`` (image, masks and grade in memory; grades cycle 0..4) single-threaded and
 pinned to one core, and, unless ``--no-io``, ``generate_dataset`` end to end (PNG encoding included) into
-a temporary folder. Writes a JSON record and prints the images/s figure.
+a temporary folder, once per lab version. Writes a JSON record with one row per version and prints the
+images/s figures.
 """
 
 from __future__ import annotations
@@ -43,20 +44,20 @@ def pin_to_one_core() -> int | None:
     return cpu
 
 
-def bench_memory(size: int, n: int, seed: int) -> list[float]:
-    synthesize_fundus(size, seed=seed + 10_000, grade=3)  # warm-up: caches, lazy imports
+def bench_memory(size: int, n: int, seed: int, lab_version: int) -> list[float]:
+    synthesize_fundus(size, seed=seed + 10_000, grade=3, lab_version=lab_version)  # warm-up: caches, lazy imports
     times = []
     for i in range(n):
         t0 = time.perf_counter()
-        synthesize_fundus(size, seed=seed + i, grade=i % 5)
+        synthesize_fundus(size, seed=seed + i, grade=i % 5, lab_version=lab_version)
         times.append(time.perf_counter() - t0)
     return times
 
 
-def bench_dataset(size: int, n: int, seed: int) -> float:
+def bench_dataset(size: int, n: int, seed: int, lab_version: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        generate_dataset(Path(tmp) / "lab", n=n, size=size, seed=seed, progress=False)
+        generate_dataset(Path(tmp) / "lab", n=n, size=size, seed=seed, progress=False, lab_version=lab_version)
         return time.perf_counter() - t0
 
 
@@ -65,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--n", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lab-version", dest="lab_versions", type=int, nargs="+", choices=(1, 2), default=[1, 2],
+                        help="lab versions to time, one row each (default: 1 2)")
     parser.add_argument("--no-io", action="store_true", help="skip the generate_dataset (PNG writing) figure")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "synth.json")
     args = parser.parse_args(argv)
@@ -72,15 +75,30 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--n must be >= 1, got {args.n}")
 
     cpu = pin_to_one_core()
-    times = bench_memory(args.size, args.n, args.seed)
-    total = sum(times)
+    rows = []
+    for lab_version in args.lab_versions:
+        times = bench_memory(args.size, args.n, args.seed, lab_version)
+        row = {
+            "lab_version": lab_version,
+            "images_per_s": round(args.n / sum(times), 2),
+            "median_s_per_image": round(statistics.median(times), 4),
+            "p90_s_per_image": round(float(np.percentile(times, 90)), 4),
+        }
+        if not args.no_io:
+            elapsed = bench_dataset(args.size, args.n, args.seed, lab_version)
+            row["dataset_images_per_s"] = round(args.n / elapsed, 2)  # with PNG image + 4 mask files per image
+        rows.append(row)
+        line = (f"lab v{lab_version}: synthesize_fundus @ {args.size} px, 1 core: {row['images_per_s']} images/s "
+                f"(median {row['median_s_per_image'] * 1000:.1f} ms/image, n={args.n})")
+        if "dataset_images_per_s" in row:
+            line += f"; generate_dataset with PNG writing: {row['dataset_images_per_s']} images/s"
+        print(line)
     record = {
-        "benchmark": "synthetic fundus lab throughput (synthesize_fundus, grades 0..4 in turn)",
+        "benchmark": "synthetic fundus lab throughput (synthesize_fundus, grades 0..4 in turn), per lab version",
         "size": args.size,
         "n": args.n,
-        "images_per_s": round(args.n / total, 2),
-        "median_s_per_image": round(statistics.median(times), 4),
-        "p90_s_per_image": round(float(np.percentile(times, 90)), 4),
+        "seed": args.seed,
+        "rows": rows,
         "threads": 1,
         "pinned_cpu": cpu,
         "machine": {
@@ -92,16 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         },
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    if not args.no_io:
-        elapsed = bench_dataset(args.size, args.n, args.seed)
-        record["dataset_images_per_s"] = round(args.n / elapsed, 2)  # with PNG image + 4 mask files per image
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    line = (f"synthesize_fundus @ {args.size} px, 1 core: {record['images_per_s']} images/s "
-            f"(median {record['median_s_per_image'] * 1000:.1f} ms/image, n={args.n})")
-    if "dataset_images_per_s" in record:
-        line += f"; generate_dataset with PNG writing: {record['dataset_images_per_s']} images/s"
-    print(line)
     print(f"wrote {args.out}")
     return 0
 

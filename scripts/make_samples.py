@@ -26,7 +26,7 @@ OUT = ROOT / "bundle" / "samples"
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     for grade in (1, 2, 3, 4):
-        sample = synthesize_fundus(512, seed=90_000 + grade, grade=grade)
+        sample = synthesize_fundus(512, seed=90_000 + grade, grade=grade, lab_version=1)  # the shipped samples are v1
         stem = f"synthetic_grade{grade}"
         Image.fromarray(sample.image).save(OUT / f"{stem}.png", optimize=True)
         for t in LESION_TYPES:

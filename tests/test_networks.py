@@ -55,7 +55,10 @@ def test_preprocess_uint8_and_float_agree():
     assert a.shape == (1, 3, 224, 224) and torch.allclose(a, b, atol=1e-6)
 
 
-def test_shipped_demo_model_loads_from_bundle_config_and_beats_chance():
+@pytest.mark.parametrize("lab_version", [1, 2])
+def test_shipped_demo_model_loads_from_bundle_config_and_beats_chance(lab_version):
+    """The demo model was trained on lab v1 (measured on these 40 images: 0.95 on v1; 0.875 on v2, whose
+    camera artefacts and look-alikes it never saw)."""
     parser = ConfigParser()
     parser.read_config(str(ROOT / "bundle/configs/inference.json"))
     parser["bundle_root"] = str(ROOT / "bundle")
@@ -63,9 +66,9 @@ def test_shipped_demo_model_loads_from_bundle_config_and_beats_chance():
     assert not surrogate.network.training
     assert (ROOT / "bundle/models/model.pt").stat().st_size <= 20 * 1024 * 1024
     # Fresh images from a seed range the model was not trained on (training used seed 2026).
-    samples = [synthesize_fundus(256, seed=555_000 + i, grade=i % 5) for i in range(40)]
+    samples = [synthesize_fundus(256, seed=555_000 + i, grade=i % 5, lab_version=lab_version) for i in range(40)]
     x = torch.from_numpy(np.stack([s.image for s in samples]).transpose(0, 3, 1, 2).copy())
     with torch.no_grad():
         preds = surrogate.network(preprocess_for_model(x, surrogate.spec)).argmax(1).numpy()
     accuracy = float((preds == np.array([s.grade for s in samples])).mean())
-    assert accuracy > 0.5, f"eval-mode accuracy {accuracy:.2f} on fresh synthetic images (chance is 0.2)"
+    assert accuracy > 0.5, f"eval-mode accuracy {accuracy:.2f} on fresh lab v{lab_version} images (chance is 0.2)"

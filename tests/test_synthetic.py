@@ -23,7 +23,7 @@ from monai_medlocker.data import (
     sample_seed,
     synthesize_fundus,
 )
-from monai_medlocker.data import synthetic as synth
+from monai_medlocker.data.lab import anatomy, lesions as lab_lesions, render
 
 
 def _counts(ma=0, he_q=(0, 0, 0, 0), ex=0, se=0, prh=0) -> dict:
@@ -116,7 +116,7 @@ def test_geometry_scales_with_size():
 @pytest.mark.parametrize("seed,grade", [(3, 3), (4, 4), (7, 2), (8, 3)])
 def test_masks_mark_drawn_pixels(seed, grade):
     sample = synthesize_fundus(256, seed=seed, grade=grade)
-    clean = synth._synthesize(256, seed, grade, draw_lesions=False)
+    clean = render._synthesize(256, seed, grade, draw_lesions=False)
     assert not any(clean.masks[t].any() for t in LESION_TYPES) and clean.grade == 0
     diff = sample.image.astype(float) - clean.image.astype(float)
     any_mask = np.zeros((256, 256), dtype=bool)
@@ -139,16 +139,16 @@ def test_masks_mark_drawn_pixels(seed, grade):
 def test_lesion_alpha_is_exactly_the_drawn_shape():
     """On a flat canvas every pixel with alpha > 0.5 changes, and nothing outside the lesion's support does."""
     rng = np.random.default_rng(0)
-    eye, geo = synth._sample_geometry(rng)
-    lesions = synth._layout(rng, geo, synth._plan(rng, 4))
+    eye, geo = anatomy._sample_geometry(rng)
+    lesions = lab_lesions._layout(rng, geo, lab_lesions._plan(rng, 4))
     assert {les["type"] for les in lesions} >= {"HE", "MA"}
     illum = np.ones((3, 8, 8), dtype=np.float32)
     for les in lesions:
         canvas = np.full((400, 400, 3), 0.5, dtype=np.float32)
-        sl, alpha = synth._draw_lesion(les, canvas, illum, 400)
+        sl, alpha = lab_lesions._draw_lesion(les, canvas, illum, 400)
         change = np.abs(canvas - 0.5).sum(axis=2)
         inside = np.zeros((400, 400), dtype=bool)
-        inside[sl] = alpha > synth.MASK_ALPHA_THRESHOLD
+        inside[sl] = alpha > lab_lesions.MASK_ALPHA_THRESHOLD
         support = np.zeros((400, 400), dtype=bool)
         support[sl] = alpha > 0
         assert inside.any(), les["kind"]

@@ -25,8 +25,12 @@ def add_subparser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="dataset seed, >= 0 (default: 0)")
     p.add_argument("--split", type=float, nargs=3, default=(0.7, 0.15, 0.15), metavar=("TRAIN", "VAL", "TEST"),
                    help="split fractions summing to 1 (default: 0.7 0.15 0.15)")
-    p.add_argument("--grade-weights", dest="grade_weights", type=float, nargs=5, default=None,
-                   metavar=("G0", "G1", "G2", "G3", "G4"), help="relative frequency of grades 0..4 (default: uniform)")
+    p.add_argument("--grade-weights", dest="grade_weights", nargs="+", default=None, metavar="W",
+                   help="relative frequency of grades 0..4: five numbers, or a preset name: uniform (default) or "
+                        "eyepacs (73/7/15/2.5/2.5 %%, the real-world imbalance)")
+    p.add_argument("--lab-version", dest="lab_version", type=int, default=None,
+                   help="lab version: 1 the original lab (earlier results and the demo models), 2 the realistic lab "
+                        "with camera artefacts and DR look-alikes (default: 2)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (0 = one per CPU; default: 1)")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset previously written to OUT_DIR")
     p.add_argument("--dicom", action="store_true",
@@ -41,7 +45,7 @@ def add_subparser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Generate the dataset and print a one-line summary; invalid arguments raise ``ValueError``."""
-    from monai_medlocker.data.synthetic import generate_dataset
+    from monai_medlocker.data.synthetic import DEFAULT_LAB_VERSION, generate_dataset
 
     if args.iod is not None and not args.dicom:
         raise ValueError("--iod only applies together with --dicom")
@@ -53,9 +57,11 @@ def run(args: argparse.Namespace) -> int:
         if own and not args.overwrite:
             raise ValueError(f"{dicom_dir} already holds DICOM files; refusing to overwrite them "
                              "(pass --overwrite, or choose another folder)")
+    lab_version = DEFAULT_LAB_VERSION if args.lab_version is None else args.lab_version
     path = generate_dataset(
         args.out_dir, n=args.n, size=args.size, seed=args.seed, split=tuple(args.split),
-        grade_weights=args.grade_weights, progress=not args.quiet, overwrite=args.overwrite, workers=args.workers,
+        grade_weights=_grade_weights(args.grade_weights), progress=not args.quiet, overwrite=args.overwrite,
+        workers=args.workers, lab_version=lab_version,
     )
     datalist = json.loads(Path(path).read_text(encoding="utf-8"))
     splits = {name: len(datalist.get(name, [])) for name in ("training", "validation", "test")}
@@ -64,11 +70,25 @@ def run(args: argparse.Namespace) -> int:
         files = write_dicom(Path(args.out_dir), datalist, iod=args.iod or "op8", overwrite=args.overwrite)
         print(f"medlocker synth: wrote {len(files)} DICOM files ({args.iod or 'op8'}) to {dicom_dir}")
     print(
-        f"medlocker synth: wrote {sum(splits.values())} images of {args.size}x{args.size} px to {path}; "
+        f"medlocker synth: wrote {sum(splits.values())} images of {args.size}x{args.size} px (lab v{lab_version}) "
+        f"to {path}; "
         + ", ".join(f"{name} {count}" for name, count in splits.items())
         + "; grades " + " ".join(f"{g}:{grades.get(g, 0)}" for g in range(5))
     )
     return 0
+
+
+def _grade_weights(values: list[str] | None) -> list[float] | str | None:
+    """``--grade-weights``: one preset name, or five numbers (checked by ``generate_dataset``)."""
+    if values is None:
+        return None
+    if len(values) == 1 and not re.fullmatch(r"[-+0-9.eE]+", values[0]):
+        return values[0]
+    try:
+        return [float(v) for v in values]
+    except ValueError as err:
+        raise ValueError(f"--grade-weights takes five numbers (grades 0..4) or one preset name (uniform, eyepacs), "
+                         f"got {' '.join(values)!r}") from err
 
 
 _OWN_DICOM = re.compile(r"^IMG\d{4}\.dcm$")

@@ -13,7 +13,7 @@ from pathlib import Path
 from monai_medlocker.cli._bundle import bundle_root, parse_bundle_config, run_workflow
 
 RECIPE_PATH = Path(__file__).resolve().parents[2] / "configs" / "datasets" / "demo_lab.json"
-RECIPE_KEYS = ("n", "size", "seed", "epochs", "batch_size", "learning_rate")
+RECIPE_KEYS = ("n", "size", "seed", "lab_version", "epochs", "batch_size", "learning_rate")
 
 
 def _recipe(network: str) -> tuple[dict, str | None]:
@@ -37,7 +37,7 @@ def add_subparser(subparsers) -> None:
     p.add_argument("--network", default="resnet-tiny", help="network to train")
     p.add_argument("--ckpt-name", default=None, help="checkpoint file name (default: from the recipe, else <network>.pt)")
     p.add_argument("--bundle-root", default=None)
-    for key, kind in zip(RECIPE_KEYS, (int, int, int, int, int, float)):
+    for key, kind in zip(RECIPE_KEYS, (int, int, int, int, int, int, float)):
         p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=kind, default=None,
                        help="default: configs/datasets/demo_lab.json")
     p.set_defaults(func=run)
@@ -53,7 +53,12 @@ def run(args: argparse.Namespace) -> int:
     root = bundle_root(args.bundle_root)
     data = Path(args.data)
     if not (data / "datalist.json").is_file():
-        generate_dataset(data, n=args.n, size=args.size, seed=args.seed)
+        generate_dataset(data, n=args.n, size=args.size, seed=args.seed, lab_version=args.lab_version)
+    else:  # reused: it must be the lab asked for (datalists written before lab versions existed are v1)
+        found = json.loads((data / "datalist.json").read_text()).get("lab_version", 1)
+        if found != args.lab_version:
+            raise ValueError(f"{data / 'datalist.json'} holds lab version {found}, but lab version "
+                             f"{args.lab_version} was asked for; use another --data folder")
     out = Path(args.out) if args.out else root / "models"
     ckpt_name = args.ckpt_name or recipe_ckpt or f"{args.network}.pt"
     common = {"dataset_dir": str(data.resolve()), "network_name": args.network}

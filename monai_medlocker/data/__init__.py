@@ -4,9 +4,14 @@ Datalist reading and validation live in :mod:`monai_medlocker.data.datalist`.
 """
 
 from monai_medlocker.data.synthetic import (
+    CAMERA_ARTEFACT_RATES,
+    DEFAULT_LAB_VERSION,
+    GRADE_WEIGHT_PRESETS,
     GRADE_NAMES,
     LESION_NAMES,
     LESION_TYPES,
+    LAB_VERSIONS,
+    LOOKALIKE_RATES,
     MASK_ALPHA_THRESHOLD,
     MAX_SIZE,
     MIN_SIZE,
@@ -24,9 +29,14 @@ from monai_medlocker.data.synthetic import (
 )
 
 __all__ = [
+    "CAMERA_ARTEFACT_RATES",
+    "DEFAULT_LAB_VERSION",
+    "GRADE_WEIGHT_PRESETS",
     "GRADE_NAMES",
     "LESION_NAMES",
     "LESION_TYPES",
+    "LAB_VERSIONS",
+    "LOOKALIKE_RATES",
     "MASK_ALPHA_THRESHOLD",
     "MAX_SIZE",
     "MIN_SIZE",
