@@ -159,3 +159,21 @@ def test_blind_inverse_gets_close():
         nothing = rm.box_fidelity(marked, image, [p])
         assert blind["psnr"] > 45 and nothing["psnr"] < 15
         assert blind["psnr"] > informed["psnr"] - 2 and blind["ssim"] > 0.98
+
+
+# ------------------------------------------------------------------------------------------------ inpainting
+
+
+@pytest.mark.parametrize("name", ["inpaint_telea", "inpaint_ns", "inpaint_biharmonic"])
+@pytest.mark.parametrize("traced", [True, False])
+def test_inpainting_changes_only_the_footprint(name, traced):
+    image, marked, p = protected(12, 256, placement_seed=3)
+    attack = rm.get_removal_attack(name)
+    out = attack(marked, LOGO, [p] if traced else None)
+    footprint = rm.logo_footprint(image.shape, LOGO, [p])
+    changed = np.any(out != marked, axis=-1)
+    assert out.dtype == np.uint8 and out.shape == marked.shape
+    assert not (changed & ~footprint).any()
+    assert changed.sum() > 0.8 * footprint.sum()  # it filled the hole, not a few pixels
+    before, after = rm.box_fidelity(marked, image, [p]), rm.box_fidelity(out, image, [p])
+    assert after["psnr"] > before["psnr"] + 3

@@ -266,21 +266,29 @@ def estimate_opacity(image: np.ndarray, logo: np.ndarray, placement: Placement,
         alpha_range: the public opacity range.
     """
     x0, y0, x1, y1 = placement.box_xyxy
-    region = image[y0:y1, x0:x1].astype(np.float32)
     rgb, cov = render_logo(logo, placement.width, placement.height, placement.rotation)
-    band = _edge_band(rgb, cov)
+    lo, hi = alpha_range
+    return _smoothest(image[y0:y1, x0:x1].astype(np.float32), rgb, cov, _edge_band(rgb, cov),
+                      lambda a: np.minimum(cov, np.float32(a)), lo, hi, 1 / 255)
 
-    def energy(alpha: float) -> float:
-        x, _ = _invert(region, rgb, np.minimum(cov, np.float32(alpha)))
+
+def _smoothest(region: np.ndarray, rgb: np.ndarray, cov: np.ndarray, band: np.ndarray,
+               opacity_for: Callable[[float], np.ndarray], lo: float, hi: float, step: float) -> float:
+    """The parameter in [lo, hi] whose opacity map makes the inverted region smoothest over ``band``.
+
+    A grid of 4 ``step`` first, then ``step`` around the best.
+    """
+
+    def energy(t: float) -> float:
+        x, _ = _invert(region, rgb, opacity_for(t))
         gy = np.abs(np.diff(x, axis=0)).sum(-1)
         gx = np.abs(np.diff(x, axis=1)).sum(-1)
         return float(gy[band[1:] | band[:-1]].sum() + gx[band[:, 1:] | band[:, :-1]].sum())
 
-    lo, hi = alpha_range
-    coarse = np.arange(lo, hi + 1e-9, 4 / 255)
-    a0 = float(coarse[int(np.argmin([energy(a) for a in coarse]))])
-    fine = np.clip(np.arange(a0 - 4 / 255, a0 + 4.5 / 255, 1 / 255), lo, hi)
-    return float(fine[int(np.argmin([energy(a) for a in fine]))])
+    coarse = np.arange(lo, hi + 1e-9, 4 * step)
+    t0 = float(coarse[int(np.argmin([energy(t) for t in coarse]))])
+    fine = np.clip(np.arange(t0 - 4 * step, t0 + 4.5 * step, step), lo, hi)
+    return float(fine[int(np.argmin([energy(t) for t in fine]))])
 
 
 # ------------------------------------------------------------------------------------------------
