@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 from scipy.ndimage import binary_dilation
 
-from monai_medlocker.watermark.blend import Placement, mark_opacity
+from monai_medlocker.watermark.blend import Placement, composite, mark_opacity
 from monai_medlocker.watermark.logo import load_logo, logo_for_image, render_logo
 from monai_medlocker.watermark.problem import SearchSpace, logo_box_size
 
@@ -39,6 +39,11 @@ __all__ = [
     "inpaint_navier_stokes",
     "inpaint_biharmonic",
     "box_fidelity",
+    "THIEF_LAB_SEED",
+    "QUICK_REMOVER",
+    "train_remover",
+    "LearnedRemover",
+    "CollectionAttack",
     "REMOVAL_ATTACKS",
     "get_removal_attack",
 ]
@@ -266,21 +271,31 @@ def estimate_opacity(image: np.ndarray, logo: np.ndarray, placement: Placement,
         alpha_range: the public opacity range.
     """
     x0, y0, x1, y1 = placement.box_xyxy
-    region = image[y0:y1, x0:x1].astype(np.float32)
     rgb, cov = render_logo(logo, placement.width, placement.height, placement.rotation)
-    band = _edge_band(rgb, cov)
+    lo, hi = alpha_range
+    return _smoothest(image[y0:y1, x0:x1].astype(np.float32), rgb, cov, _edge_band(rgb, cov),
+                      lambda a: np.minimum(cov, np.float32(a)), lo, hi, 1 / 255)
 
-    def energy(alpha: float) -> float:
-        x, _ = _invert(region, rgb, np.minimum(cov, np.float32(alpha)))
+
+def _grid_min(energy: Callable[[float], float], lo: float, hi: float, step: float) -> float:
+    """The minimiser of ``energy`` on a grid over [lo, hi]: 4 ``step`` apart first, then ``step`` around the best."""
+    coarse = np.arange(lo, hi + 1e-9, 4 * step)
+    t0 = float(coarse[int(np.argmin([energy(t) for t in coarse]))])
+    fine = np.clip(np.arange(t0 - 4 * step, t0 + 4.5 * step, step), lo, hi)
+    return float(fine[int(np.argmin([energy(t) for t in fine]))])
+
+
+def _smoothest(region: np.ndarray, rgb: np.ndarray, cov: np.ndarray, band: np.ndarray,
+               opacity_for: Callable[[float], np.ndarray], lo: float, hi: float, step: float) -> float:
+    """The parameter in [lo, hi] whose opacity map makes the inverted region smoothest over ``band``."""
+
+    def energy(t: float) -> float:
+        x, _ = _invert(region, rgb, opacity_for(t))
         gy = np.abs(np.diff(x, axis=0)).sum(-1)
         gx = np.abs(np.diff(x, axis=1)).sum(-1)
         return float(gy[band[1:] | band[:-1]].sum() + gx[band[:, 1:] | band[:, :-1]].sum())
 
-    lo, hi = alpha_range
-    coarse = np.arange(lo, hi + 1e-9, 4 / 255)
-    a0 = float(coarse[int(np.argmin([energy(a) for a in coarse]))])
-    fine = np.clip(np.arange(a0 - 4 / 255, a0 + 4.5 / 255, 1 / 255), lo, hi)
-    return float(fine[int(np.argmin([energy(a) for a in fine]))])
+    return _grid_min(energy, lo, hi, step)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -477,3 +492,456 @@ def get_removal_attack(name: str) -> Callable[..., np.ndarray]:
         return REMOVAL_ATTACKS[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown removal attack {name!r}; expected one of {', '.join(REMOVAL_ATTACKS)}.") from None
+
+
+# ------------------------------------------------------------------------------------------------
+# A learned remover, trained by the thief on pairs they make themselves
+# ------------------------------------------------------------------------------------------------
+
+# The thief's own images: another lab seed than any the owner's datasets use in this project.
+THIEF_LAB_SEED = 424242
+# CI's setting: trains in tens of seconds on one core.
+QUICK_REMOVER = {"n_pairs": 32, "size": 128, "epochs": 60, "crop": 48, "channels": (8, 16, 32, 64), "n_val": 8}
+
+
+def _unet(channels: Sequence[int], num_res_units: int = 1):
+    from monai.networks.nets import UNet
+
+    return UNet(spatial_dims=2, in_channels=3, out_channels=3, channels=tuple(channels),
+                strides=(2,) * (len(channels) - 1), num_res_units=num_res_units)
+
+
+def _make_pairs(n: int, size: int, seed: int, logo: np.ndarray, space: SearchSpace):
+    """``n`` (clean, protected, placement) triples on lab images, plain random marks over ``space``."""
+    from monai_medlocker.data.synthetic import sample_seed, synthesize_fundus
+
+    rng = np.random.default_rng([seed, 1])
+    pairs = []
+    for i in range(n):
+        clean = synthesize_fundus(size, sample_seed(seed, i)).image
+        lg = _stamped_logo(logo, clean)
+        p = random_placement(clean.shape, lg, rng, space, continuous=True)
+        pairs.append((clean, composite(clean, lg, [p]), p))
+    return pairs
+
+
+def _crop_origin(p: Placement, crop: int, size: int, rng: np.random.Generator) -> tuple[int, int]:
+    """A random crop origin whose crop overlaps the mark's box by at least half the crop in each axis."""
+    def axis(a0: int, extent: int) -> int:
+        lo = max(0, min(a0 + extent - crop // 2, a0) - crop // 2)
+        hi = min(size - crop, max(a0 + crop // 2 - crop, a0 + extent - crop // 2))
+        return int(rng.integers(min(lo, hi), max(lo, hi) + 1)) if size > crop else 0
+    return axis(p.x0, p.width), axis(p.y0, p.height)
+
+
+def _to_tensor(images: list[np.ndarray]):
+    import torch
+
+    return torch.from_numpy(np.stack(images).transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0)
+
+
+def train_remover(out_path: str | None, n_pairs: int = 256, size: int = 512, seed: int = THIEF_LAB_SEED,
+                  epochs: int = 20, crop: int = 96, batch_size: int = 8, channels: Sequence[int] = (16, 32, 64, 128),
+                  lr: float = 2e-3, n_val: int = 16, logo: np.ndarray | None = None,
+                  space: SearchSpace | None = None, progress: bool = False) -> tuple["LearnedRemover", dict]:
+    """Train a small MONAI UNet to remove the public logo, as a thief would.
+
+    Threat model: the thief has this project's public code and the public logo, and their own fundus
+    images (here: the lab at ``seed``, not the owner's seed). They stamp plain marks at random over the
+    public search space (positions, scales over ``space.scale_range``, opacities over
+    ``space.alpha_range``) and train the network to predict the clean image from the protected one
+    (residual learning: output = input + UNet(input)), on random crops that overlap the mark, with an
+    L1 loss. ``n_val`` further pairs (other images of the same seed) are held out and scored by
+    :func:`box_fidelity` before and after removal.
+
+    Args:
+        out_path: where to save the checkpoint (written atomically); ``None`` saves nothing.
+        n_pairs: training pairs (one image, one mark each).
+        size: side of the thief's images; the remover works at this resolution (see ``LearnedRemover``).
+        seed: lab seed of the thief's images.
+        epochs: passes over the pairs, one random crop per pair per pass.
+        crop: side of the training crops (a multiple of 8).
+        batch_size, lr: Adam's batch and learning rate (cosine decay).
+        channels: the UNet's channels (strides 2 between levels, one residual unit each).
+        n_val: held-out pairs for the report.
+        logo: the public logo; ``None`` is the shipped default.
+        space: the public search space (default :class:`SearchSpace`).
+        progress: print the loss once per epoch.
+
+    Returns:
+        The trained :class:`LearnedRemover` and a report: settings, seconds, final loss and the held-out
+        box PSNR/SSIM of the protected and of the restored images (means) with the PSNR gain.
+    """
+    import time
+
+    import torch
+
+    step = 2 ** (len(channels) - 1)
+    if crop % step or crop > size:
+        raise ValueError(f"train_remover: crop must be a multiple of {step} and at most size={size}, got {crop}.")
+    if n_pairs < 1 or epochs < 1:
+        raise ValueError(f"train_remover: n_pairs and epochs must be >= 1, got {n_pairs} and {epochs}.")
+    start = time.perf_counter()
+    space = space or _DEFAULT_SPACE
+    logo = load_logo() if logo is None else logo
+    torch.manual_seed(seed)
+    pairs = _make_pairs(n_pairs + n_val, size, seed, logo, space)
+    train, val = pairs[:n_pairs], pairs[n_pairs:]
+    net = _unet(channels)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    n_steps = epochs * int(np.ceil(n_pairs / batch_size))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, n_steps)
+    rng = np.random.default_rng([seed, 2])
+    loss_value = float("nan")
+    net.train()
+    for epoch in range(epochs):
+        order = rng.permutation(n_pairs)
+        losses = []
+        for b in range(0, n_pairs, batch_size):
+            xs, ys = [], []
+            for i in order[b:b + batch_size]:
+                clean, marked, p = train[i]
+                u, v = _crop_origin(p, crop, size, rng)
+                xs.append(marked[v:v + crop, u:u + crop])
+                ys.append(clean[v:v + crop, u:u + crop])
+            x, y = _to_tensor(xs), _to_tensor(ys)
+            loss = torch.nn.functional.l1_loss(x + net(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+        loss_value = float(np.mean(losses))
+        if progress:
+            print(f"train_remover: epoch {epoch + 1}/{epochs} loss {loss_value:.4f}", flush=True)
+    net.eval()
+    config = {"channels": list(channels), "num_res_units": 1, "size": int(size), "crop": int(crop),
+              "seed": int(seed), "n_pairs": int(n_pairs), "epochs": int(epochs), "batch_size": int(batch_size),
+              "lr": float(lr), "scale_range": list(space.scale_range), "alpha_range": list(space.alpha_range),
+              "rotations": list(space.rotations)}
+    remover = LearnedRemover(net, config)
+    train_seconds = time.perf_counter() - start
+    before, after = [], []
+    for clean, marked, p in val:
+        before.append(box_fidelity(marked, clean, [p]))
+        after.append(box_fidelity(remover(marked, logo), clean, [p]))
+
+    def mean(rows: list[dict], key: str) -> float:
+        return round(float(np.mean([r[key] for r in rows])), 4) if rows else float("nan")
+
+    report = {"config": config, "train_seconds": round(train_seconds, 2), "final_loss": round(loss_value, 5),
+              "held_out": {"n": len(val), "protected_psnr": mean(before, "psnr"), "restored_psnr": mean(after, "psnr"),
+                           "protected_ssim": mean(before, "ssim"), "restored_ssim": mean(after, "ssim")}}
+    report["held_out"]["psnr_gain"] = round(report["held_out"]["restored_psnr"] - report["held_out"]["protected_psnr"], 4)
+    if out_path is not None:
+        remover.save(out_path, report)
+    return remover, report
+
+
+class LearnedRemover:
+    """A trained logo remover (see :func:`train_remover`), applied fully convolutionally.
+
+    Threat model: as :func:`train_remover` (public code, public logo, the thief's own images); at use
+    the thief has only the protected image, so ``placements`` is ignored. With ``region="located"``
+    (default) the network runs on the box :func:`locate_logo` finds, grown by a margin, and only that
+    box changes; with ``"full"`` it runs on the whole image. An image whose shorter side differs from
+    the training size is processed at the training scale and the result resized back.
+
+    Args:
+        network: the trained UNet (predicting the residual on [-1, 1] images).
+        config: the training settings (``channels``, ``size``, the public search space).
+        region: ``"located"`` or ``"full"``.
+    """
+
+    def __init__(self, network, config: dict, region: str = "located") -> None:
+        if region not in ("located", "full"):
+            raise ValueError(f"LearnedRemover: region must be 'located' or 'full', got {region!r}.")
+        self.network = network.eval()
+        self.config = dict(config)
+        self.region = region
+
+    @classmethod
+    def from_checkpoint(cls, path, region: str = "located") -> "LearnedRemover":
+        """Load a checkpoint written by :func:`train_remover`.
+
+        Raises:
+            ValueError: a missing or unreadable file, or one that is not a remover checkpoint.
+        """
+        import torch
+
+        try:
+            ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+            config = ckpt["config"]
+            net = _unet(config["channels"], config.get("num_res_units", 1))
+            net.load_state_dict(ckpt["state_dict"])
+        except FileNotFoundError:
+            raise ValueError(f"{path}: remover checkpoint not found") from None
+        except Exception as err:  # torch raises many types for a file that is not this checkpoint
+            raise ValueError(f"{path}: not a learned-remover checkpoint ({type(err).__name__}: {err})") from err
+        return cls(net, config, region)
+
+    def save(self, path, report: dict | None = None) -> None:
+        """Write the checkpoint atomically (temporary file, then rename)."""
+        import io
+
+        import torch
+
+        from monai_medlocker.io.image import atomic_write_bytes
+
+        buf = io.BytesIO()
+        torch.save({"format": "medlocker-remover/1", "config": self.config, "report": report or {},
+                    "state_dict": self.network.state_dict()}, buf)
+        atomic_write_bytes(path, buf.getvalue())
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """The network's clean estimate of a whole H x W x 3 uint8 image (reflect-padded to its stride)."""
+        import torch
+
+        step = 2 ** (len(self.config["channels"]) - 1)
+        h, w = image.shape[:2]
+        ph, pw = (-h) % step, (-w) % step
+        padded = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="reflect") if ph or pw else image
+        x = _to_tensor([padded])
+        with torch.no_grad():
+            y = (x + self.network(x))[0, :, :h, :w]
+        return np.clip(np.rint((y.numpy().transpose(1, 2, 0) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+    def __call__(self, protected: np.ndarray, logo: np.ndarray | None = None,
+                 placements: Iterable[Placement | Mapping] | None = None) -> np.ndarray:
+        protected = _check_image(protected, "LearnedRemover")
+        cv2 = _cv2()
+        height, width = protected.shape[:2]
+        f = self.config["size"] / min(height, width)
+        work = protected if abs(f - 1) < 1e-6 else cv2.resize(
+            protected, (round(width * f), round(height * f)), interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_CUBIC)
+        if self.region == "full":
+            out = self.predict(work)
+            return out if work is protected else cv2.resize(out, (width, height), interpolation=cv2.INTER_CUBIC)
+        space = SearchSpace(scale_range=tuple(self.config["scale_range"]), alpha_range=tuple(self.config["alpha_range"]),
+                            rotations=tuple(self.config["rotations"]))
+        marks = locate_logo(protected, logo, 1, space.scale_range, space.rotations, space.alpha_range)
+        out = protected.copy()
+        for p, _ in marks:
+            m = 16  # context around the box: the network saw the mark's surround in training
+            x0, y0, x1, y1 = p.box_xyxy
+            wx0, wy0 = max(0, int((x0 - m) * f)), max(0, int((y0 - m) * f))
+            wx1, wy1 = min(work.shape[1], int(np.ceil((x1 + m) * f))), min(work.shape[0], int(np.ceil((y1 + m) * f)))
+            pred = self.predict(work[wy0:wy1, wx0:wx1])
+            if work is not protected:
+                nx0, ny0 = int(round(wx0 / f)), int(round(wy0 / f))
+                nx1, ny1 = min(width, int(round(wx1 / f))), min(height, int(round(wy1 / f)))
+                pred = cv2.resize(pred, (nx1 - nx0, ny1 - ny0), interpolation=cv2.INTER_CUBIC)
+                wx0, wy0 = nx0, ny0
+            out[y0:y1, x0:x1] = pred[y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0]
+        return out
+
+
+# ------------------------------------------------------------------------------------------------
+# The collection attack (Dekel et al., CVPR 2017)
+# ------------------------------------------------------------------------------------------------
+
+
+def _poisson_dirichlet(gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
+    """The field E, zero on the outer one-pixel frame, whose forward differences best match (gx, gy).
+
+    ``gx`` is H x (W-1) x C, ``gy`` (H-1) x W x C; returns H x W x C. Solved exactly by the discrete
+    sine transform (the 5-point Laplacian with zero Dirichlet boundary).
+    """
+    from scipy.fft import dstn, idstn
+
+    div = (gx[1:-1, 1:] - gx[1:-1, :-1]) + (gy[1:, 1:-1] - gy[:-1, 1:-1])  # (H-2) x (W-2) x C
+    n, m = div.shape[:2]
+    lam = (2 * np.cos(np.pi * np.arange(1, n + 1) / (n + 1)) - 2)[:, None] + \
+          (2 * np.cos(np.pi * np.arange(1, m + 1) / (m + 1)) - 2)[None, :]
+    out = np.zeros(gx.shape[:1] + gy.shape[1:2] + gx.shape[2:], dtype=np.float64)
+    for c in range(div.shape[2]):
+        out[1:-1, 1:-1, c] = idstn(dstn(div[..., c], type=1) / lam, type=1)
+    return out
+
+
+class CollectionAttack:
+    """Estimate the watermark from many protected images at once, then invert it in each.
+
+    After Dekel et al., "On the effectiveness of visible watermarks" (CVPR 2017). Threat model: the thief
+    has many images protected the same way (one release) and the public logo, used only to find and
+    align the marks; the watermark's appearance ``W`` and opacity matte ``alpha`` are estimated from
+    the images, not taken from the logo file, and no owner record is used.
+
+    ``fit``: each image's mark is located (:func:`locate_logo`), its box (grown by a two-pixel ring)
+    resized to a canonical ``canonical`` x ``canonical`` frame; the per-pixel median over the collection
+    of the image gradients estimates the gradient of the mark's contribution, and a Poisson solve
+    (zero outside the box, where the logo is transparent) integrates it into ``E ~ alpha (W - B)``,
+    ``B`` the typical background. ``alpha`` comes from a per-pixel regression over the collection of the
+    protected pixel on a smooth estimate of the background under the box (the box inpainted from its
+    ring and blurred): ``J = (1 - alpha) B + alpha W`` has slope ``1 - alpha``. Then ``W = B_med + E / alpha``
+    is the paper's initial estimate.
+    The matte is normalised by its median inside the mark (1 inside, as the logo's coverage).
+    Refinement (``refine`` rounds): each image's opacity cap ``t`` is fitted (opacity ``min(alpha, t)``,
+    as the engine's ``min(coverage, alpha)``), choosing the ``t`` whose inverted box, blurred, best
+    matches the background filled in from the box's ring; then ``W`` is re-estimated per pixel from
+    every image, ``(J - (1 - o) B) / o``, weighted by ``o^2``.
+    ``remove`` (also ``__call__``): locate the mark, resize ``alpha`` and ``W`` to its box, fit its
+    opacity cap the same way, and invert the blend.
+
+    Where it departs from the paper: the marks are found by template matching with the public logo
+    (the paper detects them from the collection's median gradient by chamfer matching, without the
+    logo); they are aligned by resizing each box to the canonical frame (the paper's marks share one
+    size and position up to a translation; here scale and position vary per image); ``alpha`` is a
+    regression on a smooth background fill, not the paper's multi-image matting by alternating
+    optimisation with image priors, and ``W``, ``alpha`` and the images are not refined iteratively;
+    the per-image opacity cap is ours (the paper assumes one opacity for the collection; the
+    protect engine draws one per image). One rotation only: marks at other rotations are not aligned.
+
+    Args:
+        canonical: side of the canonical frame in pixels.
+        min_score: marks whose template correlation is below this are left out of the fit.
+        space: the public search space (scale range and rotation used to locate the marks).
+        refine: rounds of refinement (per-image opacity, then ``W`` re-estimated per pixel from every
+            image, weighted by the squared opacity); 0 keeps the Poisson estimate.
+    """
+
+    def __init__(self, canonical: int = 128, min_score: float = 0.5, space: SearchSpace | None = None,
+                 refine: int = 2) -> None:
+        if canonical < 16:
+            raise ValueError(f"CollectionAttack: canonical must be >= 16 px, got {canonical}.")
+        self.canonical = int(canonical)
+        self.min_score = float(min_score)
+        self.space = space or _DEFAULT_SPACE
+        self.refine = int(refine)
+        self.alpha: np.ndarray | None = None  # canonical x canonical matte
+        self.watermark: np.ndarray | None = None  # canonical x canonical x 3, 0-255
+        self.contribution: np.ndarray | None = None  # E, canonical x canonical x 3
+        self.n_used = 0
+        self.logo: np.ndarray | None = None
+
+    def _locate(self, image: np.ndarray) -> list[tuple[Placement, float]]:
+        return locate_logo(image, self.logo, 1, self.space.scale_range, self.space.rotations[:1], self.space.alpha_range)
+
+    def _aligned(self, image: np.ndarray, p: Placement) -> tuple[np.ndarray, np.ndarray]:
+        """The box with a ring of 2 canonical pixels, resized to the canonical frame, and its background fill."""
+        cv2 = _cv2()
+        c, ring = self.canonical, 2
+        gx_, gy_ = ring * p.width / c, ring * p.height / c
+        x0, y0 = p.x0 - gx_, p.y0 - gy_
+        # Sub-pixel crop by an affine warp: exact alignment of the box to [ring, ring + c).
+        sx, sy = (c + 2 * ring) / (p.width + 2 * gx_), (c + 2 * ring) / (p.height + 2 * gy_)
+        warp = np.array([[sx, 0, -x0 * sx], [0, sy, -y0 * sy]], dtype=np.float64)
+        crop = cv2.warpAffine(image, warp, (c + 2 * ring, c + 2 * ring), flags=cv2.INTER_AREA if sx < 1 else cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REFLECT)
+        hole = np.zeros(crop.shape[:2], np.uint8)
+        hole[ring:ring + c, ring:ring + c] = 1
+        fill = cv2.inpaint(crop, hole, 3, cv2.INPAINT_TELEA).astype(np.float32)
+        fill = cv2.GaussianBlur(fill, (0, 0), c / 16)
+        return crop.astype(np.float32), fill
+
+    def _fit_cap(self, region: np.ndarray, wm: np.ndarray, matte: np.ndarray, fill: np.ndarray, side: int) -> float:
+        """The opacity cap whose inversion's low frequencies best match the background filled in from the ring.
+
+        With an estimated (imperfect) ``W`` this is steadier than the edge smoothness of
+        :func:`estimate_opacity`: a wrong cap shifts the whole inverted mark towards or away from ``W``.
+        """
+        cv2 = _cv2()
+        region, wm, fill = (np.asarray(v, dtype=np.float32) for v in (region, wm, fill))
+        inside = matte > 0.5
+        sigma = side / 16
+
+        def energy(t: float) -> float:
+            x, _ = _invert(region, wm, np.minimum(matte, np.float32(t)))
+            return float(((cv2.GaussianBlur(x, (0, 0), sigma) - fill) ** 2).sum(-1)[inside].sum())
+
+        lo, hi = self.space.alpha_range
+        return _grid_min(energy, lo, hi, 1 / 255)
+
+    def _box_fill(self, image: np.ndarray, p: Placement) -> np.ndarray:
+        """A smooth estimate of the background under the box: inpainted from an 8-px ring, then blurred."""
+        cv2 = _cv2()
+        m = 8
+        height, width = image.shape[:2]
+        x0, y0, x1, y1 = p.box_xyxy
+        cx0, cy0, cx1, cy1 = max(0, x0 - m), max(0, y0 - m), min(width, x1 + m), min(height, y1 + m)
+        crop = image[cy0:cy1, cx0:cx1]
+        hole = np.zeros(crop.shape[:2], np.uint8)
+        hole[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0] = 1
+        fill = cv2.GaussianBlur(cv2.inpaint(crop, hole, 3, cv2.INPAINT_TELEA).astype(np.float32), (0, 0),
+                                max(p.width, p.height) / 16)
+        return fill[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0]
+
+    def fit(self, images: Iterable[np.ndarray], logo: np.ndarray | None = None) -> "CollectionAttack":
+        """Estimate ``alpha`` and ``W`` from protected H x W x 3 uint8 images.
+
+        Args:
+            images: the protected collection (any sizes).
+            logo: the public logo used to find the marks; ``None`` is the shipped default.
+
+        Raises:
+            ValueError: fewer than three images with a located mark.
+        """
+        self.logo = load_logo() if logo is None else logo
+        crops, fills = [], []
+        for image in images:
+            image = _check_image(image, "CollectionAttack.fit")
+            marks = self._locate(image)
+            if marks and marks[0][1] >= self.min_score:
+                crop, fill = self._aligned(image, marks[0][0])
+                crops.append(crop)
+                fills.append(fill)
+        if len(crops) < 3:
+            raise ValueError(f"CollectionAttack.fit: needs at least 3 images with a located mark, got {len(crops)}.")
+        J, B = np.stack(crops).astype(np.float64), np.stack(fills).astype(np.float64)
+        gx = np.median(np.diff(J, axis=2), axis=0)
+        gy = np.median(np.diff(J, axis=1), axis=0)
+        E = _poisson_dirichlet(gx, gy)
+        dj, db = J - J.mean(0), B - B.mean(0)
+        slope = (dj * db).sum(axis=(0, 3)) / np.maximum((db * db).sum(axis=(0, 3)), 1e-6)
+        from scipy.ndimage import median_filter
+
+        alpha = median_filter(np.clip(1.0 - slope, 0.0, 1.0), size=3)
+        r, c = 2, self.canonical
+        B, J = B[:, r:r + c, r:r + c], J[:, r:r + c, r:r + c]
+        b_med, a, e = np.median(B, axis=0), alpha[r:r + c, r:r + c], E[r:r + c, r:r + c]
+        w = np.where(a[..., None] > 0.1, b_med + e / np.maximum(a[..., None], 0.1), b_med)
+        # The regression gives the collection's mean opacity; normalised by its typical value inside
+        # the mark it becomes a matte (1 inside), capped per image by a fitted opacity, as the engine
+        # caps the logo's coverage.
+        inside = a > 0.3
+        matte = np.clip(a / max(float(np.median(a[inside])) if inside.any() else 1.0, 1e-3), 0.0, 1.0)
+        # Refinement: fit each image's opacity cap with the current estimate, then re-estimate W per
+        # pixel from each image, (J - (1 - o) B) / o, weighted by o^2 (opaque marks show W best).
+        for _ in range(self.refine):
+            caps = [self._fit_cap(Jk, w, matte, Bk, c) for Jk, Bk in zip(J, B)]
+            o = np.stack([np.minimum(matte, t) for t in caps])[..., None]
+            est = (J - (1 - o) * B) / np.maximum(o, 0.05)
+            weight = o ** 2
+            w = np.where(matte[..., None] > 0.1, (weight * est).sum(0) / np.maximum(weight.sum(0), 1e-6), b_med)
+        self.alpha = matte.astype(np.float32)
+        self.watermark = np.clip(w, 0, 255).astype(np.float32)
+        self.contribution = e.astype(np.float32)
+        self.n_used = len(crops)
+        return self
+
+    def remove(self, image: np.ndarray) -> np.ndarray:
+        """Invert the collection's watermark estimate at the mark located in ``image``."""
+        if self.alpha is None:
+            raise ValueError("CollectionAttack.remove: call fit() on the protected collection first.")
+        image = _check_image(image, "CollectionAttack.remove")
+        cv2 = _cv2()
+        marks = self._locate(image)
+        if not marks:
+            return image.copy()
+        p = marks[0][0]
+        a = np.clip(cv2.resize(self.alpha, (p.width, p.height), interpolation=cv2.INTER_LINEAR), 0, 1)
+        wm = cv2.resize(self.watermark, (p.width, p.height), interpolation=cv2.INTER_LINEAR)
+        x0, y0, x1, y1 = p.box_xyxy
+        region = image[y0:y1, x0:x1].astype(np.float32)
+        t = self._fit_cap(region, wm, a, self._box_fill(image, p), max(p.width, p.height))
+        x, lost = _invert(region, wm, np.minimum(a, np.float32(t)))
+        out = image.copy()
+        out[y0:y1, x0:x1] = np.clip(np.rint(x), 0, 255).astype(np.uint8)
+        lost_all = np.zeros(image.shape[:2], bool)
+        lost_all[y0:y1, x0:x1] = lost
+        return _fill_lost(out, lost_all)
+
+    def __call__(self, protected: np.ndarray, logo: np.ndarray | None = None,
+                 placements: Iterable[Placement | Mapping] | None = None) -> np.ndarray:
+        """:meth:`remove`, in the common calling convention (``logo`` and ``placements`` unused)."""
+        return self.remove(protected)
