@@ -152,7 +152,7 @@ def test_bundle_config_runs_end_to_end(tmp_path):
            "['bundle/configs/evaluate_protection.json','bundle/configs/evaluate_protection_quick.json']",
            "--output_dir", str(out), "--zoo_config", str(zoo), "--n", "3", "--size", "128",
            "--ckpt_path", str(surrogate), "--input_size", "64", "--progress", "False",
-           "--remover", "{'n_pairs': 8, 'epochs': 1, 'size': 64}",
+           "--remover", "{'n_pairs': 8, 'epochs': 1, 'size': 128, 'crop': 64, 'n_val': 4}",
            "--unauthorised_training", "{'families': ['src'], 'n_train': 10, 'size': 128, 'epochs': 1}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)

@@ -321,6 +321,7 @@ class ThreatStudy:
                         "release_dir": release_dir, "originals_dir": originals_dir}
         self._images = images
         self.release_row: _Row | None = None
+        self.remover_stats: dict | None = None
         self.results: dict | None = None
 
     # -- set-up ---------------------------------------------------------------------------------------
@@ -444,12 +445,14 @@ class ThreatStudy:
         if attack == "learned_remover":
             from monai_medlocker.threats import LearnedRemover, train_remover
 
-            path = self.output_dir / "thief" / f"learned_remover_{_settings_hash(self.remover)}.pt"
+            settings = {"size": min(rows["none"].images[0].shape[:2]), **self.remover}
+            path = self.output_dir / "thief" / f"learned_remover_{_settings_hash(settings)}.pt"
             if not path.is_file():
                 start = time.perf_counter()
                 path.parent.mkdir(parents=True, exist_ok=True)
-                train_remover(path, **self.remover)
+                _, stats = train_remover(str(path), progress=self.progress, **settings)
                 self.timings["train_learned_remover"] = round(time.perf_counter() - start, 1)
+                self.remover_stats = {"settings": settings, **stats}
             remover = LearnedRemover.from_checkpoint(path)
             return lambda row: remover
         from monai_medlocker.threats import CollectionAttack
@@ -570,6 +573,7 @@ class ThreatStudy:
             "settings": {"images": len(images), "source": {k: v for k, v in self._source.items() if v is not None},
                          "rows": list(rows), "preprocessing": self.preprocessing, "attacks": self.attacks,
                          "protect": self.protect_settings, "quick": self.quick, "remover": self.remover,
+                         "remover_training": self.remover_stats,
                          "unauthorised_training": self.unauthorised_training,
                          "zoo": str(self.zoo.path), "surrogate": self.surrogate.spec.name},
             "models": {m: {"role": r} for m, r in roles.items()},
