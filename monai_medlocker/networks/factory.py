@@ -107,6 +107,9 @@ def _efficientnet_tiny(num_classes: int, input_size: int) -> torch.nn.Module:
     return EfficientNet(
         _EFFICIENTNET_B0_BLOCKS, spatial_dims=2, in_channels=3, num_classes=num_classes, width_coefficient=0.5,
         depth_coefficient=0.5, dropout_rate=0.2, image_size=input_size, drop_connect_rate=0.1,
+        # MONAI's default BatchNorm momentum (0.01) leaves the running statistics far from the data after a short
+        # CPU training: right in train mode, at chance in eval mode (measured: 0.37 vs 0.20 after 4 epochs).
+        norm=("batch", {"eps": 1e-3, "momentum": 0.1}),
     )
 
 
