@@ -30,6 +30,7 @@ from monai_medlocker.watermark.problem import SearchSpace, logo_box_size
 __all__ = [
     "as_placements",
     "random_placement",
+    "make_lab_pairs",
     "locate_logo",
     "estimate_opacity",
     "logo_footprint",
@@ -147,7 +148,7 @@ def locate_logo(image: np.ndarray, logo: np.ndarray | None = None, max_marks: in
     opacity range), not where the marks are. The logo's pixels (masked by its coverage) are matched by
     normalised cross-correlation at every box size the scale range allows (one per pixel of the box's
     longest side) and every position: first on a copy shrunk until the smallest box is ``coarse_side``
-    pixels across, then at full resolution around the best coarse hits, over nearby sizes and
+    pixels across, then at full resolution around the best coarse hit, over nearby sizes and
     positions. Each found box's opacity comes from :func:`estimate_opacity`.
 
     Args:
@@ -511,16 +512,24 @@ def _unet(channels: Sequence[int], num_res_units: int = 1):
                 strides=(2,) * (len(channels) - 1), num_res_units=num_res_units)
 
 
-def _make_pairs(n: int, size: int, seed: int, logo: np.ndarray, space: SearchSpace):
-    """``n`` (clean, protected, placement) triples on lab images, plain random marks over ``space``."""
+def make_lab_pairs(n: int, size: int, seed: int, logo: np.ndarray | None = None, space: SearchSpace | None = None,
+                   continuous: bool = True) -> list[tuple[np.ndarray, np.ndarray, Placement]]:
+    """``n`` (clean, protected, placement) triples: lab images with one plain random mark each.
+
+    Image ``i`` is ``synthesize_fundus(size, sample_seed(seed, i))``; the marks come from
+    :func:`random_placement` over ``space`` (continuous scales by default, as a thief would draw them;
+    ``continuous=False`` uses the engine's discrete scales, as the ``random`` optimizer does).
+    """
     from monai_medlocker.data.synthetic import sample_seed, synthesize_fundus
 
+    logo = load_logo() if logo is None else logo
+    space = space or _DEFAULT_SPACE
     rng = np.random.default_rng([seed, 1])
     pairs = []
     for i in range(n):
         clean = synthesize_fundus(size, sample_seed(seed, i)).image
         lg = _stamped_logo(logo, clean)
-        p = random_placement(clean.shape, lg, rng, space, continuous=True)
+        p = random_placement(clean.shape, lg, rng, space, continuous=continuous)
         pairs.append((clean, composite(clean, lg, [p]), p))
     return pairs
 
@@ -585,7 +594,7 @@ def train_remover(out_path: str | None, n_pairs: int = 256, size: int = 512, see
     space = space or _DEFAULT_SPACE
     logo = load_logo() if logo is None else logo
     torch.manual_seed(seed)
-    pairs = _make_pairs(n_pairs + n_val, size, seed, logo, space)
+    pairs = make_lab_pairs(n_pairs + n_val, size, seed, logo, space)
     train, val = pairs[:n_pairs], pairs[n_pairs:]
     net = _unet(channels)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
@@ -633,6 +642,7 @@ def train_remover(out_path: str | None, n_pairs: int = 256, size: int = 512, see
               "held_out": {"n": len(val), "protected_psnr": mean(before, "psnr"), "restored_psnr": mean(after, "psnr"),
                            "protected_ssim": mean(before, "ssim"), "restored_ssim": mean(after, "ssim")}}
     report["held_out"]["psnr_gain"] = round(report["held_out"]["restored_psnr"] - report["held_out"]["protected_psnr"], 4)
+    remover.report = report
     if out_path is not None:
         remover.save(out_path, report)
     return remover, report
@@ -651,14 +661,16 @@ class LearnedRemover:
         network: the trained UNet (predicting the residual on [-1, 1] images).
         config: the training settings (``channels``, ``size``, the public search space).
         region: ``"located"`` or ``"full"``.
+        report: the training report (kept in the checkpoint).
     """
 
-    def __init__(self, network, config: dict, region: str = "located") -> None:
+    def __init__(self, network, config: dict, region: str = "located", report: dict | None = None) -> None:
         if region not in ("located", "full"):
             raise ValueError(f"LearnedRemover: region must be 'located' or 'full', got {region!r}.")
         self.network = network.eval()
         self.config = dict(config)
         self.region = region
+        self.report = dict(report or {})
 
     @classmethod
     def from_checkpoint(cls, path, region: str = "located") -> "LearnedRemover":
@@ -678,7 +690,7 @@ class LearnedRemover:
             raise ValueError(f"{path}: remover checkpoint not found") from None
         except Exception as err:  # torch raises many types for a file that is not this checkpoint
             raise ValueError(f"{path}: not a learned-remover checkpoint ({type(err).__name__}: {err})") from err
-        return cls(net, config, region)
+        return cls(net, config, region, ckpt.get("report"))
 
     def save(self, path, report: dict | None = None) -> None:
         """Write the checkpoint atomically (temporary file, then rename)."""
@@ -689,7 +701,7 @@ class LearnedRemover:
         from monai_medlocker.io.image import atomic_write_bytes
 
         buf = io.BytesIO()
-        torch.save({"format": "medlocker-remover/1", "config": self.config, "report": report or {},
+        torch.save({"format": "medlocker-remover/1", "config": self.config, "report": report or self.report,
                     "state_dict": self.network.state_dict()}, buf)
         atomic_write_bytes(path, buf.getvalue())
 
