@@ -550,7 +550,7 @@ def _to_tensor(images: list[np.ndarray]):
 
 
 def train_remover(out_path: str | None, n_pairs: int = 256, size: int = 512, seed: int = THIEF_LAB_SEED,
-                  epochs: int = 20, crop: int = 96, batch_size: int = 8, channels: Sequence[int] = (16, 32, 64, 128),
+                  epochs: int = 20, crop: int | None = None, batch_size: int = 8, channels: Sequence[int] = (16, 32, 64, 128),
                   lr: float = 2e-3, n_val: int = 16, logo: np.ndarray | None = None,
                   space: SearchSpace | None = None, progress: bool = False) -> tuple["LearnedRemover", dict]:
     """Train a small MONAI UNet to remove the public logo, as a thief would.
@@ -569,7 +569,8 @@ def train_remover(out_path: str | None, n_pairs: int = 256, size: int = 512, see
         size: side of the thief's images; the remover works at this resolution (see ``LearnedRemover``).
         seed: lab seed of the thief's images.
         epochs: passes over the pairs, one random crop per pair per pass.
-        crop: side of the training crops (a multiple of 8).
+        crop: side of the training crops, a multiple of the UNet's total stride (8 by default); ``None``
+            is 96, or the largest such multiple that fits in ``size``.
         batch_size, lr: Adam's batch and learning rate (cosine decay).
         channels: the UNet's channels (strides 2 between levels, one residual unit each).
         n_val: held-out pairs for the report.
@@ -586,7 +587,9 @@ def train_remover(out_path: str | None, n_pairs: int = 256, size: int = 512, see
     import torch
 
     step = 2 ** (len(channels) - 1)
-    if crop % step or crop > size:
+    if crop is None:  # 96 px, or the largest multiple of the UNet's stride that fits smaller images
+        crop = min(96, size - size % step)
+    if crop < step or crop % step or crop > size:
         raise ValueError(f"train_remover: crop must be a multiple of {step} and at most size={size}, got {crop}.")
     if n_pairs < 1 or epochs < 1:
         raise ValueError(f"train_remover: n_pairs and epochs must be >= 1, got {n_pairs} and {epochs}.")
