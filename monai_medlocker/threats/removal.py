@@ -23,6 +23,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 from scipy.ndimage import binary_dilation
 
+from monai_medlocker.threats.preprocessing import _check_image
 from monai_medlocker.watermark.blend import Placement, composite, mark_opacity
 from monai_medlocker.watermark.logo import load_logo, logo_for_image, render_logo
 from monai_medlocker.watermark.problem import SearchSpace, logo_box_size
@@ -62,13 +63,6 @@ def _cv2():
         raise ImportError("monai_medlocker.threats needs OpenCV: pip install 'monai-medlocker[threats]' "
                           "(opencv-python-headless)") from err
     return cv2
-
-
-def _check_image(image: np.ndarray, name: str) -> np.ndarray:
-    arr = np.asarray(image)
-    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
-        raise ValueError(f"{name}: expected an H x W x 3 uint8 image, got shape {arr.shape} and dtype {arr.dtype}.")
-    return arr
 
 
 def as_placements(placements: Iterable[Placement | Mapping] | None) -> list[Placement]:
