@@ -23,6 +23,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 from scipy.ndimage import binary_dilation
 
+from monai_medlocker.threats.preprocessing import _check_image
 from monai_medlocker.watermark.blend import Placement, composite, mark_opacity
 from monai_medlocker.watermark.logo import load_logo, logo_for_image, render_logo
 from monai_medlocker.watermark.problem import SearchSpace, logo_box_size
@@ -30,6 +31,7 @@ from monai_medlocker.watermark.problem import SearchSpace, logo_box_size
 __all__ = [
     "as_placements",
     "random_placement",
+    "make_lab_pairs",
     "locate_logo",
     "estimate_opacity",
     "logo_footprint",
@@ -61,13 +63,6 @@ def _cv2():
         raise ImportError("monai_medlocker.threats needs OpenCV: pip install 'monai-medlocker[threats]' "
                           "(opencv-python-headless)") from err
     return cv2
-
-
-def _check_image(image: np.ndarray, name: str) -> np.ndarray:
-    arr = np.asarray(image)
-    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
-        raise ValueError(f"{name}: expected an H x W x 3 uint8 image, got shape {arr.shape} and dtype {arr.dtype}.")
-    return arr
 
 
 def as_placements(placements: Iterable[Placement | Mapping] | None) -> list[Placement]:
@@ -147,7 +142,7 @@ def locate_logo(image: np.ndarray, logo: np.ndarray | None = None, max_marks: in
     opacity range), not where the marks are. The logo's pixels (masked by its coverage) are matched by
     normalised cross-correlation at every box size the scale range allows (one per pixel of the box's
     longest side) and every position: first on a copy shrunk until the smallest box is ``coarse_side``
-    pixels across, then at full resolution around the best coarse hits, over nearby sizes and
+    pixels across, then at full resolution around the best coarse hit, over nearby sizes and
     positions. Each found box's opacity comes from :func:`estimate_opacity`.
 
     Args:
@@ -511,16 +506,24 @@ def _unet(channels: Sequence[int], num_res_units: int = 1):
                 strides=(2,) * (len(channels) - 1), num_res_units=num_res_units)
 
 
-def _make_pairs(n: int, size: int, seed: int, logo: np.ndarray, space: SearchSpace):
-    """``n`` (clean, protected, placement) triples on lab images, plain random marks over ``space``."""
+def make_lab_pairs(n: int, size: int, seed: int, logo: np.ndarray | None = None, space: SearchSpace | None = None,
+                   continuous: bool = True) -> list[tuple[np.ndarray, np.ndarray, Placement]]:
+    """``n`` (clean, protected, placement) triples: lab images with one plain random mark each.
+
+    Image ``i`` is ``synthesize_fundus(size, sample_seed(seed, i))``; the marks come from
+    :func:`random_placement` over ``space`` (continuous scales by default, as a thief would draw them;
+    ``continuous=False`` uses the engine's discrete scales, as the ``random`` optimizer does).
+    """
     from monai_medlocker.data.synthetic import sample_seed, synthesize_fundus
 
+    logo = load_logo() if logo is None else logo
+    space = space or _DEFAULT_SPACE
     rng = np.random.default_rng([seed, 1])
     pairs = []
     for i in range(n):
         clean = synthesize_fundus(size, sample_seed(seed, i)).image
         lg = _stamped_logo(logo, clean)
-        p = random_placement(clean.shape, lg, rng, space, continuous=True)
+        p = random_placement(clean.shape, lg, rng, space, continuous=continuous)
         pairs.append((clean, composite(clean, lg, [p]), p))
     return pairs
 
@@ -541,7 +544,7 @@ def _to_tensor(images: list[np.ndarray]):
 
 
 def train_remover(out_path: str | None, n_pairs: int = 256, size: int = 512, seed: int = THIEF_LAB_SEED,
-                  epochs: int = 20, crop: int = 96, batch_size: int = 8, channels: Sequence[int] = (16, 32, 64, 128),
+                  epochs: int = 20, crop: int | None = None, batch_size: int = 8, channels: Sequence[int] = (16, 32, 64, 128),
                   lr: float = 2e-3, n_val: int = 16, logo: np.ndarray | None = None,
                   space: SearchSpace | None = None, progress: bool = False) -> tuple["LearnedRemover", dict]:
     """Train a small MONAI UNet to remove the public logo, as a thief would.
@@ -560,7 +563,8 @@ def train_remover(out_path: str | None, n_pairs: int = 256, size: int = 512, see
         size: side of the thief's images; the remover works at this resolution (see ``LearnedRemover``).
         seed: lab seed of the thief's images.
         epochs: passes over the pairs, one random crop per pair per pass.
-        crop: side of the training crops (a multiple of 8).
+        crop: side of the training crops, a multiple of the UNet's total stride (8 by default); ``None``
+            is 96, or the largest such multiple that fits in ``size``.
         batch_size, lr: Adam's batch and learning rate (cosine decay).
         channels: the UNet's channels (strides 2 between levels, one residual unit each).
         n_val: held-out pairs for the report.
@@ -577,7 +581,9 @@ def train_remover(out_path: str | None, n_pairs: int = 256, size: int = 512, see
     import torch
 
     step = 2 ** (len(channels) - 1)
-    if crop % step or crop > size:
+    if crop is None:  # 96 px, or the largest multiple of the UNet's stride that fits smaller images
+        crop = min(96, size - size % step)
+    if crop < step or crop % step or crop > size:
         raise ValueError(f"train_remover: crop must be a multiple of {step} and at most size={size}, got {crop}.")
     if n_pairs < 1 or epochs < 1:
         raise ValueError(f"train_remover: n_pairs and epochs must be >= 1, got {n_pairs} and {epochs}.")
@@ -585,7 +591,7 @@ def train_remover(out_path: str | None, n_pairs: int = 256, size: int = 512, see
     space = space or _DEFAULT_SPACE
     logo = load_logo() if logo is None else logo
     torch.manual_seed(seed)
-    pairs = _make_pairs(n_pairs + n_val, size, seed, logo, space)
+    pairs = make_lab_pairs(n_pairs + n_val, size, seed, logo, space)
     train, val = pairs[:n_pairs], pairs[n_pairs:]
     net = _unet(channels)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
@@ -633,6 +639,7 @@ def train_remover(out_path: str | None, n_pairs: int = 256, size: int = 512, see
               "held_out": {"n": len(val), "protected_psnr": mean(before, "psnr"), "restored_psnr": mean(after, "psnr"),
                            "protected_ssim": mean(before, "ssim"), "restored_ssim": mean(after, "ssim")}}
     report["held_out"]["psnr_gain"] = round(report["held_out"]["restored_psnr"] - report["held_out"]["protected_psnr"], 4)
+    remover.report = report
     if out_path is not None:
         remover.save(out_path, report)
     return remover, report
@@ -651,14 +658,16 @@ class LearnedRemover:
         network: the trained UNet (predicting the residual on [-1, 1] images).
         config: the training settings (``channels``, ``size``, the public search space).
         region: ``"located"`` or ``"full"``.
+        report: the training report (kept in the checkpoint).
     """
 
-    def __init__(self, network, config: dict, region: str = "located") -> None:
+    def __init__(self, network, config: dict, region: str = "located", report: dict | None = None) -> None:
         if region not in ("located", "full"):
             raise ValueError(f"LearnedRemover: region must be 'located' or 'full', got {region!r}.")
         self.network = network.eval()
         self.config = dict(config)
         self.region = region
+        self.report = dict(report or {})
 
     @classmethod
     def from_checkpoint(cls, path, region: str = "located") -> "LearnedRemover":
@@ -678,7 +687,7 @@ class LearnedRemover:
             raise ValueError(f"{path}: remover checkpoint not found") from None
         except Exception as err:  # torch raises many types for a file that is not this checkpoint
             raise ValueError(f"{path}: not a learned-remover checkpoint ({type(err).__name__}: {err})") from err
-        return cls(net, config, region)
+        return cls(net, config, region, ckpt.get("report"))
 
     def save(self, path, report: dict | None = None) -> None:
         """Write the checkpoint atomically (temporary file, then rename)."""
@@ -689,7 +698,7 @@ class LearnedRemover:
         from monai_medlocker.io.image import atomic_write_bytes
 
         buf = io.BytesIO()
-        torch.save({"format": "medlocker-remover/1", "config": self.config, "report": report or {},
+        torch.save({"format": "medlocker-remover/1", "config": self.config, "report": report or self.report,
                     "state_dict": self.network.state_dict()}, buf)
         atomic_write_bytes(path, buf.getvalue())
 
