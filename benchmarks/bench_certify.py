@@ -83,7 +83,9 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=10)
     p.add_argument("--sizes", default="512,1024,2048")
     p.add_argument("--seed", type=int, default=52_000)
-    p.add_argument("--lab-version", type=int, default=1, choices=(1, 2), help="lab version of the synthetic images (default 1: the committed results were made on lab v1; 2 = the realistic lab)")
+    p.add_argument("--lab-version", type=int, default=1, choices=(1, 2),
+                   help="lab version of the synthetic images "
+                        "(default 1: the committed results were made on lab v1; 2 = the realistic lab)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--model", default=str(ROOT / "bundle/models/model.pt"))
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/certify.json"))

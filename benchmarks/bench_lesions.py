@@ -156,7 +156,9 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=31337)
-    ap.add_argument("--lab-version", type=int, default=1, choices=(1, 2), help="lab version of the synthetic images (default 1: the committed results were made on lab v1; 2 = the realistic lab)")
+    ap.add_argument("--lab-version", type=int, default=1, choices=(1, 2),
+                    help="lab version of the synthetic images "
+                         "(default 1: the committed results were made on lab v1; 2 = the realistic lab)")
     ap.add_argument("--checkpoint", default=str(ROOT / "bundle" / "models" / "lesion_segmenter.pt"),
                     help="trained segmenter (skipped when missing)")
     ap.add_argument("--network-input-size", type=int, default=256)

@@ -173,7 +173,9 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int)
     p.add_argument("--size", type=int)
     p.add_argument("--seed", type=int, help="held-out image seed (training used 2026)")
-    p.add_argument("--lab-version", type=int, choices=(1, 2), help="lab version of the synthetic images (config default 1: the committed results were made on lab v1; 2 = the realistic lab)")
+    p.add_argument("--lab-version", type=int, choices=(1, 2),
+                   help="lab version of the synthetic images "
+                        "(config default 1: the committed results were made on lab v1; 2 = the realistic lab)")
     p.add_argument("--optimizers", help="comma-separated: random, bhe, medlocker, medlocker-free, medlocker-full")
     p.add_argument("--space", help="paper (position + alpha, as BHE) or full")
     p.add_argument("--max-queries", type=int, help="medlocker budget")

@@ -3,8 +3,9 @@
     python benchmarks/bench_synth.py --size 512 --n 50 --lab-version 1 2 --out benchmarks/results/synth.json
 
 Times ``synthesize_fundus`` (image, masks and grade in memory; grades cycle 0..4) single-threaded and
-pinned to one core, and, unless ``--no-io``, ``generate_dataset`` end to end (PNG encoding included) into
-a temporary folder, once per lab version. Writes a JSON record with one row per version and prints the
+pinned to one core (the versions take turns image by image, so that both see the same machine load), and,
+unless ``--no-io``, ``generate_dataset`` end to end (PNG encoding included) into a temporary folder, once per
+lab version. Writes a JSON record with one row per version and prints the
 images/s figures.
 """
 
@@ -44,13 +45,17 @@ def pin_to_one_core() -> int | None:
     return cpu
 
 
-def bench_memory(size: int, n: int, seed: int, lab_version: int) -> list[float]:
-    synthesize_fundus(size, seed=seed + 10_000, grade=3, lab_version=lab_version)  # warm-up: caches, lazy imports
-    times = []
+def bench_memory(size: int, n: int, seed: int, lab_versions: list[int]) -> dict[int, list[float]]:
+    """Seconds per image per lab version; the versions take turns image by image, so that on a shared machine
+    both see the same load and their ratio stays meaningful."""
+    for v in lab_versions:
+        synthesize_fundus(size, seed=seed + 10_000, grade=3, lab_version=v)  # warm-up: caches, lazy imports
+    times: dict[int, list[float]] = {v: [] for v in lab_versions}
     for i in range(n):
-        t0 = time.perf_counter()
-        synthesize_fundus(size, seed=seed + i, grade=i % 5, lab_version=lab_version)
-        times.append(time.perf_counter() - t0)
+        for v in lab_versions:
+            t0 = time.perf_counter()
+            synthesize_fundus(size, seed=seed + i, grade=i % 5, lab_version=v)
+            times[v].append(time.perf_counter() - t0)
     return times
 
 
@@ -75,9 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--n must be >= 1, got {args.n}")
 
     cpu = pin_to_one_core()
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other processes share the machine
     rows = []
+    per_version = bench_memory(args.size, args.n, args.seed, args.lab_versions)
     for lab_version in args.lab_versions:
-        times = bench_memory(args.size, args.n, args.seed, lab_version)
+        times = per_version[lab_version]
         row = {
             "lab_version": lab_version,
             "images_per_s": round(args.n / sum(times), 2),
@@ -107,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "numpy": np.__version__,
             "cpu_count": os.cpu_count(),
+            "load_average_1min": [load_before, os.getloadavg()[0] if load_before is not None else None],
         },
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -303,3 +303,30 @@ def test_synthetic_facade_re_exports_the_lab():
     assert synthetic.generate_dataset is dataset.generate_dataset
     assert synthetic.grade_from_lesions is lesions.grade_from_lesions
     assert synthetic.REAL_SAMPLE_PATH.is_file()
+
+
+# ------------------------------------------------------------------------------------------ readability
+
+
+def test_lesions_stay_readable_under_the_strongest_v2_artefacts():
+    """Images with strong defocus (sigma > 1.6 px at 512) or under-exposure (x < 0.6): the lesions still show.
+
+    Measured on these 8 images at 512 px: mean green change inside the MA mask 14-45 % of the lesion-free
+    background (v1, same seeds: 31-50 %); every HE/EX/SE mask keeps >= 99 % of its pixels changed by > 12 levels.
+    """
+    plans = {s: camera._plan_camera(_streams(s)[6]) for s in range(200)}
+    hard = [s for s, p in plans.items() if p["defocus"] > 1.6 or p["exposure"] < 0.6][:8]
+    assert len(hard) == 8
+    for k, seed in enumerate(hard):
+        grade = (1, 2, 3, 4)[k % 4]
+        sample = render._synthesize(512, seed, grade, lab_version=2)
+        clean = render._synthesize(512, seed, grade, lab_version=2, draw_lesions=False)
+        diff = sample.image.astype(float) - clean.image.astype(float)
+        ma = sample.masks["MA"]
+        if ma.any():
+            contrast = -diff[..., 1][ma].mean() / clean.image[..., 1][ma].mean()
+            assert contrast > 0.12, (seed, contrast)
+        for t in ("HE", "EX", "SE"):
+            if sample.masks[t].any():
+                changed = (np.abs(diff[sample.masks[t]]).sum(axis=1) > 12).mean()
+                assert changed >= 0.99, (seed, t, changed)

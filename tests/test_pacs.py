@@ -21,6 +21,9 @@ from dicomweb_client.api import DICOMwebClient
 
 from monai_medlocker.cli import main
 from monai_medlocker.data.synthetic import synthesize_fundus
+
+# The PACS tests use lab v1 images: on lab v2 seed 11 the built-in detector boxes its 16 drusen (look-alikes of
+# hard exudates) and no logo placement is feasible (WSM 0.37 of the image at 256 px), which is not what they test.
 from monai_medlocker.io.dciodvfy import dciodvfy_available, run_dciodvfy
 from monai_medlocker.io.dicom import read_fundus_dicom
 from monai_medlocker.io.dicom_build import fundus_dataset
@@ -58,7 +61,7 @@ def study_files(orthanc, tmp_path_factory):
     files = []
     layout = [(COLOUR_SERIES, 11, False), (COLOUR_SERIES, 12, False), (REDFREE_SERIES, 13, True)]
     for i, (series, seed, mono) in enumerate(layout):
-        rgb = synthesize_fundus(256, seed=seed, grade=2).image
+        rgb = synthesize_fundus(256, seed=seed, grade=2, lab_version=1).image
         ds = fundus_dataset(rgb[..., 1] if mono else rgb, iod="op8", study_uid=STUDY, series_uid=series,
                             instance_number=i + 1, series_number=2 if mono else 1, laterality="L" if i % 2 else "R")
         path = folder / f"IMG{i + 1:04d}.dcm"
@@ -197,8 +200,8 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
 def test_failing_store_reports_exactly_what_was_stored_and_a_rerun_completes(orthanc, tmp_path):
     study, series = "1.2.826.0.1.3680043.8.498.77002", "1.2.826.0.1.3680043.8.498.77002.1"
     for i in range(3):
-        ds = fundus_dataset(synthesize_fundus(256, seed=11 + i, grade=2).image, iod="op8", study_uid=study,
-                            series_uid=series, instance_number=i + 1)
+        ds = fundus_dataset(synthesize_fundus(256, seed=11 + i, grade=2, lab_version=1).image, iod="op8",
+                            study_uid=study, series_uid=series, instance_number=i + 1)
         ds.save_as(tmp_path / f"s{i}.dcm", enforce_file_format=True)
         orthanc.upload(tmp_path / f"s{i}.dcm")
     proxy = _FailingStowProxy(orthanc.base, allow=1)
@@ -286,7 +289,7 @@ def test_pacs_with_http_basic_authentication(tmp_path, monkeypatch, capsys):
     _require_orthanc()
     with OrthancServer(tmp_path / "secure", users={"medlocker": "s3cret"}) as secure:
         study = "1.2.826.0.1.3680043.8.498.77003"
-        ds = fundus_dataset(synthesize_fundus(256, seed=11, grade=2).image, iod="op8", study_uid=study)
+        ds = fundus_dataset(synthesize_fundus(256, seed=11, grade=2, lab_version=1).image, iod="op8", study_uid=study)
         ds.save_as(tmp_path / "a.dcm", enforce_file_format=True)
         import base64
 

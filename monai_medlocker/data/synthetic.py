@@ -6,7 +6,8 @@ orange-red fundus whose pigmentation, hue, brightness, contrast, vignetting and 
 vary per image, a choroidal (tigroid) pattern and mottling, a bright optic disc with a paler cup, a
 darker macula and fovea about 2.5 disc diameters temporal to the disc (right or left eye), and a
 branching tree of arteries (lighter, thinner) and veins (darker, wider) leaving the disc in arcades,
-tapering at each branch. Sensor noise, defocus blur and JPEG compression finish the image.
+tapering at each branch. Sensor noise, defocus blur and JPEG compression finish the image (lab v2 adds
+capture artefacts and DR look-alikes: see Lab versions below).
 All geometry is drawn in units of the image side ``S`` from random streams that do not depend on
 ``S``, so an image at 256 px is (up to noise and compression) a downsampled copy of the one at 1024 px.
 
@@ -51,6 +52,37 @@ and/or exudates, and at most 2 soft exudates; grade 3 has 5-9 haemorrhages in ev
 per quadrant with 4-7 soft exudates; grade 4 adds a preretinal haemorrhage to a grade-2 or grade-3
 background. Grade-0 images are not perfectly clean: they may carry camera dust, faint drusen,
 peripapillary atrophy, flare and blur, none of which is a lesion type.
+
+Lab versions (``lab_version`` of :func:`synthesize_fundus`, :func:`generate_dataset` and ``medlocker synth``):
+
+* **1**, the original lab, kept bit for bit (the committed benchmark results, the bundle samples and the shipped
+  demo models were made with it); benchmarks and ``medlocker train-demo`` pin it.
+* **2** (default), the realistic lab. For the same seed it has v1's eye, vessels, lesions, masks and grade; v1's
+  faint drusen and dust rings are replaced by the following, each drawn independently per image with the given
+  probability (so most images show none or one capture artefact, a few several; rates are rough figures for
+  screening photographs), on top of v1's per-image variation (brightness, uneven illumination, vignetting,
+  colour cast, mild blur, sensor noise, JPEG at quality 60-95 for 90 % of images):
+
+  - capture artefacts (``CAMERA_ARTEFACT_RATES``): defocus 18 % (Gaussian sigma 0.9-2.2 px at 512 px),
+    under-exposure 12 % (x0.5-0.75), over-exposure 8 % (x1.25-1.6, bright parts clip), an illumination
+    crescent at the rim 15 % (bright 55 % / dark 45 %), rim flare 12 % (a bluish-white arc at the edge), a
+    small-pupil shadow 12 % (darkened periphery from 50-75 % of the radius), eyelash shadows 6 % (1-3 dark
+    blurred streaks from the top or bottom), dust specks on the optics 25 % (1-6 dark soft spots or streaks);
+  - DR look-alikes (``LOOKALIKE_RATES``), which are not lesions: drusen 20 % (5-40 soft pale yellow-white
+    dots around the macula: hard-exudate look-alikes), pigment clumps 10 % (1-8 brown-black specks in the
+    mid-periphery: microaneurysm / dot-haemorrhage look-alikes), vessel light reflex 45 % (a thin whitish
+    central stripe on the larger vessels). They are placed off every lesion's drawing window, so they never
+    enter a mask, a count or the grade, and never paint over a lesion pixel (the final blur and JPEG still mix
+    neighbouring pixels).
+
+  ``FundusSample.meta["artefacts"]`` and ``meta["lookalikes"]`` say what each v2 image shows.
+
+Grade mix: ``generate_dataset(..., grade_weights=...)`` takes five weights or a preset name from
+``GRADE_WEIGHT_PRESETS``: ``"uniform"`` (default) or ``"eyepacs"``, the real-world imbalance of EyePACS
+(73 / 7 / 15 / 2.5 / 2.5 % for grades 0-4).
+
+The code lives in :mod:`monai_medlocker.data.lab` (``anatomy``, ``lesions``, ``lookalikes``, ``camera``, ``render``,
+``dataset``); this module is its stable public facade.
 """
 
 
