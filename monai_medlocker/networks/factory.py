@@ -125,15 +125,22 @@ def load_classifier(
 
     Raises:
         FileNotFoundError: the checkpoint does not exist.
-        ValueError: the checkpoint does not fit the network (wrong architecture or class count).
+        ValueError: the file is not a PyTorch checkpoint holding a state_dict, or it does not fit
+            the network (wrong architecture or class count).
     """
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"model checkpoint not found: {path}")
     net = get_network(name, num_classes, input_size)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and torch errors of many types for a file that is not a checkpoint
+        first = (str(err).splitlines() or [""])[0]
+        raise ValueError(f"{path}: not a PyTorch checkpoint that can be loaded safely ({type(err).__name__}: {first})") from err
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a PyTorch checkpoint with a state_dict (it holds a {type(state).__name__})")
     try:
         net.load_state_dict(state)
     except RuntimeError as err:
