@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import tempfile
 from pathlib import Path
 from typing import Hashable, Mapping
@@ -99,8 +100,11 @@ def round_trip_mode(path: str | Path) -> str:
     path = Path(path)
     with _open(path, decode=False) as img:
         mode = img.mode
-        orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
         transparency = "transparency" in img.info
+        try:
+            orientation = img.getexif().get(_EXIF_ORIENTATION, 1)  # a PNG's EXIF may come after its pixels
+        except (OSError, SyntaxError, ValueError, struct.error) as err:
+            raise ImageReadError(f"{path}: not a readable image ({err})") from err
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (transparency and mode != "P"):
         raise ImageReadError(f"{path}: image with an alpha channel ({mode}); the unlocked copy could not give it back. "
                              "Save it as RGB (or greyscale) first")
