@@ -169,7 +169,7 @@ def test_model_file_that_is_not_a_checkpoint(tmp_path, capsys):
     _fundus(tmp_path / "in", "a.png")
     (tmp_path / "model.pt").write_bytes(b"this is not a checkpoint\n")
     assert main(["protect", str(tmp_path / "in"), str(tmp_path / "out"), *FAST, "--model", str(tmp_path / "model.pt")]) == 2
-    _error_line(capsys.readouterr().err, "protect", str(tmp_path / "model.pt"), "not a PyTorch checkpoint")
+    _error_line(capsys.readouterr().err, "protect", str(tmp_path / "model.pt"), "is not a readable model checkpoint")
 
 
 @pytest.mark.parametrize("value", ['{"scale_range": [0.1', "sideways"])

@@ -231,6 +231,7 @@ class DatasetProtector:
         self.seed = int(seed)
         self.progress = progress
         self.redo, self.wait = bool(redo), bool(wait)
+        self._settings: dict | None = None
         self.summary: dict | None = None
 
     def run_settings(self) -> dict:
@@ -348,6 +349,8 @@ class DatasetProtector:
         return record
 
     def _write_record(self, out_path: Path, record: dict) -> None:
+        if self._settings is None:  # protect_one called outside run()
+            self._settings = self.run_settings()
         record = {**record, "run_settings": self._settings}
         atomic_write_bytes(out_path.with_name(out_path.stem + SIDECAR_SUFFIX), json.dumps(record, indent=2).encode())
 

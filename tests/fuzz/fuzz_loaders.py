@@ -14,9 +14,13 @@ Run (``tests/test_fuzz.py`` does, for a bounded time)::
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
+import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import atheris
@@ -33,6 +37,7 @@ with atheris.instrument_imports(include=["pydicom", "monai_medlocker"]):
 
 SUFFIXES = (".png", ".jpg", ".tif", ".dcm")
 WORK = Path(tempfile.mkdtemp(prefix="medlocker-fuzz-"))
+atexit.register(shutil.rmtree, WORK, True)
 
 
 def one_input(data: bytes) -> None:
@@ -52,6 +57,9 @@ def one_input(data: bytes) -> None:
 
 def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # pydicom warns about every oddity of a garbled file: millions of lines that say nothing here.
+    warnings.simplefilter("ignore")
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     atheris.Setup(sys.argv, one_input)
     atheris.Fuzz()
 
