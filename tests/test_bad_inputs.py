@@ -92,6 +92,17 @@ def test_output_that_is_a_file_or_under_a_file(tmp_path, capsys):
     _error_line(capsys.readouterr().err, "protect", str(blocker / "sub"), "under", "is a file")
 
 
+def test_unlock_and_lesions_output_that_is_a_file(protected, tmp_path, capsys):
+    keys, out = protected
+    blocker = tmp_path / "taken.txt"
+    blocker.write_text("x")
+    assert main(["unlock", str(out), str(blocker), "--key", str(keys / "owner.key"), "--quiet"]) == 2
+    _error_line(capsys.readouterr().err, "unlock", str(blocker), "is a file")
+    _fundus(tmp_path / "in", "a.png")
+    assert main(["lesions", str(tmp_path / "in"), str(blocker / "sub"), "--quiet"]) == 2
+    _error_line(capsys.readouterr().err, "lesions", str(blocker / "sub"), "is a file")
+
+
 def test_read_only_output_folder(tmp_path):
     """Run as an unprivileged user (root writes through read-only modes), so the folder really is read-only."""
     base = Path(tempfile.mkdtemp(prefix="medlocker-ro-", dir="/tmp"))

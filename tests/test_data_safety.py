@@ -259,3 +259,30 @@ def test_grant_without_public_key_is_refused_unless_pub_is_given(tmp_path, tiny_
     assert "no owner public key" in err and "--pub" in err
     assert main(["unlock", str(out), str(tmp_path / "un"), "--grant", str(grant), "--pub", str(folder / "owner.pub"),
                  "--quiet"]) == 0
+
+
+def test_protect_never_writes_through_a_symlinked_folder_in_its_output(tmp_path, tiny_surrogate):
+    _fundus(tmp_path / "in" / "sub", "a.png")
+    elsewhere, out = tmp_path / "elsewhere", tmp_path / "out"
+    elsewhere.mkdir()
+    out.mkdir()
+    (out / "sub").symlink_to(elsewhere, target_is_directory=True)
+    summary = DatasetProtector(tmp_path / "in", out, tiny_surrogate, **FAST).run()
+    assert list(elsewhere.iterdir()) == [] and summary["protected"] == 0
+    assert "symbolic link" in summary["failures"][0]["error"]
+
+
+def test_unlock_into_a_locked_folder_refuses_naming_the_pid(tmp_path, tiny_surrogate, owner, capsys):
+    from monai_medlocker.io.outdir import OutputLock
+
+    folder, _ = owner
+    _fundus(tmp_path / "in", "a.png")
+    DatasetProtector(tmp_path / "in", tmp_path / "prot", tiny_surrogate, owner_key=folder / "owner.key", **FAST).run()
+    out = tmp_path / "un"
+    out.mkdir()
+    with OutputLock(out):
+        args = ["unlock", str(tmp_path / "prot"), str(out), "--key", str(folder / "owner.key"), "--quiet"]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert f"pid {os.getpid()}" in err and "--wait" in err and "Traceback" not in err
+    assert main(args) == 0 and (out / "a.png").is_file()

@@ -64,7 +64,7 @@ def prepare_output_dir(path: str | os.PathLike, what: str = "output folder") -> 
     probe = path / f".medlocker-write-test.{os.getpid()}.part"
     try:
         probe.write_bytes(b"")
-        probe.unlink()
+        probe.unlink(missing_ok=True)
     except OSError as err:
         raise OutputError(f"{what} {path} is not writable ({err.strerror or err})") from err
     return path
