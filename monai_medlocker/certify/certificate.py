@@ -157,10 +157,20 @@ class SignedCertificate:
     Attributes:
         certificate: the certificate object.
         signature: the 64-byte signature.
+
+    Raises:
+        CertificateError: a certificate that is not a JSON object, or a signature that is not bytes
+            (whatever a file held: every reader builds its certificate through here).
     """
 
     certificate: dict
     signature: bytes
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.certificate, dict):
+            raise CertificateError(f"the certificate is not an object (got a JSON {type(self.certificate).__name__})")
+        if not isinstance(self.signature, (bytes, bytearray)):
+            raise CertificateError(f"the signature is not bytes (got {type(self.signature).__name__})")
 
     @property
     def canonical(self) -> bytes:

@@ -43,6 +43,7 @@ __all__ = [
     "Certifier",
     "ProtectedFile",
     "read_protected",
+    "protected_file_problem",
     "payload_sha256",
     "mark_boxes",
 ]
@@ -155,6 +156,28 @@ def _from_mapping(pf: ProtectedFile, data: dict, where: str, source: str) -> Non
     pf.signed = SignedCertificate.from_dict(data, source)
     pf.payload = _b64(data["restore_payload"], source, "restore payload") if data.get("restore_payload") else None
     pf.found_in = where
+
+
+def protected_file_problem(path: str | Path, dicom=None) -> str | None:
+    """What makes a file an existing MedLocker output (so protecting it again would stack logos), or ``None``.
+
+    Args:
+        path: the file.
+        dicom: its decoded :class:`~monai_medlocker.io.dicom.FundusDicom`, when it is one.
+    """
+    from monai_medlocker.io.dicom import already_protected
+
+    if dicom is not None:
+        return "instance (it has the MEDLOCKER 1 private block)" if already_protected(dicom.dataset) else None
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        return None
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()  # text chunks after the pixel data are only read with them
+        found = sorted(k for k in (getattr(img, "text", {}) or {}) if k in (PNG_PARAMS, PNG_CERTIFICATE))
+    return f"image (its PNG carries {', '.join(found)})" if found else None
 
 
 def read_protected(path: str | Path) -> ProtectedFile:

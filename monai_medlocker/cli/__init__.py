@@ -40,7 +40,8 @@ def _user_error(err: BaseException) -> BaseException | None:
     """The user-facing error behind ``err``: MONAI's config parser wraps the real one in a RuntimeError."""
     seen = err
     while seen is not None:
-        if isinstance(seen, (CLIError, ValueError, FileNotFoundError)) or getattr(seen, "user_facing", False):
+        # An OSError names its file and the problem ("Permission denied: 'x'"): one line, not a traceback.
+        if isinstance(seen, (CLIError, ValueError, OSError)) or getattr(seen, "user_facing", False):
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
@@ -54,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (CLIError, ValueError, FileNotFoundError, RuntimeError) as err:
+    except (CLIError, ValueError, OSError, RuntimeError) as err:
         cause = _user_error(err)
         if cause is None:
             raise

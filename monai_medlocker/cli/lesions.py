@@ -60,9 +60,8 @@ def _items(source: Path):
 
 
 def run(args: argparse.Namespace) -> int:
-    from monai_medlocker.io.image import ImageReadError, atomic_write_bytes, load_rgb, save_png
+    from monai_medlocker.io.outdir import OutputLock, clean_temporaries, prepare_output_dir
     from monai_medlocker.lesions.source import LesionSource
-    from monai_medlocker.lesions.builtin import LESION_CHANNELS
     from monai_medlocker.transforms.array import LesionBBoxMask
 
     source, out_dir = Path(args.input), Path(args.output)
@@ -83,13 +82,28 @@ def run(args: argparse.Namespace) -> int:
     wsm_tf = LesionBBoxMask(settings["lesion_threshold"], settings["lesion_min_size"], settings["wsm_margin"],
                             settings["wsm_margin_fraction"])
 
+    items = _items(source)
+    prepare_output_dir(out_dir)
+    with OutputLock(out_dir, command="medlocker lesions"):
+        clean_temporaries(out_dir)
+        return _run(args, items, out_dir, source, settings, lesions, wsm_tf)
+
+
+def _run(args, items, out_dir: Path, source: Path, settings: dict, lesions, wsm_tf) -> int:
+    from monai_medlocker.io.image import ImageReadError, atomic_write_bytes, load_rgb, portable_name, save_png
+    from monai_medlocker.io.outdir import inside_output
+    from monai_medlocker.lesions.builtin import LESION_CHANNELS
+
     rows = []
     start = time.perf_counter()
-    for item in _items(source):
+    for item in items:
         stem_path = out_dir / item.relative.with_suffix("")
-        row = {"image": item.relative.as_posix(), "status": None}
+        row = {"image": portable_name(item.relative), "status": None}
         t0 = time.perf_counter()
         try:
+            if item.problem is not None:
+                raise ImageReadError(item.problem)
+            inside_output(out_dir, stem_path)  # never through a symlink or out of the folder
             image = load_rgb(item.image)
             maps, lesion_source, report = lesions(item.image, image, [] if args.ignore_masks else item.masks)
             boxes, channels = wsm_tf.boxes(maps)

@@ -48,14 +48,16 @@ def add_protect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key", dest="owner_key", help="owner key (from medlocker keygen): sign a certificate and seal a "
                    "restore payload into each protected image")
     add_passphrase_options(p, "protects the --key file")
+    p.add_argument("--redo", action="store_true", default=None,
+                   help="resuming into an output folder made with other output-changing settings (key, optimizer, "
+                   "search space, model, logo, seed): protect its images again with these settings instead of refusing")
+    p.add_argument("--wait", action="store_true", default=None,
+                   help="if another run is writing to the output folder, wait for it instead of refusing")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def protect_overrides(args: argparse.Namespace) -> dict:
     """inference.json overrides from the shared protect options (``None`` = keep the config's value)."""
-    space = args.search_space
-    if space and space.lstrip().startswith("{"):
-        space = json.loads(space)
     return {
         "ckpt_path": args.ckpt_path and str(Path(args.ckpt_path).resolve()),
         "network_name": args.network_name,
@@ -63,7 +65,7 @@ def protect_overrides(args: argparse.Namespace) -> dict:
         "input_size": args.input_size,
         "optimizer": args.optimizer,
         "max_queries": args.max_queries,
-        "search_space": space,
+        "search_space": search_space_option(args.search_space),
         "logo": args.logo and str(Path(args.logo).resolve()),
         "seed": args.seed,
         "on_infeasible": args.on_infeasible,
@@ -74,7 +76,32 @@ def protect_overrides(args: argparse.Namespace) -> dict:
         "dicom_encoding": args.dicom_encoding,
         "owner_key": args.owner_key and str(Path(args.owner_key).resolve()),
         "owner_key_passphrase": read_passphrase(args),
+        "redo": args.redo,
+        "wait": args.wait,
     }
+
+
+def search_space_option(value: str | None):
+    """The ``--space`` value as the config takes it (``None``, a name, or a dict), checked now.
+
+    Raises:
+        ValueError: not JSON, or not a search space (the message names ``--space``).
+    """
+    from monai_medlocker.watermark.problem import SearchSpace
+
+    if value is None:
+        return None
+    space = value
+    if value.lstrip().startswith("{"):
+        try:
+            space = json.loads(value)
+        except ValueError as err:
+            raise ValueError(f"--space: {value!r} is not valid JSON ({err})") from err
+    try:
+        SearchSpace.from_config(space)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"--space: {err}") from err
+    return space
 
 
 def run(args: argparse.Namespace) -> int:

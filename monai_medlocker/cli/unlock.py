@@ -29,6 +29,8 @@ def add_subparser(subparsers) -> None:
     add_passphrase_options(p, "protects the --key file")
     p.add_argument("--json", action="store_true", help="print the machine-readable report (JSON) on stdout")
     p.add_argument("--bundle-root", help="the MedLocker bundle folder (default: the one beside the package)")
+    p.add_argument("--wait", action="store_true", default=None,
+                   help="if another run is writing to OUT, wait for it instead of refusing")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -39,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     resolve = lambda p: p and str(Path(p).resolve())  # noqa: E731
     overrides = {"dataset_dir": resolve(args.input), "output_dir": resolve(args.output), "owner_key": resolve(args.key),
                  "grant": resolve(args.grant), "public_key": resolve(args.pub), "owner_key_passphrase": read_passphrase(args),
-                 "progress": False if args.quiet else None}
+                 "progress": False if args.quiet else None, "wait": args.wait}
     summary = parse_bundle_config("unlock.json", bundle_root(args.bundle_root), overrides).get_parsed_content("unlocker").run()
     print(format_unlock_summary(summary), file=sys.stderr)
     if args.json:

@@ -24,6 +24,8 @@ __all__ = [
     "datalist_num_classes",
     "check_num_classes",
     "load_datalist",
+    "read_datalist",
+    "datalist_item_problem",
 ]
 
 DATALIST_NAME = "datalist.json"
@@ -46,20 +48,52 @@ def resolve_datalist(path_or_dir: str | os.PathLike) -> Path:
     return path.resolve()
 
 
-def _read(path: Path) -> dict:
+def read_datalist(path: str | os.PathLike) -> dict:
+    """The datalist file's JSON object (sections and settings), not yet validated item by item.
+
+    Raises:
+        ValueError: unreadable, not UTF-8, not valid JSON, or not a JSON object (the message names the file).
+    """
+    path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"datalist {path} is not UTF-8 text: {err}") from err
     except json.JSONDecodeError as err:
         raise ValueError(f"datalist {path} is not valid JSON: {err}") from err
+    except OSError as err:
+        raise ValueError(f"datalist {path} cannot be read: {err.strerror or err}") from err
     if not isinstance(data, dict):
-        raise ValueError(f"datalist {path} must be a JSON object with sections, got {type(data).__name__}")
+        raise ValueError(f"datalist {path} must be a JSON object with sections "
+                         f'(e.g. {{"test": [{{"image": "a.png"}}]}}), got a JSON {type(data).__name__}')
     return data
+
+
+def datalist_item_problem(item: Any) -> str | None:
+    """What is wrong with one datalist item's form, or ``None``: an object whose ``image`` is a
+    non-empty path string, whose ``mask_*`` values are path strings (or ``null``), and whose
+    ``label``, when present, is an integer (not a boolean, NaN or fraction). Grade ranges and
+    file existence are checked by the readers that know them."""
+    if not isinstance(item, dict):
+        return f"must be an object with an 'image' key, got a JSON {type(item).__name__}"
+    if "image" not in item:
+        return "has no 'image' key"
+    image = item["image"]
+    if not isinstance(image, str) or not image.strip():
+        return f"'image' must be a non-empty path string, got {image!r}"
+    for key, value in item.items():
+        if isinstance(key, str) and key.startswith("mask_") and value is not None and (not isinstance(value, str) or not value):
+            return f"{key!r} must be a path string or null, got {value!r}"
+    label = item.get("label")
+    if label is not None and (isinstance(label, bool) or not isinstance(label, int)):
+        return f"label {label!r} is not an integer grade"
+    return None
 
 
 def datalist_num_classes(path_or_dir: str | os.PathLike) -> int:
     """The datalist's ``num_classes`` (``DEFAULT_NUM_CLASSES`` when absent)."""
     path = resolve_datalist(path_or_dir)
-    value = _read(path).get("num_classes", DEFAULT_NUM_CLASSES)
+    value = read_datalist(path).get("num_classes", DEFAULT_NUM_CLASSES)
     if isinstance(value, bool) or not isinstance(value, int) or value < 2:
         raise ValueError(f"datalist {path}: num_classes must be an integer >= 2, got {value!r}")
     return value
@@ -114,7 +148,7 @@ def load_datalist(
         ValueError: unknown section, malformed item, or a label outside ``0..num_classes-1``.
     """
     path = resolve_datalist(path_or_dir)
-    data = _read(path)
+    data = read_datalist(path)
     found = datalist_num_classes(path)
     if num_classes is not None:
         check_num_classes(path, num_classes)
@@ -125,8 +159,9 @@ def load_datalist(
     root = path.parent
     items = []
     for index, raw in enumerate(data[section]):
-        if not isinstance(raw, dict) or "image" not in raw:
-            raise ValueError(f"datalist {path}: item {index} of {section!r} must be an object with an 'image' key")
+        problem = datalist_item_problem(raw)
+        if problem is not None:
+            raise ValueError(f"datalist {path}: item {index} of {section!r} {problem}")
         item = dict(raw)
         for key, value in raw.items():
             if _is_path_key(key) and value is not None:

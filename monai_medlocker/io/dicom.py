@@ -205,14 +205,20 @@ def read_fundus_dicom(path: str | Path) -> FundusDicom:
         raise DicomReadError(f"{path}: not a DICOM file ({err})") from err
     except Exception as err:  # pydicom raises many types for truncated or garbled files
         raise DicomReadError(f"{path}: unreadable DICOM file ({type(err).__name__}: {err})") from err
-    _check_pixel_module(path, ds)
-    _check_identity(path, ds)
-    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    try:
+        _check_pixel_module(path, ds)
+        _check_identity(path, ds)
+        syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+        photometric = str(ds.PhotometricInterpretation)
+    except DicomReadError:
+        raise
+    except Exception as err:  # pydicom parses elements lazily: a garbled one fails only when it is read
+        raise DicomReadError(f"{path}: unreadable DICOM header ({type(err).__name__}: {err})") from err
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             arr = ds.pixel_array  # pydicom 3 converts YBR to RGB here
-            if ds.PhotometricInterpretation == "PALETTE COLOR":
+            if photometric == "PALETTE COLOR":
                 from pydicom.pixels import apply_color_lut
 
                 arr = apply_color_lut(arr, ds)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import tempfile
 from pathlib import Path
 from typing import Hashable, Mapping
@@ -30,6 +31,9 @@ __all__ = [
     "LoadFundusImaged",
     "load_fundus",
     "image_stem",
+    "is_temporary_file",
+    "round_trip_mode",
+    "portable_name",
 ]
 
 SUPPORTED_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
@@ -41,19 +45,79 @@ def image_stem(path: str | Path) -> str:
     return path.stem if path.suffix.lower() in SUPPORTED_SUFFIXES else path.name
 
 
+TEMP_SUFFIX = ".part"
+
+
+def portable_name(path: str | Path) -> str:
+    """A relative path as valid Unicode text for records, certificates and image ids.
+
+    A file name that is not valid UTF-8 (Python holds its bytes as lone surrogates, which no
+    UTF-8 encoder or strict JSON reader accepts) shows those bytes as ``\\xNN``; any other name
+    is unchanged.
+    """
+    return os.fsencode(Path(path).as_posix()).decode("utf-8", "backslashreplace")
+
+
+def is_temporary_file(path: str | Path) -> bool:
+    """True for a temporary file of :func:`atomic_write_bytes` (``.<name>.<random>.part``): never an input."""
+    name = Path(path).name
+    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
+
+
 class ImageReadError(ValueError):
     """An input image that cannot be used; the message names the file and the problem."""
 
 
-def _open(path: Path) -> Image.Image:
+def _open(path: Path, decode: bool = True) -> Image.Image:
     if not path.is_file():
         raise ImageReadError(f"{path}: file not found")
     try:
         img = Image.open(path)
-        img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        if decode:
+            img.load()
+    except Image.DecompressionBombError as err:
+        # A tiny file that claims billions of pixels: decoding it would exhaust memory.
+        raise ImageReadError(f"{path}: refused as a possible decompression bomb ({err})") from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageReadError(f"{path}: not a readable image ({err})") from err
     return img
+
+
+_EXIF_ORIENTATION = 0x0112
+
+
+def round_trip_mode(path: str | Path) -> str:
+    """The mode (``"RGB"`` or ``"L"``) an unlocked copy of this PNG/JPEG/TIFF/BMP file will have again.
+
+    Unlock gives back the pixels the watermark engine saw (RGB, or grey for a greyscale file). What
+    those pixels cannot carry is refused here, before anything is protected, rather than silently
+    lost: an alpha channel, a palette, CMYK, or an EXIF orientation (the picture as displayed is
+    turned; the stored pixels are not).
+
+    Raises:
+        ImageReadError: an unreadable file or one of the formats above (the message says what to do).
+    """
+    path = Path(path)
+    with _open(path, decode=False) as img:
+        mode = img.mode
+        transparency = "transparency" in img.info
+        try:
+            orientation = img.getexif().get(_EXIF_ORIENTATION, 1)  # a PNG's EXIF may come after its pixels
+        except (OSError, SyntaxError, ValueError, struct.error) as err:
+            raise ImageReadError(f"{path}: not a readable image ({err})") from err
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (transparency and mode != "P"):
+        raise ImageReadError(f"{path}: image with an alpha channel ({mode}); the unlocked copy could not give it back. "
+                             "Save it as RGB (or greyscale) first")
+    if mode == "P":
+        raise ImageReadError(f"{path}: palette image (mode P); the unlocked copy would be RGB, not a palette image. "
+                             "Convert it to RGB first")
+    if mode in ("CMYK", "YCbCr"):
+        raise ImageReadError(f"{path}: {mode} image; the unlocked copy would be RGB. Convert it to RGB first")
+    if orientation not in (None, 1):
+        raise ImageReadError(f"{path}: EXIF orientation {orientation} (displayed rotated or mirrored); the unlocked PNG "
+                             "would show the stored, unturned pixels. Apply the rotation first (e.g. PIL's "
+                             "ImageOps.exif_transpose) and save without the orientation tag")
+    return "L" if mode == "L" else "RGB"
 
 
 def load_fundus(path: str | Path):

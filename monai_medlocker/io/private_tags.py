@@ -101,15 +101,18 @@ def has_medlocker_tags(ds: Dataset) -> bool:
     return PRIVATE_CREATOR in _creators(ds)
 
 
-def _value(ds: Dataset, block, offset: int):
+def _value(filename: str, block, offset: int):
     try:
         elem = block[offset]
     except KeyError:
         return None
     value = elem.value
-    if elem.VR == "UN" and isinstance(value, bytes) and offset in (_FORMAT, _PARAMS, _CERTIFICATE, _SOURCE_UID):
+    if isinstance(value, bytes) and offset in (_FORMAT, _PARAMS, _CERTIFICATE, _SOURCE_UID):
         # Read from an implicit-VR copy: pydicom cannot know a private VR, so text arrives as bytes.
-        value = value.decode("ascii").rstrip("\x00 ")
+        try:
+            value = value.decode("ascii").rstrip("\x00 ")
+        except UnicodeDecodeError as err:
+            raise PrivateTagError(f"{filename}: MedLocker private element 0x{offset:02x} is not ASCII text ({err})") from err
     return value
 
 
@@ -128,26 +131,29 @@ def read_medlocker_tags(ds: Dataset, filename: str = "dataset") -> MedlockerTags
     if not has_medlocker_tags(ds):
         return None
     block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)
-    version = _value(ds, block, _FORMAT)
+    version = _value(filename, block, _FORMAT)
     if version != PRIVATE_FORMAT:
         raise PrivateTagError(f"{filename}: MedLocker private block has format {version!r}, expected {PRIVATE_FORMAT!r}")
     try:
-        params = json.loads(_value(ds, block, _PARAMS) or "")
-        cert_text = _value(ds, block, _CERTIFICATE)
+        params = json.loads(_value(filename, block, _PARAMS) or "")
+        cert_text = _value(filename, block, _CERTIFICATE)
         certificate = json.loads(cert_text) if cert_text else None
-    except ValueError as err:
+    except (ValueError, TypeError) as err:
         raise PrivateTagError(f"{filename}: MedLocker private block holds invalid JSON ({err})") from err
-    raw = _value(ds, block, _WSM)
+    if not isinstance(params, dict) or not (certificate is None or isinstance(certificate, dict)):
+        raise PrivateTagError(f"{filename}: MedLocker private block holds JSON that is not an object where the parameter "
+                              "record or the certificate belongs")
+    raw = _value(filename, block, _WSM)
     if isinstance(raw, bytes):  # implicit VR: four-byte little-endian integers
         raw = [int.from_bytes(raw[i:i + 4], "little") for i in range(0, len(raw), 4)]
     flat = [] if raw is None or raw == "" else ([int(raw)] if isinstance(raw, int) else [int(v) for v in raw])
     if len(flat) % 4:
         raise PrivateTagError(f"{filename}: MedLocker WSM boxes hold {len(flat)} values, not a multiple of 4")
     boxes = [tuple(flat[i:i + 4]) for i in range(0, len(flat), 4)]
-    source_uid = _value(ds, block, _SOURCE_UID)
-    payload = _bytes(_value(ds, block, _PAYLOAD))
-    if payload is not None and _value(ds, block, _PAYLOAD_LENGTH) is not None:
-        length = _value(ds, block, _PAYLOAD_LENGTH)
+    source_uid = _value(filename, block, _SOURCE_UID)
+    payload = _bytes(_value(filename, block, _PAYLOAD))
+    if payload is not None and _value(filename, block, _PAYLOAD_LENGTH) is not None:
+        length = _value(filename, block, _PAYLOAD_LENGTH)
         if isinstance(length, bytes):
             length = int.from_bytes(length[:4], "little")
         if not 0 <= int(length) <= len(payload) or len(payload) - int(length) > 1:
@@ -156,6 +162,6 @@ def read_medlocker_tags(ds: Dataset, filename: str = "dataset") -> MedlockerTags
         payload = payload[: int(length)]  # drop the even-length padding byte
     return MedlockerTags(
         params=params, wsm_boxes=boxes, source_sop_instance_uid=str(source_uid) if source_uid else None,
-        certificate=certificate, signature=_bytes(_value(ds, block, _SIGNATURE)),
+        certificate=certificate, signature=_bytes(_value(filename, block, _SIGNATURE)),
         restore_payload=payload, version=version,
     )

@@ -125,14 +125,48 @@ class DicomWebPacs:
                 delay *= 2
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _dicom_json(self, operation: str, answer) -> list[dict]:
+        """``answer`` checked to be DICOM JSON (a list of objects of tag -> attribute object).
+
+        Raises:
+            PacsError: anything else, named with the PACS and the operation.
+        """
+        def bad(what: str) -> PacsError:
+            return PacsError(f"PACS {self.url}: {operation}: malformed DICOM JSON answer ({what})")
+
+        if not isinstance(answer, list):
+            raise bad(f"expected a list of objects, got a JSON {type(answer).__name__}")
+        for index, item in enumerate(answer):
+            if not isinstance(item, dict):
+                raise bad(f"item {index} is a JSON {type(item).__name__}, not an object")
+            for tag, attribute in item.items():
+                if not isinstance(attribute, dict) or not isinstance(attribute.get("Value", []), list):
+                    raise bad(f"item {index}, attribute {tag}: expected an object with a Value list")
+        return answer
+
     def study_series(self, study_uid: str) -> list[dict]:
-        """QIDO-RS: the series of a study (DICOM JSON)."""
-        return self._call(f"search for the series of study {study_uid}", self.client.search_for_series, study_uid)
+        """QIDO-RS: the series of a study (DICOM JSON), each with its Series Instance UID.
+
+        Raises:
+            PacsError: the PACS failed, or answered something that is not DICOM JSON series.
+        """
+        operation = f"search for the series of study {study_uid}"
+        series = self._dicom_json(operation, self._call(operation, self.client.search_for_series, study_uid))
+        for index, item in enumerate(series):
+            if not isinstance(json_value(item, "0020000E"), str):
+                raise PacsError(f"PACS {self.url}: {operation}: malformed DICOM JSON answer (series {index} has no "
+                                "Series Instance UID)")
+        return series
 
     def series_metadata(self, study_uid: str, series_uid: str) -> list[dict]:
-        """WADO-RS: the metadata of every instance in a series, private elements included."""
-        return self._call(f"retrieve metadata of series {series_uid}", self.client.retrieve_series_metadata,
-                          study_uid, series_uid)
+        """WADO-RS: the metadata of every instance in a series, private elements included.
+
+        Raises:
+            PacsError: the PACS failed, or answered something that is not DICOM JSON.
+        """
+        operation = f"retrieve metadata of series {series_uid} of study {study_uid}"
+        return self._dicom_json(operation, self._call(operation, self.client.retrieve_series_metadata,
+                                                      study_uid, series_uid))
 
     def retrieve(self, study_uid: str, series_uid: str, sop_uid: str) -> Dataset:
         """WADO-RS: one instance as stored (any transfer syntax the PACS holds)."""

@@ -13,7 +13,7 @@ import numpy as np
 
 from monai_medlocker.watermark.logo import render_logo
 
-__all__ = ["Placement", "composite", "mark_opacity"]
+__all__ = ["Placement", "composite", "invert_composite", "mark_opacity"]
 
 
 @dataclass(frozen=True)
@@ -87,4 +87,36 @@ def composite(image: np.ndarray, logo: np.ndarray, placements: list[Placement], 
         if out.dtype == np.uint8:
             blended = np.clip(np.rint(blended), 0, 255)
         out[y0:y1, x0:x1] = np.where(a > 0, blended, region).astype(out.dtype)
+    return out
+
+
+def invert_composite(
+    composited: np.ndarray, logo: np.ndarray, placements: list[Placement], value_max: float = 255.0
+) -> np.ndarray:
+    """Undo :func:`composite` where it can be undone: ``(out - logo * a) / (1 - a)``, marks in reverse order.
+
+    This is the inverse alpha blend a thief who knows the logo and the placements would try. A
+    uint8 composite was rounded, so a pixel of opacity ``a`` comes back within
+    ``0.5 / (1 - a)`` of its original value (and the error grows without bound as ``a`` nears 1);
+    a pixel of opacity 1 holds nothing of the original and keeps the composited value. That
+    rounding loss is why unlock uses the sealed restore payload, never this function.
+
+    Returns:
+        float32 H x W x 3 estimate of the image before compositing.
+
+    Raises:
+        ValueError: a box that does not lie inside the image.
+    """
+    out = np.asarray(composited, dtype=np.float32).copy()
+    height, width = out.shape[:2]
+    for p in reversed(placements):
+        x0, y0, x1, y1 = p.box_xyxy
+        if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
+            raise ValueError(f"logo box {p.box_xyxy} lies outside the {width}x{height} image")
+        rgb, opacity = mark_opacity(logo, p)
+        a = opacity[..., None]
+        region = out[y0:y1, x0:x1]
+        recoverable = a < 1.0
+        estimate = (region - rgb * np.float32(value_max / 255.0) * a) / np.where(recoverable, 1.0 - a, 1.0)
+        out[y0:y1, x0:x1] = np.where((a > 0) & recoverable, estimate, region)
     return out

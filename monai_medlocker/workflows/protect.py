@@ -8,6 +8,11 @@ record. All protected instances of one source series go into one new derived ser
 read. Outputs are written atomically, and an interrupted run started again skips the images
 already done. A bad image is reported and the batch goes on.
 
+One run at a time holds the output folder (:class:`~monai_medlocker.io.outdir.OutputLock`). The
+settings that change an output (owner key, optimizer and its settings, search space, model, logo,
+seed) are kept in ``run_settings.json`` and in each image's record: a run started again with other
+settings refuses and names them, unless ``redo`` asks to protect those images again.
+
 Lesion masks come from the datalist (``mask_*`` keys) or, for a plain folder, from files beside
 each image ``<stem>.png``: ``<stem>_MA.png``, ``<stem>_HE.png``, ``<stem>_EX.png``,
 ``<stem>_SE.png`` (IDRiD-style, one file per lesion type) and/or ``<stem>_lesions.png`` (all
@@ -39,10 +44,10 @@ from tqdm import tqdm
 from pydicom.uid import generate_uid
 
 from monai_medlocker.certify.certificate import pixel_sha256
-from monai_medlocker.certify.seal import PNG_PARAMS, SIDECAR_SUFFIX, Certifier
+from monai_medlocker.certify.seal import PNG_PARAMS, SIDECAR_SUFFIX, Certifier, protected_file_problem
+from monai_medlocker.data.datalist import datalist_item_problem, read_datalist
 from monai_medlocker.io.dicom import (
     DICOM_ENCODINGS,
-    already_protected,
     derive_protected_dataset,
     derived_study_uid,
     dicom_subject_sha256,
@@ -50,30 +55,50 @@ from monai_medlocker.io.dicom import (
     original_header,
     save_dicom,
 )
-from monai_medlocker.io.image import SUPPORTED_SUFFIXES, ImageReadError, atomic_write_bytes, load_fundus, save_png
+from monai_medlocker.io.image import (
+    SUPPORTED_SUFFIXES,
+    ImageReadError,
+    atomic_write_bytes,
+    is_temporary_file,
+    load_fundus,
+    portable_name,
+    round_trip_mode,
+    save_png,
+)
+from monai_medlocker.io.outdir import OutputError, OutputLock, clean_temporaries, inside_output, prepare_output_dir
 from monai_medlocker.io.private_tags import MedlockerTags
 from monai_medlocker.lesions.masks import find_mask_files
 from monai_medlocker.lesions.source import LESION_SEGMENTERS, LesionSource, MissingMaskError
 from monai_medlocker.networks import Surrogate
 from monai_medlocker.transforms.array import AdversarialWatermark, LesionBBoxMask
+from monai_medlocker.watermark.logo import logo_sha256
 
-__all__ = ["MASK_SUFFIXES", "LESION_SEGMENTERS", "MissingMaskError", "ProtectItem", "find_protect_items", "DatasetProtector",
-           "protect_dataset"]
+__all__ = ["MASK_SUFFIXES", "LESION_SEGMENTERS", "RUN_SETTINGS", "MissingMaskError", "ProtectItem", "find_protect_items",
+           "DatasetProtector", "protect_dataset"]
 
 MASK_SUFFIXES = ("_MA", "_HE", "_EX", "_SE", "_lesions")
+RUN_SETTINGS = "run_settings.json"
+# Per-run facts of a record: not embedded in the published image, so that reruns give the same bytes.
+_TIMINGS = ("seconds", "certify_seconds")
 
 
 @dataclass
 class ProtectItem:
-    """One image to protect: its path, where its output goes, its masks and optional grade."""
+    """One image to protect: its path, where its output goes, its masks and optional grade.
+
+    ``problem`` says why a datalist entry cannot be protected (it is reported, and the batch goes on).
+    """
 
     image: Path
     relative: Path
     masks: list[Path] = field(default_factory=list)
     label: int | None = None
+    problem: str | None = None
 
 
 def _is_image_file(path: Path) -> bool:
+    if is_temporary_file(path):
+        return False  # a write an interrupted run left behind, DICM preamble or not
     if path.suffix.lower() in SUPPORTED_SUFFIXES:
         return True
     # PACS exports name files by UID ("1.2.840...123") or give them no suffix: look for the DICM preamble.
@@ -109,13 +134,17 @@ def find_protect_items(source: str | Path) -> list[ProtectItem]:
         raise FileNotFoundError(f"input not found: {source}")
     items: list[ProtectItem] = []
     if source.is_file() and source.suffix == ".json":
-        data = json.loads(source.read_text(encoding="utf-8"))
+        data = read_datalist(source)
         base = source.parent
         for section, entries in data.items():
             if not isinstance(entries, list):
                 continue
-            for entry in entries:
-                if not isinstance(entry, dict) or "image" not in entry:
+            for index, entry in enumerate(entries):
+                problem = datalist_item_problem(entry)
+                if problem is not None:
+                    name = entry.get("image") if isinstance(entry, dict) else None
+                    where = f"{section}[{index}]" + (f" ({name!r})" if name is not None else "")
+                    items.append(ProtectItem(source, Path(where), problem=f"datalist {source}: item {where}: {problem}"))
                     continue
                 image = base / entry["image"]
                 masks = [base / v for k, v in entry.items() if k.startswith("mask_") and isinstance(v, str)]
@@ -124,7 +153,7 @@ def find_protect_items(source: str | Path) -> list[ProtectItem]:
                 if relative.is_absolute() or ".." in relative.parts:
                     relative = Path(relative.name)  # keep outputs inside the output folder
                 items.append(ProtectItem(image, relative, masks or find_mask_files(image),
-                                         int(label) if isinstance(label, (int, float)) else None))
+                                         None if label is None else int(label)))
     elif source.is_dir():
         for image in sorted(p for p in source.rglob("*") if _is_image_file(p)):
             if _is_mask_file(image) or "masks" in image.relative_to(source).parts[:-1]:
@@ -155,6 +184,9 @@ class DatasetProtector:
         owner_key: the owner's ``.key`` file (or an ``OwnerKey``): when given, each protected image
             gets a signed certificate and an encrypted restore payload (:mod:`monai_medlocker.certify`).
         owner_key_passphrase: the key file's passphrase, when it has one.
+        redo: protect again the images an earlier run into ``output_dir`` made with other
+            output-changing settings (default: refuse, naming the settings that differ).
+        wait: wait for another run that holds ``output_dir`` instead of refusing.
     """
 
     def __init__(
@@ -174,6 +206,8 @@ class DatasetProtector:
         dicom_encoding: str = "explicit",
         owner_key=None,
         owner_key_passphrase: str | None = None,
+        redo: bool = False,
+        wait: bool = False,
     ) -> None:
         self.certifier = Certifier(owner_key, owner_key_passphrase) if owner_key else None
         if dicom_encoding not in DICOM_ENCODINGS:
@@ -196,10 +230,51 @@ class DatasetProtector:
         self.wsm = LesionBBoxMask(lesion_threshold, lesion_min_size, wsm_margin, wsm_margin_fraction)
         self.seed = int(seed)
         self.progress = progress
+        self.redo, self.wait = bool(redo), bool(wait)
+        self._settings: dict | None = None
         self.summary: dict | None = None
 
+    def run_settings(self) -> dict:
+        """The settings that change what an image's output is, as plain JSON (compared on a resumed run)."""
+        wm = self.watermark
+        models = []
+        for s in wm.surrogates:
+            h = hashlib.sha256()
+            for name, tensor in sorted(s.network.state_dict().items()):
+                h.update(name.encode())
+                h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            models.append({"name": s.spec.name, "input_size": s.spec.input_size, "sha256": h.hexdigest()})
+        settings = {"key_id": self.certifier.key_id if self.certifier else None, "optimizer": wm.optimizer.name,
+                    "optimizer_settings": wm.optimizer.settings(), "search_space": wm.search_space.to_record(),
+                    "model": models, "logo_sha256": logo_sha256(wm.logo), "seed": self.seed}
+        return json.loads(json.dumps(settings, sort_keys=True))
+
+    @staticmethod
+    def _settings_changes(earlier: dict, now: dict) -> list[str]:
+        return [f"{k} (earlier run: {earlier.get(k)!r}, this run: {now.get(k)!r})"
+                for k in sorted(set(earlier) | set(now)) if earlier.get(k) != now.get(k)]
+
+    def _check_resume(self, settings: dict) -> None:
+        """Refuse to add to an output folder made with other settings (unless ``redo``); then record ours."""
+        path = self.output_dir / RUN_SETTINGS
+        if path.is_file():
+            try:
+                earlier = json.loads(path.read_text(encoding="utf-8"))
+                if not isinstance(earlier, dict):
+                    raise ValueError(f"expected a JSON object, got {type(earlier).__name__}")
+            except (OSError, ValueError) as err:
+                raise OutputError(f"{path}: unreadable settings of an earlier run ({err}); remove it or choose "
+                                  "another output folder") from err
+            changes = self._settings_changes(earlier, settings)
+            if changes and not self.redo:
+                raise OutputError(
+                    f"output folder {self.output_dir} holds the outputs of an earlier run with other settings: "
+                    + "; ".join(changes) + ". Use the earlier settings to resume, pass --redo to protect its images "
+                    "again with these settings, or choose another output folder")
+        atomic_write_bytes(path, json.dumps(settings, indent=2, sort_keys=True).encode())
+
     def _image_seed(self, relative: Path) -> int:
-        digest = hashlib.sha256(f"{self.seed}:{relative.as_posix()}".encode()).digest()
+        digest = hashlib.sha256(f"{self.seed}:{portable_name(relative)}".encode()).digest()
         return int.from_bytes(digest[:4], "little")
 
     def derived_series_uid(self, source_series_uid: str) -> str:
@@ -214,21 +289,24 @@ class DatasetProtector:
 
     def protect_one(self, item: ProtectItem, out_path: Path) -> dict:
         image, dicom = load_fundus(item.image)
-        if dicom is not None and already_protected(dicom.dataset):
-            raise ImageReadError(f"{item.image}: already a MedLocker-protected instance (it has the MEDLOCKER 1 private "
-                                 "block); protect the original instead")
+        problem = protected_file_problem(item.image, dicom)
+        if problem:
+            raise ImageReadError(f"{item.image}: already a MedLocker-protected {problem}; protect the original instead")
+        mode = "RGB" if dicom is not None else round_trip_mode(item.image)
         masks, source, report = self.lesions(item.image, image, item.masks)
         wsm = self.wsm(masks)
         out = self.watermark(image.transpose(2, 0, 1), wsm, label=item.label, seed=self._image_seed(item.relative))
         record = dict(self.watermark.last_record)
-        record["source"] = {"file": item.relative.as_posix(), "masks": [m.name for m in item.masks]}
+        record["source"] = {"file": portable_name(item.relative), "masks": [m.name for m in item.masks]}
+        if mode != "RGB":
+            record["source"]["mode"] = mode  # unlock writes this mode again
         record["lesion_source"] = source
         if report is not None:
             record["lesion_report"] = report
         record["wsm_boxes"] = self.wsm.boxes(masks)[0].tolist()
         protected = np.ascontiguousarray(np.asarray(out).transpose(1, 2, 0))
         if not record.get("protected"):
-            atomic_write_bytes(out_path.with_name(out_path.stem + SIDECAR_SUFFIX), json.dumps(record, indent=2).encode())
+            self._write_record(out_path, record)
             return record
         src = dicom.dataset if dicom is not None else None
         sealed = None
@@ -237,13 +315,14 @@ class DatasetProtector:
             # A file name alone is not unique across datasets: its key (and a grant for it) would open any
             # other image once protected under the same name. The original's hash makes it unique.
             image_id = (str(src.SOPInstanceUID) if src is not None
-                        else f"{item.relative.as_posix()}#{pixel_sha256(image).split(':', 1)[1][:16]}")
+                        else f"{portable_name(item.relative)}#{pixel_sha256(image).split(':', 1)[1][:16]}")
             extra = ({"dicom_original": original_header(src), "dicom_subject_sha256": dicom_subject_sha256(src, derived_study_uid(src))}
                      if src is not None else None)
             sealed = self.certifier.seal(image_id, image, protected, dict(record), extra)
             record["certify_seconds"] = round(time.perf_counter() - t0, 4)
+        embedded = {k: v for k, v in record.items() if k not in _TIMINGS}
         if src is not None:
-            tags = MedlockerTags(params=record, wsm_boxes=[tuple(b) for b in record["wsm_boxes"]],
+            tags = MedlockerTags(params=embedded, wsm_boxes=[tuple(b) for b in record["wsm_boxes"]],
                                  source_sop_instance_uid=str(src.SOPInstanceUID))
             if sealed is not None:
                 tags.certificate, tags.signature, tags.restore_payload = (
@@ -259,36 +338,73 @@ class DatasetProtector:
             }
             save_dicom(out_path, derived)
         else:
-            text = {PNG_PARAMS: json.dumps(record, sort_keys=True)}
+            text = {PNG_PARAMS: json.dumps(embedded, sort_keys=True)}
             if sealed is not None:
                 text.update(sealed.png_text())
-            save_png(out_path, protected, text=text)
+            save_png(out_path, protected[..., 0] if mode == "L" else protected, text=text)
         sidecar = dict(record)
         if sealed is not None:
             sidecar.update(sealed.sidecar_fields())
-        atomic_write_bytes(out_path.with_name(out_path.stem + SIDECAR_SUFFIX), json.dumps(sidecar, indent=2).encode())
+        self._write_record(out_path, sidecar)
         return record
 
+    def _write_record(self, out_path: Path, record: dict) -> None:
+        if self._settings is None:  # protect_one called outside run()
+            self._settings = self.run_settings()
+        record = {**record, "run_settings": self._settings}
+        atomic_write_bytes(out_path.with_name(out_path.stem + SIDECAR_SUFFIX), json.dumps(record, indent=2).encode())
+
     def run(self) -> dict:
-        start = time.perf_counter()
+        """Protect every image (one run at a time per output folder); returns the summary.
+
+        Raises:
+            OutputError: an unusable output folder, another run holding it, or (without ``redo``)
+                an earlier run's outputs made with other settings.
+        """
         items = find_protect_items(self.input_path)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        rows = []
+        prepare_output_dir(self.output_dir)
+        with OutputLock(self.output_dir, wait=self.wait, command="medlocker protect"):
+            clean_temporaries(self.output_dir)  # what a killed run left; no other run is writing here now
+            self._settings = self.run_settings()
+            self._check_resume(self._settings)
+            return self._run(items)
+
+    def _output_problem(self, item: ProtectItem, out_path: Path, record_path: Path, inputs: set[Path]) -> str | None:
+        """Why writing ``item``'s outputs would leave the output folder or replace an input; ``None`` when safe."""
         out_root = self.output_dir.resolve()
+        if out_root in item.image.resolve().parents:
+            return f"{item.image}: the input lies inside the output folder {self.output_dir}; move it out first"
+        for path in (out_path, record_path):
+            try:
+                inside_output(self.output_dir, path)
+            except OutputError as err:
+                return f"{item.image}: {err}"
+            target = path.resolve()
+            # Never onto an input, and never among the inputs, where a later run would read it back.
+            if target in inputs or self._in_root in target.parents:
+                return f"{item.image}: its output {path} would replace or lie among the inputs; choose another output folder"
+        return None
+
+    def _run(self, items: list[ProtectItem]) -> dict:
+        start = time.perf_counter()
+        rows = []
+        inputs = {p.resolve() for item in items if item.problem is None for p in (item.image, *item.masks)}
         claimed: dict[Path, str] = {}
         for item in tqdm(items, desc="protect", unit="img", disable=not self.progress, file=sys.stderr):
-            out_path = self.output_dir / output_name(item.relative, is_dicom_file(item.image))
-            row = {"image": item.relative.as_posix(), "output": None, "status": None}
-            record_path = out_path.with_name(out_path.stem + SIDECAR_SUFFIX)
-            target = out_path.resolve()
-            # Never write outside the output folder or onto an input, and never let two inputs
-            # (a.jpg and a.png) share one output.
-            # (and never among the inputs, where a later run would read it back as an input)
-            if out_root not in target.parents or target == item.image.resolve() or self._in_root in target.parents:
-                row.update(status="failed", error=f"{item.image}: its output {out_path} would lie outside {self.output_dir}")
+            row = {"image": portable_name(item.relative), "output": None, "status": None}
+            if item.problem is not None:
+                row.update(status="failed", error=item.problem)
                 rows.append(row)
                 continue
-            sidecar = record_path.resolve()
+            out_path = self.output_dir / output_name(item.relative, is_dicom_file(item.image))
+            record_path = out_path.with_name(out_path.stem + SIDECAR_SUFFIX)
+            problem = self._output_problem(item, out_path, record_path, inputs)
+            if problem:
+                row.update(status="failed", error=problem)
+                rows.append(row)
+                continue
+            # Never let two inputs (a.jpg and a.png) share one output.
+            target, sidecar = out_path.resolve(), record_path.resolve()
             if target in claimed or sidecar in claimed:
                 other = claimed.get(target) or claimed.get(sidecar)
                 row.update(status="failed", error=f"{item.image}: same output or record name as {other}; rename one")
@@ -303,17 +419,25 @@ class DatasetProtector:
                     rows.append(row)
                     continue
                 earlier = (previous.get("source") or {}).get("file")
-                if earlier != item.relative.as_posix() or (previous.get("protected") and not out_path.is_file()):
+                if earlier != portable_name(item.relative) or (previous.get("protected") and not out_path.is_file()):
                     claimed.pop(target, None)  # the record's own image may still come later in this run
                     claimed.pop(sidecar, None)
                     row.update(status="failed", error=f"{item.image}: {record_path} is the record of {earlier or 'another image'} "
                                f"from an earlier run (same record name); rename one")
                     rows.append(row)
                     continue
-                row.update(status="already-done", output=out_path.relative_to(self.output_dir).as_posix())
-                row.update({k: previous.get(k) for k in ("success", "queries", "seconds", "protected", "reason")})
-                rows.append(row)
-                continue
+                changes = self._settings_changes(previous.get("run_settings") or {}, self._settings) \
+                    if "run_settings" in previous else []
+                if changes and not self.redo:
+                    row.update(status="failed", error=f"{item.image}: its output in {self.output_dir} was made with other "
+                               f"settings: {'; '.join(changes)}; pass --redo to protect it again")
+                    rows.append(row)
+                    continue
+                if not changes:
+                    row.update(status="already-done", output=portable_name(out_path.relative_to(self.output_dir)))
+                    row.update({k: previous.get(k) for k in ("success", "queries", "seconds", "protected", "reason")})
+                    rows.append(row)
+                    continue
             t0 = time.perf_counter()
             try:
                 record = self.protect_one(item, out_path)
@@ -326,7 +450,7 @@ class DatasetProtector:
                 protected = bool(record.get("protected"))
                 row.update(
                     status="protected" if protected else "not-protected",
-                    output=out_path.relative_to(self.output_dir).as_posix() if protected else None,
+                    output=portable_name(out_path.relative_to(self.output_dir)) if protected else None,
                     protected=protected, success=record.get("success"), queries=record.get("queries"),
                     reason=record.get("reason"), lesion_source=record.get("lesion_source"),
                 )

@@ -5,7 +5,11 @@ an owner public key is known), derive or look up the image's key, decrypt (the c
 the associated data, so a changed certificate or payload fails here), put the original pixels
 back under the logo boxes, and check the result against the certified hash of the original.
 Only then is anything written. A DICOM image gets its original UIDs and header values back from
-the certificate, so that the unlocked instance is the original instance.
+the certificate, so that the unlocked instance is the original instance; one whose patient or
+study attributes changed after protection is refused (verify calls it "DICOM header modified").
+The signature is always checked: without the owner's public key (from the key, the grant or
+``public_key``) nothing is unlocked. One run at a time holds the output folder, and nothing is
+written outside it (:mod:`monai_medlocker.io.outdir`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from monai_medlocker.certify.keys import OwnerKey, OwnerPublicKey, load_owner_ke
 from monai_medlocker.certify.payload import PayloadError, apply_restore_payload, decrypt_payload, derive_image_key
 from monai_medlocker.certify.seal import ProtectedFile, payload_sha256, read_protected
 from monai_medlocker.io.image import ImageReadError, atomic_write_bytes, save_png
-from monai_medlocker.workflows.verify import find_certified_images
+from monai_medlocker.io.outdir import OutputError, OutputLock, clean_temporaries, inside_output, prepare_output_dir
+from monai_medlocker.workflows.verify import dicom_header_problem, find_certified_images
 
 __all__ = ["UnlockError", "unlock_image", "Unlocker", "format_unlock_summary"]
 
@@ -37,9 +42,13 @@ def unlock_image(pf: ProtectedFile, key: OwnerKey | None = None, grant: Grant | 
                  pub: OwnerPublicKey | None = None) -> np.ndarray:
     """The original pixels of one protected image, checked against the certified hash.
 
+    Args:
+        pub: the owner's public key; default: the owner key's. Required with a grant that carries none.
+
     Raises:
-        UnlockError: no certificate, an invalid signature or foreign owner, a key or grant that
-            does not open it, a tampered payload or certificate, or pixels that do not restore.
+        UnlockError: no certificate, an invalid signature or foreign owner, no public key to check
+            the signature with, a DICOM header changed after protection, a key or grant that does
+            not open it, a tampered payload or certificate, or pixels that do not restore.
     """
     where = str(pf.path)
     if pf.problem:
@@ -48,10 +57,17 @@ def unlock_image(pf: ProtectedFile, key: OwnerKey | None = None, grant: Grant | 
         raise UnlockError(f"{where}: no MedLocker certificate with a restore payload (was it protected with --key?)")
     cert = pf.signed.certificate
     image_id, key_id = cert.get("image_id"), cert.get("key_id")
-    if pub is not None:
-        status = verify_certificate(pf.signed, pub)
-        if status != "valid":
-            raise UnlockError(f"{where}: {status} (certificate key {key_id}, expected {pub.key_id}); nothing unlocked")
+    pub = pub or (key.public if key is not None else None) or (grant.public_key if grant is not None else None)
+    if pub is None:
+        raise UnlockError(f"{where}: no owner public key to check the signature with; nothing unlocked")
+    status = verify_certificate(pf.signed, pub)
+    if status != "valid":
+        raise UnlockError(f"{where}: {status} (certificate key {key_id}, expected {pub.key_id}); nothing unlocked")
+    if pf.dicom is not None:
+        problem = dicom_header_problem(pf, cert)
+        if problem:
+            raise UnlockError(f"{where}: DICOM header modified after protection: {problem}; the original pixels are "
+                              "not handed back under another header (nothing unlocked)")
     if key is not None:
         if key_id != key.key_id:
             raise UnlockError(f"{where}: protected by owner key {key_id}, not by the given key {key.key_id}")
@@ -90,13 +106,20 @@ class Unlocker:
         key: the owner's ``.key`` file (or an :class:`OwnerKey`); or
         grant: a grant file (or a :class:`Grant`) covering the images.
         passphrase: the key file's passphrase, when it has one.
-        public_key: the owner's ``.pub`` (optional with a grant; taken from the key otherwise).
+        public_key: the owner's ``.pub`` (needed with a grant that carries no public key; taken
+            from the key or the grant otherwise).
         progress: show a progress bar.
+        wait: wait for another run that holds ``output_dir`` instead of refusing.
+
+    Raises:
+        ValueError: neither or both of a key and a grant, a grant without a public key and no
+            ``public_key``, or an output folder inside the input folder.
     """
 
     def __init__(self, input_path: str | Path, output_dir: str | Path, key: str | Path | OwnerKey | None = None,
                  grant: str | Path | Grant | None = None, passphrase: str | None = None,
-                 public_key: str | Path | OwnerPublicKey | None = None, progress: bool = True) -> None:
+                 public_key: str | Path | OwnerPublicKey | None = None, progress: bool = True,
+                 wait: bool = False) -> None:
         if (key is None) == (grant is None):
             raise ValueError("give exactly one of an owner key (--key) or a grant (--grant)")
         self.key = key if isinstance(key, OwnerKey) or key is None else load_owner_key(key, passphrase)
@@ -105,6 +128,9 @@ class Unlocker:
             public_key = load_public_key(public_key)
         # The signature is always checked: the owner key or the grant carries the public key.
         self.public_key = public_key or (self.key.public if self.key else self.grant.public_key)
+        if self.public_key is None:
+            raise ValueError(f"grant {self.grant.path or ''} carries no owner public key, so the certificates' signatures "
+                             "could not be checked; pass the owner's public key with --pub")
         self.input_path, self.output_dir = Path(input_path), Path(output_dir)
         in_root, out_root = self.input_path.resolve(), self.output_dir.resolve()
         # A folder's outputs must not land among its inputs (a re-run would read them back);
@@ -113,13 +139,17 @@ class Unlocker:
                 (self.input_path.is_file() and out_root == in_root.parent):
             raise ValueError(f"output folder {self.output_dir} is the input folder or inside it; choose a separate folder")
         self.progress = progress
+        self.wait = bool(wait)
         self.summary: dict | None = None
 
     def _target(self, path: Path, is_dicom: bool) -> Path:
         from monai_medlocker.workflows.protect import output_name
 
         rel = path.relative_to(self.input_path) if self.input_path.is_dir() else Path(path.name)
-        return self.output_dir / output_name(rel, is_dicom)
+        try:
+            return inside_output(self.output_dir, self.output_dir / output_name(rel, is_dicom))
+        except OutputError as err:
+            raise UnlockError(f"{path}: {err}") from err
 
     def _unlock_one(self, path: Path) -> dict:
         from monai_medlocker.io.dicom import restore_original_dataset, save_dicom
@@ -138,21 +168,40 @@ class Unlocker:
                 raise UnlockError(f"{path}: the certificate holds no original DICOM header; cannot rebuild the instance")
             save_dicom(target, restore_original_dataset(pf.dicom.dataset, restored, header))
         else:
-            save_png(target, restored)
+            mode = ((cert.get("params") or {}).get("source") or {}).get("mode", "RGB")
+            save_png(target, restored[..., 0] if mode == "L" else restored)  # a greyscale original comes back grey
         return {"image": str(path), "status": "unlocked", "output": str(target), "image_id": cert.get("image_id"),
                 "original_sha256": cert.get("original_sha256")}
 
     def run(self) -> dict:
+        """Unlock every image (one run at a time per output folder); returns the summary.
+
+        Raises:
+            OutputError: an unusable output folder, or another run holding it.
+        """
+        paths = find_certified_images(self.input_path)
+        created = not self.output_dir.exists()
+        prepare_output_dir(self.output_dir)
+        try:
+            with OutputLock(self.output_dir, wait=self.wait, command="medlocker unlock"):
+                clean_temporaries(self.output_dir)
+                return self._run(paths)
+        finally:
+            if created and not any(self.output_dir.iterdir()):
+                self.output_dir.rmdir()  # nothing unlocked: leave no trace
+
+    def _run(self, paths: list[Path]) -> dict:
         start = time.perf_counter()
         rows = []
-        for path in tqdm(find_certified_images(self.input_path), desc="unlock", unit="img", disable=not self.progress,
-                         file=sys.stderr):
+        for path in tqdm(paths, desc="unlock", unit="img", disable=not self.progress, file=sys.stderr):
             try:
                 rows.append(self._unlock_one(path))
             except (UnlockError, ImageReadError, ValueError, OSError) as err:
                 message = str(err)
                 rows.append({"image": str(path), "status": "failed",
                              "error": message if str(path) in message else f"{path}: {message}"})
+            except Exception as err:  # a library failure on one file must not stop the batch
+                rows.append({"image": str(path), "status": "failed", "error": f"{path}: {type(err).__name__}: {err}"})
         failed = [r for r in rows if r["status"] == "failed"]
         self.summary = {"input": str(self.input_path), "output_dir": str(self.output_dir), "images": len(rows),
                         "unlocked": len(rows) - len(failed), "failures": failed,

@@ -31,9 +31,10 @@ from monai_medlocker.certify.certificate import pixel_sha256, verify_certificate
 from monai_medlocker.certify.keys import OwnerPublicKey, load_public_key
 from monai_medlocker.certify.seal import ProtectedFile, read_protected
 from monai_medlocker.io.image import ImageReadError, atomic_write_bytes
+from monai_medlocker.io.outdir import check_output_file
 from monai_medlocker.watermark.logo import greyscale_logo, load_logo, logo_sha256
 
-__all__ = ["VERDICTS", "find_certified_images", "verify_image", "Verifier", "format_verify_summary"]
+__all__ = ["VERDICTS", "find_certified_images", "dicom_header_problem", "verify_image", "Verifier", "format_verify_summary"]
 
 VERDICTS = ("authentic", "watermark present, pixels modified", "pixels modified, watermark not found",
             "DICOM header modified", "invalid signature", "foreign owner", "no certificate", "unreadable image")
@@ -41,8 +42,10 @@ _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".
 
 
 def find_certified_images(source: str | Path) -> list[Path]:
-    """One file, or the images in a folder (recursively; masks, sidecars and reports are not images)."""
+    """One file, or the images in a folder (recursively; masks, sidecars, reports and the temporary
+    files of an interrupted write are not images)."""
     from monai_medlocker.io.dicom import is_dicom_file
+    from monai_medlocker.io.image import is_temporary_file
 
     source = Path(source)
     if not source.exists():
@@ -52,13 +55,15 @@ def find_certified_images(source: str | Path) -> list[Path]:
     from monai_medlocker.workflows.protect import _is_mask_file
 
     files = [p for p in sorted(source.rglob("*")) if p.is_file() and not _is_mask_file(p) and p.name.upper() != "DICOMDIR"
+             and not is_temporary_file(p)
              and (p.suffix.lower() in _IMAGE_SUFFIXES or (p.suffix.lower() not in (".json", ".jsonl") and is_dicom_file(p)))]
     if not files:
         raise ValueError(f"no images found in {source}")
     return files
 
 
-def _dicom_header_problem(pf: ProtectedFile, cert: dict) -> str | None:
+def dicom_header_problem(pf: ProtectedFile, cert: dict) -> str | None:
+    """Why a protected DICOM's header is not the certified one (another patient, study or source), or ``None``."""
     from monai_medlocker.io.dicom import dicom_subject_sha256
 
     extra = cert.get("extra") or {}
@@ -87,7 +92,7 @@ def verify_image(pf: ProtectedFile, pub: OwnerPublicKey, logo: np.ndarray) -> di
                   else "the certificate or its signature does not match the owner's public key")
         return {**row, "verdict": status, "detail": detail}
     if pf.dicom is not None:
-        problem = _dicom_header_problem(pf, cert)
+        problem = dicom_header_problem(pf, cert)
         if problem:
             return {**row, "verdict": "DICOM header modified", "detail": problem}
     if pixel_sha256(pf.pixels) == cert.get("watermarked_sha256"):
@@ -121,7 +126,7 @@ class Verifier:
         self.input_path = Path(input_path)
         self.public_key = public_key if isinstance(public_key, OwnerPublicKey) else load_public_key(public_key)
         self.logo = load_logo(logo)
-        self.report = Path(report) if report else None
+        self.report = check_output_file(report, "--report") if report else None
         self.progress = progress
         self.summary: dict | None = None
 
@@ -136,6 +141,9 @@ class Verifier:
                 message = str(err)
                 rows.append({"image": str(path), "verdict": "unreadable image",
                              "detail": message if str(path) in message else f"{path}: {message}"})
+            except Exception as err:  # a library failure on one file must not stop the batch
+                rows.append({"image": str(path), "verdict": "unreadable image",
+                             "detail": f"{path}: {type(err).__name__}: {err}"})
         counts = {v: sum(r["verdict"] == v for r in rows) for v in VERDICTS if any(r["verdict"] == v for r in rows)}
         self.summary = {"input": str(self.input_path), "owner_key_id": self.public_key.key_id, "images": len(rows),
                         "verdicts": counts, "results": rows, "seconds": round(time.perf_counter() - start, 2),

@@ -1,0 +1,63 @@
+"""Run the atheris fuzzing harness of the image and DICOM loaders for a bounded time (CI does)."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from monai_medlocker.io.dicom_build import fundus_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+HARNESS = ROOT / "tests" / "fuzz" / "fuzz_loaders.py"
+SUFFIXES = (".png", ".jpg", ".tif", ".dcm")  # the harness's order: the first byte picks one
+
+
+def _seed_corpus(folder: Path) -> None:
+    rgb = (np.indices((32, 32)).sum(0)[..., None] * np.array([3, 5, 7]) % 256).astype(np.uint8)
+    for index, fmt in enumerate(("PNG", "JPEG", "TIFF")):
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, format=fmt)
+        (folder / f"seed{index}").write_bytes(bytes([index]) + buf.getvalue())
+    buf = io.BytesIO()
+    fundus_dataset(rgb, iod="op8").save_as(buf, enforce_file_format=True)
+    (folder / "seed3").write_bytes(bytes([SUFFIXES.index(".dcm")]) + buf.getvalue())
+
+
+@pytest.mark.timeout(300)
+def test_loaders_survive_fuzzing(tmp_path):
+    corpus, crashes = tmp_path / "corpus", tmp_path / "crashes"
+    corpus.mkdir()
+    crashes.mkdir()
+    _seed_corpus(corpus)
+    seconds = int(os.environ.get("MEDLOCKER_FUZZ_SECONDS", "20"))
+    cmd = [sys.executable, str(HARNESS), str(corpus), f"-max_total_time={seconds}", "-timeout=20",
+           "-rss_limit_mb=4096", f"-artifact_prefix={crashes}/", "-print_final_stats=1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and not list(crashes.iterdir()), output[-4000:]
+    runs = [line for line in output.splitlines() if "stat::number_of_executed_units" in line]
+    assert runs and int(runs[-1].split(":")[-1]) > 50, output[-2000:]  # it really ran inputs
+
+
+def test_garbled_header_element_found_by_the_fuzzer_is_a_clear_error(tmp_path):
+    """pydicom parses elements lazily: a garbled VR failed (NotImplementedError) only when the
+    reader looked at SamplesPerPixel. The fuzzer found it; it is a DicomReadError now."""
+    from monai_medlocker.io.dicom import DicomReadError, read_fundus_dicom
+
+    buf = io.BytesIO()
+    rgb = np.zeros((32, 32, 3), np.uint8)
+    fundus_dataset(rgb, iod="op8").save_as(buf, enforce_file_format=True)
+    data = bytearray(buf.getvalue())
+    at = data.index(b"\x28\x00\x02\x00US")  # (0028,0002) SamplesPerPixel, explicit VR "US"
+    data[at + 4:at + 6] = b"U0"
+    (tmp_path / "garbled.dcm").write_bytes(bytes(data))
+    with pytest.raises(DicomReadError, match=r"garbled\.dcm: unreadable DICOM header \(NotImplementedError"):
+        read_fundus_dicom(tmp_path / "garbled.dcm")
