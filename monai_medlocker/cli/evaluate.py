@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from monai_medlocker.cli._bundle import bundle_root, parse_bundle_config, run_workflow
@@ -65,5 +66,6 @@ def run(args: argparse.Namespace) -> int:
     if args.no_training:
         parser["unauthorised_training"] = None
     run_workflow(parser)
-    study = parser.get_parsed_content("study")
-    return 1 if study.errors else 0
+    # The parsed study object is not kept by the parser; the written results say whether anything failed.
+    results = json.loads((Path(args.output) / "threats.json").read_text())
+    return 1 if results["errors"] else 0

@@ -146,7 +146,9 @@ def release_study_images(release_dir: str | Path, originals_dir: str | Path,
     """
     from monai_medlocker.certify.seal import SIDECAR_SUFFIX
     from monai_medlocker.io.image import load_rgb
+    from monai_medlocker.lesions.source import LesionSource
 
+    lesions = LesionSource("builtin")
     release_dir, originals_dir = Path(release_dir), Path(originals_dir)
     for label, folder in (("release", release_dir), ("originals", originals_dir)):
         if not folder.is_dir():
@@ -168,6 +170,9 @@ def release_study_images(release_dir: str | Path, originals_dir: str | Path,
                 raise ValueError(f"no original for {protected.name} in {originals_dir / rel.parent}")
             if "label" not in record or "marks" not in record:
                 raise ValueError(f"{sidecar}: the record has no label or marks (not a MedLocker parameter record)")
+            if record.get("label_source", "given") != "given":
+                raise ValueError(f"{sidecar}: the image was protected without a true grade (label_source "
+                                 f"{record.get('label_source')!r}); protect with a labelled datalist to study it")
             original = load_rgb(candidates[0])
             wm = load_rgb(protected)
             if original.shape != wm.shape:
@@ -176,7 +181,9 @@ def release_study_images(release_dir: str | Path, originals_dir: str | Path,
         except (OSError, ValueError) as err:
             errors.append({"file": str(protected), "error": str(err)})
             continue
-        wsm = np.zeros(original.shape[:2], dtype=bool)
+        # The rows made afresh from the originals obey the lesion boxes as protect does (built-in detector).
+        maps, _, _ = lesions(candidates[0], original, [])
+        wsm = _wsm_from_masks(maps > 0.5, original.shape[:2])
         images.append(StudyImage(str(rel.parent / stem), original, wsm, int(record["label"])))
         row.images.append(wm)
         row.records.append(record)
@@ -206,12 +213,32 @@ def predict(models: dict[str, Surrogate], images: Sequence[np.ndarray], batch_si
     return preds
 
 
+def _thief_view(fn: Callable, image: np.ndarray, index: int) -> np.ndarray:
+    """The thief's preprocessing of one image; a random one (colour jitter) draws by image index, so that the
+    original and every protected copy of an image get the same draw and only the protection differs."""
+    return fn(image, seed=index) if "seed" in getattr(fn, "keywords", {}) else fn(image)
+
+
+def _psnr_capped(value: float, cap: float = 99.0) -> float:
+    """A perfect restoration has infinite PSNR: count it at ``cap`` dB rather than dropping it."""
+    return cap if not np.isfinite(value) else float(value)
+
+
 def _same_weights(a: Surrogate, b: Surrogate) -> bool:
     """Whether two surrogates are the same trained model (the white-box row already covers it)."""
     if type(a.network) is not type(b.network) or a.spec.input_size != b.spec.input_size:
         return False
     sa, sb = a.network.state_dict(), b.network.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _weights_hash(model: Surrogate) -> str:
+    import hashlib
+
+    digest = hashlib.sha256(model.spec.name.encode() + str(model.spec.input_size).encode())
+    for tensor in model.network.state_dict().values():
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _settings_hash(settings: dict) -> str:
@@ -306,11 +333,18 @@ class ThreatStudy:
         bad = [a for a in self.attacks if a not in all_attacks]
         if bad:
             raise ValueError(f"unknown removal attack(s) {bad}; expected among {', '.join(all_attacks)}.")
+        from monai_medlocker.watermark import SearchSpace
+
+        self.space = SearchSpace.from_config(search_space)
         self.protect_settings = {"optimizer": optimizer, "optimizer_kwargs": dict(optimizer_kwargs or {}),
                                  "max_queries": max_queries, "search_space": search_space, "logo": logo}
         self.transfer_matrix = transfer_matrix
         self.quick = quick
-        self.remover = dict(remover or ({"n_pairs": 48, "epochs": 2} if quick else {}))
+        if remover is None and quick:
+            from monai_medlocker.threats.removal import QUICK_REMOVER
+
+            remover = {k: v for k, v in QUICK_REMOVER.items() if k != "size"}
+        self.remover = dict(remover or {})
         self.unauthorised_training = unauthorised_training
         self.bundle_root = bundle_root
         self.progress = progress
@@ -343,9 +377,13 @@ class ThreatStudy:
         for member in self.zoo.members.values():
             try:
                 models[member.name] = member.load(self.zoo.num_classes)
-                roles[member.name] = member.role
             except (FileNotFoundError, ValueError) as err:
                 self.errors.append({"file": str(member.checkpoint), "error": str(err)})
+                continue
+            roles[member.name] = member.role
+            if _same_weights(models[member.name], self.surrogate):
+                # the optimizer queries it: it is the white-box model, whatever its zoo role says
+                roles[member.name] = "white_box_duplicate"
         if not any(r == "held_out" for r in roles.values()):
             raise ValueError(f"no held-out zoo model could be loaded from {self.zoo.path}: "
                              + "; ".join(e["error"] for e in self.errors[-3:]))
@@ -394,7 +432,8 @@ class ThreatStudy:
         preds: dict[str, dict[str, dict[str, np.ndarray]]] = {}  # preprocessing -> row -> model -> preds
         for prep in self._bar(self.preprocessing, "thief preprocessing"):
             fn = get_thief_preprocessing(prep)
-            preds[prep] = {name: predict(models, [fn(img) for img in row.images]) for name, row in rows.items()}
+            preds[prep] = {name: predict(models, [_thief_view(fn, img, i) for i, img in enumerate(row.images)])
+                           for name, row in rows.items()}
         table = {prep: {row: {m: protection_metrics(grades, by_row["none"][m], p[m]) for m in models}
                          for row, p in by_row.items()} for prep, by_row in preds.items()}
         return {"metrics": table, "preds": preds}
@@ -413,8 +452,13 @@ class ThreatStudy:
             for row_name, row in rows.items():
                 if row_name == "none":
                     continue
-                fit = fitted(row) if fitted else None
-                restored, seconds, fidelity = [], [], []
+                try:
+                    fit = fitted(row) if fitted else None
+                except ValueError as err:  # e.g. too few marks located to estimate the watermark
+                    self.errors.append({"file": f"{attack} on {row_name}", "error": str(err)})
+                    out[attack][row_name] = None
+                    continue
+                restored, seconds, fidelity, baseline = [], [], [], []
                 for i, img in enumerate(self._bar(row.images, f"{attack} on {row_name}")):
                     placements = row.placements(i)
                     start = time.perf_counter()
@@ -423,18 +467,23 @@ class ThreatStudy:
                         continue
                     if fit is not None:
                         res = fit(img)
-                    else:
+                    elif attack == "blind_inverse":  # knows only the public logo and the public search space
+                        res = get_removal_attack(attack)(img, logo, space=self.space, max_marks=self.space.n_marks)
+                    else:  # informed, or inpainting of the footprint the thief traced by hand
                         res = get_removal_attack(attack)(img, logo, placements=placements)
                     seconds.append(time.perf_counter() - start)
                     restored.append(res)
                     fidelity.append(box_fidelity(res, images[i].original, placements))
+                    baseline.append(box_fidelity(img, images[i].original, placements))
                     if i == 0:
                         examples.setdefault(row_name, {})[attack] = res
                 p = predict(models, restored)
                 out[attack][row_name] = {
                     "models": {m: protection_metrics(grades, clean_preds[m], p[m]) for m in models},
-                    "box_psnr_median": _median([f["psnr"] for f in fidelity if np.isfinite(f["psnr"])]),
+                    "box_psnr_median": _median([_psnr_capped(f["psnr"]) for f in fidelity]),
                     "box_ssim_median": _median([f["ssim"] for f in fidelity]),
+                    "protected_box_psnr_median": _median([_psnr_capped(f["psnr"]) for f in baseline]),
+                    "protected_box_ssim_median": _median([f["ssim"] for f in baseline]),
                     "seconds_per_image_median": _median(seconds),
                     "images_attacked": len(seconds),
                 }
@@ -444,22 +493,24 @@ class ThreatStudy:
         """A factory: row -> (image -> restored image) for attacks that must be trained or fitted first."""
         if attack == "learned_remover":
             from monai_medlocker.threats import LearnedRemover, train_remover
+            from monai_medlocker.watermark import logo_sha256
 
             settings = {"size": min(rows["none"].images[0].shape[:2]), **self.remover}
-            path = self.output_dir / "thief" / f"learned_remover_{_settings_hash(settings)}.pt"
+            key = {**settings, "logo": logo_sha256(logo), "space": self.space.to_record()}
+            path = self.output_dir / "thief" / f"learned_remover_{_settings_hash(key)}.pt"
             if not path.is_file():
                 start = time.perf_counter()
                 path.parent.mkdir(parents=True, exist_ok=True)
-                _, stats = train_remover(str(path), progress=self.progress, **settings)
+                train_remover(str(path), progress=self.progress, logo=logo, space=self.space, **settings)
                 self.timings["train_learned_remover"] = round(time.perf_counter() - start, 1)
-                self.remover_stats = {"settings": settings, **stats}
             remover = LearnedRemover.from_checkpoint(path)
-            return lambda row: remover
+            self.remover_stats = {"settings": settings, "checkpoint": str(path), "report": remover.report}
+            return lambda row: (lambda img: remover(img, logo))
         from monai_medlocker.threats import CollectionAttack
 
         def fit(row: _Row):
             marked = [img for i, img in enumerate(row.images) if row.records[i]]
-            estimate = CollectionAttack().fit(marked, logo=logo)
+            estimate = CollectionAttack(space=self.space).fit(marked, logo=logo)
             return estimate.remove
 
         return fit
@@ -472,7 +523,9 @@ class ThreatStudy:
         test_sets = {"clean": [s.original for s in images]}
         if "medlocker" in rows:
             test_sets["protected"] = rows["medlocker"].images
-        work = self.output_dir / "thief" / f"training_{_settings_hash({**cfg, **self.protect_settings})}"
+        members = [vars(m) for m in self.zoo.select(list(cfg.get("families", ())))]
+        key = {**cfg, **self.protect_settings, "surrogate": _weights_hash(self.surrogate), "members": members}
+        work = self.output_dir / "thief" / f"training_{_settings_hash(key)}"
         return unauthorised_training(
             work, zoo=self.zoo, surrogate=self.surrogate,
             protect_settings=self.protect_settings, test_images=test_sets, test_grades=[s.grade for s in images],
@@ -560,10 +613,11 @@ class ThreatStudy:
             }
         removal_summary = None
         if removal:
-            removal_summary = {a: {row: {
+            removal_summary = {a: {row: None if v is None else {
                 "held_out_accuracy": _mean([v["models"][h]["watermarked_accuracy"] for h in held_out]),
                 "white_box_accuracy": v["models"][WHITE_BOX]["watermarked_accuracy"],
                 "box_psnr_median": v["box_psnr_median"], "box_ssim_median": v["box_ssim_median"],
+                "protected_box_psnr_median": v["protected_box_psnr_median"],
                 "seconds_per_image_median": v["seconds_per_image_median"]} for row, v in by_row.items()}
                 for a, by_row in removal["metrics"].items()}
         return {

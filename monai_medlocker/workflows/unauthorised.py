@@ -115,7 +115,8 @@ def unauthorised_training(work_dir: str | Path, zoo, surrogate: Surrogate, prote
     for member in zoo.select(list(families)):
         for trained_on, data_dir in (("clean", clean_dir), ("protected", protected_dir)):
             out = work / "models" / f"{member.name}_{trained_on}"
-            if not list(out.glob("epoch_*.pt")):
+            if len(list(out.glob("epoch_*.pt"))) != epochs:  # absent, or an interrupted run: train afresh
+                shutil.rmtree(out, ignore_errors=True)
                 parser = parse_bundle_config("train.json", root, {
                     "dataset_dir": str(data_dir.resolve()), "output_dir": str(out.resolve()),
                     "network_name": member.network, "input_size": member.input_size, "epochs": epochs,
