@@ -168,37 +168,33 @@ def plots(results: dict, out_dir: Path) -> None:
         plt.close(fig)
     head = results["headline"]
     preps = list(results["preprocessing"])
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(preps)), 3.6))
-    width = 0.8 / max(1, len(head))
-    for k, (r, h) in enumerate(head.items()):
-        vals = [h["held_out_accuracy_per_preprocessing"][p] or 0 for p in preps]
-        ax.bar(np.arange(len(preps)) + k * width, vals, width, label=r)
-    ax.set_xticks(np.arange(len(preps)) + 0.4 - width / 2, preps, rotation=30, fontsize=8)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("held-out mean accuracy")
-    ax.set_title("accuracy per thief preprocessing")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_dir / "preprocessing.png", dpi=110)
-    plt.close(fig)
+    _grouped_bars(plt, preps, {r: [h["held_out_accuracy_per_preprocessing"][p] for p in preps] for r, h in head.items()},
+                  "held-out mean accuracy", "accuracy per thief preprocessing", out_dir / "preprocessing.png")
     if results.get("removal_summary"):
         rs = results["removal_summary"]
         attacks = list(rs)
-        rows = [r for r in head if r != "none"]
-        fig, ax = plt.subplots(figsize=(max(6, 1.0 * len(attacks)), 3.6))
-        width = 0.8 / max(1, len(rows))
-        for k, r in enumerate(rows):
-            vals = [((rs[a].get(r) or {}).get("held_out_accuracy") or 0) for a in attacks]
-            ax.bar(np.arange(len(attacks)) + k * width, vals, width, label=r)
-        ax.axhline(head["none"]["held_out_accuracy"] or 0, color="k", ls="--", lw=1, label="originals")
-        ax.set_xticks(np.arange(len(attacks)) + 0.4 - width / 2, attacks, rotation=30, fontsize=8)
-        ax.set_ylim(0, 1)
-        ax.set_ylabel("held-out mean accuracy after removal")
-        ax.set_title("accuracy per removal attack")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out_dir / "removal.png", dpi=110)
-        plt.close(fig)
+        series = {r: [(rs[a].get(r) or {}).get("held_out_accuracy") for a in attacks] for r in head if r != "none"}
+        _grouped_bars(plt, attacks, series, "held-out mean accuracy after removal", "accuracy per removal attack",
+                      out_dir / "removal.png", baseline=("originals", head["none"]["held_out_accuracy"]))
+
+
+def _grouped_bars(plt, categories: list[str], series: dict[str, list], ylabel: str, title: str, path: Path,
+                  baseline: tuple[str, float | None] | None = None) -> None:
+    """One bar per series in each category (``None`` values drawn as 0), accuracy axis 0-1."""
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(categories)), 3.6))
+    width = 0.8 / max(1, len(series))
+    for k, (name, values) in enumerate(series.items()):
+        ax.bar(np.arange(len(categories)) + k * width, [v or 0 for v in values], width, label=name)
+    if baseline is not None:
+        ax.axhline(baseline[1] or 0, color="k", ls="--", lw=1, label=baseline[0])
+    ax.set_xticks(np.arange(len(categories)) + 0.4 - width / 2, categories, rotation=30, fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def montage(images, rows, examples: dict, path: Path, n: int = 3) -> None:
