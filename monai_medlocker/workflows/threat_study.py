@@ -36,7 +36,7 @@ import torch
 
 from monai_medlocker.networks import Surrogate, preprocess_for_model
 from monai_medlocker.workflows.handlers import write_json_atomic
-from monai_medlocker.workflows.metrics import REFERABLE_GRADE, protection_metrics
+from monai_medlocker.workflows.metrics import protection_metrics
 
 __all__ = ["ROWS", "StudyImage", "ThreatStudy", "lab_study_images", "datalist_study_images", "release_study_images",
            "predict"]
