@@ -250,3 +250,19 @@ def test_study_of_a_real_release_scores_its_marks(tmp_path):
     # The owner's record inverts its marks far better than leaving them in place. Not exactly: where the
     # opacity reaches 1 the pixels under the logo are destroyed and can only be inpainted (measured: 7.4 -> 21.8 dB).
     assert attacked["box_psnr_median"] > attacked["protected_box_psnr_median"] + 10
+
+
+def test_zoo_train_cli_trains_a_member_on_the_given_device_and_refuses_a_bad_one(tmp_path, capsys):
+    from monai_medlocker.cli import main as medlocker
+
+    cfg = {"lab": {"n": 12, "size": 128, "seed": 4}, "data_dir": str(tmp_path / "lab"),
+           "checkpoint_dir": str(tmp_path / "ckpt"), "defaults": {"epochs": 1, "batch_size": 4},
+           "members": {"v": {"network": "vgg-tiny", "input_size": 64, "role": "held_out", "seed": 3}}}
+    zoo = tmp_path / "zoo.json"
+    zoo.write_text(json.dumps(cfg))
+    assert medlocker(["zoo", "train", "--zoo", str(zoo), "--device", "nonsense"]) == 2
+    assert "--device 'nonsense'" in capsys.readouterr().err
+    assert not (tmp_path / "lab").exists()  # refused before any work
+    assert medlocker(["zoo", "train", "--zoo", str(zoo), "--device", "cpu"]) == 0
+    report = json.loads((tmp_path / "ckpt" / "zoo_report.json").read_text())
+    assert [r["member"] for r in report["members"]] == ["v"] and report["members"][0]["eval_mode"] is True

@@ -33,6 +33,7 @@ def add_subparser(subparsers) -> None:
     p.add_argument("--lab-n", type=int, default=None, help="override the lab's image count (quick runs)")
     p.add_argument("--lab-size", type=int, default=None, help="override the lab's image side (quick runs)")
     p.add_argument("--skip-existing", action="store_true", help="do not retrain members whose checkpoint exists")
+    p.add_argument("--device", default=None, help="torch device for training and evaluation, e.g. cuda:0 (default: cpu)")
     p.add_argument("--bundle-root", default=None)
     p.set_defaults(func=run)
 
@@ -60,21 +61,29 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "report":
         return _report(zoo, members)
     root = bundle_root(args.bundle_root)
+    if args.device is not None:
+        import torch
+
+        try:
+            torch.device(args.device)  # a malformed name fails here, before any work
+        except RuntimeError as err:
+            raise ValueError(f"--device {args.device!r} is not a torch device: {str(err).splitlines()[0]}") from err
     data = ensure_lab(zoo, Path(args.data) if args.data else zoo.data_dir, args.lab_n, args.lab_size)
     zoo.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     for member in members:
         if args.skip_existing and member.checkpoint.is_file():
             print(f"zoo: {member.name}: checkpoint exists, skipped ({member.checkpoint})")
             continue
-        train_member(member, root, data, zoo.num_classes, epochs=args.epochs)
+        train_member(member, root, data, zoo.num_classes, epochs=args.epochs, device=args.device)
     return _report(zoo, members)
 
 
-def train_member(member, root: Path, data: Path, num_classes: int = 5, epochs: int | None = None) -> dict:
+def train_member(member, root: Path, data: Path, num_classes: int = 5, epochs: int | None = None,
+                 device: str | None = None) -> dict:
     """Train one zoo member with ``train.json`` and evaluate it with ``evaluate.json``; returns its eval report."""
     out = member.checkpoint.parent
     common = {"dataset_dir": str(data.resolve()), "network_name": member.network, "input_size": member.input_size,
-              "num_classes": num_classes}
+              "num_classes": num_classes, "device": device and f"$torch.device({device!r})"}
     start = time.perf_counter()
     train = parse_bundle_config("train.json", root, {
         **common, "output_dir": str(out.resolve()), "ckpt_name": member.checkpoint.name,
