@@ -65,9 +65,9 @@ from monai_medlocker.io.image import (
     round_trip_mode,
     save_png,
 )
-from monai_medlocker.io.outdir import OutputError, OutputLock, clean_temporaries, inside_output, prepare_output_dir
+from monai_medlocker.io.outdir import OutputError, OutputLock, clean_temporaries, inside_output, output_name, prepare_output_dir
 from monai_medlocker.io.private_tags import MedlockerTags
-from monai_medlocker.lesions.masks import find_mask_files
+from monai_medlocker.lesions.masks import MASK_SUFFIXES, find_mask_files, is_mask_file
 from monai_medlocker.lesions.source import LESION_SEGMENTERS, LesionSource, MissingMaskError
 from monai_medlocker.networks import Surrogate
 from monai_medlocker.transforms.array import AdversarialWatermark, LesionBBoxMask
@@ -76,7 +76,6 @@ from monai_medlocker.watermark.logo import logo_sha256
 __all__ = ["MASK_SUFFIXES", "LESION_SEGMENTERS", "RUN_SETTINGS", "MissingMaskError", "ProtectItem", "find_protect_items",
            "DatasetProtector", "protect_dataset"]
 
-MASK_SUFFIXES = ("_MA", "_HE", "_EX", "_SE", "_lesions")
 RUN_SETTINGS = "run_settings.json"
 # Per-run facts of a record: not embedded in the published image, so that reruns give the same bytes.
 _TIMINGS = ("seconds", "certify_seconds")
@@ -105,21 +104,6 @@ def _is_image_file(path: Path) -> bool:
     # A DICOMDIR (the media index of an export) is not an image.
     return (path.is_file() and path.suffix.lower() not in (".json", ".jsonl") and path.name.upper() != "DICOMDIR"
             and is_dicom_file(path))
-
-
-def output_name(relative: Path, is_dicom: bool) -> Path:
-    """Where an input's protected (or unlocked) copy goes, relative to the output folder."""
-    if is_dicom:
-        # A UID-named file keeps its whole name: "1.2.3.4" and "1.2.3.5" must not both become "1.2.3.dcm".
-        known = relative.suffix.lower() in (".dcm", ".dicom")
-        return relative.with_suffix(".dcm") if known else relative.with_name(relative.name + ".dcm")
-    return relative.with_suffix(".png")
-
-
-def _is_mask_file(path: Path) -> bool:
-    if path.suffix.lower() == ".dcm" and path.stem.endswith(("_seg", ".seg")):
-        return True  # a DICOM SEG lesion mask (lesions/masks.py naming rule), not an image
-    return any(path.stem.endswith(s) for s in MASK_SUFFIXES) or path.stem.endswith("_wsm")
 
 
 def find_protect_items(source: str | Path) -> list[ProtectItem]:
@@ -156,7 +140,7 @@ def find_protect_items(source: str | Path) -> list[ProtectItem]:
                                          None if label is None else int(label)))
     elif source.is_dir():
         for image in sorted(p for p in source.rglob("*") if _is_image_file(p)):
-            if _is_mask_file(image) or "masks" in image.relative_to(source).parts[:-1]:
+            if is_mask_file(image) or "masks" in image.relative_to(source).parts[:-1]:
                 continue
             items.append(ProtectItem(image, image.relative_to(source), find_mask_files(image)))
     else:
