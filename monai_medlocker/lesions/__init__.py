@@ -8,7 +8,7 @@ from monai_medlocker._lazy import lazy_exports
 
 # Imported on first use (PEP 562): verify and unlock read mask names without loading torch.
 __getattr__, __dir__ = lazy_exports(__name__, {
-    "builtin": ("LESION_CHANNELS", "EmptyImageError", "LesionDetectionError", "NoFieldOfViewError", "detect_fov",
+    "builtin": ("DEFAULT_WORKING_SIZE", "LESION_CHANNELS", "EmptyImageError", "LesionDetectionError", "NoFieldOfViewError", "detect_fov",
                 "detect_lesions"),
     "masks": ("MASK_SUFFIXES", "MaskFormatError", "find_mask_files", "is_mask_file", "lesion_type_of", "load_lesion_masks"),
     "transforms": ("BuiltinLesionDetector", "BuiltinLesionDetectord", "BuiltinLesionDetectorD", "BuiltinLesionDetectorDict"),
@@ -18,6 +18,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
 __all__ = [
     "lesion_bboxes",
     "wsm_from_boxes",
+    "DEFAULT_WORKING_SIZE",
     "LESION_CHANNELS",
     "LesionDetectionError",
     "EmptyImageError",
