@@ -118,3 +118,47 @@ def test_partition_never_repeats_and_keeps_clashing_names_together(tmp_path):
         assert flat == list(range(len(items))), (world, shares)
         owner = [next(r for r, share in enumerate(shares) if 0 in share)]
         assert all(i in shares[owner[0]] for i in (1, 6))
+
+
+def test_ray_local_two_actors_equals_one_process(one_process, tmp_path_factory):
+    """A private local Ray instance with 2 actors (its temporary folder inside the test's folder)."""
+    pytest.importorskip("ray", reason="the ray extra (scripts/setup.sh installs it)")
+    src, expected = one_process
+    base = tmp_path_factory.mktemp("r")  # short: Ray's socket paths must stay under 107 characters
+    cmd = [sys.executable, "-m", "monai_medlocker.cli", "protect", str(src), str(base / "out"), "--ray", "local",
+           "--ray-actors", "2", "--max-queries", "8", "--lesion-segmenter", "masks", "--quiet", "--seed", "3"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**_env(), "RAY_TMPDIR": str(base / "ray")}, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _outputs(base / "out") == expected
+    assert any((base / "ray").iterdir())  # Ray's session lived here
+
+
+def test_ray_retries_a_dead_actor(tmp_path_factory, monkeypatch):
+    """An actor killed mid-task is restarted and its image protected: no failed row, same outputs as the others."""
+    ray = pytest.importorskip("ray", reason="the ray extra (scripts/setup.sh installs it)")
+    from monai_medlocker.workflows import ray_protect
+
+    base = tmp_path_factory.mktemp("k")
+    src = _inputs(base)
+    flag = base / "die-once"
+    flag.write_text("")
+
+    class Dying(ray_protect._ProtectActor):
+        def protect(self, item, out_path):
+            if flag.exists():  # the first task kills its actor's process, once
+                flag.unlink()
+                os._exit(1)
+            return super().protect(item, out_path)
+
+    monkeypatch.setattr(ray_protect, "_ProtectActor", Dying)
+    from monai_medlocker.cli._bundle import bundle_root, parse_bundle_config
+
+    overrides = {"dataset_dir": str(src), "output_dir": str(base / "out"), "max_queries": 8, "lesion_segmenter": "masks",
+                 "progress": False, "seed": 3}
+    runner = ray_protect.RayProtect("local", bundle_root(), overrides, actors=1, max_retries=2, num_cpus=1,
+                                    _temp_dir=str(base / "ray"))
+    summary = parse_bundle_config("inference.json", bundle_root(), overrides).get_parsed_content("protector").run(
+        protect_many=runner)
+    assert not ray.is_initialized()
+    assert summary["protected"] == 4 and summary["failures"] == [], summary
+    assert not flag.exists()

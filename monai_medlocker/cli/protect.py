@@ -25,6 +25,11 @@ def add_subparser(subparsers) -> None:
     scale.add_argument("--workers", type=int, default=1, metavar="N",
                        help="protect with N processes on this machine (as torchrun with multi_process_inference.json: "
                        "the images are split across them; one manifest and summary)")
+    scale.add_argument("--ray", metavar="ADDRESS", help="run the per-image steps on a Ray cluster: 'auto' (the cluster "
+                       "this machine belongs to), HOST:PORT, or 'local' (a private instance); every node must see IN "
+                       "and OUT at the same paths")
+    p.add_argument("--ray-actors", dest="ray_actors", type=int, metavar="N",
+                   help="with --ray: this many actors (default: one per GPU of the cluster, else one per CPU)")
     p.set_defaults(func=run)
 
 
@@ -117,7 +122,12 @@ def run(args: argparse.Namespace) -> int:
     if args.workers > 1:
         return run_workers(root, overrides, args.workers)
     parser = parse_bundle_config("inference.json", root, overrides)
-    summary = parser.get_parsed_content("protector").run()
+    protect_many = None
+    if args.ray:
+        from monai_medlocker.workflows.ray_protect import RayProtect
+
+        protect_many = RayProtect(args.ray, root, overrides, actors=args.ray_actors)
+    summary = parser.get_parsed_content("protector").run(protect_many=protect_many)
     return int(summary["exit_code"])
 
 

@@ -37,7 +37,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -343,8 +343,13 @@ class DatasetProtector:
         record = {**record, "run_settings": self._settings}
         atomic_write_bytes(out_path.with_name(out_path.stem + SIDECAR_SUFFIX), json.dumps(record, indent=2).encode())
 
-    def run(self) -> dict:
+    def run(self, protect_many: Callable[[list[tuple[ProtectItem, Path]]], list[dict]] | None = None) -> dict:
         """Protect every image (one run at a time per output folder); returns the summary.
+
+        ``protect_many`` runs the per-image step elsewhere (e.g. :class:`~monai_medlocker.workflows.ray_protect.RayProtect`
+        on a Ray cluster): it takes the (item, output path) pairs this process decided to protect and
+        returns, in order, what :meth:`protect_timed` returns for each. Everything else (the lock,
+        resume checks, name clashes, the manifest) stays here.
 
         With ``distributed``, every rank lists the same images and protects its share
         (``monai.data.partition_dataset``, ``even_divisible=False``: no image twice; inputs that would
@@ -366,7 +371,8 @@ class DatasetProtector:
             self._settings = self.run_settings()
             self._check_resume(self._settings)
             start = time.perf_counter()
-            return self._finish([row for _, row in self._protect_items(list(enumerate(items)), items)], start)
+            rows = self._protect_items(list(enumerate(items)), items, protect_many=protect_many)
+            return self._finish([row for _, row in rows], start)
 
     def _run_distributed(self, items: list[ProtectItem], rank: int, world: int) -> dict:
         import torch.distributed as dist
@@ -437,67 +443,49 @@ class DatasetProtector:
         return None
 
     def _protect_items(self, indexed: list[tuple[int, ProtectItem]], all_items: list[ProtectItem],
-                       progress: bool | None = None) -> list[tuple[int, dict]]:
+                       progress: bool | None = None, protect_many=None) -> list[tuple[int, dict]]:
         """Protect ``indexed`` (index, item) pairs in order; the manifest rows, each with its item's index."""
         out_rows: list[tuple[int, dict]] = []
+        pending: list[tuple[dict, ProtectItem, Path]] = []
         inputs = {p.resolve() for item in all_items if item.problem is None for p in (item.image, *item.masks)}
         claimed: dict[Path, str] = {}
         show = self.progress if progress is None else progress
         for index, item in tqdm(indexed, desc="protect", unit="img", disable=not show, file=sys.stderr):
-            out_rows.append((index, self._protect_item(item, inputs, claimed)))
+            row, out_path = self._check_item(item, inputs, claimed)
+            if out_path is not None:
+                if protect_many is None:
+                    self._complete_row(row, out_path, self.protect_timed(item, out_path))
+                else:
+                    pending.append((row, item, out_path))
+            out_rows.append((index, row))
+        if pending:
+            outcomes = protect_many([(item, out_path) for _, item, out_path in pending])
+            for (row, _, out_path), outcome in zip(pending, outcomes):
+                self._complete_row(row, out_path, outcome)
         return out_rows
 
-    def _protect_item(self, item: ProtectItem, inputs: set[Path], claimed: dict[Path, str]) -> dict:
-        """Protect one item (or skip it: already done, unsafe output, clash) ): its manifest row."""
-        row = {"image": portable_name(item.relative), "output": None, "status": None}
-        if item.problem is not None:
-            row.update(status="failed", error=item.problem)
-            return row
-        out_path = self.output_dir / output_name(item.relative, is_dicom_file(item.image))
-        record_path = out_path.with_name(out_path.stem + SIDECAR_SUFFIX)
-        problem = self._output_problem(item, out_path, record_path, inputs)
-        if problem:
-            row.update(status="failed", error=problem)
-            return row
-        # Never let two inputs (a.jpg and a.png) share one output.
-        target, sidecar = out_path.resolve(), record_path.resolve()
-        if target in claimed or sidecar in claimed:
-            other = claimed.get(target) or claimed.get(sidecar)
-            row.update(status="failed", error=f"{item.image}: same output or record name as {other}; rename one")
-            return row
-        claimed[target] = claimed[sidecar] = str(item.image)
-        if record_path.is_file():
-            try:
-                previous = json.loads(record_path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as err:
-                row.update(status="failed", error=f"{record_path}: unreadable record from an earlier run ({err})")
-                return row
-            earlier = (previous.get("source") or {}).get("file")
-            if earlier != portable_name(item.relative) or (previous.get("protected") and not out_path.is_file()):
-                claimed.pop(target, None)  # the record's own image may still come later in this run
-                claimed.pop(sidecar, None)
-                row.update(status="failed", error=f"{item.image}: {record_path} is the record of {earlier or 'another image'} "
-                           f"from an earlier run (same record name); rename one")
-                return row
-            changes = self._settings_changes(previous.get("run_settings") or {}, self._settings) \
-                if "run_settings" in previous else []
-            if changes and not self.redo:
-                row.update(status="failed", error=f"{item.image}: its output in {self.output_dir} was made with other "
-                           f"settings: {'; '.join(changes)}; pass --redo to protect it again")
-                return row
-            if not changes:
-                row.update(status="already-done", output=portable_name(out_path.relative_to(self.output_dir)))
-                row.update({k: previous.get(k) for k in ("success", "queries", "seconds", "protected", "reason")})
-                return row
+    def protect_timed(self, item: ProtectItem, out_path: Path) -> dict:
+        """:meth:`protect_one` as one batch step: ``{"record": ...}`` or ``{"error": ...}``, and ``"seconds"``.
+
+        A bad image or a model failure is an error for this image only: the batch goes on.
+        """
         t0 = time.perf_counter()
         try:
-            record = self.protect_one(item, out_path)
+            outcome = {"record": self.protect_one(item, out_path)}
         except (ImageReadError, ValueError, OSError) as err:
             message = str(err)
-            row.update(status="failed", error=message if str(item.image) in message else f"{item.image}: {message}")
+            outcome = {"error": message if str(item.image) in message else f"{item.image}: {message}"}
         except Exception as err:  # a model or library failure on one image must not stop the batch
-            row.update(status="failed", error=f"{item.image}: {type(err).__name__}: {err}")
+            outcome = {"error": f"{item.image}: {type(err).__name__}: {err}"}
+        outcome["seconds"] = round(time.perf_counter() - t0, 3)
+        return outcome
+
+    def _complete_row(self, row: dict, out_path: Path, outcome: dict) -> None:
+        """Fill a manifest row from what :meth:`protect_timed` returned."""
+        if "error" in outcome:
+            row.update(status="failed", error=outcome["error"])
         else:
+            record = outcome["record"]
             protected = bool(record.get("protected"))
             row.update(
                 status="protected" if protected else "not-protected",
@@ -509,8 +497,52 @@ class DatasetProtector:
             if lesion_report.get("warnings"):
                 row["lesion_warnings"] = lesion_report["warnings"]
                 row["lesion_confidence"] = lesion_report.get("confidence")
-        row["seconds"] = round(time.perf_counter() - t0, 3)
-        return row
+        row["seconds"] = outcome["seconds"]
+
+    def _check_item(self, item: ProtectItem, inputs: set[Path], claimed: dict[Path, str]) -> tuple[dict, Path | None]:
+        """An item's manifest row and, when it is to be protected now, its output path (``None``: it failed, is
+        already done, or has an unsafe or clashing output, as the row says)."""
+        row = {"image": portable_name(item.relative), "output": None, "status": None}
+        if item.problem is not None:
+            row.update(status="failed", error=item.problem)
+            return row, None
+        out_path = self.output_dir / output_name(item.relative, is_dicom_file(item.image))
+        record_path = out_path.with_name(out_path.stem + SIDECAR_SUFFIX)
+        problem = self._output_problem(item, out_path, record_path, inputs)
+        if problem:
+            row.update(status="failed", error=problem)
+            return row, None
+        # Never let two inputs (a.jpg and a.png) share one output.
+        target, sidecar = out_path.resolve(), record_path.resolve()
+        if target in claimed or sidecar in claimed:
+            other = claimed.get(target) or claimed.get(sidecar)
+            row.update(status="failed", error=f"{item.image}: same output or record name as {other}; rename one")
+            return row, None
+        claimed[target] = claimed[sidecar] = str(item.image)
+        if record_path.is_file():
+            try:
+                previous = json.loads(record_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as err:
+                row.update(status="failed", error=f"{record_path}: unreadable record from an earlier run ({err})")
+                return row, None
+            earlier = (previous.get("source") or {}).get("file")
+            if earlier != portable_name(item.relative) or (previous.get("protected") and not out_path.is_file()):
+                claimed.pop(target, None)  # the record's own image may still come later in this run
+                claimed.pop(sidecar, None)
+                row.update(status="failed", error=f"{item.image}: {record_path} is the record of {earlier or 'another image'} "
+                           f"from an earlier run (same record name); rename one")
+                return row, None
+            changes = self._settings_changes(previous.get("run_settings") or {}, self._settings) \
+                if "run_settings" in previous else []
+            if changes and not self.redo:
+                row.update(status="failed", error=f"{item.image}: its output in {self.output_dir} was made with other "
+                           f"settings: {'; '.join(changes)}; pass --redo to protect it again")
+                return row, None
+            if not changes:
+                row.update(status="already-done", output=portable_name(out_path.relative_to(self.output_dir)))
+                row.update({k: previous.get(k) for k in ("success", "queries", "seconds", "protected", "reason")})
+                return row, None
+        return row, out_path
 
     def _finish(self, rows: list[dict], start: float, write: bool = True) -> dict:
         """The summary of ``rows``; with ``write``, the manifest and summary files too."""
