@@ -47,6 +47,7 @@ def _outputs(out: Path) -> dict:
             for row in rows:
                 for key in _TIMINGS:
                     row.pop(key, None)
+                (row.get("lesion_report") or {}).pop("seconds", None)
                 row.pop("output_dir", None)
             found[rel] = rows
         else:
@@ -162,3 +163,29 @@ def test_ray_retries_a_dead_actor(tmp_path_factory, monkeypatch):
     assert not ray.is_initialized()
     assert summary["protected"] == 4 and summary["failures"] == [], summary
     assert not flag.exists()
+
+
+def test_builtin_detector_reruns_give_identical_files(tmp_path):
+    """Two runs with the built-in detector write the same bytes (its timing stays out of the published image),
+    so that any two ways of running (processes, Ray) can be compared file by file."""
+    import numpy as np
+    from PIL import Image
+
+    from conftest import TinyConv
+    from monai_medlocker.data.synthetic import synthesize_fundus
+    from monai_medlocker.networks import Surrogate, model_spec
+    from monai_medlocker.workflows.protect import DatasetProtector
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(2):
+        Image.fromarray(synthesize_fundus(384, seed=60 + i, grade=2, lab_version=1).image).save(src / f"x{i}.png")
+    outs = []
+    for name in ("a", "b"):
+        surrogate = Surrogate(TinyConv(), model_spec("resnet-tiny", 64))
+        DatasetProtector(src, tmp_path / name, surrogate, watermark={"max_queries": 4}, progress=False).run()
+        outs.append(_outputs(tmp_path / name))
+    pngs = [k for k in outs[0] if k.endswith(".png")]
+    assert pngs and all(isinstance(outs[0][k], bytes) for k in pngs)
+    assert outs[0] == outs[1]
+    assert np.asarray(Image.open(tmp_path / "a" / pngs[0])).shape == (384, 384, 3)

@@ -310,6 +310,8 @@ class DatasetProtector:
             sealed = self.certifier.seal(image_id, image, protected, dict(record), extra)
             record["certify_seconds"] = round(time.perf_counter() - t0, 4)
         embedded = {k: v for k, v in record.items() if k not in _TIMINGS}
+        if isinstance(embedded.get("lesion_report"), dict):  # the detector's own timing, as for the record's
+            embedded["lesion_report"] = {k: v for k, v in embedded["lesion_report"].items() if k not in _TIMINGS}
         if src is not None:
             tags = MedlockerTags(params=embedded, wsm_boxes=[tuple(b) for b in record["wsm_boxes"]],
                                  source_sop_instance_uid=str(src.SOPInstanceUID))
