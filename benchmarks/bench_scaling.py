@@ -170,7 +170,8 @@ def per_image_cost(src: Path, out: Path, max_queries: int) -> dict:
     per["other"] = round(per["total"] - per["detector"] - per["search"], 4)  # load, WSM, certify, write
     per["search_without_model"] = round(per["search"] - per["model"], 4)
     print("per-image cost", per, file=sys.stderr, flush=True)
-    return {"images": n, "failed": failed, "seconds_per_image": per, "model_fraction_of_protect_time": round(per["model"] / per["total"], 4),
+    return {"images": n, "failed": failed, "seconds_per_image": per,
+            "model_fraction_of_protect_time": round(per["model"] / per["total"], 4),
             "note": "model = the surrogate's forward passes, inside the search; other = loading, WSM, writing"}
 
 
