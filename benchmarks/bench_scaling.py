@@ -59,6 +59,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--model", default=str(ROOT / "bundle/models/model.pt"))
     p.add_argument("--throughput-n", type=int, default=20, help="images for the throughput and cost rows (0: skip)")
+    p.add_argument("--throughput-max-queries", type=int, default=None,
+                   help="query budget of the throughput and cost rows (default: inference.json's, as a user runs it)")
     p.add_argument("--skip-sizes", action="store_true", help="only the throughput and per-image cost rows")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/scaling.json"))
     args = p.parse_args(argv)
@@ -98,8 +100,8 @@ def main(argv=None) -> int:
     if args.throughput_n:
         with tempfile.TemporaryDirectory(prefix="bench_scaling_") as tmp:
             src = _lab_folder(Path(tmp) / "in", args.throughput_n, args.lab_version)
-            results["per_image_cost"] = per_image_cost(src, Path(tmp) / "cost", args.max_queries)
-            results["throughput"] = throughput(src, Path(tmp), args.max_queries)
+            results["per_image_cost"] = per_image_cost(src, Path(tmp) / "cost", args.throughput_max_queries)
+            results["throughput"] = throughput(src, Path(tmp), args.throughput_max_queries)
     results["machine"]["loadavg_end"] = os.getloadavg()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
@@ -118,7 +120,7 @@ def _lab_folder(folder: Path, n: int, lab_version: int) -> Path:
     return folder
 
 
-def per_image_cost(src: Path, out: Path, max_queries: int) -> dict:
+def per_image_cost(src: Path, out: Path, max_queries: int | None) -> dict:
     """Seconds per image in the detector, the search and the model (one process, this one)."""
     from monai_medlocker.cli._bundle import bundle_root, parse_bundle_config
     from monai_medlocker.workflows.protect import find_protect_items
@@ -195,15 +197,15 @@ def _outputs(out: Path) -> dict:
     return found
 
 
-def throughput(src: Path, tmp: Path, max_queries: int) -> dict:
+def throughput(src: Path, tmp: Path, max_queries: int | None) -> dict:
     """Images per hour of ``medlocker protect`` with 1 process, 2 processes and 2 Ray actors."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "RAY_TMPDIR": str(tmp / "r")}
     modes = {"1 process": [], "2 processes": ["--workers", "2"], "ray, 2 actors": ["--ray", "local", "--ray-actors", "2"]}
     rows, outputs = {}, {}
     for name, extra in modes.items():
         out = tmp / name.replace(" ", "_").replace(",", "")
-        cmd = [sys.executable, "-m", "monai_medlocker.cli", "protect", str(src), str(out), "--max-queries", str(max_queries),
-               "--quiet", *extra]
+        budget = [] if max_queries is None else ["--max-queries", str(max_queries)]
+        cmd = [sys.executable, "-m", "monai_medlocker.cli", "protect", str(src), str(out), *budget, "--quiet", *extra]
         load = os.getloadavg()
         t0 = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True, env=env)
