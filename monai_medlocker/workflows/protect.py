@@ -379,7 +379,6 @@ class DatasetProtector:
     def _run_distributed(self, items: list[ProtectItem], rank: int, world: int) -> dict:
         import torch.distributed as dist
 
-        start = time.perf_counter()
         with contextlib.ExitStack() as stack:
             failure = None
             if rank == 0:
@@ -397,6 +396,7 @@ class DatasetProtector:
                 raise failure
             if status[0] is not None:
                 raise OutputError(status[0])
+            start = time.perf_counter()  # every rank is ready: as a one-process run starts after its checks
             if rank != 0:
                 self._settings = self.run_settings()
             mine = _partition(self._output_groups(items), rank, world)
