@@ -45,7 +45,7 @@ from scipy import ndimage  # noqa: E402
 
 from monai_medlocker.data.synthetic import LESION_TYPES, sample_seed, synthesize_fundus  # noqa: E402
 from monai_medlocker.io.image import load_rgb  # noqa: E402
-from monai_medlocker.lesions import detect_lesions, lesion_bboxes, wsm_from_boxes  # noqa: E402
+from monai_medlocker.lesions import DEFAULT_WORKING_SIZE, detect_lesions, lesion_bboxes, wsm_from_boxes  # noqa: E402
 
 torch.set_num_threads(1)
 _COLOURS = {"MA": (0, 255, 255), "HE": (0, 255, 0), "EX": (255, 255, 0), "SE": (255, 0, 255)}
@@ -162,6 +162,8 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint", default=str(ROOT / "bundle" / "models" / "lesion_segmenter.pt"),
                     help="trained segmenter (skipped when missing)")
     ap.add_argument("--network-input-size", type=int, default=256)
+    ap.add_argument("--working-size", type=int, default=None,
+                    help="the built-in detector's grid (default: its DEFAULT_WORKING_SIZE; 640 = before issue 13 A4)")
     ap.add_argument("--watermark", type=int, default=0, help="also protect K images under GT vs builtin WSMs")
     ap.add_argument("--max-queries", type=int, default=300)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lesions.json"))
@@ -169,7 +171,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     settings = wsm_settings()
-    sources = {"builtin": lambda img: detect_lesions(img)}
+    detector_kwargs = {} if args.working_size is None else {"working_size": args.working_size}
+    sources = {"builtin": lambda img: detect_lesions(img, **detector_kwargs)}
     if Path(args.checkpoint).is_file():
         from monai_medlocker.lesions.network import NetworkLesionDetector
 
@@ -206,6 +209,8 @@ def main(argv=None) -> int:
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "threads": 1},
         "images": {"n": args.n, "size": args.size, "seed": args.seed, "grades": "i % 5 (0-4 in turn)",
                    "lab_version": args.lab_version},
+        "builtin_working_size": args.working_size or DEFAULT_WORKING_SIZE,
+        "loadavg": os.getloadavg(),
         "wsm_settings": settings,
         "targets": {"object_recall": ">= 0.98", "wsm_area_fraction": "<= 0.35", "seconds_per_image_at_1024": "<= 1"},
         "sources": {name: summarise(r) for name, r in rows.items()},
@@ -215,7 +220,7 @@ def main(argv=None) -> int:
 
     real = load_rgb(ROOT / "monai_medlocker" / "assets" / "retina_skimage.png")
     t0 = time.perf_counter()
-    maps, report = detect_lesions(real)
+    maps, report = detect_lesions(real, **detector_kwargs)
     seconds = time.perf_counter() - t0
     wsm, boxes, channels = build_wsm(maps, settings)
     overlay(real, boxes, channels, Path(args.overlay))

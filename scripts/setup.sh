@@ -29,6 +29,6 @@ want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
     # The CPU build of torch first and pinned: an unpinned torch would pull a multi-GB CUDA wheel.
     .venv/bin/pip install --quiet --disable-pip-version-check "torch==2.13.0"
-    .venv/bin/pip install --quiet --disable-pip-version-check -e ".[test,dicom,threats]"
+    .venv/bin/pip install --quiet --disable-pip-version-check -e ".[test,dicom,threats,ray]"
     echo "$want" > "$stamp"
 fi

@@ -16,7 +16,7 @@ from pydicom.uid import ImplicitVRLittleEndian
 
 from monai_medlocker.io.dciodvfy import dciodvfy_available, run_dciodvfy
 from monai_medlocker.io.dicom import DicomReadError, derive_protected_dataset, read_fundus_dicom, save_dicom
-from monai_medlocker.io.image import LoadFundusImaged
+from monai_medlocker.io import LoadFundusImaged
 from monai_medlocker.io.private_tags import MedlockerTags, PrivateTagError, read_medlocker_tags, write_medlocker_tags
 from monai_medlocker.networks import Surrogate, model_spec
 from monai_medlocker.workflows.protect import DatasetProtector

@@ -421,3 +421,19 @@ def test_network_confidence_surfaces_doubtful_maps():
     flooded = np.full((4, 100, 100), 0.9, np.float32)
     confidence, warnings = network_confidence(flooded)
     assert confidence <= 0.5 and "100% of the image" in warnings[0]
+
+
+def test_fill_holes_equals_scipy():
+    """The detector's one-labelling hole filling gives scipy's binary_fill_holes, holes at the border included."""
+    from scipy import ndimage
+
+    from monai_medlocker.lesions.builtin import _fill_holes
+
+    rng = np.random.default_rng(5)
+    for density in (0.3, 0.5, 0.7, 0.9):
+        mask = ndimage.binary_opening(rng.random((97, 131)) < density)
+        assert np.array_equal(_fill_holes(mask), ndimage.binary_fill_holes(mask)), density
+    ring = np.zeros((20, 20), bool)
+    ring[3:17, 3:17] = True
+    ring[6:14, 6:14] = False
+    assert _fill_holes(ring)[6:14, 6:14].all() and not _fill_holes(ring)[0].any()

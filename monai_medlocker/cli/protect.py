@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from monai_medlocker.cli._bundle import bundle_root, parse_bundle_config
+from monai_medlocker.cli._bundle import bundle_root, parse_bundle_config, run_workflow
 from monai_medlocker.cli.keygen import add_passphrase_options, read_passphrase
 from monai_medlocker.watermark.optimizers import OPTIMIZERS
 
@@ -21,6 +21,15 @@ def add_subparser(subparsers) -> None:
     p.add_argument("input", help="folder of images (masks beside them) or a datalist JSON")
     p.add_argument("output", help="output folder (must not be inside the input folder)")
     add_protect_options(p)
+    scale = p.add_mutually_exclusive_group()
+    scale.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="protect with N processes on this machine (as torchrun with multi_process_inference.json: "
+                       "the images are split across them; one manifest and summary)")
+    scale.add_argument("--ray", metavar="ADDRESS", help="run the per-image steps on a Ray cluster: 'auto' (the cluster "
+                       "this machine belongs to), HOST:PORT, or 'local' (a private instance); every node must see IN "
+                       "and OUT at the same paths")
+    p.add_argument("--ray-actors", dest="ray_actors", type=int, metavar="N",
+                   help="with --ray: this many actors (default: one per GPU of the cluster, else one per CPU)")
     p.set_defaults(func=run)
 
 
@@ -108,6 +117,77 @@ def run(args: argparse.Namespace) -> int:
     root = bundle_root(args.bundle_root)
     overrides = {"dataset_dir": str(Path(args.input).resolve()), "output_dir": str(Path(args.output).resolve()),
                  **protect_overrides(args)}
+    if args.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {args.workers}")
+    if args.workers > 1:
+        return run_workers(root, overrides, args.workers)
     parser = parse_bundle_config("inference.json", root, overrides)
-    summary = parser.get_parsed_content("protector").run()
+    protect_many = None
+    if args.ray:
+        from monai_medlocker.workflows.ray_protect import RayProtect
+
+        protect_many = RayProtect(args.ray, root, overrides, actors=args.ray_actors)
+    summary = parser.get_parsed_content("protector").run(protect_many=protect_many)
     return int(summary["exit_code"])
+
+
+MULTI_PROCESS_CONFIGS = ["inference.json", "multi_process_inference.json"]
+
+
+def run_workers(root: Path, overrides: dict, workers: int) -> int:
+    """Run inference.json + multi_process_inference.json in ``workers`` local processes, as ``torchrun`` would.
+
+    Each process gets torchrun's environment (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``...)
+    and runs the merged config's initialize/run/finalize. When one process fails, the others are
+    stopped (they would wait for it at the final gather). Returns rank 0's exit code (or the first
+    failure's).
+    """
+    import multiprocessing
+    import socket
+    import time
+
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(workers),
+           "LOCAL_WORLD_SIZE": str(workers)}
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(rank, env, str(root), overrides, workers), name=f"medlocker-rank{rank}")
+             for rank in range(workers)]
+    for proc in procs:
+        proc.start()
+    try:
+        while any(p.is_alive() for p in procs):
+            if any(p.exitcode not in (None, 0) for p in procs):
+                time.sleep(2.0)  # let the others report the same problem, then stop them
+                break
+            time.sleep(0.2)
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+            proc.join()
+    codes = [p.exitcode for p in procs]
+    failed = [c for c in codes if c]
+    return codes[0] if codes[0] else (abs(failed[0]) if failed else 0)
+
+
+def _worker(rank: int, env: dict, root: str, overrides: dict, workers: int) -> None:
+    import os
+    import sys
+
+    os.environ.update(env, RANK=str(rank), LOCAL_RANK=str(rank))
+    if "OMP_NUM_THREADS" not in os.environ:  # the processes share the cores
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    from monai_medlocker.cli import _user_error
+
+    try:
+        run_workflow(parse_bundle_config(MULTI_PROCESS_CONFIGS, Path(root), overrides))
+    except (ValueError, OSError, RuntimeError) as err:
+        cause = _user_error(err)
+        if cause is None:
+            raise
+        print(f"medlocker protect: error: {cause}", file=sys.stderr)
+        sys.exit(2)

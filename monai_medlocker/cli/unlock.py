@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
-from monai_medlocker.cli._bundle import bundle_root, parse_bundle_config
+from monai_medlocker.cli._bundle import build_workflow
 from monai_medlocker.cli.keygen import add_passphrase_options, read_passphrase
 
 __all__ = ["add_subparser", "run"]
@@ -40,9 +41,12 @@ def run(args: argparse.Namespace) -> int:
 
     resolve = lambda p: p and str(Path(p).resolve())  # noqa: E731
     overrides = {"dataset_dir": resolve(args.input), "output_dir": resolve(args.output), "owner_key": resolve(args.key),
-                 "grant": resolve(args.grant), "public_key": resolve(args.pub), "owner_key_passphrase": read_passphrase(args),
+                 "grant": resolve(args.grant), "public_key": resolve(args.pub),
                  "progress": False if args.quiet else None, "wait": args.wait}
-    summary = parse_bundle_config("unlock.json", bundle_root(args.bundle_root), overrides).get_parsed_content("unlocker").run()
+    # unlock.json's default passphrase is $MEDLOCKER_KEY_PASSPHRASE: given as a value, so that no config expression is needed.
+    passphrase = read_passphrase(args) or os.environ.get("MEDLOCKER_KEY_PASSPHRASE")
+    summary = build_workflow("unlock.json", "unlocker", args.bundle_root, overrides,
+                             exact={"owner_key_passphrase": passphrase}).run()
     print(format_unlock_summary(summary), file=sys.stderr)
     if args.json:
         print(json.dumps(summary, indent=2))

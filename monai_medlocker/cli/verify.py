@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from monai_medlocker.cli._bundle import bundle_root, parse_bundle_config
+from monai_medlocker.cli._bundle import build_workflow
 
 __all__ = ["add_subparser", "run"]
 
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = {"dataset_dir": str(Path(args.input).resolve()), "public_key": str(Path(args.pub).resolve()),
                  "logo": args.logo and str(Path(args.logo).resolve()), "report": args.report and str(Path(args.report).resolve()),
                  "progress": False if args.quiet else None}
-    summary = parse_bundle_config("verify.json", bundle_root(args.bundle_root), overrides).get_parsed_content("verifier").run()
+    summary = build_workflow("verify.json", "verifier", args.bundle_root, overrides).run()
     print(format_verify_summary(summary), file=sys.stderr)
     if args.json:
         print(json.dumps(summary, indent=2))

@@ -1,25 +1,17 @@
 """Reading and writing fundus images (PNG/JPEG/TIFF and DICOM) and their sidecars."""
 
-from monai_medlocker.io.dicom import (
-    DicomReadError,
-    FundusDicom,
-    already_protected,
-    derive_protected_dataset,
-    is_dicom_file,
-    read_fundus_dicom,
-    save_dicom,
-)
-from monai_medlocker.io.image import (
-    ImageReadError,
-    LoadFundusImage,
-    LoadFundusImaged,
-    atomic_write_bytes,
-    load_fundus,
-    load_mask,
-    load_rgb,
-    save_png,
-)
-from monai_medlocker.io.private_tags import MedlockerTags, PrivateTagError, read_medlocker_tags, write_medlocker_tags
+from monai_medlocker._lazy import lazy_exports
+
+# Imported on first use (PEP 562), so that the light commands do not load torch or MONAI.
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "dicom": (
+        "DicomReadError", "FundusDicom", "already_protected", "derive_protected_dataset", "is_dicom_file",
+        "read_fundus_dicom", "save_dicom",
+    ),
+    "image": ("ImageReadError", "atomic_write_bytes", "load_fundus", "load_mask", "load_rgb", "save_png"),
+    "transforms": ("LoadFundusImage", "LoadFundusImaged", "LoadFundusImageD", "LoadFundusImageDict"),
+    "private_tags": ("MedlockerTags", "PrivateTagError", "read_medlocker_tags", "write_medlocker_tags"),
+})
 
 __all__ = [
     "DicomReadError",
@@ -27,6 +19,8 @@ __all__ = [
     "ImageReadError",
     "LoadFundusImage",
     "LoadFundusImaged",
+    "LoadFundusImageD",
+    "LoadFundusImageDict",
     "MedlockerTags",
     "PrivateTagError",
     "already_protected",

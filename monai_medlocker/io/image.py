@@ -12,13 +12,9 @@ import os
 import struct
 import tempfile
 from pathlib import Path
-from typing import Hashable, Mapping
+from typing import Mapping
 
 import numpy as np
-from monai.config import KeysCollection
-from monai.data import MetaTensor
-from monai.transforms import MapTransform, Transform
-from monai.utils import TransformBackends
 from PIL import Image, UnidentifiedImageError
 
 __all__ = [
@@ -27,8 +23,6 @@ __all__ = [
     "load_mask",
     "save_png",
     "atomic_write_bytes",
-    "LoadFundusImage",
-    "LoadFundusImaged",
     "load_fundus",
     "image_stem",
     "is_temporary_file",
@@ -206,37 +200,3 @@ def save_png(path: str | Path, image: np.ndarray, text: Mapping[str, str] | None
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG", pnginfo=info)
     atomic_write_bytes(path, buf.getvalue())
-
-
-class LoadFundusImage(Transform):
-    """Load a fundus image (PNG/JPEG/TIFF/BMP or DICOM) as a 3 x H x W uint8 RGB MetaTensor.
-
-    Meta: ``filename_or_obj``; for DICOM also ``source_dataset`` (the pydicom dataset, kept for
-    the derived-instance writer) and ``monochrome`` (the source was MONOCHROME2, read as grey
-    replicated to three channels).
-    """
-
-    backend = [TransformBackends.NUMPY, TransformBackends.TORCH]
-
-    def __call__(self, filename: str | Path) -> MetaTensor:
-        arr, dicom = load_fundus(filename)
-        meta = {"filename_or_obj": str(filename), "spatial_shape": np.array(arr.shape[:2]), "original_channel_dim": 0}
-        if dicom is not None:
-            meta.update(source_dataset=dicom.dataset, monochrome=dicom.monochrome)
-        return MetaTensor(np.ascontiguousarray(arr.transpose(2, 0, 1)), meta=meta)
-
-
-class LoadFundusImaged(MapTransform):
-    """Dictionary wrapper of :class:`LoadFundusImage`."""
-
-    backend = LoadFundusImage.backend
-
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.loader = LoadFundusImage()
-
-    def __call__(self, data: Mapping[Hashable, object]) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.loader(d[key])
-        return d

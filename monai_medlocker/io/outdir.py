@@ -24,7 +24,7 @@ from pathlib import Path
 from monai_medlocker.io.image import is_temporary_file
 
 __all__ = ["LOCK_NAME", "OutputError", "OutputLockedError", "OutputLock", "prepare_output_dir", "check_output_file",
-           "inside_output", "clean_temporaries"]
+           "inside_output", "clean_temporaries", "output_name"]
 
 LOCK_NAME = ".medlocker.lock"
 
@@ -195,3 +195,12 @@ class OutputLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def output_name(relative: Path, is_dicom: bool) -> Path:
+    """Where an input's protected (or unlocked) copy goes, relative to the output folder."""
+    if is_dicom:
+        # A UID-named file keeps its whole name: "1.2.3.4" and "1.2.3.5" must not both become "1.2.3.dcm".
+        known = relative.suffix.lower() in (".dcm", ".dicom")
+        return relative.with_suffix(".dcm") if known else relative.with_name(relative.name + ".dcm")
+    return relative.with_suffix(".png")

@@ -33,9 +33,11 @@ from PIL import Image, UnidentifiedImageError
 
 from monai_medlocker.io.image import image_stem
 
-__all__ = ["MASK_CHANNELS", "MaskFormatError", "lesion_type_of", "load_lesion_masks", "find_mask_files"]
+__all__ = ["MASK_CHANNELS", "MASK_SUFFIXES", "MaskFormatError", "is_mask_file", "lesion_type_of", "load_lesion_masks",
+           "find_mask_files"]
 
 MASK_CHANNELS: tuple[str, ...] = ("MA", "HE", "EX", "SE")
+MASK_SUFFIXES = ("_MA", "_HE", "_EX", "_SE", "_lesions")
 _RASTER = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
 _ALIASES = {
     "ma": "MA", "microaneurysm": "MA", "microaneurysms": "MA",
@@ -213,6 +215,14 @@ def load_lesion_masks(
                                   "or DICOM SEG .dcm)")
     assert out is not None
     return out
+
+
+def is_mask_file(path: str | Path) -> bool:
+    """Whether ``path`` is named as a lesion mask (or a saved WSM) by the naming rule, not as an image."""
+    path = Path(path)
+    if path.suffix.lower() == ".dcm" and path.stem.endswith(("_seg", ".seg")):
+        return True  # a DICOM SEG lesion mask
+    return any(path.stem.endswith(s) for s in MASK_SUFFIXES) or path.stem.endswith("_wsm")
 
 
 def find_mask_files(image: str | Path) -> list[Path]:

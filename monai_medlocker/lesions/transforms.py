@@ -19,7 +19,7 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends
 from monai.utils.type_conversion import convert_to_dst_type, convert_to_numpy
 
-from monai_medlocker.lesions.builtin import LESION_CHANNELS, detect_lesions
+from monai_medlocker.lesions.builtin import DEFAULT_WORKING_SIZE, LESION_CHANNELS, detect_lesions
 
 __all__ = [
     "BuiltinLesionDetector",
@@ -52,7 +52,7 @@ class BuiltinLesionDetector(Transform):
 
     def __init__(
         self,
-        working_size: int = 640,
+        working_size: int = DEFAULT_WORKING_SIZE,
         red_threshold: float = 3.0,
         bright_threshold: float = 4.0,
         candidate_floor: float = 0.6,
@@ -97,7 +97,7 @@ class BuiltinLesionDetectord(MapTransform):
         keys: KeysCollection,
         output_key: str | None = "lesions",
         report_key: str | None = "lesion_report",
-        working_size: int = 640,
+        working_size: int = DEFAULT_WORKING_SIZE,
         red_threshold: float = 3.0,
         bright_threshold: float = 4.0,
         candidate_floor: float = 0.6,

@@ -284,6 +284,12 @@ class Surrogate:
     def name(self) -> str:
         return self.spec.name
 
+    @property
+    def device(self) -> torch.device:
+        """Where the network's weights are: inputs go there, logits come back to the caller's device."""
+        param = next(self.network.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
+
     @classmethod
     def from_checkpoint(
         cls, checkpoint: str | Path, name: str = "resnet-tiny", num_classes: int = 5, input_size: int = 224
@@ -292,7 +298,14 @@ class Surrogate:
 
 
 def load_surrogate(
-    checkpoint: str | Path, name: str = "resnet-tiny", num_classes: int = 5, input_size: int = 224
+    checkpoint: str | Path, name: str = "resnet-tiny", num_classes: int = 5, input_size: int = 224,
+    device: str | torch.device | None = None,
 ) -> Surrogate:
-    """A :class:`Surrogate` from a named network and a plain state_dict checkpoint (for bundle configs)."""
-    return Surrogate.from_checkpoint(checkpoint, name, num_classes, input_size)
+    """A :class:`Surrogate` from a named network and a plain state_dict checkpoint (for bundle configs).
+
+    ``device`` (e.g. ``"cuda:1"``, one GPU per rank in multi_process_inference.json) moves the network there.
+    """
+    surrogate = Surrogate.from_checkpoint(checkpoint, name, num_classes, input_size)
+    if device is not None:
+        surrogate.network.to(device)
+    return surrogate

@@ -1,11 +1,16 @@
 """The watermark engine: logo, blending, feasibility, the attack problem and its optimizers."""
 
-from monai_medlocker.watermark.blend import Placement, composite, invert_composite
-from monai_medlocker.watermark.engine import RECORD_FORMAT, WatermarkInvariantError, judge, watermark_image
-from monai_medlocker.watermark.feasibility import NoFeasiblePlacementError, box_is_feasible, feasible_top_left
-from monai_medlocker.watermark.logo import load_logo, logo_sha256, render_logo
-from monai_medlocker.watermark.optimizers import OPTIMIZERS, get_optimizer
-from monai_medlocker.watermark.problem import AttackProblem, SearchSpace
+from monai_medlocker._lazy import lazy_exports
+
+# Imported on first use (PEP 562), so that the light commands do not load torch or MONAI.
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "blend": ("Placement", "composite", "invert_composite"),
+    "engine": ("RECORD_FORMAT", "WatermarkInvariantError", "judge", "watermark_image"),
+    "feasibility": ("NoFeasiblePlacementError", "box_is_feasible", "feasible_top_left"),
+    "logo": ("load_logo", "logo_sha256", "render_logo"),
+    "optimizers": ("OPTIMIZERS", "get_optimizer"),
+    "problem": ("AttackProblem", "SearchSpace"),
+})
 
 __all__ = [
     "AttackProblem",

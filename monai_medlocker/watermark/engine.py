@@ -39,7 +39,7 @@ def judge(image: np.ndarray, surrogates: list[Surrogate], label: int, value_max:
     preds, margins = [], []
     with torch.no_grad():
         for s in surrogates:
-            logits = s.network(preprocess_for_model(t, s.spec))
+            logits = s.network(preprocess_for_model(t.to(s.device), s.spec)).cpu()
             preds.append(int(logits[0].argmax()))
             margins.append(float(label_margins(logits, label)[0]))
     return {"preds": preds, "margin": max(margins), "model_margins": margins, "success": max(margins) < 0}

@@ -343,7 +343,8 @@ class AttackProblem:
             chunks = []
             for start in range(0, screen.shape[0], self.batch_size):
                 with torch.set_grad_enabled(grad):
-                    chunks.append(s.network(preprocess_for_model(screen[start : start + self.batch_size], s.spec)))
+                    batch = screen[start : start + self.batch_size]
+                    chunks.append(s.network(preprocess_for_model(batch.to(s.device), s.spec)).to(batch.device))
             outs.append(torch.cat(chunks))
         if len({o.shape[-1] for o in outs}) > 1:
             counts = ", ".join(f"{s.spec.name}: {o.shape[-1]}" for s, o in zip(self.surrogates, outs))

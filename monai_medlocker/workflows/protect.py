@@ -29,6 +29,7 @@ per-image record says which source built the WSM (``lesion_source``: ``masks``, 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import statistics
@@ -36,7 +37,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -65,9 +66,9 @@ from monai_medlocker.io.image import (
     round_trip_mode,
     save_png,
 )
-from monai_medlocker.io.outdir import OutputError, OutputLock, clean_temporaries, inside_output, prepare_output_dir
+from monai_medlocker.io.outdir import OutputError, OutputLock, clean_temporaries, inside_output, output_name, prepare_output_dir
 from monai_medlocker.io.private_tags import MedlockerTags
-from monai_medlocker.lesions.masks import find_mask_files
+from monai_medlocker.lesions.masks import MASK_SUFFIXES, find_mask_files, is_mask_file
 from monai_medlocker.lesions.source import LESION_SEGMENTERS, LesionSource, MissingMaskError
 from monai_medlocker.networks import Surrogate
 from monai_medlocker.transforms.array import AdversarialWatermark, LesionBBoxMask
@@ -76,7 +77,6 @@ from monai_medlocker.watermark.logo import logo_sha256
 __all__ = ["MASK_SUFFIXES", "LESION_SEGMENTERS", "RUN_SETTINGS", "MissingMaskError", "ProtectItem", "find_protect_items",
            "DatasetProtector", "protect_dataset"]
 
-MASK_SUFFIXES = ("_MA", "_HE", "_EX", "_SE", "_lesions")
 RUN_SETTINGS = "run_settings.json"
 # Per-run facts of a record: not embedded in the published image, so that reruns give the same bytes.
 _TIMINGS = ("seconds", "certify_seconds")
@@ -105,21 +105,6 @@ def _is_image_file(path: Path) -> bool:
     # A DICOMDIR (the media index of an export) is not an image.
     return (path.is_file() and path.suffix.lower() not in (".json", ".jsonl") and path.name.upper() != "DICOMDIR"
             and is_dicom_file(path))
-
-
-def output_name(relative: Path, is_dicom: bool) -> Path:
-    """Where an input's protected (or unlocked) copy goes, relative to the output folder."""
-    if is_dicom:
-        # A UID-named file keeps its whole name: "1.2.3.4" and "1.2.3.5" must not both become "1.2.3.dcm".
-        known = relative.suffix.lower() in (".dcm", ".dicom")
-        return relative.with_suffix(".dcm") if known else relative.with_name(relative.name + ".dcm")
-    return relative.with_suffix(".png")
-
-
-def _is_mask_file(path: Path) -> bool:
-    if path.suffix.lower() == ".dcm" and path.stem.endswith(("_seg", ".seg")):
-        return True  # a DICOM SEG lesion mask (lesions/masks.py naming rule), not an image
-    return any(path.stem.endswith(s) for s in MASK_SUFFIXES) or path.stem.endswith("_wsm")
 
 
 def find_protect_items(source: str | Path) -> list[ProtectItem]:
@@ -156,7 +141,7 @@ def find_protect_items(source: str | Path) -> list[ProtectItem]:
                                          None if label is None else int(label)))
     elif source.is_dir():
         for image in sorted(p for p in source.rglob("*") if _is_image_file(p)):
-            if _is_mask_file(image) or "masks" in image.relative_to(source).parts[:-1]:
+            if is_mask_file(image) or "masks" in image.relative_to(source).parts[:-1]:
                 continue
             items.append(ProtectItem(image, image.relative_to(source), find_mask_files(image)))
     else:
@@ -187,6 +172,8 @@ class DatasetProtector:
         redo: protect again the images an earlier run into ``output_dir`` made with other
             output-changing settings (default: refuse, naming the settings that differ).
         wait: wait for another run that holds ``output_dir`` instead of refusing.
+        distributed: split the images across the ranks of the initialised ``torch.distributed``
+            process group (``torchrun``, ``medlocker protect --workers N``; see :meth:`run`).
     """
 
     def __init__(
@@ -208,7 +195,9 @@ class DatasetProtector:
         owner_key_passphrase: str | None = None,
         redo: bool = False,
         wait: bool = False,
+        distributed: bool = False,
     ) -> None:
+        self.distributed = bool(distributed)
         self.certifier = Certifier(owner_key, owner_key_passphrase) if owner_key else None
         if dicom_encoding not in DICOM_ENCODINGS:
             raise ValueError(f"dicom_encoding must be one of {sorted(DICOM_ENCODINGS)} (lossless only), got {dicom_encoding!r}")
@@ -321,6 +310,8 @@ class DatasetProtector:
             sealed = self.certifier.seal(image_id, image, protected, dict(record), extra)
             record["certify_seconds"] = round(time.perf_counter() - t0, 4)
         embedded = {k: v for k, v in record.items() if k not in _TIMINGS}
+        if isinstance(embedded.get("lesion_report"), dict):  # the detector's own timing, as for the record's
+            embedded["lesion_report"] = {k: v for k, v in embedded["lesion_report"].items() if k not in _TIMINGS}
         if src is not None:
             tags = MedlockerTags(params=embedded, wsm_boxes=[tuple(b) for b in record["wsm_boxes"]],
                                  source_sop_instance_uid=str(src.SOPInstanceUID))
@@ -354,21 +345,89 @@ class DatasetProtector:
         record = {**record, "run_settings": self._settings}
         atomic_write_bytes(out_path.with_name(out_path.stem + SIDECAR_SUFFIX), json.dumps(record, indent=2).encode())
 
-    def run(self) -> dict:
+    def run(self, protect_many: Callable[[list[tuple[ProtectItem, Path]]], list[dict]] | None = None) -> dict:
         """Protect every image (one run at a time per output folder); returns the summary.
+
+        ``protect_many`` runs the per-image step elsewhere (e.g. :class:`~monai_medlocker.workflows.ray_protect.RayProtect`
+        on a Ray cluster): it takes the (item, output path) pairs this process decided to protect and
+        returns, in order, what :meth:`protect_timed` returns for each. Everything else (the lock,
+        resume checks, name clashes, the manifest) stays here.
+
+        With ``distributed``, every rank lists the same images and protects its share
+        (``monai.data.partition_dataset``, ``even_divisible=False``: no image twice; inputs that would
+        share an output name stay on one rank, so that the clash is reported as in one process).
+        Rank 0 holds the output lock, checks the earlier run's settings and, after gathering every
+        rank's rows, writes the one manifest and summary; every rank returns that summary.
 
         Raises:
             OutputError: an unusable output folder, another run holding it, or (without ``redo``)
                 an earlier run's outputs made with other settings.
         """
         items = find_protect_items(self.input_path)
+        rank, world = _rank_and_world() if self.distributed else (0, 1)
+        if world > 1:
+            return self._run_distributed(items, rank, world)
         prepare_output_dir(self.output_dir)
         with OutputLock(self.output_dir, wait=self.wait, command="medlocker protect"):
             clean_temporaries(self.output_dir)  # what a killed run left; no other run is writing here now
             self._settings = self.run_settings()
             self._check_resume(self._settings)
-            return self._run(items)
+            start = time.perf_counter()
+            rows = self._protect_items(list(enumerate(items)), items, protect_many=protect_many)
+            return self._finish([row for _, row in rows], start)
 
+    def _run_distributed(self, items: list[ProtectItem], rank: int, world: int) -> dict:
+        import torch.distributed as dist
+
+        with contextlib.ExitStack() as stack:
+            failure = None
+            if rank == 0:
+                try:
+                    prepare_output_dir(self.output_dir)
+                    stack.enter_context(OutputLock(self.output_dir, wait=self.wait, command="medlocker protect"))
+                    clean_temporaries(self.output_dir)  # before any rank writes
+                    self._settings = self.run_settings()
+                    self._check_resume(self._settings)
+                except (OutputError, OSError, ValueError) as err:
+                    failure = err
+            status = [None if failure is None else str(failure)]
+            dist.broadcast_object_list(status, src=0)  # also the barrier: no rank writes before rank 0's checks
+            if failure is not None:
+                raise failure
+            if status[0] is not None:
+                raise OutputError(status[0])
+            start = time.perf_counter()  # every rank is ready: as a one-process run starts after its checks
+            if rank != 0:
+                self._settings = self.run_settings()
+            mine = _partition(self._output_groups(items), rank, world)
+            rows = self._protect_items([(i, items[i]) for i in mine], items, progress=self.progress and rank == 0)
+            gathered: list = [None] * world
+            dist.all_gather_object(gathered, rows)
+            merged = [row for _, row in sorted((r for part in gathered for r in part), key=lambda r: r[0])]
+            return self._finish(merged, start, write=rank == 0)
+
+    def _output_groups(self, items: list[ProtectItem]) -> list[list[int]]:
+        """Item indices grouped so that inputs sharing an output or record path fall in one group (in order)."""
+        group_of: dict[Path, int] = {}
+        groups: list[list[int]] = []
+        for i, item in enumerate(items):
+            keys = []
+            if item.problem is None:
+                out_path = self.output_dir / output_name(item.relative, is_dicom_file(item.image))
+                keys = [out_path.resolve(), out_path.with_name(out_path.stem + SIDECAR_SUFFIX).resolve()]
+            hit = sorted({group_of[k] for k in keys if k in group_of})
+            if not hit:
+                groups.append([i])
+                g = len(groups) - 1
+            else:
+                g = hit[0]
+                for other in hit[1:]:  # this item joins two groups: one group
+                    groups[g].extend(groups[other])
+                    groups[other] = []
+                    group_of.update({k: g for k, v in group_of.items() if v == other})
+                groups[g].append(i)
+            group_of.update({k: g for k in keys})
+        return [sorted(g) for g in groups if g]
     def _output_problem(self, item: ProtectItem, out_path: Path, record_path: Path, inputs: set[Path]) -> str | None:
         """Why writing ``item``'s outputs would leave the output folder or replace an input; ``None`` when safe."""
         out_root = self.output_dir.resolve()
@@ -385,86 +444,116 @@ class DatasetProtector:
                 return f"{item.image}: its output {path} would replace or lie among the inputs; choose another output folder"
         return None
 
-    def _run(self, items: list[ProtectItem]) -> dict:
-        start = time.perf_counter()
-        rows = []
-        inputs = {p.resolve() for item in items if item.problem is None for p in (item.image, *item.masks)}
+    def _protect_items(self, indexed: list[tuple[int, ProtectItem]], all_items: list[ProtectItem],
+                       progress: bool | None = None, protect_many=None) -> list[tuple[int, dict]]:
+        """Protect ``indexed`` (index, item) pairs in order; the manifest rows, each with its item's index."""
+        out_rows: list[tuple[int, dict]] = []
+        pending: list[tuple[dict, ProtectItem, Path]] = []
+        inputs = {p.resolve() for item in all_items if item.problem is None for p in (item.image, *item.masks)}
         claimed: dict[Path, str] = {}
-        for item in tqdm(items, desc="protect", unit="img", disable=not self.progress, file=sys.stderr):
-            row = {"image": portable_name(item.relative), "output": None, "status": None}
-            if item.problem is not None:
-                row.update(status="failed", error=item.problem)
-                rows.append(row)
-                continue
-            out_path = self.output_dir / output_name(item.relative, is_dicom_file(item.image))
-            record_path = out_path.with_name(out_path.stem + SIDECAR_SUFFIX)
-            problem = self._output_problem(item, out_path, record_path, inputs)
-            if problem:
-                row.update(status="failed", error=problem)
-                rows.append(row)
-                continue
-            # Never let two inputs (a.jpg and a.png) share one output.
-            target, sidecar = out_path.resolve(), record_path.resolve()
-            if target in claimed or sidecar in claimed:
-                other = claimed.get(target) or claimed.get(sidecar)
-                row.update(status="failed", error=f"{item.image}: same output or record name as {other}; rename one")
-                rows.append(row)
-                continue
-            claimed[target] = claimed[sidecar] = str(item.image)
-            if record_path.is_file():
-                try:
-                    previous = json.loads(record_path.read_text(encoding="utf-8"))
-                except (OSError, ValueError) as err:
-                    row.update(status="failed", error=f"{record_path}: unreadable record from an earlier run ({err})")
-                    rows.append(row)
-                    continue
-                earlier = (previous.get("source") or {}).get("file")
-                if earlier != portable_name(item.relative) or (previous.get("protected") and not out_path.is_file()):
-                    claimed.pop(target, None)  # the record's own image may still come later in this run
-                    claimed.pop(sidecar, None)
-                    row.update(status="failed", error=f"{item.image}: {record_path} is the record of {earlier or 'another image'} "
-                               f"from an earlier run (same record name); rename one")
-                    rows.append(row)
-                    continue
-                changes = self._settings_changes(previous.get("run_settings") or {}, self._settings) \
-                    if "run_settings" in previous else []
-                if changes and not self.redo:
-                    row.update(status="failed", error=f"{item.image}: its output in {self.output_dir} was made with other "
-                               f"settings: {'; '.join(changes)}; pass --redo to protect it again")
-                    rows.append(row)
-                    continue
-                if not changes:
-                    row.update(status="already-done", output=portable_name(out_path.relative_to(self.output_dir)))
-                    row.update({k: previous.get(k) for k in ("success", "queries", "seconds", "protected", "reason")})
-                    rows.append(row)
-                    continue
-            t0 = time.perf_counter()
+        show = self.progress if progress is None else progress
+        for index, item in tqdm(indexed, desc="protect", unit="img", disable=not show, file=sys.stderr):
+            row, out_path = self._check_item(item, inputs, claimed)
+            if out_path is not None:
+                if protect_many is None:
+                    self._complete_row(row, out_path, self.protect_timed(item, out_path))
+                else:
+                    pending.append((row, item, out_path))
+            out_rows.append((index, row))
+        if pending:
+            outcomes = protect_many([(item, out_path) for _, item, out_path in pending])
+            for (row, _, out_path), outcome in zip(pending, outcomes):
+                self._complete_row(row, out_path, outcome)
+        return out_rows
+
+    def protect_timed(self, item: ProtectItem, out_path: Path) -> dict:
+        """:meth:`protect_one` as one batch step: ``{"record": ...}`` or ``{"error": ...}``, and ``"seconds"``.
+
+        A bad image or a model failure is an error for this image only: the batch goes on.
+        """
+        t0 = time.perf_counter()
+        try:
+            outcome = {"record": self.protect_one(item, out_path)}
+        except (ImageReadError, ValueError, OSError) as err:
+            message = str(err)
+            outcome = {"error": message if str(item.image) in message else f"{item.image}: {message}"}
+        except Exception as err:  # a model or library failure on one image must not stop the batch
+            outcome = {"error": f"{item.image}: {type(err).__name__}: {err}"}
+        outcome["seconds"] = round(time.perf_counter() - t0, 3)
+        return outcome
+
+    def _complete_row(self, row: dict, out_path: Path, outcome: dict) -> None:
+        """Fill a manifest row from what :meth:`protect_timed` returned."""
+        if "error" in outcome:
+            row.update(status="failed", error=outcome["error"])
+        else:
+            record = outcome["record"]
+            protected = bool(record.get("protected"))
+            row.update(
+                status="protected" if protected else "not-protected",
+                output=portable_name(out_path.relative_to(self.output_dir)) if protected else None,
+                protected=protected, success=record.get("success"), queries=record.get("queries"),
+                reason=record.get("reason"), lesion_source=record.get("lesion_source"),
+            )
+            lesion_report = record.get("lesion_report") or {}
+            if lesion_report.get("warnings"):
+                row["lesion_warnings"] = lesion_report["warnings"]
+                row["lesion_confidence"] = lesion_report.get("confidence")
+        row["seconds"] = outcome["seconds"]
+
+    def _check_item(self, item: ProtectItem, inputs: set[Path], claimed: dict[Path, str]) -> tuple[dict, Path | None]:
+        """An item's manifest row and, when it is to be protected now, its output path (``None``: it failed, is
+        already done, or has an unsafe or clashing output, as the row says)."""
+        row = {"image": portable_name(item.relative), "output": None, "status": None}
+        if item.problem is not None:
+            row.update(status="failed", error=item.problem)
+            return row, None
+        out_path = self.output_dir / output_name(item.relative, is_dicom_file(item.image))
+        record_path = out_path.with_name(out_path.stem + SIDECAR_SUFFIX)
+        problem = self._output_problem(item, out_path, record_path, inputs)
+        if problem:
+            row.update(status="failed", error=problem)
+            return row, None
+        # Never let two inputs (a.jpg and a.png) share one output.
+        target, sidecar = out_path.resolve(), record_path.resolve()
+        if target in claimed or sidecar in claimed:
+            other = claimed.get(target) or claimed.get(sidecar)
+            row.update(status="failed", error=f"{item.image}: same output or record name as {other}; rename one")
+            return row, None
+        claimed[target] = claimed[sidecar] = str(item.image)
+        if record_path.is_file():
             try:
-                record = self.protect_one(item, out_path)
-            except (ImageReadError, ValueError, OSError) as err:
-                message = str(err)
-                row.update(status="failed", error=message if str(item.image) in message else f"{item.image}: {message}")
-            except Exception as err:  # a model or library failure on one image must not stop the batch
-                row.update(status="failed", error=f"{item.image}: {type(err).__name__}: {err}")
-            else:
-                protected = bool(record.get("protected"))
-                row.update(
-                    status="protected" if protected else "not-protected",
-                    output=portable_name(out_path.relative_to(self.output_dir)) if protected else None,
-                    protected=protected, success=record.get("success"), queries=record.get("queries"),
-                    reason=record.get("reason"), lesion_source=record.get("lesion_source"),
-                )
-                lesion_report = record.get("lesion_report") or {}
-                if lesion_report.get("warnings"):
-                    row["lesion_warnings"] = lesion_report["warnings"]
-                    row["lesion_confidence"] = lesion_report.get("confidence")
-            row["seconds"] = round(time.perf_counter() - t0, 3)
-            rows.append(row)
+                previous = json.loads(record_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as err:
+                row.update(status="failed", error=f"{record_path}: unreadable record from an earlier run ({err})")
+                return row, None
+            earlier = (previous.get("source") or {}).get("file")
+            if earlier != portable_name(item.relative) or (previous.get("protected") and not out_path.is_file()):
+                claimed.pop(target, None)  # the record's own image may still come later in this run
+                claimed.pop(sidecar, None)
+                row.update(status="failed", error=f"{item.image}: {record_path} is the record of {earlier or 'another image'} "
+                           f"from an earlier run (same record name); rename one")
+                return row, None
+            changes = self._settings_changes(previous.get("run_settings") or {}, self._settings) \
+                if "run_settings" in previous else []
+            if changes and not self.redo:
+                row.update(status="failed", error=f"{item.image}: its output in {self.output_dir} was made with other "
+                           f"settings: {'; '.join(changes)}; pass --redo to protect it again")
+                return row, None
+            if not changes:
+                row.update(status="already-done", output=portable_name(out_path.relative_to(self.output_dir)))
+                row.update({k: previous.get(k) for k in ("success", "queries", "seconds", "protected", "reason")})
+                return row, None
+        return row, out_path
+
+    def _finish(self, rows: list[dict], start: float, write: bool = True) -> dict:
+        """The summary of ``rows``; with ``write``, the manifest and summary files too."""
         self.summary = self._summarise(rows, time.perf_counter() - start)
-        manifest = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
-        atomic_write_bytes(self.output_dir / "manifest.jsonl", manifest.encode())
-        atomic_write_bytes(self.output_dir / "summary.json", json.dumps(self.summary, indent=2).encode())
-        print(format_summary(self.summary), file=sys.stderr)
+        if write:
+            manifest = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+            atomic_write_bytes(self.output_dir / "manifest.jsonl", manifest.encode())
+            atomic_write_bytes(self.output_dir / "summary.json", json.dumps(self.summary, indent=2).encode())
+            print(format_summary(self.summary), file=sys.stderr)
         return self.summary
 
     def _summarise(self, rows: list[dict], seconds: float) -> dict:
@@ -517,3 +606,28 @@ def format_summary(summary: dict) -> str:
 def protect_dataset(input_path: str | Path, output_dir: str | Path, surrogates, **kwargs) -> dict:
     """Functional entry point: build a :class:`DatasetProtector` and run it; returns the summary."""
     return DatasetProtector(input_path, output_dir, surrogates, **kwargs).run()
+
+
+def _rank_and_world() -> tuple[int, int]:
+    """This process's rank and the world size of the initialised ``torch.distributed`` group.
+
+    Raises:
+        RuntimeError: ``distributed`` was asked for without an initialised process group.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("distributed protect needs an initialised torch.distributed process group (run it under "
+                           "torchrun with bundle/configs/multi_process_inference.json, or medlocker protect --workers N)")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _partition(groups: list[list[int]], rank: int, world: int) -> list[int]:
+    """Rank ``rank``'s item indices: the groups dealt round robin by ``monai.data.partition_dataset``."""
+    from monai.data import partition_dataset
+
+    if len(groups) < world:  # partition_dataset needs at least one element per partition
+        shares = [groups[r:r + 1] for r in range(world)]
+    else:
+        shares = partition_dataset(groups, num_partitions=world, even_divisible=False, shuffle=False)
+    return sorted(i for group in shares[rank] for i in group)

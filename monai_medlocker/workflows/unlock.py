@@ -28,7 +28,7 @@ from monai_medlocker.certify.keys import OwnerKey, OwnerPublicKey, load_owner_ke
 from monai_medlocker.certify.payload import PayloadError, apply_restore_payload, decrypt_payload, derive_image_key
 from monai_medlocker.certify.seal import ProtectedFile, payload_sha256, read_protected
 from monai_medlocker.io.image import ImageReadError, atomic_write_bytes, save_png
-from monai_medlocker.io.outdir import OutputError, OutputLock, clean_temporaries, inside_output, prepare_output_dir
+from monai_medlocker.io.outdir import OutputError, OutputLock, clean_temporaries, inside_output, output_name, prepare_output_dir
 from monai_medlocker.workflows.verify import dicom_header_problem, find_certified_images
 
 __all__ = ["UnlockError", "unlock_image", "Unlocker", "format_unlock_summary"]
@@ -143,8 +143,6 @@ class Unlocker:
         self.summary: dict | None = None
 
     def _target(self, path: Path, is_dicom: bool) -> Path:
-        from monai_medlocker.workflows.protect import output_name
-
         rel = path.relative_to(self.input_path) if self.input_path.is_dir() else Path(path.name)
         try:
             return inside_output(self.output_dir, self.output_dir / output_name(rel, is_dicom))

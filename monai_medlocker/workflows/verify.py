@@ -52,9 +52,9 @@ def find_certified_images(source: str | Path) -> list[Path]:
         raise FileNotFoundError(f"input not found: {source}")
     if source.is_file():
         return [source]
-    from monai_medlocker.workflows.protect import _is_mask_file
+    from monai_medlocker.lesions.masks import is_mask_file
 
-    files = [p for p in sorted(source.rglob("*")) if p.is_file() and not _is_mask_file(p) and p.name.upper() != "DICOMDIR"
+    files = [p for p in sorted(source.rglob("*")) if p.is_file() and not is_mask_file(p) and p.name.upper() != "DICOMDIR"
              and not is_temporary_file(p)
              and (p.suffix.lower() in _IMAGE_SUFFIXES or (p.suffix.lower() not in (".json", ".jsonl") and is_dicom_file(p)))]
     if not files:

@@ -2,24 +2,35 @@
 
 from __future__ import annotations
 
-from monai_medlocker.watermark.optimizers.base import WatermarkOptimizer
-from monai_medlocker.watermark.optimizers.medlocker import MedLockerOptimizer
-from monai_medlocker.watermark.optimizers.random import RandomPlacement
+from typing import TYPE_CHECKING
+
+from monai_medlocker._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from monai_medlocker.watermark.optimizers.base import WatermarkOptimizer
 
 __all__ = ["OPTIMIZERS", "WatermarkOptimizer", "MedLockerOptimizer", "RandomPlacement", "get_optimizer"]
 
-
-def _registry() -> dict[str, type[WatermarkOptimizer]]:
-    from monai_medlocker.watermark.optimizers.bhe import BasinHoppingEvolution
-
-    return {"random": RandomPlacement, "bhe": BasinHoppingEvolution, "medlocker": MedLockerOptimizer}
-
+# The classes need torch: imported on first use, so that the CLI can offer the names without it.
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "base": ("WatermarkOptimizer",), "medlocker": ("MedLockerOptimizer",), "random": ("RandomPlacement",),
+})
 
 OPTIMIZERS = ("random", "bhe", "medlocker")
 
 
+def _registry() -> dict[str, type[WatermarkOptimizer]]:
+    from monai_medlocker.watermark.optimizers.bhe import BasinHoppingEvolution
+    from monai_medlocker.watermark.optimizers.medlocker import MedLockerOptimizer
+    from monai_medlocker.watermark.optimizers.random import RandomPlacement
+
+    return {"random": RandomPlacement, "bhe": BasinHoppingEvolution, "medlocker": MedLockerOptimizer}
+
+
 def get_optimizer(name: str | WatermarkOptimizer = "medlocker", **kwargs) -> WatermarkOptimizer:
-    """Build a named optimizer with its settings (``max_queries``, ``confidence``, ...)."""
+    """Build a named optimizer (a ``WatermarkOptimizer`` is returned as is) with its settings (``max_queries``, ...)."""
+    from monai_medlocker.watermark.optimizers.base import WatermarkOptimizer  # noqa: F811
+
     if isinstance(name, WatermarkOptimizer):
         return name
     registry = _registry()
