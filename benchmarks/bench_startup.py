@@ -44,7 +44,8 @@ def _commands(work: Path) -> dict[str, list[str]]:
 def _run(repo: Path, argv: list[str]) -> float:
     env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", ENTRY, *argv], env=env, capture_output=True, text=True)
+    # cwd=repo: ``python -c`` puts the working folder first on sys.path, ahead of PYTHONPATH.
+    done = subprocess.run([sys.executable, "-c", ENTRY, *argv], env=env, capture_output=True, text=True, cwd=repo)
     seconds = time.perf_counter() - t0
     if done.returncode != 0:
         raise RuntimeError(f"medlocker {' '.join(argv)} failed ({done.returncode}): {done.stderr[-2000:]}")
@@ -54,7 +55,8 @@ def _run(repo: Path, argv: list[str]) -> float:
 def _top_imports(repo: Path, argv: list[str], top: int = 6) -> list[dict]:
     """The slowest top-level imports (cumulative ms) of one command, from ``python -X importtime``."""
     env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-X", "importtime", "-c", ENTRY, *argv], env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-X", "importtime", "-c", ENTRY, *argv], env=env, capture_output=True, text=True,
+                          cwd=repo)
     rows = []
     for line in done.stderr.splitlines():
         m = re.match(r"import time:\s+\d+ \|\s+(\d+) \| (\S.*)$", line)
@@ -71,7 +73,11 @@ def _time_repo(repo: Path, work: Path, runs: int) -> dict:
             seconds.append(_run(repo, [a.format(run=f"{repo.name}{run}") for a in argv]))
         rows[name] = {"seconds_median": round(statistics.median(seconds), 3), "seconds": [round(s, 3) for s in seconds]}
         print(repo, name, rows[name], file=sys.stderr, flush=True)
-    return {"repo": str(repo), "commands": rows, "help_top_imports": _top_imports(repo, ["--help"])}
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    where = subprocess.run([sys.executable, "-c", "import monai_medlocker; print(monai_medlocker.__file__)"], env=env,
+                           capture_output=True, text=True, cwd=repo).stdout.strip()
+    return {"repo": str(repo), "package_imported_from": where, "commands": rows,
+            "help_top_imports": _top_imports(repo, ["--help"])}
 
 
 def main(argv=None) -> int:
