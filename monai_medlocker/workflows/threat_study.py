@@ -39,7 +39,7 @@ from monai_medlocker.workflows.handlers import write_json_atomic
 from monai_medlocker.workflows.metrics import protection_metrics
 
 __all__ = ["ROWS", "StudyImage", "ThreatStudy", "lab_study_images", "datalist_study_images", "release_study_images",
-           "predict"]
+           "predict", "protect_tools"]
 
 ROWS = ("none", "random", "bhe", "medlocker")
 PROTECTED_ROWS = ("random", "bhe", "medlocker")
@@ -73,6 +73,25 @@ class _Row:
 
         rec = self.records[i]
         return [Placement.from_record(m) for m in rec["marks"]] if rec else []
+
+
+def protect_tools(settings: dict, optimizer_name: str | None = None) -> tuple:
+    """The (optimizer, search space, logo) of a protect-settings dict, as ``inference.json`` builds them.
+
+    ``optimizer_name`` (a study row) defaults to the settings' optimizer; another optimizer (the bhe and
+    random rows) gets its own defaults, since the settings' optimizer_kwargs and max_queries belong to
+    the configured one.
+    """
+    from monai_medlocker.watermark import SearchSpace, get_optimizer, load_logo
+
+    name = optimizer_name or settings.get("optimizer", "medlocker")
+    kwargs = {}
+    if name == settings.get("optimizer", "medlocker"):
+        kwargs = dict(settings.get("optimizer_kwargs") or {})
+        if settings.get("max_queries") is not None:
+            kwargs["max_queries"] = settings["max_queries"]
+    space = SearchSpace.from_config(settings.get("search_space", "full"))
+    return get_optimizer(name, **kwargs), space, load_logo(settings.get("logo"))
 
 
 def _wsm_from_masks(masks: np.ndarray, shape: tuple[int, int], margin: int = 2) -> np.ndarray:
@@ -398,18 +417,12 @@ class ThreatStudy:
 
     # -- protection -------------------------------------------------------------------------------------
     def _protect_row(self, name: str, images: list[StudyImage], surrogates: list[Surrogate]) -> _Row:
-        from monai_medlocker.watermark import SearchSpace, get_optimizer, load_logo, watermark_image
+        from monai_medlocker.watermark import watermark_image
         from monai_medlocker.watermark.feasibility import NoFeasiblePlacementError
 
         if name == "none":
             return _Row(name, [s.original for s in images], [None] * len(images))
-        settings = self.protect_settings
-        kwargs = dict(settings["optimizer_kwargs"]) if name == settings["optimizer"] else {}
-        if settings["max_queries"] is not None and name == settings["optimizer"]:
-            kwargs["max_queries"] = settings["max_queries"]
-        optimizer = get_optimizer(name, **kwargs)
-        space = SearchSpace.from_config(settings["search_space"])
-        logo = load_logo(settings["logo"])
+        optimizer, space, logo = protect_tools(self.protect_settings, name)
         row = _Row(name, [], [])
         for i, s in enumerate(self._bar(images, f"protect {name}")):
             start = time.perf_counter()

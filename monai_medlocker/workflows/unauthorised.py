@@ -31,17 +31,12 @@ def protect_lab_split(clean_dir: Path, out_dir: Path, surrogate: Surrogate, prot
     """
     from monai_medlocker.data.datalist import load_datalist
     from monai_medlocker.io.image import load_mask, load_rgb, save_png
-    from monai_medlocker.watermark import SearchSpace, get_optimizer, load_logo, watermark_image
+    from monai_medlocker.watermark import watermark_image
     from monai_medlocker.watermark.feasibility import NoFeasiblePlacementError
-    from monai_medlocker.workflows.threat_study import _wsm_from_masks
+    from monai_medlocker.workflows.threat_study import _wsm_from_masks, protect_tools
 
     data = json.loads((clean_dir / "datalist.json").read_text())
-    kwargs = dict(protect_settings.get("optimizer_kwargs") or {})
-    if protect_settings.get("max_queries") is not None:
-        kwargs["max_queries"] = protect_settings["max_queries"]
-    optimizer = get_optimizer(protect_settings.get("optimizer", "medlocker"), **kwargs)
-    space = SearchSpace.from_config(protect_settings.get("search_space", "full"))
-    logo = load_logo(protect_settings.get("logo"))
+    optimizer, space, logo = protect_tools(protect_settings)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     unprotected = 0
     items = [(section, i, item) for section in sections
