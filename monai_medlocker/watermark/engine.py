@@ -17,6 +17,7 @@ from monai_medlocker.watermark.feasibility import NoFeasiblePlacementError
 from monai_medlocker.watermark.logo import logo_for_image, logo_sha256
 from monai_medlocker.watermark.optimizers import WatermarkOptimizer
 from monai_medlocker.watermark.problem import AttackProblem, SearchSpace, label_margins
+from monai_medlocker.watermark.shield import ShieldSettings, field_of_view, psnr, shield_image, shield_region
 
 __all__ = ["RECORD_FORMAT", "WatermarkInvariantError", "watermark_image", "judge"]
 
@@ -45,7 +46,13 @@ def judge(image: np.ndarray, surrogates: list[Surrogate], label: int, value_max:
     return {"preds": preds, "margin": max(margins), "model_margins": margins, "success": max(margins) < 0}
 
 
-def _check_invariants(before: np.ndarray, after: np.ndarray, wsm: np.ndarray, marks: list[Placement]) -> int:
+def _check_invariants(before: np.ndarray, after: np.ndarray, wsm: np.ndarray, marks: list[Placement],
+                      shield_bound: int | None = None, shield_allowed: np.ndarray | None = None) -> int:
+    """Count the changed pixels; raise if one changed that must not (DESIGN invariant 1).
+
+    Without a shield only the logo boxes may change. In shield mode pixels of ``shield_allowed`` (the FOV
+    outside the WSM and the boxes) may also change, each channel by at most ``shield_bound`` grey levels.
+    """
     changed = np.any(before != after, axis=-1)
     if (changed & wsm).any():
         raise WatermarkInvariantError(f"{int((changed & wsm).sum())} pixels inside the WSM changed")
@@ -53,9 +60,42 @@ def _check_invariants(before: np.ndarray, after: np.ndarray, wsm: np.ndarray, ma
     for p in marks:
         x0, y0, x1, y1 = p.box_xyxy
         footprint[y0:y1, x0:x1] = True
-    if (changed & ~footprint).any():
-        raise WatermarkInvariantError(f"{int((changed & ~footprint).sum())} pixels outside the logo boxes changed")
+    outside = changed & ~footprint
+    if shield_bound is not None and shield_allowed is not None:
+        if (outside & ~shield_allowed).any():
+            raise WatermarkInvariantError(
+                f"{int((outside & ~shield_allowed).sum())} pixels outside the shield region (FOV minus WSM and boxes) changed")
+        step = int(np.abs(before.astype(np.int16) - after.astype(np.int16))[outside].max(initial=0))
+        if step > shield_bound:
+            raise WatermarkInvariantError(f"the shield changed a pixel by {step} grey levels, over its bound {shield_bound}")
+    elif outside.any():
+        raise WatermarkInvariantError(f"{int(outside.sum())} pixels outside the logo boxes changed")
     return int(changed.sum())
+
+
+def _apply_shield(image: np.ndarray, marked: np.ndarray, wsm: np.ndarray, surrogates: list[Surrogate], label: int,
+                  logo: np.ndarray, marks: list[Placement], settings: ShieldSettings, views) -> tuple:
+    """(shielded image, allowed-change mask, record facts) of the shield step of :func:`watermark_image`."""
+    from monai_medlocker.lesions.builtin import LesionDetectionError
+    from monai_medlocker.threats.removal import inpaint_telea
+
+    start = time.perf_counter()
+    facts = {"settings": settings.to_record(), "linf_bound": settings.linf}
+    try:
+        fov = field_of_view(image)
+    except LesionDetectionError as err:  # no round field on black: nothing the shield may touch
+        return marked, None, {**facts, "applied": False, "reason": f"no field of view: {err}"}
+    boxes = [p.box_xyxy for p in marks]
+    # The thief's two ways to erase a mark: an inverse blend recovers the original boxes; inpainting fills them.
+    removed = [image, inpaint_telea(marked, logo, placements=marks)] if settings.removal_aware else []
+    out = shield_image(marked, wsm, fov, surrogates, label, boxes, views=views, settings=settings, removed=removed)
+    allowed = shield_region(wsm, fov, boxes)
+    diff = np.abs(out.astype(np.int16) - marked.astype(np.int16))
+    facts.update({"applied": True, "region_pixels": int(allowed.sum()),
+                  "changed_pixels": int(np.any(diff > 0, axis=-1).sum()), "linf": int(diff.max(initial=0)),
+                  "psnr_vs_marked": round(psnr(out, marked), 3), "psnr_whole_image": round(psnr(out, image), 3),
+                  "seconds": round(time.perf_counter() - start, 4)})
+    return out, allowed, facts
 
 
 def watermark_image(
@@ -69,6 +109,8 @@ def watermark_image(
     seed: int = 0,
     batch_size: int = 32,
     value_max: float | None = None,
+    shield: ShieldSettings | dict | bool | None = None,
+    shield_views=None,
 ) -> tuple[np.ndarray, dict]:
     """Protect one H x W x 3 image: search placements, composite at native size, verify.
 
@@ -83,6 +125,10 @@ def watermark_image(
         seed: seed of the search.
         batch_size: candidates per forward pass.
         value_max: the image's white level; ``None`` infers 255 for uint8 and for floats above 1.
+        shield: the optional imperceptible shield (:class:`~monai_medlocker.watermark.shield.ShieldSettings`
+            or a dict of its fields; ``None``: none): after the marks are placed, the FOV outside the WSM
+            and the boxes is perturbed by at most its bound, before the final judge. uint8 images only.
+        shield_views: the EOT views the shield optimises through (``None``: built from the settings' ``views``).
 
     Returns:
         The watermarked image (same dtype and size) and its parameter record.
@@ -94,6 +140,14 @@ def watermark_image(
     if value_max is None:
         value_max = 255.0 if image.dtype == np.uint8 or float(np.max(image)) > 1.0 else 1.0
     wsm = np.asarray(wsm, dtype=bool)
+    shield = ShieldSettings.from_config(shield)  # bad settings fail before the search, not after it
+    if shield is not None:
+        if image.dtype != np.uint8:
+            raise ValueError(f"the shield needs a uint8 image, got {image.dtype}.")
+        if shield_views is None and shield.views is not None:
+            from monai_medlocker.watermark.eot import ThiefViews
+
+            shield_views = ThiefViews(**shield.views)
     start = time.perf_counter()
     owner_logo = logo
     logo, logo_rendering = logo_for_image(owner_logo, image)
@@ -121,7 +175,11 @@ def watermark_image(
         current = composite(current, logo, [placement], value_max)
         x0, y0, x1, y1 = placement.box_xyxy
         forbidden[y0:y1, x0:x1] = True  # marks never overlap each other
-    changed = _check_invariants(image, current, wsm, marks)
+    shield_facts, shield_allowed = None, None
+    if shield is not None:
+        current, shield_allowed, shield_facts = _apply_shield(
+            image, current, wsm, surrogates, problem_label, logo, marks, shield, shield_views)
+    changed = _check_invariants(image, current, wsm, marks, shield.linf if shield else None, shield_allowed)
     final = judge(current, surrogates, problem_label, value_max)
     height, width = image.shape[:2]
     record = {
@@ -150,4 +208,6 @@ def watermark_image(
         "final": {"preds": final["preds"], "margin": final["margin"]},
         "seconds": round(time.perf_counter() - start, 4),
     }
+    if shield_facts is not None:
+        record["shield"] = shield_facts
     return current, record
