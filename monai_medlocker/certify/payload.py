@@ -12,6 +12,17 @@ Packed format (version 1, big-endian)::
     n_boxes x (x0 u32 | y0 u32 | x1 u32 | y1 u32 | codec u8 | length u32)
     the boxes' encoded pixels, concatenated in the same order
 
+Version 2 (the imperceptible shield, :mod:`monai_medlocker.watermark.shield`, also changes pixels
+outside the boxes) appends the residual ``original - protected`` outside the boxes::
+
+    ... version 1 layout with version 2 ... | codec u8 | length u32 | the encoded residual
+
+The residual is stored offset by 128 as an H x W x C uint8 image (zero inside the boxes; the shield's
+values are within [-4, 4], any within [-128, 127] are accepted), encoded by the smaller of WebP
+lossless (as the boxes) and LZMA (preset 6) of its raw bytes. A payload without a residual (no
+shield) is written as version 1, byte for byte as before, and version 1 payloads stay readable.
+Measured by ``benchmarks/bench_shield.py`` (``payload_bytes`` in benchmarks/results/shield/).
+
 Codec choice, measured ad hoc during development (no benchmark in the repo repeats it) on
 128-307 px crops of synthetic fundus photographs (256-1024 px) and of the shipped real retina
 sample, as compressed size / raw size: WebP lossless (Pillow, effort 4)
@@ -27,6 +38,7 @@ is decoded again at packing time and checked bit for bit before it is accepted.
 from __future__ import annotations
 
 import io
+import lzma
 import secrets
 import struct
 from typing import Sequence
@@ -50,9 +62,13 @@ __all__ = [
 
 _MAGIC = b"MLRP"
 _PACK_VERSION = 1
+_PACK_VERSION_RESIDUAL = 2  # version 1 plus the residual outside the boxes (shield mode)
+_READ_VERSIONS = (_PACK_VERSION, _PACK_VERSION_RESIDUAL)
 _HEADER = struct.Struct(">4sBBIIII")
 _BOX = struct.Struct(">IIIIBI")
-_CODEC_RAW, _CODEC_PNG, _CODEC_WEBP = 0, 1, 2
+_RESIDUAL = struct.Struct(">BI")
+_RESIDUAL_OFFSET = 128
+_CODEC_RAW, _CODEC_PNG, _CODEC_WEBP, _CODEC_LZMA = 0, 1, 2, 3
 _CODEC_FORMATS = {_CODEC_PNG: "PNG", _CODEC_WEBP: "WEBP"}
 _WEBP_MAX_SIDE = 16383  # the WebP format's limit
 
@@ -125,6 +141,15 @@ def _decode(data: bytes, codec: int, shape: tuple[int, ...], source: str) -> np.
         if len(data) != int(np.prod(shape)):
             raise PayloadError(f"{source}: a raw box holds {len(data)} bytes, expected {int(np.prod(shape))}")
         return np.frombuffer(data, dtype=np.uint8).reshape(shape)
+    if codec == _CODEC_LZMA:
+        expected = int(np.prod(shape))
+        try:
+            raw = lzma.LZMADecompressor().decompress(data, max_length=expected + 1)  # no decompression bombs
+        except lzma.LZMAError as err:
+            raise PayloadError(f"{source}: LZMA data is unreadable ({err})") from err
+        if len(raw) != expected:
+            raise PayloadError(f"{source}: LZMA data holds {len(raw)} bytes, expected {expected}")
+        return np.frombuffer(raw, dtype=np.uint8).reshape(shape)
     if codec not in _CODEC_FORMATS:
         raise PayloadError(f"{source}: unknown box codec {codec}")
     try:
@@ -144,9 +169,18 @@ def _decode(data: bytes, codec: int, shape: tuple[int, ...], source: str) -> np.
     return arr
 
 
-def _encode(crop: np.ndarray) -> tuple[int, bytes]:
-    """The smallest verified encoding of one box: WebP lossless for RGB, else PNG, else raw."""
+def _encode(crop: np.ndarray, try_lzma: bool = False) -> tuple[int, bytes]:
+    """The smallest verified encoding of one box: WebP lossless for RGB, else PNG, else raw.
+
+    ``try_lzma`` (the shield's residual, noise-like) also tries LZMA and keeps the smaller.
+    """
     raw = crop.tobytes()
+    if try_lzma:
+        best = _encode(crop)
+        data = lzma.compress(raw, preset=6)
+        if len(data) < len(best[1]) and np.array_equal(_decode(data, _CODEC_LZMA, crop.shape, "packing"), crop):
+            return _CODEC_LZMA, data
+        return best
     attempts = []
     if crop.shape[2] == 3 and max(crop.shape[:2]) <= _WEBP_MAX_SIDE and features.check("webp"):
         attempts.append((_CODEC_WEBP, {"lossless": True, "quality": 50, "method": 1, "exact": True}))
@@ -161,15 +195,27 @@ def _encode(crop: np.ndarray) -> tuple[int, bytes]:
     return _CODEC_RAW, raw
 
 
-def pack_restore_payload(original: np.ndarray, boxes: Sequence[Sequence[int]]) -> bytes:
-    """Pack the original pixels inside each mark box, losslessly compressed.
+def _residual(original: np.ndarray, protected: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> np.ndarray:
+    """``original - protected`` (int16) outside the boxes, zero inside them."""
+    residual = original.astype(np.int16) - protected.astype(np.int16)
+    for x0, y0, x1, y1 in boxes:
+        residual[y0:y1, x0:x1] = 0
+    return residual
+
+
+def pack_restore_payload(original: np.ndarray, boxes: Sequence[Sequence[int]],
+                         protected: np.ndarray | None = None) -> bytes:
+    """Pack the original pixels inside each mark box, losslessly compressed, and any change outside them.
 
     Args:
         original: the unwatermarked H x W x C (or H x W) uint8 image.
         boxes: non-overlapping xyxy boxes (end-exclusive) inside the image.
+        protected: the protected image. Where it differs from ``original`` outside the boxes (the
+            shield), the residual is stored too (version 2); ``None`` or no difference: version 1.
 
     Raises:
-        PayloadError: a non-uint8 image, an unsupported shape, or boxes outside the image or overlapping.
+        PayloadError: a non-uint8 image, an unsupported shape, boxes outside the image or overlapping,
+            or a protected image of another shape or differing by more than 127 grey levels outside the boxes.
     """
     original = np.asarray(original)
     if original.dtype != np.uint8:
@@ -177,13 +223,31 @@ def pack_restore_payload(original: np.ndarray, boxes: Sequence[Sequence[int]]) -
     height, width, channels = _layout(original.shape, "restore payload")
     checked = _check_boxes(boxes, height, width, "restore payload")
     img = original.reshape(height, width, channels)
+    residual = None
+    if protected is not None:
+        protected = np.asarray(protected)
+        if protected.shape != original.shape or protected.dtype != np.uint8:
+            raise PayloadError(f"restore payload: the protected image is {protected.shape} {protected.dtype}, "
+                               f"expected {original.shape} uint8 like the original")
+        residual = _residual(img, protected.reshape(height, width, channels), checked)
+        if not residual.any():
+            residual = None
+        elif np.abs(residual).max() > _RESIDUAL_OFFSET - 1:
+            raise PayloadError(f"restore payload: the protected image differs from the original by "
+                               f"{int(np.abs(residual).max())} grey levels outside the logo boxes (at most "
+                               f"{_RESIDUAL_OFFSET - 1} can be stored)")
     entries, blobs = [], []
     for x0, y0, x1, y1 in checked:
         codec, data = _encode(np.ascontiguousarray(img[y0:y1, x0:x1]))
         entries.append(_BOX.pack(x0, y0, x1, y1, codec, len(data)))
         blobs.append(data)
-    header = _HEADER.pack(_MAGIC, _PACK_VERSION, original.ndim, height, width, channels, len(checked))
-    return header + b"".join(entries) + b"".join(blobs)
+    version = _PACK_VERSION if residual is None else _PACK_VERSION_RESIDUAL
+    header = _HEADER.pack(_MAGIC, version, original.ndim, height, width, channels, len(checked))
+    packed = header + b"".join(entries) + b"".join(blobs)
+    if residual is not None:
+        codec, data = _encode((residual + _RESIDUAL_OFFSET).astype(np.uint8), try_lzma=True)
+        packed += _RESIDUAL.pack(codec, len(data)) + data
+    return packed
 
 
 def apply_restore_payload(watermarked: np.ndarray, packed: bytes, source: str = "restore payload") -> np.ndarray:
@@ -204,8 +268,9 @@ def apply_restore_payload(watermarked: np.ndarray, packed: bytes, source: str = 
     magic, version, ndim, height, width, channels, n_boxes = _HEADER.unpack_from(packed)
     if magic != _MAGIC:
         raise PayloadError(f"{source}: not a MedLocker restore payload")
-    if version != _PACK_VERSION:
-        raise PayloadError(f"{source}: unsupported restore payload version {version} (this version reads {_PACK_VERSION})")
+    if version not in _READ_VERSIONS:
+        raise PayloadError(f"{source}: unsupported restore payload version {version} (this version reads "
+                           f"{', '.join(map(str, _READ_VERSIONS))})")
     expected = (height, width) if ndim == 2 else (height, width, channels)
     if watermarked.shape != expected:
         raise PayloadError(f"{source}: the payload is for a {expected} image, got {watermarked.shape}")
@@ -215,13 +280,30 @@ def apply_restore_payload(watermarked: np.ndarray, packed: bytes, source: str = 
     if len(packed) < offset:
         raise PayloadError(f"{source}: truncated box table ({n_boxes} boxes)")
     table = [_BOX.unpack_from(packed, _HEADER.size + i * _BOX.size) for i in range(n_boxes)]
-    _check_boxes([entry[:4] for entry in table], height, width, source)
+    checked = _check_boxes([entry[:4] for entry in table], height, width, source)
     out = np.array(watermarked, copy=True).reshape(height, width, channels)
+    crops = []
     for x0, y0, x1, y1, codec, length in table:
         if offset + length > len(packed):
             raise PayloadError(f"{source}: truncated pixel data")
-        out[y0:y1, x0:x1] = _decode(packed[offset:offset + length], codec, (y1 - y0, x1 - x0, channels), source)
+        crops.append(_decode(packed[offset:offset + length], codec, (y1 - y0, x1 - x0, channels), source))
         offset += length
+    if version == _PACK_VERSION_RESIDUAL:
+        if offset + _RESIDUAL.size > len(packed):
+            raise PayloadError(f"{source}: truncated residual header")
+        codec, length = _RESIDUAL.unpack_from(packed, offset)
+        offset += _RESIDUAL.size
+        if offset + length > len(packed):
+            raise PayloadError(f"{source}: truncated residual data")
+        coded = _decode(packed[offset:offset + length], codec, (height, width, channels), source)
+        offset += length
+        residual = coded.astype(np.int16) - _RESIDUAL_OFFSET
+        restored = out.astype(np.int16) + residual
+        if restored.min() < 0 or restored.max() > 255:
+            raise PayloadError(f"{source}: the residual does not fit this image (values leave 0-255)")
+        out = restored.astype(np.uint8)
+    for (x0, y0, x1, y1), crop in zip(checked, crops):
+        out[y0:y1, x0:x1] = crop
     if offset != len(packed):
         raise PayloadError(f"{source}: {len(packed) - offset} unexpected bytes after the pixel data")
     return out.reshape(watermarked.shape)

@@ -106,7 +106,7 @@ class Certifier:
             params: the watermark parameter record (its ``marks`` give the payload's footprint).
             extra: more signed facts (e.g. the original DICOM header values).
         """
-        packed = pack_restore_payload(original, mark_boxes(params))
+        packed = pack_restore_payload(original, mark_boxes(params), protected)
         cert = build_certificate(self.key.key_id, image_id, params, pixel_sha256(protected), pixel_sha256(original),
                                  payload_sha256=payload_sha256(packed), extra=extra)
         signed = sign_certificate(cert, self.key)

@@ -25,6 +25,7 @@ from monai_medlocker.watermark.feasibility import NoFeasiblePlacementError
 from monai_medlocker.watermark.logo import load_logo, logo_sha256
 from monai_medlocker.watermark.optimizers import WatermarkOptimizer, get_optimizer
 from monai_medlocker.watermark.problem import SearchSpace
+from monai_medlocker.watermark.shield import ShieldSettings
 
 __all__ = ["LesionBBoxMask", "AdversarialWatermark"]
 
@@ -92,6 +93,9 @@ class AdversarialWatermark(Transform):
         on_infeasible: ``"raise"`` (``NoFeasiblePlacementError``) or ``"skip"`` (return the image
             unchanged with ``protected: False`` and the reason in the record).
         batch_size: candidates per forward pass.
+        shield: the optional imperceptible shield: ``None`` (off), ``True`` (default settings), a dict
+            of :class:`~monai_medlocker.watermark.shield.ShieldSettings` fields or the settings; it
+            perturbs the field of view outside the WSM and the logo by at most 4/255 (uint8 images).
     """
 
     backend = [TransformBackends.NUMPY, TransformBackends.TORCH]
@@ -107,6 +111,7 @@ class AdversarialWatermark(Transform):
         seed: int = 0,
         on_infeasible: str = "raise",
         batch_size: int = 32,
+        shield: ShieldSettings | dict | bool | None = None,
     ) -> None:
         self.surrogates = [surrogates] if isinstance(surrogates, Surrogate) else list(surrogates)
         if not self.surrogates or not all(isinstance(s, Surrogate) for s in self.surrogates):
@@ -124,6 +129,7 @@ class AdversarialWatermark(Transform):
         self.on_infeasible = on_infeasible
         self.seed = int(seed)
         self.batch_size = int(batch_size)
+        self.shield = ShieldSettings.from_config(shield)
         self.last_record: dict | None = None
 
     def __call__(
@@ -144,6 +150,7 @@ class AdversarialWatermark(Transform):
             out, record = watermark_image(
                 hwc, forbidden, self.surrogates, self.logo, self.optimizer, self.search_space,
                 label=label, seed=self.seed if seed is None else int(seed), batch_size=self.batch_size,
+                shield=self.shield,
             )
         except NoFeasiblePlacementError as err:
             if self.on_infeasible == "raise":

@@ -17,7 +17,9 @@ from monai_medlocker.watermark.feasibility import NoFeasiblePlacementError
 from monai_medlocker.watermark.logo import logo_for_image, logo_sha256
 from monai_medlocker.watermark.optimizers import WatermarkOptimizer
 from monai_medlocker.watermark.problem import AttackProblem, SearchSpace, label_margins
-from monai_medlocker.watermark.shield import ShieldSettings, field_of_view, psnr, shield_image, shield_region
+from monai_medlocker.watermark.shield import (
+    ShieldSettings, field_of_view, psnr, settings_views, shield_image, shield_region,
+)
 
 __all__ = ["RECORD_FORMAT", "WatermarkInvariantError", "watermark_image", "judge"]
 
@@ -80,7 +82,8 @@ def _apply_shield(image: np.ndarray, marked: np.ndarray, wsm: np.ndarray, surrog
     from monai_medlocker.threats.removal import inpaint_telea
 
     start = time.perf_counter()
-    facts = {"settings": settings.to_record(), "linf_bound": settings.linf}
+    facts = {"settings": settings.to_record(), "linf_bound": settings.linf,
+             "views": views.to_record() if hasattr(views, "to_record") else None}
     try:
         fov = field_of_view(image)
     except LesionDetectionError as err:  # no round field on black: nothing the shield may touch
@@ -144,10 +147,7 @@ def watermark_image(
     if shield is not None:
         if image.dtype != np.uint8:
             raise ValueError(f"the shield needs a uint8 image, got {image.dtype}.")
-        if shield_views is None and shield.views is not None:
-            from monai_medlocker.watermark.eot import ThiefViews
-
-            shield_views = ThiefViews(**shield.views)
+        shield_views = shield_views if shield_views is not None else settings_views(shield, image.shape)
     start = time.perf_counter()
     owner_logo = logo
     logo, logo_rendering = logo_for_image(owner_logo, image)

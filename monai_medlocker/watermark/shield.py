@@ -15,7 +15,7 @@ preprocessing views (expectation over transformation). Steps are whole grey leve
 a rounding away.
 
 What never changes: the WSM (lesion pixels), pixels outside the FOV (the black surround), and the logo
-boxes (the marks own them). :func:`shield_region` is that rule; ``watermark_image`` checks it again on
+boxes (the marks own them); a greyscale image stays greyscale. :func:`shield_region` is that rule; ``watermark_image`` checks it again on
 the final image (``_check_invariants``).
 """
 
@@ -28,8 +28,9 @@ import numpy as np
 import torch
 
 from monai_medlocker.networks import Surrogate, preprocess_for_model
+from monai_medlocker.watermark.logo import is_greyscale
 
-__all__ = ["MAX_LINF", "ShieldSettings", "field_of_view", "shield_region", "shield_image", "psnr"]
+__all__ = ["MAX_LINF", "ShieldSettings", "settings_views", "field_of_view", "shield_region", "shield_image", "psnr"]
 
 MAX_LINF = 4  # grey levels of 255: the stated bound of DESIGN invariant 1's shield mode
 
@@ -46,8 +47,9 @@ class ShieldSettings:
         momentum: MI-FGSM decay of the accumulated gradient (0: plain signed PGD).
         removal_aware: also optimise on the image with its logo boxes restored and inpainted.
         views: keyword arguments of :class:`monai_medlocker.watermark.eot.ThiefViews` (the thief's
-            preprocessing views of EOT), or ``None`` for the models' own preprocessing only.
-        view_size: side of the square working image the views act on.
+            preprocessing views of EOT; ``{}`` for its default set, ``native_size`` defaults to the
+            image's shorter side), or ``None`` for the models' own preprocessing only.
+        view_size: side of the square screen frame the views act on; ``None``: the largest model input.
     """
 
     enabled: bool = True
@@ -57,11 +59,13 @@ class ShieldSettings:
     momentum: float = 1.0
     removal_aware: bool = True
     views: dict | None = None
-    view_size: int = 256
+    view_size: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("linf", "steps", "step_size", "view_size"):
             value = getattr(self, name)
+            if name == "view_size" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise ValueError(f"shield {name} must be an integer, got {value!r}.")
         if not 1 <= self.linf <= MAX_LINF:
@@ -72,7 +76,7 @@ class ShieldSettings:
             raise ValueError(f"shield step_size must be 1 to linf={self.linf} grey levels, got {self.step_size}.")
         if not self.momentum >= 0:
             raise ValueError(f"shield momentum must be >= 0, got {self.momentum}.")
-        if self.view_size < 16:
+        if self.view_size is not None and self.view_size < 16:
             raise ValueError(f"shield view_size must be at least 16 px, got {self.view_size}.")
         if self.views is not None and not isinstance(self.views, dict):
             raise ValueError(f"shield views must be a dict of ThiefViews settings or None, got {type(self.views).__name__}.")
@@ -97,6 +101,15 @@ class ShieldSettings:
 
     def to_record(self) -> dict:
         return asdict(self)
+
+
+def settings_views(settings: ShieldSettings, image_shape: Sequence[int]):
+    """The EOT views of ``settings`` for an image of ``image_shape`` (``None`` when it has none)."""
+    if settings.views is None:
+        return None
+    from monai_medlocker.watermark.eot import ThiefViews
+
+    return ThiefViews(**{"native_size": int(min(image_shape[:2])), **settings.views})
 
 
 def field_of_view(image: np.ndarray) -> np.ndarray:
@@ -156,6 +169,7 @@ def shield_image(
         logo_boxes: the marks' xyxy boxes (end-exclusive; never changed by the shield).
         views: a differentiable ``B x 3 x S x S -> B*V x 3 x S x S`` map of 0-1 images (the thief's
             preprocessing views), applied to a square ``settings.view_size`` resize; ``None``: none.
+            :func:`settings_views` builds them from the settings.
         settings: the bound and the optimisation (default :class:`ShieldSettings`).
         removed: images that stand for the logo removed (only their logo-box pixels are used): e.g. the
             original image (what an inverse blend recovers) and an inpainted copy. Each is optimised on
@@ -191,6 +205,9 @@ def shield_image(
     delta = torch.zeros_like(x[:1])
     velocity = torch.zeros_like(delta)
     targets = torch.full((1,), int(label), dtype=torch.long)
+    # A greyscale image (red-free, stored grey) stays greyscale: one perturbation for all three channels.
+    grey = is_greyscale(image)
+    view_size = settings.view_size or max(s.spec.input_size for s in surrogates)
     for _ in range(settings.steps):
         d = delta.clone().requires_grad_(True)
         batch = (x + d) / 255.0
@@ -199,12 +216,14 @@ def shield_image(
             inp = batch
             if views is not None:
                 inp = views(torch.nn.functional.interpolate(
-                    batch, size=(settings.view_size, settings.view_size), mode="bilinear", align_corners=False,
+                    batch, size=(view_size, view_size), mode="bilinear", align_corners=False,
                     antialias=True))
             logits = s.network(preprocess_for_model(inp.to(s.device), s.spec)).float().cpu()
             loss = loss + torch.nn.functional.cross_entropy(logits, targets.expand(logits.shape[0]))
         (grad,) = torch.autograd.grad(loss, d)
         grad = grad * mask
+        if grey:
+            grad = grad.sum(dim=1, keepdim=True).expand_as(grad)
         velocity = settings.momentum * velocity + grad / grad.abs().mean().clamp_min(1e-12)
         # Signed integer steps keep delta on whole grey levels: the bound holds exactly, no rounding.
         delta = torch.minimum(torch.maximum(delta + settings.step_size * torch.sign(velocity), lo), hi)

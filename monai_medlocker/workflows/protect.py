@@ -236,6 +236,8 @@ class DatasetProtector:
         settings = {"key_id": self.certifier.key_id if self.certifier else None, "optimizer": wm.optimizer.name,
                     "optimizer_settings": wm.optimizer.settings(), "search_space": wm.search_space.to_record(),
                     "model": models, "logo_sha256": logo_sha256(wm.logo), "seed": self.seed}
+        if wm.shield is not None:  # only then: the settings of a run without a shield stay as they were
+            settings["shield"] = wm.shield.to_record()
         return json.loads(json.dumps(settings, sort_keys=True))
 
     @staticmethod

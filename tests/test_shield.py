@@ -1,0 +1,249 @@
+"""The imperceptible shield: its bound, what it may never touch, its payload and a bit-exact unlock."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from monai_medlocker.certify import generate_owner_key, save_owner_key
+from monai_medlocker.certify.payload import PayloadError, apply_restore_payload, pack_restore_payload
+from monai_medlocker.cli import main
+from monai_medlocker.data.synthetic import synthesize_fundus
+from monai_medlocker.io.dicom import read_fundus_dicom
+from monai_medlocker.io.dicom_build import fundus_dataset
+from monai_medlocker.io.image import load_rgb
+from monai_medlocker.networks import Surrogate, model_spec, preprocess_for_model
+from monai_medlocker.watermark import SearchSpace, get_optimizer, load_logo, watermark_image
+from monai_medlocker.watermark.blend import Placement
+from monai_medlocker.watermark.engine import WatermarkInvariantError, _check_invariants
+from monai_medlocker.watermark.shield import MAX_LINF, ShieldSettings, field_of_view, shield_image, shield_region
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def surrogates():
+    from conftest import TinyConv
+
+    torch.manual_seed(1)
+    other = TinyConv()
+    for p in other.parameters():
+        p.data.normal_(0, 0.3)
+    return [Surrogate(TinyConv(), model_spec("resnet-tiny", 64)), Surrogate(other, model_spec("densenet-tiny", 48))]
+
+
+def _case(seed: int, size: int = 128):
+    """A lab image, its FOV, a random WSM of a few boxes and a random logo box off the WSM."""
+    rng = np.random.default_rng(seed)
+    image = synthesize_fundus(size, seed=seed, grade=int(rng.integers(5))).image
+    fov = field_of_view(image)
+    wsm = np.zeros(image.shape[:2], bool)
+    for _ in range(3):
+        x0, y0 = rng.integers(0, size - 20, 2)
+        w, h = rng.integers(4, 20, 2)
+        wsm[y0:y0 + h, x0:x0 + w] = True
+    ys, xs = np.nonzero(~wsm)
+    while True:
+        x0, y0 = int(rng.integers(0, size - 24)), int(rng.integers(0, size - 24))
+        if not wsm[y0:y0 + 24, x0:x0 + 24].any():
+            break
+    return image, fov, wsm, [(x0, y0, x0 + 24, y0 + 24)]
+
+
+def _loss(image: np.ndarray, surrogates, label: int) -> float:
+    t = torch.from_numpy(image.transpose(2, 0, 1).copy())[None]
+    with torch.no_grad():
+        return sum(float(torch.nn.functional.cross_entropy(s.network(preprocess_for_model(t, s.spec)),
+                                                           torch.tensor([label]))) for s in surrogates)
+
+
+# --------------------------------------------------------------------------------------------------
+# Settings
+# --------------------------------------------------------------------------------------------------
+
+
+def test_settings_state_and_enforce_the_bound():
+    assert MAX_LINF == 4 and ShieldSettings().linf == 4
+    for bad in ({"linf": 5}, {"linf": 0}, {"linf": 2.5}, {"step_size": 3, "linf": 2}, {"steps": 0},
+                {"momentum": -1.0}, {"views": ["jpeg75"]}):
+        with pytest.raises(ValueError, match="shield"):
+            ShieldSettings(**bad)
+    with pytest.raises(ValueError, match="unknown shield setting"):
+        ShieldSettings.from_config({"eps": 8})
+    assert ShieldSettings.from_config(None) is None and ShieldSettings.from_config(False) is None
+    assert ShieldSettings.from_config({"enabled": False}) is None
+    assert ShieldSettings.from_config(True) == ShieldSettings()
+    assert ShieldSettings.from_config({"linf": 2}).to_record()["linf"] == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# The perturbation: bound, WSM, FOV border, logo boxes
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed,linf", [(0, 4), (1, 4), (2, 3), (3, 1), (4, 2)])
+def test_shield_stays_in_its_region_and_bound(surrogates, seed, linf):
+    image, fov, wsm, boxes = _case(seed)
+    settings = ShieldSettings(linf=linf, steps=6, step_size=1)
+    label = 2
+    out = shield_image(image, wsm, fov, surrogates, label, boxes, settings=settings, removed=[np.zeros_like(image)])
+    assert out.dtype == np.uint8 and out.shape == image.shape
+    diff = np.abs(out.astype(np.int16) - image.astype(np.int16))
+    region = shield_region(wsm, fov, boxes)
+    assert diff.max() == linf  # the bound is reached (the test could fail) and never exceeded
+    assert not diff[wsm].any(), "a lesion (WSM) pixel changed"
+    assert not diff[~fov].any(), "a pixel outside the field of view changed"
+    x0, y0, x1, y1 = boxes[0]
+    assert not diff[y0:y1, x0:x1].any(), "a logo-box pixel changed"
+    assert not diff[~region].any() and np.any(diff > 0, axis=-1)[region].mean() > 0.5
+    assert _loss(out, surrogates, label) > _loss(image, surrogates, label)  # it does attack the models
+
+
+def test_shield_keeps_a_greyscale_image_grey_and_clips_at_black_and_white(surrogates):
+    image, fov, wsm, boxes = _case(5)
+    grey = np.repeat(image[..., 1:2], 3, axis=-1)
+    grey[fov & (np.arange(128)[None, :] < 30)] = 255  # saturated and black pixels inside the FOV
+    grey[fov & (np.arange(128)[None, :] > 100)] = 0
+    out = shield_image(grey, wsm, fov, surrogates, 1, boxes, settings=ShieldSettings(steps=4))
+    assert np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 0], out[..., 2])
+    assert np.abs(out.astype(int) - grey).max() <= 4 and (out != grey).any()
+
+
+def test_shield_rejects_misfits(surrogates):
+    image, fov, wsm, boxes = _case(0)
+    with pytest.raises(ValueError, match="uint8"):
+        shield_image(image.astype(np.float32), wsm, fov, surrogates, 0, boxes)
+    with pytest.raises(ValueError, match="FOV mask"):
+        shield_image(image, wsm, fov[:10], surrogates, 0, boxes)
+    with pytest.raises(ValueError, match="logo-removed"):
+        shield_image(image, wsm, fov, surrogates, 0, boxes, removed=[image[:10]])
+
+
+# --------------------------------------------------------------------------------------------------
+# The engine: hook and invariants
+# --------------------------------------------------------------------------------------------------
+
+
+def test_watermark_image_with_shield_records_it_and_keeps_the_invariants(surrogates):
+    image, fov, wsm, _ = _case(6, size=160)
+    logo, space, optimizer = load_logo(), SearchSpace(), get_optimizer("medlocker", max_queries=8)
+    plain, rec = watermark_image(image, wsm, surrogates, logo, optimizer, space, label=2, seed=0)
+    shielded, srec = watermark_image(image, wsm, surrogates, logo, optimizer, space, label=2, seed=0,
+                                     shield={"steps": 3, "views": {"names": ["none", "jpeg75", "hflip"]}})
+    assert "shield" not in rec and srec["marks"] == rec["marks"]
+    facts = srec["shield"]
+    assert facts["applied"] and facts["linf"] <= facts["linf_bound"] == 4 and facts["changed_pixels"] > 0
+    assert facts["views"]["views"] == ["none", "jpeg75", "hflip"] and facts["views"]["native_size"] == 160
+    assert 30 < facts["psnr_vs_marked"] < 60 and facts["psnr_whole_image"] <= facts["psnr_vs_marked"]
+    diff = np.abs(shielded.astype(int) - image.astype(int)).max(axis=-1)
+    assert not diff[wsm].any() and not diff[~fov].any()
+    boxes = [m["box_xyxy"] for m in srec["marks"]]
+    for x0, y0, x1, y1 in boxes:  # inside the boxes: the same logo as without the shield
+        assert np.array_equal(shielded[y0:y1, x0:x1], plain[y0:y1, x0:x1])
+    with pytest.raises(ValueError, match="uint8"):
+        watermark_image(image.astype(np.float32) / 255, wsm, surrogates, logo, optimizer, space, shield=True)
+    with pytest.raises(ValueError, match="linf"):
+        watermark_image(image, wsm, surrogates, logo, optimizer, space, shield={"linf": 8})
+
+
+def test_check_invariants_allows_the_shield_only_in_its_region_and_bound():
+    before = np.full((40, 40, 3), 100, np.uint8)
+    wsm = np.zeros((40, 40), bool)
+    wsm[:5, :5] = True
+    marks = [Placement(20, 20, 10, 10, 0.5)]
+    allowed = ~wsm
+    allowed[20:30, 20:30] = False
+    after = before.copy()
+    after[20:30, 20:30] = 7  # the logo
+    after[10, 10] = 104  # a shield change at the bound
+    with pytest.raises(WatermarkInvariantError, match="outside the logo boxes"):
+        _check_invariants(before, after, wsm, marks)  # no shield mode: refused
+    assert _check_invariants(before, after, wsm, marks, 4, allowed) == 101
+    over = after.copy()
+    over[10, 11] = 95
+    with pytest.raises(WatermarkInvariantError, match="over its bound"):
+        _check_invariants(before, over, wsm, marks, 4, allowed)
+    lesion = after.copy()
+    lesion[2, 2] = 101
+    with pytest.raises(WatermarkInvariantError, match="WSM"):
+        _check_invariants(before, lesion, wsm, marks, 4, allowed)
+    border = after.copy()
+    allowed[35:, :] = False  # outside the FOV
+    border[38, 1] = 101
+    with pytest.raises(WatermarkInvariantError, match="outside the shield region"):
+        _check_invariants(before, border, wsm, marks, 4, allowed)
+
+
+# --------------------------------------------------------------------------------------------------
+# Restore payload
+# --------------------------------------------------------------------------------------------------
+
+
+def test_payload_with_residual_round_trips_and_version_1_stays(surrogates):
+    image, fov, wsm, boxes = _case(7)
+    protected = image.copy()
+    x0, y0, x1, y1 = boxes[0]
+    protected[y0:y1, x0:x1] = 255 - protected[y0:y1, x0:x1]
+    v1 = pack_restore_payload(image, boxes)
+    assert pack_restore_payload(image, boxes, protected) == v1 and v1[4] == 1  # no shield: the old bytes
+    assert np.array_equal(apply_restore_payload(protected, v1), image)
+    shielded = shield_image(protected, wsm, fov, surrogates, 3, boxes, settings=ShieldSettings(steps=4))
+    v2 = pack_restore_payload(image, boxes, shielded)
+    assert v2[4] == 2 and len(v2) > len(v1)
+    assert np.array_equal(apply_restore_payload(shielded, v2), image)
+    assert not np.array_equal(apply_restore_payload(shielded, v1), image)  # the boxes alone are not enough
+    for cut in (1, 30, len(v2) - len(v1) - 2):
+        with pytest.raises(PayloadError, match="truncated|unreadable|LZMA"):
+            apply_restore_payload(shielded, v2[:-cut])
+    with pytest.raises(PayloadError, match="unexpected bytes"):
+        apply_restore_payload(shielded, v2 + b"\0")
+    with pytest.raises(PayloadError, match="version 3"):
+        apply_restore_payload(shielded, v2[:4] + b"\x03" + v2[5:])
+    far = shielded.copy()
+    far[fov & ~wsm] = 0
+    far[y0:y1, x0:x1] = shielded[y0:y1, x0:x1]
+    with pytest.raises(PayloadError, match="at most 127"):
+        pack_restore_payload(np.full_like(image, 200), boxes, far)
+    with pytest.raises(PayloadError, match="protected image"):
+        pack_restore_payload(image, boxes, shielded[:10])
+
+
+# --------------------------------------------------------------------------------------------------
+# End to end: protect with the shield and an owner key, then unlock bit-exact
+# --------------------------------------------------------------------------------------------------
+
+
+def test_shield_protect_then_unlock_is_bit_exact(tmp_path, surrogates):
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    save_owner_key(keys / "owner", generate_owner_key())
+    src = tmp_path / "originals"
+    src.mkdir()
+    shutil.copy(ROOT / "bundle" / "samples" / "synthetic_grade2.png", src / "synthetic_grade2.png")
+    rgb = synthesize_fundus(256, seed=21, grade=2).image
+    fundus_dataset(rgb, iod="op8", transfer_syntax="jpeg-baseline").save_as(src / "colour.dcm", enforce_file_format=True)
+    fundus_dataset(rgb[..., 1], iod="op8", transfer_syntax="rle").save_as(src / "redfree.dcm", enforce_file_format=True)
+    for stem, shape in (("synthetic_grade2", (512, 512)), ("colour", (256, 256)), ("redfree", (256, 256))):
+        Image.fromarray(np.zeros(shape, np.uint8)).save(src / f"{stem}_lesions.png")
+    out = tmp_path / "protected"
+    from monai_medlocker.workflows.protect import DatasetProtector
+
+    summary = DatasetProtector(src, out, surrogates[:1], watermark={"max_queries": 6, "shield": {"steps": 2}},
+                               lesion_segmenter="masks", owner_key=keys / "owner.key", progress=False).run()
+    assert summary["protected"] == 3, summary
+    assert main(["unlock", str(out), str(tmp_path / "un"), "--key", str(keys / "owner.key"), "--quiet"]) == 0
+    original, protected = load_rgb(src / "synthetic_grade2.png"), load_rgb(out / "synthetic_grade2.png")
+    assert np.array_equal(load_rgb(tmp_path / "un" / "synthetic_grade2.png"), original)
+    diff = np.abs(protected.astype(int) - original.astype(int))
+    assert 0 < diff.max() and (np.any(diff > 0, -1) & (diff.max(-1) <= 4)).sum() > 10_000  # the shield is there
+    for name in ("colour", "redfree"):
+        before = read_fundus_dicom(src / f"{name}.dcm").pixels
+        assert np.array_equal(read_fundus_dicom(tmp_path / "un" / f"{name}.dcm").pixels, before)
+        after = read_fundus_dicom(out / f"{name}.dcm").pixels
+        changed = before != after if before.ndim == 2 else np.any(before != after, axis=-1)
+        assert changed.mean() > 0.3, (name, changed.mean())  # far more than a logo box: the shield is there
