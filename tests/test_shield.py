@@ -70,7 +70,7 @@ def _loss(image: np.ndarray, surrogates, label: int) -> float:
 def test_settings_state_and_enforce_the_bound():
     assert MAX_LINF == 4 and ShieldSettings().linf == 4
     for bad in ({"linf": 5}, {"linf": 0}, {"linf": 2.5}, {"step_size": 3, "linf": 2}, {"steps": 0},
-                {"momentum": -1.0}, {"views": ["jpeg75"]}):
+                {"momentum": -1.0}, {"views": ["jpeg75"]}, {"smoothing": 9.0}, {"smoothing": -1.0}):
         with pytest.raises(ValueError, match="shield"):
             ShieldSettings(**bad)
     with pytest.raises(ValueError, match="unknown shield setting"):
