@@ -1,12 +1,22 @@
 """Protect a folder or datalist of PNG/JPEG/DICOM fundus images: the protect workflow.
 
 For each image: load, read its lesion masks, build the WSM (``LesionBBoxMask``), watermark it
-(``AdversarialWatermark``), and write a lossless PNG (a derived DICOM instance with the MedLocker
-private block for a DICOM input, see :mod:`monai_medlocker.io.dicom`) plus a JSON parameter
-record. All protected instances of one source series go into one new derived series. A run writes
-``manifest.jsonl`` (one line per image, with its status) and ``summary.json``. Inputs are only
-read. Outputs are written atomically, and an interrupted run started again skips the images
-already done. A bad image is reported and the batch goes on.
+(``AdversarialWatermark``, with the image's keyed rendering secret), certify it, and write a
+lossless PNG (a derived DICOM instance with the MedLocker private block for a DICOM input, see
+:mod:`monai_medlocker.io.dicom`). All protected instances of one source series go into one new
+derived series. Inputs are only read. Outputs are written atomically, and an interrupted run
+started again skips the images already done. A bad image is reported and the batch goes on.
+
+The output folder has two parts (DESIGN invariant 6), and ``PUBLISH.txt`` in it says so:
+
+* ``public/``: what may be published: the protected images and, with an owner key, their public
+  sidecars ``<stem>.medlocker.json`` (certificate, signature, encrypted restore payload, sealed
+  record). Nothing in it tells the grade, the predictions, the opacities, the lesion boxes or the
+  rendering secret in clear (:func:`monai_medlocker.certify.seal.public_record`).
+* ``private/``: the owner's: each image's whole record in clear (``records/<stem>.record.json``),
+  ``manifest.jsonl`` (one line per image, with its status), ``summary.json``,
+  ``run_settings.json`` and, for a run without an owner key, ``render_secret`` (the secret of
+  that folder's keyed renderings; with a key, each image's secret is derived from the key).
 
 One run at a time holds the output folder (:class:`~monai_medlocker.io.outdir.OutputLock`). The
 settings that change an output (owner key, optimizer and its settings, search space, model, logo,
@@ -32,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import secrets
 import statistics
 import sys
 import time
@@ -45,7 +56,8 @@ from tqdm import tqdm
 from pydicom.uid import generate_uid
 
 from monai_medlocker.certify.certificate import pixel_sha256
-from monai_medlocker.certify.seal import PNG_PARAMS, SIDECAR_SUFFIX, Certifier, protected_file_problem
+from monai_medlocker.certify.payload import derive_subkey
+from monai_medlocker.certify.seal import PNG_PUBLIC, SIDECAR_SUFFIX, Certifier, protected_file_problem, public_record
 from monai_medlocker.data.datalist import datalist_item_problem, read_datalist
 from monai_medlocker.io.dicom import (
     DICOM_ENCODINGS,
@@ -74,10 +86,25 @@ from monai_medlocker.networks import Surrogate
 from monai_medlocker.transforms.array import AdversarialWatermark, LesionBBoxMask
 from monai_medlocker.watermark.logo import logo_sha256
 
-__all__ = ["MASK_SUFFIXES", "LESION_SEGMENTERS", "RUN_SETTINGS", "MissingMaskError", "ProtectItem", "find_protect_items",
-           "DatasetProtector", "protect_dataset"]
+__all__ = ["MASK_SUFFIXES", "LESION_SEGMENTERS", "PUBLIC_DIR", "PRIVATE_DIR", "RECORD_SUFFIX", "RUN_SETTINGS",
+           "MissingMaskError", "ProtectItem", "find_protect_items", "record_path_for", "DatasetProtector",
+           "protect_dataset"]
 
+PUBLIC_DIR = "public"
+PRIVATE_DIR = "private"
+RECORD_SUFFIX = ".record.json"
 RUN_SETTINGS = "run_settings.json"
+RENDER_SECRET = "render_secret"
+PUBLISH_NOTE = "PUBLISH.txt"
+_PUBLISH_TEXT = """MedLocker output folder
+
+public/   Publish this folder, and nothing else. It holds the protected images and, when an owner
+          key was used, their public sidecars (*.medlocker.json: the signed certificate and the
+          encrypted restore payload and record). Nothing in it reveals the grade, the predictions,
+          the opacities, the lesion boxes or the rendering secret.
+private/  Keep this folder. It holds each image's whole record in clear (records/), the manifest,
+          the summary, the run settings and, for a run without an owner key, the rendering secret.
+"""
 # Per-run facts of a record: not embedded in the published image, so that reruns give the same bytes.
 _TIMINGS = ("seconds", "certify_seconds")
 
@@ -94,6 +121,12 @@ class ProtectItem:
     masks: list[Path] = field(default_factory=list)
     label: int | None = None
     problem: str | None = None
+
+
+def record_path_for(output_dir: str | Path, relative: str | Path) -> Path:
+    """The owner's whole record of the input at ``relative``: ``private/records/<relative stem>.record.json``."""
+    relative = Path(relative)
+    return Path(output_dir) / PRIVATE_DIR / "records" / relative.parent / (relative.name + RECORD_SUFFIX)
 
 
 def _is_image_file(path: Path) -> bool:
@@ -245,7 +278,13 @@ class DatasetProtector:
 
     def _check_resume(self, settings: dict) -> None:
         """Refuse to add to an output folder made with other settings (unless ``redo``); then record ours."""
-        path = self.output_dir / RUN_SETTINGS
+        legacy = [name for name in ("manifest.jsonl", RUN_SETTINGS) if (self.output_dir / name).is_file()]
+        if legacy:
+            raise OutputError(
+                f"output folder {self.output_dir} holds the outputs of an earlier MedLocker version ({', '.join(legacy)} at "
+                "its top), whose published files carry the grade and the watermark parameters in clear; choose a new "
+                "output folder (and do not publish the old one)")
+        path = self.output_dir / PRIVATE_DIR / RUN_SETTINGS
         if path.is_file():
             try:
                 earlier = json.loads(path.read_text(encoding="utf-8"))
@@ -276,16 +315,40 @@ class DatasetProtector:
             return self.series_overrides[source_series_uid]
         return generate_uid(entropy_srcs=["medlocker-protected", source_series_uid, str(self.output_dir.resolve())])
 
+    def paths(self, item: ProtectItem) -> tuple[Path, Path]:
+        """Where ``item``'s protected image (in ``public/``) and its whole record (in ``private/``) go."""
+        out_path = self.output_dir / PUBLIC_DIR / output_name(item.relative, is_dicom_file(item.image))
+        return out_path, record_path_for(self.output_dir, item.relative)
+
+    def _render_key(self, image_id: str) -> bytes:
+        """The secret of one image's keyed rendering: from the owner key, or from this folder's run secret."""
+        if self.certifier is not None:
+            return self.certifier.render_key(image_id)
+        path = self.output_dir / PRIVATE_DIR / RENDER_SECRET
+        if not path.is_file():  # first image of a keyless run into this folder (run() holds the lock)
+            atomic_write_bytes(path, secrets.token_bytes(32), mode=0o600)
+        secret = path.read_bytes()
+        if len(secret) != 32:
+            raise OutputError(f"{path}: not a MedLocker render secret (expected 32 bytes, found {len(secret)})")
+        return derive_subkey(secret, b"", b"medlocker-render/1\x00" + image_id.encode("utf-8"))
+
     def protect_one(self, item: ProtectItem, out_path: Path) -> dict:
         image, dicom = load_fundus(item.image)
         problem = protected_file_problem(item.image, dicom)
         if problem:
             raise ImageReadError(f"{item.image}: already a MedLocker-protected {problem}; protect the original instead")
         mode = "RGB" if dicom is not None else round_trip_mode(item.image)
+        src = dicom.dataset if dicom is not None else None
+        # A file name alone is not unique across datasets: its key (and a grant for it) would open any
+        # other image once protected under the same name. The original's hash makes it unique.
+        image_id = (str(src.SOPInstanceUID) if src is not None
+                    else f"{portable_name(item.relative)}#{pixel_sha256(image).split(':', 1)[1][:16]}")
         masks, source, report = self.lesions(item.image, image, item.masks)
         wsm = self.wsm(masks)
-        out = self.watermark(image.transpose(2, 0, 1), wsm, label=item.label, seed=self._image_seed(item.relative))
+        out = self.watermark(image.transpose(2, 0, 1), wsm, label=item.label, seed=self._image_seed(item.relative),
+                             render_key=self._render_key(image_id))
         record = dict(self.watermark.last_record)
+        record["image_id"] = image_id
         record["source"] = {"file": portable_name(item.relative), "masks": [m.name for m in item.masks]}
         if mode != "RGB":
             record["source"]["mode"] = mode  # unlock writes this mode again
@@ -295,29 +358,24 @@ class DatasetProtector:
         record["wsm_boxes"] = self.wsm.boxes(masks)[0].tolist()
         protected = np.ascontiguousarray(np.asarray(out).transpose(1, 2, 0))
         if not record.get("protected"):
-            self._write_record(out_path, record)
+            self._write_record(item, record)
             return record
-        src = dicom.dataset if dicom is not None else None
         sealed = None
-        if self.certifier is not None:
-            t0 = time.perf_counter()
-            # A file name alone is not unique across datasets: its key (and a grant for it) would open any
-            # other image once protected under the same name. The original's hash makes it unique.
-            image_id = (str(src.SOPInstanceUID) if src is not None
-                        else f"{portable_name(item.relative)}#{pixel_sha256(image).split(':', 1)[1][:16]}")
-            extra = ({"dicom_original": original_header(src), "dicom_subject_sha256": dicom_subject_sha256(src, derived_study_uid(src))}
-                     if src is not None else None)
-            sealed = self.certifier.seal(image_id, image, protected, dict(record), extra)
-            record["certify_seconds"] = round(time.perf_counter() - t0, 4)
         embedded = {k: v for k, v in record.items() if k not in _TIMINGS}
         if isinstance(embedded.get("lesion_report"), dict):  # the detector's own timing, as for the record's
             embedded["lesion_report"] = {k: v for k, v in embedded["lesion_report"].items() if k not in _TIMINGS}
+        if self.certifier is not None:
+            t0 = time.perf_counter()
+            extra = ({"dicom_original": original_header(src), "dicom_subject_sha256": dicom_subject_sha256(src, derived_study_uid(src))}
+                     if src is not None else None)
+            sealed = self.certifier.seal(image_id, image, protected, embedded, extra)
+            record["certify_seconds"] = round(time.perf_counter() - t0, 4)
+        public = public_record(embedded)
         if src is not None:
-            tags = MedlockerTags(params=embedded, wsm_boxes=[tuple(b) for b in record["wsm_boxes"]],
-                                 source_sop_instance_uid=str(src.SOPInstanceUID))
+            tags = MedlockerTags(params=public, source_sop_instance_uid=str(src.SOPInstanceUID))
             if sealed is not None:
-                tags.certificate, tags.signature, tags.restore_payload = (
-                    sealed.signed.certificate, sealed.signed.signature, sealed.payload)
+                tags.certificate, tags.signature, tags.restore_payload, tags.sealed_record = (
+                    sealed.signed.certificate, sealed.signed.signature, sealed.payload, sealed.record)
             derived = derive_protected_dataset(src, protected, tags, encoding=self.dicom_encoding,
                                                series_uid=self.derived_series_uid(str(src.get("SeriesInstanceUID", ""))))
             record["dicom"] = {
@@ -329,21 +387,21 @@ class DatasetProtector:
             }
             save_dicom(out_path, derived)
         else:
-            text = {PNG_PARAMS: json.dumps(embedded, sort_keys=True)}
+            text = {PNG_PUBLIC: json.dumps(public, sort_keys=True)}
             if sealed is not None:
                 text.update(sealed.png_text())
             save_png(out_path, protected[..., 0] if mode == "L" else protected, text=text)
-        sidecar = dict(record)
-        if sealed is not None:
-            sidecar.update(sealed.sidecar_fields())
-        self._write_record(out_path, sidecar)
+        if sealed is not None:  # the public sidecar: it travels with a copy that lost its embedded data
+            atomic_write_bytes(out_path.with_name(out_path.stem + SIDECAR_SUFFIX),
+                               json.dumps(sealed.sidecar_fields(), indent=2).encode())
+        self._write_record(item, record)
         return record
 
-    def _write_record(self, out_path: Path, record: dict) -> None:
+    def _write_record(self, item: ProtectItem, record: dict) -> None:
         if self._settings is None:  # protect_one called outside run()
             self._settings = self.run_settings()
         record = {**record, "run_settings": self._settings}
-        atomic_write_bytes(out_path.with_name(out_path.stem + SIDECAR_SUFFIX), json.dumps(record, indent=2).encode())
+        atomic_write_bytes(self.paths(item)[1], json.dumps(record, indent=2).encode())
 
     def run(self, protect_many: Callable[[list[tuple[ProtectItem, Path]]], list[dict]] | None = None) -> dict:
         """Protect every image (one run at a time per output folder); returns the summary.
@@ -372,6 +430,7 @@ class DatasetProtector:
             clean_temporaries(self.output_dir)  # what a killed run left; no other run is writing here now
             self._settings = self.run_settings()
             self._check_resume(self._settings)
+            self._render_key("")  # a keyless run's secret exists before any image (and any Ray actor) needs it
             start = time.perf_counter()
             rows = self._protect_items(list(enumerate(items)), items, protect_many=protect_many)
             return self._finish([row for _, row in rows], start)
@@ -388,6 +447,7 @@ class DatasetProtector:
                     clean_temporaries(self.output_dir)  # before any rank writes
                     self._settings = self.run_settings()
                     self._check_resume(self._settings)
+                    self._render_key("")  # before any rank reads it
                 except (OutputError, OSError, ValueError) as err:
                     failure = err
             status = [None if failure is None else str(failure)]
@@ -413,8 +473,8 @@ class DatasetProtector:
         for i, item in enumerate(items):
             keys = []
             if item.problem is None:
-                out_path = self.output_dir / output_name(item.relative, is_dicom_file(item.image))
-                keys = [out_path.resolve(), out_path.with_name(out_path.stem + SIDECAR_SUFFIX).resolve()]
+                out_path, record_path = self.paths(item)
+                keys = [out_path.resolve(), record_path.resolve()]
             hit = sorted({group_of[k] for k in keys if k in group_of})
             if not hit:
                 groups.append([i])
@@ -508,8 +568,7 @@ class DatasetProtector:
         if item.problem is not None:
             row.update(status="failed", error=item.problem)
             return row, None
-        out_path = self.output_dir / output_name(item.relative, is_dicom_file(item.image))
-        record_path = out_path.with_name(out_path.stem + SIDECAR_SUFFIX)
+        out_path, record_path = self.paths(item)
         problem = self._output_problem(item, out_path, record_path, inputs)
         if problem:
             row.update(status="failed", error=problem)
@@ -551,8 +610,10 @@ class DatasetProtector:
         self.summary = self._summarise(rows, time.perf_counter() - start)
         if write:
             manifest = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
-            atomic_write_bytes(self.output_dir / "manifest.jsonl", manifest.encode())
-            atomic_write_bytes(self.output_dir / "summary.json", json.dumps(self.summary, indent=2).encode())
+            private = self.output_dir / PRIVATE_DIR
+            atomic_write_bytes(private / "manifest.jsonl", manifest.encode())
+            atomic_write_bytes(private / "summary.json", json.dumps(self.summary, indent=2).encode())
+            atomic_write_bytes(self.output_dir / PUBLISH_NOTE, _PUBLISH_TEXT.encode())
             print(format_summary(self.summary), file=sys.stderr)
         return self.summary
 
