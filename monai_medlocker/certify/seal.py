@@ -72,6 +72,7 @@ __all__ = [
     "render_key",
     "Sealed",
     "Certifier",
+    "Keyring",
     "ProtectedFile",
     "read_protected",
     "protected_file_problem",
@@ -199,6 +200,49 @@ class Certifier:
         digest = certificate_digest(signed.certificate)
         return Sealed(signed, encrypt_payload(packed, image_key, digest),
                       encrypt_payload(salted, _record_key(image_key), digest))
+
+
+class Keyring:
+    """The secrets of one protect run: the owner key's :class:`Certifier`, or a keyless run's render secret.
+
+    Without an owner key nothing can be signed or sealed, but the marks are still rendered with a
+    secret: a random 32-byte secret made for the output folder on its first image and kept in the
+    owner's private folder (``secret_path``), from which each image's render key is derived. A
+    resumed run, or another rank of the same run, reads the same file.
+
+    Args:
+        owner_key: an :class:`OwnerKey` or an owner ``.key`` file; ``None`` for a keyless run.
+        passphrase: the key file's passphrase, when it has one.
+        secret_path: where a keyless run keeps its render secret (needed without ``owner_key``).
+    """
+
+    def __init__(self, owner_key: OwnerKey | str | Path | None = None, passphrase: str | None = None,
+                 secret_path: str | Path | None = None) -> None:
+        self.certifier = Certifier(owner_key, passphrase) if owner_key else None
+        if self.certifier is None and secret_path is None:
+            raise ValueError("a keyless run needs secret_path, the file that keeps its render secret")
+        self.secret_path = Path(secret_path) if secret_path is not None else None
+
+    @property
+    def key_id(self) -> str | None:
+        return self.certifier.key_id if self.certifier is not None else None
+
+    def render_key(self, image_id: str) -> bytes:
+        """The secret of ``image_id``'s keyed rendering (a keyless run makes its secret file on first use).
+
+        Raises:
+            ValueError: a secret file that is not 32 bytes (named).
+        """
+        if self.certifier is not None:
+            return self.certifier.render_key(image_id)
+        from monai_medlocker.io.image import atomic_write_bytes
+
+        if not self.secret_path.is_file():
+            atomic_write_bytes(self.secret_path, secrets.token_bytes(32), mode=0o600)
+        secret = self.secret_path.read_bytes()
+        if len(secret) != 32:
+            raise ValueError(f"{self.secret_path}: not a MedLocker render secret (expected 32 bytes, found {len(secret)})")
+        return derive_subkey(secret, b"", _RENDER_INFO + image_id.encode("utf-8"))
 
 
 def open_sealed_record(signed: SignedCertificate, blob: bytes | None, image_key: bytes, source: str) -> dict:
