@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from monai_medlocker.networks import Surrogate, preprocess_for_model
+from monai_medlocker.threats.placement import placement_leak
 from monai_medlocker.workflows.handlers import write_json_atomic
 from monai_medlocker.workflows.metrics import protection_metrics
 
@@ -624,6 +625,8 @@ class ThreatStudy:
                 "seconds_per_image_median": _median(rows[row].seconds),
                 "queries_median": _median(rows[row].queries),
                 "box_area_fraction_median": _median([r["box_area_fraction"] for r in rows[row].records if r]),
+                # The thief's reading of the visible geometry alone (monai_medlocker.threats.placement).
+                "placement_leak": placement_leak([r or {} for r in rows[row].records], [s.grade for s in images]),
             }
         removal_summary = None
         if removal:
