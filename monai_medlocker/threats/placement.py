@@ -4,7 +4,7 @@ The optimizer chooses each mark from the image and its true grade, and where a m
 it is and how it is turned are visible to anyone (and are in the public record). A thief with a
 few labelled protected images of their own could learn the grade from that geometry alone,
 without any look at the retina. :func:`placement_leak` measures it: leave-one-out accuracy of two
-small classifiers (k nearest neighbours and nearest centroid on standardised geometry) against
+small classifiers (k nearest neighbours and nearest centroid on the geometry as fractions of the image) against
 the majority-class rate. These are small, untuned classifiers, so the figure is a lower bound
 on the leak: accuracy well above the majority rate proves a leak; accuracy near it does not prove
 there is none.
@@ -68,9 +68,9 @@ def placement_leak(records: Sequence[dict], grades: Sequence[int], k: int = 5) -
     out: dict = {"images": len(keep)}
     if len(keep) < k + 2:
         return {**out, "grade": None, "referable": None}
+    # Features are already fractions of the image (rotation of a half turn): no rescaling, which would
+    # blow a feature that barely varies (pure noise) up to the weight of one that carries the grade.
     x = np.stack([placement_features(records[i]) for i in keep])
-    spread = x.std(0)
-    x = (x - x.mean(0)) / np.where(spread > 0, spread, 1.0)
     g = np.asarray([int(grades[i]) for i in keep])
     for name, y in (("grade", g), ("referable", (g >= 2).astype(int))):
         knn, centroid = _loo_predictions(x, y, k)
