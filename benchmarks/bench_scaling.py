@@ -145,9 +145,13 @@ def per_image_cost(src: Path, out: Path, max_queries: int | None) -> dict:
         def __getattr__(self, attr):
             return getattr(self.step, attr)
 
+    from monai_medlocker.transforms.dictionary import AdversarialWatermarkd
+    from monai_medlocker.transforms.protect_steps import LesionMapsd
+
     surrogates = protector.watermark.surrogates
-    protector.lesions = Timed("detector", protector.lesions)
-    protector.watermark = Timed("search", protector.watermark)
+    lesion_step, watermark_step = protector.step(LesionMapsd), protector.step(AdversarialWatermarkd)
+    lesion_step.source = Timed("detector", lesion_step.source)
+    watermark_step.transform = Timed("search", watermark_step.transform)
     starts: dict[int, float] = {}
 
     def before(module, inputs):

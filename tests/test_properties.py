@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 
 from monai_medlocker.certify.certificate import CertificateError, SignedCertificate, verify_certificate
 from monai_medlocker.certify.keys import generate_owner_key
-from monai_medlocker.certify.seal import PNG_CERTIFICATE, PNG_PARAMS, PNG_PAYLOAD, PNG_SIGNATURE, read_protected
+from monai_medlocker.certify.seal import PNG_CERTIFICATE, PNG_PAYLOAD, PNG_PUBLIC, PNG_SEALED, PNG_SIGNATURE, read_protected
 from monai_medlocker.data.datalist import datalist_item_problem, load_datalist
 from monai_medlocker.io.private_tags import (
     PRIVATE_CREATOR,
@@ -99,7 +99,7 @@ text_values = st.one_of(st.text(max_size=40), json_values.map(json.dumps),
 
 
 @FAST
-@given(st.dictionaries(st.sampled_from([PNG_PARAMS, PNG_CERTIFICATE, PNG_SIGNATURE, PNG_PAYLOAD]), text_values,
+@given(st.dictionaries(st.sampled_from([PNG_PUBLIC, PNG_CERTIFICATE, PNG_SIGNATURE, PNG_PAYLOAD, PNG_SEALED]), text_values,
                        min_size=1, max_size=4))
 def test_png_certificate_chunks_never_crash_the_reader(tmp_path_factory, chunks):
     path = tmp_path_factory.mktemp("png") / "img.png"

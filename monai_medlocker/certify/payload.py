@@ -53,6 +53,7 @@ from PIL import Image, features
 __all__ = [
     "PayloadError",
     "derive_image_key",
+    "derive_subkey",
     "pack_restore_payload",
     "apply_restore_payload",
     "footprint_bytes",
@@ -91,8 +92,14 @@ def derive_image_key(master_secret: bytes, key_id: str, image_id: str) -> bytes:
         raise ValueError("the master secret must be 32 bytes")
     if not isinstance(image_id, str) or not image_id:
         raise ValueError(f"image id must be a non-empty string, got {image_id!r}")
-    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=key_id.encode("utf-8"), info=_HKDF_INFO + image_id.encode("utf-8"))
-    return hkdf.derive(master_secret)
+    return derive_subkey(master_secret, key_id.encode("utf-8"), _HKDF_INFO + image_id.encode("utf-8"))
+
+
+def derive_subkey(secret: bytes, salt: bytes, info: bytes) -> bytes:
+    """32 bytes of HKDF-SHA256 from a 32-byte secret: one purpose (``info``) per derived key."""
+    if not isinstance(secret, bytes) or len(secret) != 32:
+        raise ValueError("the secret must be 32 bytes")
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt or None, info=info).derive(secret)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,13 +1,30 @@
-"""The certify stage: sign a protected image's parameters, seal its restore payload, and find both again.
+"""The certify stage: sign what is public, seal what is not, and find both again.
 
-:class:`Certifier` is what the protect workflow calls for each image. Where the results live:
+A protected image is published, so nothing it carries may tell a thief the grade or how to take
+the mark off. Its watermark record is split in two:
 
-* PNG: iTXt chunks ``medlocker:certificate`` (canonical JSON), ``medlocker:signature`` and
-  ``medlocker:payload`` (base64), next to ``medlocker:params``;
+* the **public record** (:func:`public_record`): what verification needs and what anyone can see
+  in the pixels anyway: the format, the logo's hash and rendering, the image size and the visible
+  geometry of each mark (box, rotation, scale; never its opacity);
+* the **sealed record**: the whole record (grade, predictions, margins, opacities, lesion boxes,
+  detector report, source file) as canonical JSON with a random salt, encrypted with AES-256-GCM
+  under a key derived from the image's unlock key, the certificate digest as associated data. The
+  certificate holds the SHA-256 of the salted plaintext, so a grantee cannot swap it for another
+  record, and the salt keeps the hash from being a guessing oracle for the grade.
+
+:class:`Certifier` signs a certificate over the public record and the hashes, seals the record,
+and encrypts the restore payload. Where the results live:
+
+* PNG: iTXt chunks ``medlocker:public`` (the public record), and with an owner key
+  ``medlocker:certificate`` (canonical JSON), ``medlocker:signature``, ``medlocker:payload`` and
+  ``medlocker:sealed`` (base64);
 * DICOM: the ``MEDLOCKER 1`` private block (:mod:`monai_medlocker.io.private_tags`);
-* both: the JSON sidecar ``<stem>.medlocker.json`` gets ``certificate``, ``signature`` and
-  ``restore_payload``, so a copy that lost its embedded data (e.g. re-encoded as JPEG) can still
-  be checked when the sidecar travels with it.
+* both, with an owner key: the public sidecar ``<stem>.medlocker.json`` beside the image gets
+  ``certificate``, ``signature``, ``restore_payload`` and ``sealed_record``, so a copy that lost
+  its embedded data (e.g. re-encoded as JPEG) can still be checked when the sidecar travels with it.
+
+Without an owner key nothing can be sealed: the published image carries only the public record,
+and the whole record stays in the owner's private folder (``private/records``).
 """
 
 from __future__ import annotations
@@ -16,6 +33,7 @@ import base64
 import binascii
 import hashlib
 import json
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,28 +49,84 @@ from monai_medlocker.certify.certificate import (
     sign_certificate,
 )
 from monai_medlocker.certify.keys import OwnerKey, load_owner_key
-from monai_medlocker.certify.payload import derive_image_key, encrypt_payload, pack_restore_payload
+from monai_medlocker.certify.payload import (
+    PayloadError,
+    decrypt_payload,
+    derive_image_key,
+    derive_subkey,
+    encrypt_payload,
+    pack_restore_payload,
+)
 
 __all__ = [
     "PNG_CERTIFICATE",
     "PNG_SIGNATURE",
     "PNG_PAYLOAD",
-    "PNG_PARAMS",
+    "PNG_PUBLIC",
+    "PNG_SEALED",
+    "PNG_LEGACY_PARAMS",
     "SIDECAR_SUFFIX",
+    "PUBLIC_FORMAT",
+    "SealedRecordError",
+    "public_record",
+    "render_key",
     "Sealed",
     "Certifier",
+    "Keyring",
     "ProtectedFile",
     "read_protected",
     "protected_file_problem",
     "payload_sha256",
     "mark_boxes",
+    "open_sealed_record",
 ]
 
-PNG_PARAMS = "medlocker:params"
+PNG_PUBLIC = "medlocker:public"
+PNG_SEALED = "medlocker:sealed"
+# Outputs of versions before the record was sealed carried the whole record here, in clear.
+PNG_LEGACY_PARAMS = "medlocker:params"
 PNG_CERTIFICATE = "medlocker:certificate"
 PNG_SIGNATURE = "medlocker:signature"
 PNG_PAYLOAD = "medlocker:payload"
 SIDECAR_SUFFIX = ".medlocker.json"
+PUBLIC_FORMAT = "medlocker-public/1"
+_VISIBLE_MARK_FIELDS = ("x0", "y0", "width", "height", "rotation", "scale", "box_xyxy")
+_RECORD_INFO = b"medlocker-record/1\x00"
+_RENDER_INFO = b"medlocker-render/1\x00"
+
+
+class SealedRecordError(ValueError):
+    """A sealed record that is missing, does not open, or is not the certified one."""
+
+
+def public_record(record: dict) -> dict:
+    """The part of a watermark record that may be published: nothing of the grade or the means of removal.
+
+    Everything here is visible in the protected pixels anyway (where the logo is, how big, how
+    turned) or is needed to look for the logo (its hash and rendering, the image size).
+    """
+    public = {"format": PUBLIC_FORMAT, "software": record.get("software"), "protected": bool(record.get("protected")),
+              "image_size": record.get("image_size"), "logo_sha256": record.get("logo_sha256")}
+    if record.get("logo_rendering") is not None:
+        public["logo_rendering"] = record["logo_rendering"]
+    public["marks"] = [{k: m[k] for k in _VISIBLE_MARK_FIELDS if k in m} for m in record.get("marks", [])]
+    return public
+
+
+def render_key(master_secret: bytes, key_id: str, image_id: str) -> bytes:
+    """The 32-byte secret of one image's keyed mark rendering (HKDF-SHA256, apart from its unlock key).
+
+    Only the owner can derive it; a grant (which holds unlock keys) does not reveal it.
+    """
+    return derive_subkey(master_secret, key_id.encode("utf-8"), _RENDER_INFO + image_id.encode("utf-8"))
+
+
+def _record_key(image_key: bytes) -> bytes:
+    return derive_subkey(image_key, b"", _RECORD_INFO)
+
+
+def _salted_record(record: dict) -> bytes:
+    return canonical_bytes({"salt": base64.b64encode(secrets.token_bytes(16)).decode("ascii"), "record": record})
 
 
 def payload_sha256(packed: bytes) -> str:
@@ -71,14 +145,18 @@ class Sealed:
 
     signed: SignedCertificate
     payload: bytes
+    record: bytes
 
     def png_text(self) -> dict[str, str]:
         return {PNG_CERTIFICATE: canonical_bytes(self.signed.certificate).decode("ascii"),
                 PNG_SIGNATURE: base64.b64encode(self.signed.signature).decode("ascii"),
-                PNG_PAYLOAD: base64.b64encode(self.payload).decode("ascii")}
+                PNG_PAYLOAD: base64.b64encode(self.payload).decode("ascii"),
+                PNG_SEALED: base64.b64encode(self.record).decode("ascii")}
 
     def sidecar_fields(self) -> dict:
-        return {**self.signed.to_dict(), "restore_payload": base64.b64encode(self.payload).decode("ascii")}
+        """The public sidecar: the signed certificate and the two encrypted blobs."""
+        return {**self.signed.to_dict(), "restore_payload": base64.b64encode(self.payload).decode("ascii"),
+                "sealed_record": base64.b64encode(self.record).decode("ascii")}
 
 
 class Certifier:
@@ -96,23 +174,100 @@ class Certifier:
     def key_id(self) -> str:
         return self.key.key_id
 
-    def seal(self, image_id: str, original: np.ndarray, protected: np.ndarray, params: dict,
+    def render_key(self, image_id: str) -> bytes:
+        """The secret of ``image_id``'s keyed mark rendering."""
+        return render_key(self.key.master_secret, self.key.key_id, image_id)
+
+    def seal(self, image_id: str, original: np.ndarray, protected: np.ndarray, record: dict,
              extra: dict | None = None) -> Sealed:
-        """Certificate + restore payload of one image.
+        """Signed public certificate, sealed record and restore payload of one image.
 
         Args:
-            image_id: the SOP Instance UID of a DICOM original, or the file's relative path.
+            image_id: the SOP Instance UID of a DICOM original, or the file's relative path + pixel hash.
             original, protected: H x W x 3 uint8 pixels before and after the watermark.
-            params: the watermark parameter record (its ``marks`` give the payload's footprint).
+            record: the whole watermark record (its ``marks`` give the payload's footprint); only
+                :func:`public_record` of it is signed in clear, the rest is sealed.
             extra: more signed facts (e.g. the original DICOM header values).
         """
-        packed = pack_restore_payload(original, mark_boxes(params), protected)
-        cert = build_certificate(self.key.key_id, image_id, params, pixel_sha256(protected), pixel_sha256(original),
-                                 payload_sha256=payload_sha256(packed), extra=extra)
+        packed = pack_restore_payload(original, mark_boxes(record), protected)
+        salted = _salted_record(record)
+        cert = build_certificate(self.key.key_id, image_id, public_record(record), pixel_sha256(protected),
+                                 pixel_sha256(original), payload_sha256=payload_sha256(packed), extra=extra)
+        cert["sealed_record_sha256"] = "sha256:" + hashlib.sha256(salted).hexdigest()
         signed = sign_certificate(cert, self.key)
         image_key = derive_image_key(self.key.master_secret, self.key.key_id, image_id)
-        # The certificate's digest is the associated data: a payload only opens with its own certificate.
-        return Sealed(signed, encrypt_payload(packed, image_key, certificate_digest(signed.certificate)))
+        # The certificate's digest is the associated data: both blobs only open with their own certificate.
+        digest = certificate_digest(signed.certificate)
+        return Sealed(signed, encrypt_payload(packed, image_key, digest),
+                      encrypt_payload(salted, _record_key(image_key), digest))
+
+
+class Keyring:
+    """The secrets of one protect run: the owner key's :class:`Certifier`, or a keyless run's render secret.
+
+    Without an owner key nothing can be signed or sealed, but the marks are still rendered with a
+    secret: a random 32-byte secret made for the output folder on its first image and kept in the
+    owner's private folder (``secret_path``), from which each image's render key is derived. A
+    resumed run, or another rank of the same run, reads the same file.
+
+    Args:
+        owner_key: an :class:`OwnerKey` or an owner ``.key`` file; ``None`` for a keyless run.
+        passphrase: the key file's passphrase, when it has one.
+        secret_path: where a keyless run keeps its render secret (needed without ``owner_key``).
+    """
+
+    def __init__(self, owner_key: OwnerKey | str | Path | None = None, passphrase: str | None = None,
+                 secret_path: str | Path | None = None) -> None:
+        self.certifier = Certifier(owner_key, passphrase) if owner_key else None
+        if self.certifier is None and secret_path is None:
+            raise ValueError("a keyless run needs secret_path, the file that keeps its render secret")
+        self.secret_path = Path(secret_path) if secret_path is not None else None
+
+    @property
+    def key_id(self) -> str | None:
+        return self.certifier.key_id if self.certifier is not None else None
+
+    def render_key(self, image_id: str) -> bytes:
+        """The secret of ``image_id``'s keyed rendering (a keyless run makes its secret file on first use).
+
+        Raises:
+            ValueError: a secret file that is not 32 bytes (named).
+        """
+        if self.certifier is not None:
+            return self.certifier.render_key(image_id)
+        from monai_medlocker.io.image import atomic_write_bytes
+
+        if not self.secret_path.is_file():
+            atomic_write_bytes(self.secret_path, secrets.token_bytes(32), mode=0o600)
+        secret = self.secret_path.read_bytes()
+        if len(secret) != 32:
+            raise ValueError(f"{self.secret_path}: not a MedLocker render secret (expected 32 bytes, found {len(secret)})")
+        return derive_subkey(secret, b"", _RENDER_INFO + image_id.encode("utf-8"))
+
+
+def open_sealed_record(signed: SignedCertificate, blob: bytes | None, image_key: bytes, source: str) -> dict:
+    """The whole watermark record sealed beside a certificate, for its owner or a grantee.
+
+    Raises:
+        SealedRecordError: no sealed record, one that does not open with ``image_key`` (wrong key,
+            altered record or certificate), or one that is not the certified record.
+    """
+    cert = signed.certificate
+    if blob is None:
+        raise SealedRecordError(f"{source}: no sealed record beside the certificate")
+    try:
+        salted = decrypt_payload(blob, _record_key(image_key), certificate_digest(cert), source=f"{source} (sealed record)")
+    except PayloadError as err:
+        raise SealedRecordError(str(err).replace("restore payload", "sealed record")) from err
+    if "sha256:" + hashlib.sha256(salted).hexdigest() != cert.get("sealed_record_sha256"):
+        raise SealedRecordError(f"{source}: the sealed record does not match the certified hash")
+    try:
+        record = json.loads(salted)["record"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise SealedRecordError(f"{source}: the sealed record is not a MedLocker record ({err})") from err
+    if not isinstance(record, dict):
+        raise SealedRecordError(f"{source}: the sealed record is not a JSON object")
+    return record
 
 
 @dataclass
@@ -123,9 +278,10 @@ class ProtectedFile:
         path: the image file.
         pixels: H x W x 3 uint8.
         dicom: the decoded DICOM (:class:`~monai_medlocker.io.dicom.FundusDicom`) or ``None``.
-        params: the watermark parameter record, if any.
+        params: the public watermark record, if any (:func:`public_record`).
         signed: the signed certificate, if any.
         payload: the encrypted restore payload, if any.
+        sealed_record: the encrypted whole record, if any (:func:`open_sealed_record`).
         found_in: where the certificate came from: ``"png"``, ``"dicom"``, ``"sidecar"`` or ``None``.
         problem: why a certificate that seemed present could not be read.
         tags: the DICOM MedLocker private block, when there is one.
@@ -137,6 +293,7 @@ class ProtectedFile:
     params: dict | None = None
     signed: SignedCertificate | None = None
     payload: bytes | None = None
+    sealed_record: bytes | None = None
     found_in: str | None = None
     problem: str | None = None
     tags: object | None = None
@@ -150,11 +307,13 @@ def _b64(text, source: str, what: str) -> bytes:
 
 
 def _from_mapping(pf: ProtectedFile, data: dict, where: str, source: str) -> None:
-    """Fill ``pf`` from a sidecar-like mapping (certificate, signature, restore_payload)."""
+    """Fill ``pf`` from a sidecar-like mapping (certificate, signature, restore_payload, sealed_record)."""
     if "certificate" not in data:
         return
     pf.signed = SignedCertificate.from_dict(data, source)
     pf.payload = _b64(data["restore_payload"], source, "restore payload") if data.get("restore_payload") else None
+    pf.sealed_record = _b64(data["sealed_record"], source, "sealed record") if data.get("sealed_record") else None
+    pf.params = pf.params or pf.signed.certificate.get("params")
     pf.found_in = where
 
 
@@ -176,7 +335,7 @@ def protected_file_problem(path: str | Path, dicom=None) -> str | None:
 
     with Image.open(path) as img:
         img.load()  # text chunks after the pixel data are only read with them
-        found = sorted(k for k in (getattr(img, "text", {}) or {}) if k in (PNG_PARAMS, PNG_CERTIFICATE))
+        found = sorted(k for k in (getattr(img, "text", {}) or {}) if k in (PNG_PUBLIC, PNG_LEGACY_PARAMS, PNG_CERTIFICATE))
     return f"image (its PNG carries {', '.join(found)})" if found else None
 
 
@@ -199,25 +358,25 @@ def read_protected(path: str | Path) -> ProtectedFile:
                 pf.params = tags.params
                 if tags.certificate is not None:
                     pf.signed = SignedCertificate(tags.certificate, tags.signature or b"")
-                    pf.payload, pf.found_in = tags.restore_payload, "dicom"
+                    pf.payload, pf.sealed_record, pf.found_in = tags.restore_payload, tags.sealed_record, "dicom"
         elif path.suffix.lower() == ".png":
             from PIL import Image
 
             with Image.open(path) as img:
                 text = dict(getattr(img, "text", {}) or {})
-            if PNG_PARAMS in text:
-                pf.params = json.loads(text[PNG_PARAMS])
+            for name in (PNG_PUBLIC, PNG_LEGACY_PARAMS):
+                if name in text and pf.params is None:
+                    pf.params = json.loads(text[name])
             if PNG_CERTIFICATE in text:
                 pf.signed = SignedCertificate(json.loads(text[PNG_CERTIFICATE]),
                                               _b64(text.get(PNG_SIGNATURE, ""), str(path), "signature"))
                 pf.payload = _b64(text[PNG_PAYLOAD], str(path), "restore payload") if text.get(PNG_PAYLOAD) else None
+                pf.sealed_record = _b64(text[PNG_SEALED], str(path), "sealed record") if text.get(PNG_SEALED) else None
                 pf.found_in = "png"
         sidecar = path.with_name(path.stem + SIDECAR_SUFFIX)
         if pf.signed is None and sidecar.is_file():
             data = json.loads(sidecar.read_text(encoding="utf-8"))
             if isinstance(data, dict):
-                pf.params = pf.params or {k: v for k, v in data.items()
-                                          if k not in ("certificate", "signature", "restore_payload")}
                 _from_mapping(pf, data, "sidecar", str(sidecar))
     except (CertificateError, PrivateTagError, ValueError, KeyError, TypeError) as err:
         pf.problem = f"{path}: unreadable MedLocker certificate ({err})"

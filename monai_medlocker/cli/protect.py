@@ -15,8 +15,9 @@ def add_subparser(subparsers) -> None:
     p = subparsers.add_parser(
         "protect", help="watermark a folder or datalist of fundus images",
         description="Protect every PNG/JPEG/DICOM fundus image in IN (a folder or a datalist .json) and write lossless "
-        "PNGs (derived DICOM instances for DICOM inputs), per-image parameter records, manifest.jsonl and summary.json "
-        "to OUT. Inputs are never modified.",
+        "PNGs (derived DICOM instances for DICOM inputs) to OUT/public (the part to publish: nothing in it reveals the "
+        "grade or how to remove the mark) and the owner's records, manifest.jsonl and summary.json to OUT/private "
+        "(keep it). Inputs are never modified.",
     )
     p.add_argument("input", help="folder of images (masks beside them) or a datalist JSON")
     p.add_argument("output", help="output folder (must not be inside the input folder)")

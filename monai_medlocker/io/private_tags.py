@@ -1,4 +1,8 @@
-"""The MedLocker private block in a DICOM instance: watermark parameters and certificate.
+"""The MedLocker private block in a DICOM instance: the public record, the certificate and the sealed record.
+
+A protected instance is published, so the block holds nothing of the grade or the means of
+removal in clear: the watermark parameters are there, sealed (AES-256-GCM, see
+:mod:`monai_medlocker.certify.seal`), beside the public record and the signed certificate.
 
 The block lives in odd group ``0x0011`` under the private creator ``"MEDLOCKER 1"``. pydicom
 (and any conformant PACS) keep it through a store/retrieve because the creator reserves the
@@ -9,14 +13,18 @@ pydicom when the block is created; readers look the creator up, never a fixed el
 offset    VR    content
 ========  ====  =========================================================
 ``0x01``  LO    format version, :data:`PRIVATE_FORMAT`
-``0x02``  UT    the watermark parameter record (canonical JSON, ASCII)
-``0x03``  UL    the WSM boxes, flattened x0, y0, x1, y1 per box (end-exclusive, native pixels)
+``0x02``  UT    the public watermark record (canonical JSON, ASCII; no grade, opacity or lesion boxes)
+``0x03``  UL    format 1 only (never written now): the WSM boxes in clear
 ``0x04``  UI    the SOP Instance UID of the source image
 ``0x10``  UT    the certificate (canonical JSON), when signed
 ``0x11``  OB    the Ed25519 signature over the certificate's canonical bytes
 ``0x12``  OB    the encrypted restore payload
 ``0x13``  UL    the payload's length in bytes (OB values are padded to an even length)
+``0x14``  OB    the sealed watermark record (the whole record, encrypted), when signed
+``0x15``  UL    the sealed record's length in bytes
 ========  ====  =========================================================
+
+Format 1 blocks (``medlocker-dicom/1``, written before the record was sealed) are still read.
 """
 
 from __future__ import annotations
@@ -39,10 +47,12 @@ __all__ = [
 
 PRIVATE_GROUP = 0x0011
 PRIVATE_CREATOR = "MEDLOCKER 1"
-PRIVATE_FORMAT = "medlocker-dicom/1"
+PRIVATE_FORMAT = "medlocker-dicom/2"
+_READ_FORMATS = ("medlocker-dicom/1", PRIVATE_FORMAT)
 
 _FORMAT, _PARAMS, _WSM, _SOURCE_UID = 0x01, 0x02, 0x03, 0x04
 _CERTIFICATE, _SIGNATURE, _PAYLOAD, _PAYLOAD_LENGTH = 0x10, 0x11, 0x12, 0x13
+_SEALED, _SEALED_LENGTH = 0x14, 0x15
 
 
 class PrivateTagError(ValueError):
@@ -51,15 +61,16 @@ class PrivateTagError(ValueError):
 
 @dataclass
 class MedlockerTags:
-    """The content of a MedLocker private block."""
+    """The content of a MedLocker private block (``wsm_boxes``: only what a format 1 block held)."""
 
     params: dict
-    wsm_boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
     source_sop_instance_uid: str | None = None
     certificate: dict | None = None
     signature: bytes | None = None
     restore_payload: bytes | None = None
+    sealed_record: bytes | None = None
     version: str = PRIVATE_FORMAT
+    wsm_boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
 
 
 def _json_text(obj: dict) -> str:
@@ -75,21 +86,21 @@ def write_medlocker_tags(ds: Dataset, tags: MedlockerTags) -> None:
             if offset in old:
                 del old[offset]
     block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
+    if tags.version != PRIVATE_FORMAT or tags.wsm_boxes:
+        raise PrivateTagError(f"only {PRIVATE_FORMAT} blocks are written, and never with lesion boxes in clear")
     block.add_new(_FORMAT, "LO", tags.version)
     block.add_new(_PARAMS, "UT", _json_text(tags.params))
-    flat = [int(v) for box in tags.wsm_boxes for v in box]
-    if any(v < 0 or v > 0xFFFFFFFF for v in flat):
-        raise PrivateTagError(f"WSM box coordinates must be non-negative 32-bit integers, got {tags.wsm_boxes!r}")
-    block.add_new(_WSM, "UL", flat)
     if tags.source_sop_instance_uid:
         block.add_new(_SOURCE_UID, "UI", tags.source_sop_instance_uid)
     if tags.certificate is not None:
         block.add_new(_CERTIFICATE, "UT", _json_text(tags.certificate))
     if tags.signature is not None:
         block.add_new(_SIGNATURE, "OB", bytes(tags.signature))
-    if tags.restore_payload is not None:
-        block.add_new(_PAYLOAD, "OB", bytes(tags.restore_payload))
-        block.add_new(_PAYLOAD_LENGTH, "UL", len(tags.restore_payload))
+    for blob, offset, length in ((tags.restore_payload, _PAYLOAD, _PAYLOAD_LENGTH),
+                                 (tags.sealed_record, _SEALED, _SEALED_LENGTH)):
+        if blob is not None:
+            block.add_new(offset, "OB", bytes(blob))
+            block.add_new(length, "UL", len(blob))
 
 
 def _creators(ds: Dataset) -> list[str]:
@@ -132,8 +143,9 @@ def read_medlocker_tags(ds: Dataset, filename: str = "dataset") -> MedlockerTags
         return None
     block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)
     version = _value(filename, block, _FORMAT)
-    if version != PRIVATE_FORMAT:
-        raise PrivateTagError(f"{filename}: MedLocker private block has format {version!r}, expected {PRIVATE_FORMAT!r}")
+    if version not in _READ_FORMATS:
+        raise PrivateTagError(f"{filename}: MedLocker private block has format {version!r}, expected one of "
+                              f"{', '.join(_READ_FORMATS)}")
     try:
         params = json.loads(_value(filename, block, _PARAMS) or "")
         cert_text = _value(filename, block, _CERTIFICATE)
@@ -151,17 +163,22 @@ def read_medlocker_tags(ds: Dataset, filename: str = "dataset") -> MedlockerTags
         raise PrivateTagError(f"{filename}: MedLocker WSM boxes hold {len(flat)} values, not a multiple of 4")
     boxes = [tuple(flat[i:i + 4]) for i in range(0, len(flat), 4)]
     source_uid = _value(filename, block, _SOURCE_UID)
-    payload = _bytes(_value(filename, block, _PAYLOAD))
-    if payload is not None and _value(filename, block, _PAYLOAD_LENGTH) is not None:
-        length = _value(filename, block, _PAYLOAD_LENGTH)
-        if isinstance(length, bytes):
-            length = int.from_bytes(length[:4], "little")
-        if not 0 <= int(length) <= len(payload) or len(payload) - int(length) > 1:
-            raise PrivateTagError(f"{filename}: MedLocker restore payload length {length!r} does not fit its "
-                                  f"{len(payload)} stored bytes")
-        payload = payload[: int(length)]  # drop the even-length padding byte
     return MedlockerTags(
         params=params, wsm_boxes=boxes, source_sop_instance_uid=str(source_uid) if source_uid else None,
         certificate=certificate, signature=_bytes(_value(filename, block, _SIGNATURE)),
-        restore_payload=payload, version=version,
+        restore_payload=_blob(filename, block, _PAYLOAD, _PAYLOAD_LENGTH, "restore payload"),
+        sealed_record=_blob(filename, block, _SEALED, _SEALED_LENGTH, "sealed record"), version=version,
     )
+
+
+def _blob(filename: str, block, offset: int, length_offset: int, what: str) -> bytes | None:
+    """An OB value cut to its recorded length (OB values are padded to an even length)."""
+    blob = _bytes(_value(filename, block, offset))
+    length = _value(filename, block, length_offset)
+    if blob is None or length is None:
+        return blob
+    if isinstance(length, bytes):
+        length = int.from_bytes(length[:4], "little")
+    if not 0 <= int(length) <= len(blob) or len(blob) - int(length) > 1:
+        raise PrivateTagError(f"{filename}: MedLocker {what} length {length!r} does not fit its {len(blob)} stored bytes")
+    return blob[: int(length)]

@@ -24,6 +24,7 @@ import pydicom
 from tqdm import tqdm
 
 from monai_medlocker.io.image import atomic_write_bytes
+from monai_medlocker.workflows.protect import PRIVATE_DIR
 from monai_medlocker.pacs.dicomweb import DicomWebPacs, PacsError, json_has_medlocker_block, json_value
 
 __all__ = ["FUNDUS_SOP_CLASSES", "StudyProtector", "format_study_summary"]
@@ -103,7 +104,7 @@ class StudyProtector:
         return in_dir, out_dir
 
     def run(self) -> dict:
-        """Pull, protect, store; returns (and writes ``pacs_summary.json`` beside the outputs) the report.
+        """Pull, protect, store; returns (and writes ``private/pacs_summary.json`` in the output folder) the report.
 
         A study whose MedLocker series already covers every fundus instance is left alone. One
         partly covered (an interrupted run, or images added later) gets only the missing
@@ -152,7 +153,7 @@ class StudyProtector:
                            "median_queries": None}
             summary["protect_failures"] = protect["failures"]
             summary["protect"] = {k: protect[k] for k in ("images", "protected", "successes", "success_rate", "median_queries")}
-            manifest = out_dir / "manifest.jsonl"
+            manifest = out_dir / PRIVATE_DIR / "manifest.jsonl"
             rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines()] if manifest.is_file() else []
             outputs = [out_dir / r["output"] for r in rows if r.get("output") and r.get("protected", True)]
             for path in tqdm(outputs, desc="store", unit="img", disable=not self.progress, file=sys.stderr):
@@ -191,7 +192,7 @@ class StudyProtector:
     def _finish(self, summary: dict) -> dict:
         out_dir = Path(self.protector.output_dir)
         summary["work_dir"] = str(out_dir.parent)
-        atomic_write_bytes(out_dir / "pacs_summary.json", json.dumps(summary, indent=2).encode())
+        atomic_write_bytes(out_dir / PRIVATE_DIR / "pacs_summary.json", json.dumps(summary, indent=2).encode())
         self.summary = summary
         print(format_study_summary(summary), file=sys.stderr)
         return summary

@@ -133,7 +133,8 @@ class AdversarialWatermark(Transform):
         self.last_record: dict | None = None
 
     def __call__(
-        self, img: NdarrayOrTensor, wsm: NdarrayOrTensor, label: int | None = None, seed: int | None = None
+        self, img: NdarrayOrTensor, wsm: NdarrayOrTensor, label: int | None = None, seed: int | None = None,
+        render_key: bytes | None = None,
     ) -> NdarrayOrTensor:
         arr = convert_to_numpy(img)
         if arr.ndim != 3 or arr.shape[0] != 3:

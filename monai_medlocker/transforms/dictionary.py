@@ -26,6 +26,7 @@ class LesionBBoxMaskd(MapTransform):
     Args:
         keys: keys of the C x H x W lesion masks.
         wsm_key: where to write the WSM; ``None`` replaces the mask in place.
+        boxes_key: where to write the WSM's boxes (xyxy, end-exclusive) as a list; ``None``: nowhere.
         other arguments: as :class:`LesionBBoxMask`.
     """
 
@@ -39,15 +40,19 @@ class LesionBBoxMaskd(MapTransform):
         min_size: int = 1,
         margin: int = 0,
         margin_fraction: float = 0.0,
+        boxes_key: str | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.wsm_key = wsm_key
+        self.boxes_key = boxes_key
         self.transform = LesionBBoxMask(threshold, min_size, margin, margin_fraction)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
+            if self.boxes_key:
+                d[self.boxes_key] = self.transform.boxes(d[key])[0].tolist()
             d[self.wsm_key or key] = self.transform(d[key])
         return d
 
@@ -62,6 +67,8 @@ class AdversarialWatermarkd(MapTransform):
         record_key: where the parameter record is also stored (for plain-array pipelines).
         seed_from: a key whose value (e.g. the file name) seeds the search per image, so each image
             gets its own parameters; ``None`` uses the transform's seed for every image.
+        seed_key: a key holding the image's search seed itself (wins over ``seed_from`` when present).
+        render_key_key: a key holding the image's render secret (bytes), when there is one.
         kwargs: as :class:`AdversarialWatermark`.
     """
 
@@ -74,10 +81,13 @@ class AdversarialWatermarkd(MapTransform):
         label_key: str | None = "label",
         record_key: str = "medlocker",
         seed_from: str | None = None,
+        seed_key: str | None = None,
+        render_key_key: str | None = None,
         allow_missing_keys: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.seed_key, self.render_key_key = seed_key, render_key_key
         self.wsm_key = wsm_key
         self.label_key = label_key
         self.record_key = record_key
@@ -85,6 +95,8 @@ class AdversarialWatermarkd(MapTransform):
         self.transform = AdversarialWatermark(**kwargs)
 
     def _seed(self, d: dict) -> int | None:
+        if self.seed_key is not None and d.get(self.seed_key) is not None:
+            return int(d[self.seed_key])
         if self.seed_from is None or self.seed_from not in d:
             return None
         digest = hashlib.sha256(f"{self.transform.seed}:{d[self.seed_from]}".encode()).digest()
@@ -94,7 +106,8 @@ class AdversarialWatermarkd(MapTransform):
         d = dict(data)
         label = d.get(self.label_key) if self.label_key else None
         for key in self.key_iterator(d):
-            d[key] = self.transform(d[key], d[self.wsm_key], label=label, seed=self._seed(d))
+            render_key = d.get(self.render_key_key) if self.render_key_key else None
+            d[key] = self.transform(d[key], d[self.wsm_key], label=label, seed=self._seed(d), render_key=render_key)
             d[self.record_key] = self.transform.last_record
         return d
 

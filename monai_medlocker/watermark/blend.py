@@ -50,8 +50,9 @@ class Placement:
 
     @classmethod
     def from_record(cls, rec: dict) -> "Placement":
-        keys = ("x0", "y0", "width", "height", "alpha", "rotation", "scale")
-        return cls(**{k: rec[k] for k in keys})
+        keys = ("x0", "y0", "width", "height", "rotation", "scale")
+        # A public record shows where a mark is, never its opacity: full opacity stands in for it.
+        return cls(**{k: rec[k] for k in keys}, alpha=rec.get("alpha", 1.0))
 
 
 def mark_opacity(logo: np.ndarray, placement: Placement) -> tuple[np.ndarray, np.ndarray]:

@@ -1,12 +1,22 @@
 """Protect a folder or datalist of PNG/JPEG/DICOM fundus images: the protect workflow.
 
 For each image: load, read its lesion masks, build the WSM (``LesionBBoxMask``), watermark it
-(``AdversarialWatermark``), and write a lossless PNG (a derived DICOM instance with the MedLocker
-private block for a DICOM input, see :mod:`monai_medlocker.io.dicom`) plus a JSON parameter
-record. All protected instances of one source series go into one new derived series. A run writes
-``manifest.jsonl`` (one line per image, with its status) and ``summary.json``. Inputs are only
-read. Outputs are written atomically, and an interrupted run started again skips the images
-already done. A bad image is reported and the batch goes on.
+(``AdversarialWatermark``, with the image's keyed rendering secret), certify it, and write a
+lossless PNG (a derived DICOM instance with the MedLocker private block for a DICOM input, see
+:mod:`monai_medlocker.io.dicom`). All protected instances of one source series go into one new
+derived series. Inputs are only read. Outputs are written atomically, and an interrupted run
+started again skips the images already done. A bad image is reported and the batch goes on.
+
+The output folder has two parts (DESIGN invariant 6), and ``PUBLISH.txt`` in it says so:
+
+* ``public/``: what may be published: the protected images and, with an owner key, their public
+  sidecars ``<stem>.medlocker.json`` (certificate, signature, encrypted restore payload, sealed
+  record). Nothing in it tells the grade, the predictions, the opacities, the lesion boxes or the
+  rendering secret in clear (:func:`monai_medlocker.certify.seal.public_record`).
+* ``private/``: the owner's: each image's whole record in clear (``records/<stem>.record.json``),
+  ``manifest.jsonl`` (one line per image, with its status), ``summary.json``,
+  ``run_settings.json`` and, for a run without an owner key, ``render_secret`` (the secret of
+  that folder's keyed renderings; with a key, each image's secret is derived from the key).
 
 One run at a time holds the output folder (:class:`~monai_medlocker.io.outdir.OutputLock`). The
 settings that change an output (owner key, optimizer and its settings, search space, model, logo,
@@ -39,47 +49,40 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
+from monai.transforms import Compose
 from tqdm import tqdm
 
-from pydicom.uid import generate_uid
-
-from monai_medlocker.certify.certificate import pixel_sha256
-from monai_medlocker.certify.seal import PNG_PARAMS, SIDECAR_SUFFIX, Certifier, protected_file_problem
+from monai_medlocker.certify.seal import Keyring
 from monai_medlocker.data.datalist import datalist_item_problem, read_datalist
-from monai_medlocker.io.dicom import (
-    DICOM_ENCODINGS,
-    derive_protected_dataset,
-    derived_study_uid,
-    dicom_subject_sha256,
-    is_dicom_file,
-    original_header,
-    save_dicom,
-)
-from monai_medlocker.io.image import (
-    SUPPORTED_SUFFIXES,
-    ImageReadError,
-    atomic_write_bytes,
-    is_temporary_file,
-    load_fundus,
-    portable_name,
-    round_trip_mode,
-    save_png,
-)
+from monai_medlocker.io.dicom import is_dicom_file
+from monai_medlocker.io.image import SUPPORTED_SUFFIXES, ImageReadError, atomic_write_bytes, is_temporary_file, portable_name
 from monai_medlocker.io.outdir import OutputError, OutputLock, clean_temporaries, inside_output, output_name, prepare_output_dir
-from monai_medlocker.io.private_tags import MedlockerTags
 from monai_medlocker.lesions.masks import MASK_SUFFIXES, find_mask_files, is_mask_file
-from monai_medlocker.lesions.source import LESION_SEGMENTERS, LesionSource, MissingMaskError
+from monai_medlocker.lesions.source import LESION_SEGMENTERS, MissingMaskError
 from monai_medlocker.networks import Surrogate
-from monai_medlocker.transforms.array import AdversarialWatermark, LesionBBoxMask
+from monai_medlocker.transforms.dictionary import AdversarialWatermarkd, LesionBBoxMaskd
+from monai_medlocker.transforms.protect_steps import Certifyd, LesionMapsd, LoadFundusd, RenderKeyd, SaveProtectedd
 from monai_medlocker.watermark.logo import logo_sha256
 
-__all__ = ["MASK_SUFFIXES", "LESION_SEGMENTERS", "RUN_SETTINGS", "MissingMaskError", "ProtectItem", "find_protect_items",
-           "DatasetProtector", "protect_dataset"]
+__all__ = ["MASK_SUFFIXES", "LESION_SEGMENTERS", "PUBLIC_DIR", "PRIVATE_DIR", "RECORD_SUFFIX", "RUN_SETTINGS",
+           "MissingMaskError", "ProtectItem", "find_protect_items", "record_path_for", "DatasetProtector",
+           "protect_chain", "protect_dataset"]
 
+PUBLIC_DIR = "public"
+PRIVATE_DIR = "private"
+RECORD_SUFFIX = ".record.json"
 RUN_SETTINGS = "run_settings.json"
-# Per-run facts of a record: not embedded in the published image, so that reruns give the same bytes.
-_TIMINGS = ("seconds", "certify_seconds")
+RENDER_SECRET = "render_secret"
+PUBLISH_NOTE = "PUBLISH.txt"
+_PUBLISH_TEXT = """MedLocker output folder
+
+public/   Publish this folder, and nothing else. It holds the protected images and, when an owner
+          key was used, their public sidecars (*.medlocker.json: the signed certificate and the
+          encrypted restore payload and record). Nothing in it reveals the grade, the predictions,
+          the opacities, the lesion boxes or the rendering secret.
+private/  Keep this folder. It holds each image's whole record in clear (records/), the manifest,
+          the summary, the run settings and, for a run without an owner key, the rendering secret.
+"""
 
 
 @dataclass
@@ -94,6 +97,12 @@ class ProtectItem:
     masks: list[Path] = field(default_factory=list)
     label: int | None = None
     problem: str | None = None
+
+
+def record_path_for(output_dir: str | Path, relative: str | Path) -> Path:
+    """The owner's whole record of the input at ``relative``: ``private/records/<relative stem>.record.json``."""
+    relative = Path(relative)
+    return Path(output_dir) / PRIVATE_DIR / "records" / relative.parent / (relative.name + RECORD_SUFFIX)
 
 
 def _is_image_file(path: Path) -> bool:
@@ -152,12 +161,18 @@ def find_protect_items(source: str | Path) -> list[ProtectItem]:
 
 
 class DatasetProtector:
-    """Run the protect workflow over a folder or datalist.
+    """Run the protect chain over a folder or datalist: the orchestration (image list, resume, manifest, report).
+
+    Each image goes through one protect chain, a MONAI ``Compose`` of the steps in
+    :mod:`monai_medlocker.transforms.protect_steps` (load, lesion maps, ``LesionBBoxMaskd``,
+    render key, ``AdversarialWatermarkd``, certify, save). ``bundle/configs/inference.json`` builds
+    that chain in the config and passes it as ``chain``; without one, :func:`protect_chain` builds
+    the same chain from the settings below.
 
     Args:
         input_path: folder of images or datalist JSON.
-        output_dir: where protected PNGs, records, manifest and summary go (never inside the input folder).
-        surrogates: the surrogate classifier(s).
+        output_dir: where ``public/`` and ``private/`` go (never inside the input folder).
+        surrogates: the surrogate classifier(s) (only without ``chain``).
         watermark: settings passed to :class:`AdversarialWatermark` (logo, optimizer, search_space, ...).
         lesion_threshold, lesion_min_size, wsm_margin, wsm_margin_fraction: :class:`LesionBBoxMask` settings.
         lesion_segmenter: lesion source for images without masks: ``"builtin"``, ``"network"`` or ``"masks"``.
@@ -167,20 +182,23 @@ class DatasetProtector:
         dicom_encoding: transfer syntax of derived DICOM instances: ``"explicit"`` (uncompressed,
             default), ``"rle"`` or ``"jpeg-ls"`` (lossless). Lossy output is refused.
         owner_key: the owner's ``.key`` file (or an ``OwnerKey``): when given, each protected image
-            gets a signed certificate and an encrypted restore payload (:mod:`monai_medlocker.certify`).
+            gets a signed certificate, a sealed record and an encrypted restore payload
+            (:mod:`monai_medlocker.certify`), and its keyed rendering secret is derived from it.
         owner_key_passphrase: the key file's passphrase, when it has one.
         redo: protect again the images an earlier run into ``output_dir`` made with other
             output-changing settings (default: refuse, naming the settings that differ).
         wait: wait for another run that holds ``output_dir`` instead of refusing.
         distributed: split the images across the ranks of the initialised ``torch.distributed``
             process group (``torchrun``, ``medlocker protect --workers N``; see :meth:`run`).
+        chain: the protect chain (a ``Compose`` holding one each of ``AdversarialWatermarkd``,
+            ``Certifyd`` and ``SaveProtectedd``); the settings above that build a chain are then unused.
     """
 
     def __init__(
         self,
         input_path: str | Path,
         output_dir: str | Path,
-        surrogates: Surrogate | Sequence[Surrogate],
+        surrogates: Surrogate | Sequence[Surrogate] | None = None,
         watermark: dict | None = None,
         lesion_threshold: float = 0.5,
         lesion_min_size: int = 1,
@@ -196,14 +214,9 @@ class DatasetProtector:
         redo: bool = False,
         wait: bool = False,
         distributed: bool = False,
+        chain: Compose | None = None,
     ) -> None:
         self.distributed = bool(distributed)
-        self.certifier = Certifier(owner_key, owner_key_passphrase) if owner_key else None
-        if dicom_encoding not in DICOM_ENCODINGS:
-            raise ValueError(f"dicom_encoding must be one of {sorted(DICOM_ENCODINGS)} (lossless only), got {dicom_encoding!r}")
-        self.dicom_encoding = dicom_encoding
-        self.series_overrides: dict[str, str] = {}
-        self.lesions = LesionSource(lesion_segmenter, segmenter_checkpoint)
         self.input_path = Path(input_path)
         self.output_dir = Path(output_dir)
         is_datalist = self.input_path.suffix.lower() == ".json" and not self.input_path.is_dir()
@@ -215,13 +228,45 @@ class DatasetProtector:
                 f"output folder {self.output_dir} is the input folder or inside it; choose a separate folder "
                 "so that originals are never mixed with or overwritten by protected copies"
             )
-        self.watermark = AdversarialWatermark(surrogates, seed=seed, **(watermark or {}))
-        self.wsm = LesionBBoxMask(lesion_threshold, lesion_min_size, wsm_margin, wsm_margin_fraction)
+        if chain is None:
+            if surrogates is None:
+                raise ValueError("DatasetProtector needs the surrogate model(s), or a protect chain that holds them")
+            chain = protect_chain(
+                self.output_dir, surrogates, watermark, lesion_threshold=lesion_threshold, lesion_min_size=lesion_min_size,
+                wsm_margin=wsm_margin, wsm_margin_fraction=wsm_margin_fraction, seed=seed,
+                lesion_segmenter=lesion_segmenter, segmenter_checkpoint=segmenter_checkpoint, dicom_encoding=dicom_encoding,
+                keyring=Keyring(owner_key, owner_key_passphrase, self.output_dir / PRIVATE_DIR / RENDER_SECRET))
+        self.chain = chain
+        self.watermark = self.step(AdversarialWatermarkd).transform
+        self.keyring = self.step(Certifyd).keyring
+        self.certifier = self.keyring.certifier
+        self.saver = self.step(SaveProtectedd)
+        if self.saver.output_dir.resolve() != out_root:
+            raise ValueError(f"the protect chain saves into {self.saver.output_dir}, not into the output folder {self.output_dir}")
         self.seed = int(seed)
         self.progress = progress
         self.redo, self.wait = bool(redo), bool(wait)
         self._settings: dict | None = None
         self.summary: dict | None = None
+
+    def step(self, kind: type):
+        """The chain's one step of class ``kind`` (e.g. ``AdversarialWatermarkd``).
+
+        Raises:
+            ValueError: the chain has none, or more than one.
+        """
+        found = [t for t in self.chain.transforms if isinstance(t, kind)]
+        if len(found) != 1:
+            raise ValueError(f"the protect chain must hold exactly one {kind.__name__} step, found {len(found)}")
+        return found[0]
+
+    @property
+    def series_overrides(self) -> dict[str, str]:
+        """Source series -> derived series to add to (e.g. a PACS study protected in part earlier)."""
+        return self.saver.series_overrides
+
+    def derived_series_uid(self, source_series_uid: str) -> str:
+        return self.saver.derived_series_uid(source_series_uid)
 
     def run_settings(self) -> dict:
         """The settings that change what an image's output is, as plain JSON (compared on a resumed run)."""
@@ -247,7 +292,13 @@ class DatasetProtector:
 
     def _check_resume(self, settings: dict) -> None:
         """Refuse to add to an output folder made with other settings (unless ``redo``); then record ours."""
-        path = self.output_dir / RUN_SETTINGS
+        legacy = [name for name in ("manifest.jsonl", RUN_SETTINGS) if (self.output_dir / name).is_file()]
+        if legacy:
+            raise OutputError(
+                f"output folder {self.output_dir} holds the outputs of an earlier MedLocker version ({', '.join(legacy)} at "
+                "its top), whose published files carry the grade and the watermark parameters in clear; choose a new "
+                "output folder (and do not publish the old one)")
+        path = self.output_dir / PRIVATE_DIR / RUN_SETTINGS
         if path.is_file():
             try:
                 earlier = json.loads(path.read_text(encoding="utf-8"))
@@ -268,84 +319,27 @@ class DatasetProtector:
         digest = hashlib.sha256(f"{self.seed}:{portable_name(relative)}".encode()).digest()
         return int.from_bytes(digest[:4], "little")
 
-    def derived_series_uid(self, source_series_uid: str) -> str:
-        """One derived series per source series and output folder; stable, so a resumed run adds to it.
-
-        ``series_overrides`` (source series -> derived series) lets a caller complete an existing
-        derived series, e.g. a PACS study protected in part earlier.
-        """
-        if source_series_uid in self.series_overrides:
-            return self.series_overrides[source_series_uid]
-        return generate_uid(entropy_srcs=["medlocker-protected", source_series_uid, str(self.output_dir.resolve())])
+    def paths(self, item: ProtectItem) -> tuple[Path, Path]:
+        """Where ``item``'s protected image (in ``public/``) and its whole record (in ``private/``) go."""
+        out_path = self.output_dir / PUBLIC_DIR / output_name(item.relative, is_dicom_file(item.image))
+        return out_path, record_path_for(self.output_dir, item.relative)
 
     def protect_one(self, item: ProtectItem, out_path: Path) -> dict:
-        image, dicom = load_fundus(item.image)
-        problem = protected_file_problem(item.image, dicom)
-        if problem:
-            raise ImageReadError(f"{item.image}: already a MedLocker-protected {problem}; protect the original instead")
-        mode = "RGB" if dicom is not None else round_trip_mode(item.image)
-        masks, source, report = self.lesions(item.image, image, item.masks)
-        wsm = self.wsm(masks)
-        out = self.watermark(image.transpose(2, 0, 1), wsm, label=item.label, seed=self._image_seed(item.relative))
-        record = dict(self.watermark.last_record)
-        record["source"] = {"file": portable_name(item.relative), "masks": [m.name for m in item.masks]}
-        if mode != "RGB":
-            record["source"]["mode"] = mode  # unlock writes this mode again
-        record["lesion_source"] = source
-        if report is not None:
-            record["lesion_report"] = report
-        record["wsm_boxes"] = self.wsm.boxes(masks)[0].tolist()
-        protected = np.ascontiguousarray(np.asarray(out).transpose(1, 2, 0))
-        if not record.get("protected"):
-            self._write_record(out_path, record)
-            return record
-        src = dicom.dataset if dicom is not None else None
-        sealed = None
-        if self.certifier is not None:
-            t0 = time.perf_counter()
-            # A file name alone is not unique across datasets: its key (and a grant for it) would open any
-            # other image once protected under the same name. The original's hash makes it unique.
-            image_id = (str(src.SOPInstanceUID) if src is not None
-                        else f"{portable_name(item.relative)}#{pixel_sha256(image).split(':', 1)[1][:16]}")
-            extra = ({"dicom_original": original_header(src), "dicom_subject_sha256": dicom_subject_sha256(src, derived_study_uid(src))}
-                     if src is not None else None)
-            sealed = self.certifier.seal(image_id, image, protected, dict(record), extra)
-            record["certify_seconds"] = round(time.perf_counter() - t0, 4)
-        embedded = {k: v for k, v in record.items() if k not in _TIMINGS}
-        if isinstance(embedded.get("lesion_report"), dict):  # the detector's own timing, as for the record's
-            embedded["lesion_report"] = {k: v for k, v in embedded["lesion_report"].items() if k not in _TIMINGS}
-        if src is not None:
-            tags = MedlockerTags(params=embedded, wsm_boxes=[tuple(b) for b in record["wsm_boxes"]],
-                                 source_sop_instance_uid=str(src.SOPInstanceUID))
-            if sealed is not None:
-                tags.certificate, tags.signature, tags.restore_payload = (
-                    sealed.signed.certificate, sealed.signed.signature, sealed.payload)
-            derived = derive_protected_dataset(src, protected, tags, encoding=self.dicom_encoding,
-                                               series_uid=self.derived_series_uid(str(src.get("SeriesInstanceUID", ""))))
-            record["dicom"] = {
-                "source": {"study": str(src.get("StudyInstanceUID", "")), "series": str(src.get("SeriesInstanceUID", "")),
-                           "sop_instance": str(src.SOPInstanceUID), "sop_class": str(src.SOPClassUID)},
-                "derived": {"series": str(derived.SeriesInstanceUID), "sop_instance": str(derived.SOPInstanceUID),
-                            "transfer_syntax": str(derived.file_meta.TransferSyntaxUID)},
-                "monochrome": dicom.monochrome,
-            }
-            save_dicom(out_path, derived)
-        else:
-            text = {PNG_PARAMS: json.dumps(embedded, sort_keys=True)}
-            if sealed is not None:
-                text.update(sealed.png_text())
-            save_png(out_path, protected[..., 0] if mode == "L" else protected, text=text)
-        sidecar = dict(record)
-        if sealed is not None:
-            sidecar.update(sealed.sidecar_fields())
-        self._write_record(out_path, sidecar)
+        """Run the protect chain on one image and write its private record; returns the record."""
+        data = {"image_path": item.image, "relative": item.relative, "mask_paths": list(item.masks), "label": item.label,
+                "seed": self._image_seed(item.relative), "out_path": out_path}
+        try:
+            record = self.chain(data)["record"]
+        except RuntimeError as err:
+            raise _step_error(err) from None
+        self._write_record(item, record)
         return record
 
-    def _write_record(self, out_path: Path, record: dict) -> None:
+    def _write_record(self, item: ProtectItem, record: dict) -> None:
         if self._settings is None:  # protect_one called outside run()
             self._settings = self.run_settings()
         record = {**record, "run_settings": self._settings}
-        atomic_write_bytes(out_path.with_name(out_path.stem + SIDECAR_SUFFIX), json.dumps(record, indent=2).encode())
+        atomic_write_bytes(self.paths(item)[1], json.dumps(record, indent=2).encode())
 
     def run(self, protect_many: Callable[[list[tuple[ProtectItem, Path]]], list[dict]] | None = None) -> dict:
         """Protect every image (one run at a time per output folder); returns the summary.
@@ -374,6 +368,7 @@ class DatasetProtector:
             clean_temporaries(self.output_dir)  # what a killed run left; no other run is writing here now
             self._settings = self.run_settings()
             self._check_resume(self._settings)
+            self.keyring.render_key("")  # a keyless run's secret exists before any image (and any Ray actor) needs it
             start = time.perf_counter()
             rows = self._protect_items(list(enumerate(items)), items, protect_many=protect_many)
             return self._finish([row for _, row in rows], start)
@@ -390,6 +385,7 @@ class DatasetProtector:
                     clean_temporaries(self.output_dir)  # before any rank writes
                     self._settings = self.run_settings()
                     self._check_resume(self._settings)
+                    self.keyring.render_key("")  # before any rank reads it
                 except (OutputError, OSError, ValueError) as err:
                     failure = err
             status = [None if failure is None else str(failure)]
@@ -415,8 +411,8 @@ class DatasetProtector:
         for i, item in enumerate(items):
             keys = []
             if item.problem is None:
-                out_path = self.output_dir / output_name(item.relative, is_dicom_file(item.image))
-                keys = [out_path.resolve(), out_path.with_name(out_path.stem + SIDECAR_SUFFIX).resolve()]
+                out_path, record_path = self.paths(item)
+                keys = [out_path.resolve(), record_path.resolve()]
             hit = sorted({group_of[k] for k in keys if k in group_of})
             if not hit:
                 groups.append([i])
@@ -510,8 +506,7 @@ class DatasetProtector:
         if item.problem is not None:
             row.update(status="failed", error=item.problem)
             return row, None
-        out_path = self.output_dir / output_name(item.relative, is_dicom_file(item.image))
-        record_path = out_path.with_name(out_path.stem + SIDECAR_SUFFIX)
+        out_path, record_path = self.paths(item)
         problem = self._output_problem(item, out_path, record_path, inputs)
         if problem:
             row.update(status="failed", error=problem)
@@ -553,8 +548,10 @@ class DatasetProtector:
         self.summary = self._summarise(rows, time.perf_counter() - start)
         if write:
             manifest = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
-            atomic_write_bytes(self.output_dir / "manifest.jsonl", manifest.encode())
-            atomic_write_bytes(self.output_dir / "summary.json", json.dumps(self.summary, indent=2).encode())
+            private = self.output_dir / PRIVATE_DIR
+            atomic_write_bytes(private / "manifest.jsonl", manifest.encode())
+            atomic_write_bytes(private / "summary.json", json.dumps(self.summary, indent=2).encode())
+            atomic_write_bytes(self.output_dir / PUBLISH_NOTE, _PUBLISH_TEXT.encode())
             print(format_summary(self.summary), file=sys.stderr)
         return self.summary
 
@@ -608,6 +605,32 @@ def format_summary(summary: dict) -> str:
 def protect_dataset(input_path: str | Path, output_dir: str | Path, surrogates, **kwargs) -> dict:
     """Functional entry point: build a :class:`DatasetProtector` and run it; returns the summary."""
     return DatasetProtector(input_path, output_dir, surrogates, **kwargs).run()
+
+
+def protect_chain(output_dir: str | Path, surrogates: Surrogate | Sequence[Surrogate], watermark: dict | None = None, *,
+                  keyring: Keyring, lesion_threshold: float = 0.5, lesion_min_size: int = 1, wsm_margin: int = 2,
+                  wsm_margin_fraction: float = 0.0, seed: int = 0, lesion_segmenter: str = "builtin",
+                  segmenter_checkpoint: str | None = None, dicom_encoding: str = "explicit") -> Compose:
+    """The protect chain that ``bundle/configs/inference.json`` builds, from Python settings."""
+    return Compose([
+        LoadFundusd(),
+        LesionMapsd(lesion_segmenter, segmenter_checkpoint),
+        LesionBBoxMaskd("lesion_maps", wsm_key="wsm", boxes_key="wsm_boxes", threshold=lesion_threshold,
+                        min_size=lesion_min_size, margin=wsm_margin, margin_fraction=wsm_margin_fraction),
+        RenderKeyd(keyring),
+        AdversarialWatermarkd("image", wsm_key="wsm", label_key="label", record_key="medlocker", seed_key="seed",
+                              render_key_key="render_key", surrogates=surrogates, seed=seed, **(watermark or {})),
+        Certifyd(keyring),
+        SaveProtectedd(output_dir, dicom_encoding),
+    ])
+
+
+def _step_error(err: RuntimeError) -> BaseException:
+    """The error a chain step raised, out of MONAI's "applying transform" wrappers (its message names the file)."""
+    cause: BaseException = err
+    while isinstance(cause, RuntimeError) and str(cause).startswith("applying transform") and cause.__cause__ is not None:
+        cause = cause.__cause__
+    return cause
 
 
 def _rank_and_world() -> tuple[int, int]:

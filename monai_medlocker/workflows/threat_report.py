@@ -45,6 +45,14 @@ def markdown(results: dict) -> str:
           _f(h["held_out_referable_flip_rate"]), _f(h["held_out_accuracy_worst_preprocessing"]),
           f"{_f(h['white_box_clean_accuracy'])} -> {_f(h['white_box_accuracy'])}", _f(h["seconds_per_image_median"], 3),
           _f(h["queries_median"], 0), _f(h["box_area_fraction_median"], 3)] for r, h in head.items()])
+    leaks = {r: h.get("placement_leak") for r, h in head.items() if (h.get("placement_leak") or {}).get("grade")}
+    if leaks:
+        lines += ["", "## Does the visible placement tell the grade? (leave-one-out on the marks' boxes and rotations)", ""]
+        lines += _table(["row", "images", "grade: majority rate", "grade: k-NN", "grade: centroid",
+                         "referable: majority rate", "referable: k-NN", "referable: centroid"],
+                        [[r, str(v["images"])] + [_f(v[t][k]) for t in ("grade", "referable")
+                                                  for k in ("majority_rate", "knn_accuracy", "centroid_accuracy")]
+                         for r, v in leaks.items()])
     lines += ["", "## Accuracy per model (no preprocessing)", ""]
     none = results["preprocessing"]["none"]
     lines += _table(["row"] + [f"{m} ({results['models'][m]['role']})" for m in models],

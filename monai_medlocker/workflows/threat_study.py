@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from monai_medlocker.networks import Surrogate, preprocess_for_model
+from monai_medlocker.threats.placement import placement_leak
 from monai_medlocker.workflows.handlers import write_json_atomic
 from monai_medlocker.workflows.metrics import protection_metrics
 
@@ -156,15 +157,16 @@ def release_study_images(release_dir: str | Path, originals_dir: str | Path,
                          errors: list[dict] | None = None) -> tuple[list[StudyImage], _Row]:
     """An existing protected release and its originals: the owner checks what they are about to publish.
 
-    Each protected PNG in ``release_dir`` with a parameter record (sidecar) is matched to the original of
-    the same name in ``originals_dir``; its grade is the record's ``label``. A protected image without
+    ``release_dir`` is a protect output folder. Each of its owner's records (``private/records``) is matched
+    to its protected PNG (``public/``) and to the original of the same name in ``originals_dir``; its grade
+    is the record's ``label``. A protected image without
     its original, or without a record, is reported in ``errors`` and skipped.
 
     Raises:
         FileNotFoundError: either folder does not exist.
     """
-    from monai_medlocker.certify.seal import SIDECAR_SUFFIX
     from monai_medlocker.io.image import load_rgb
+    from monai_medlocker.workflows.protect import PRIVATE_DIR, PUBLIC_DIR, RECORD_SUFFIX
     from monai_medlocker.lesions.source import LesionSource
 
     lesions = LesionSource("builtin")
@@ -174,15 +176,15 @@ def release_study_images(release_dir: str | Path, originals_dir: str | Path,
             raise FileNotFoundError(f"{label} folder not found: {folder}")
     errors = errors if errors is not None else []
     images, row = [], _Row("release", [], [])
-    for sidecar in sorted(release_dir.rglob(f"*{SIDECAR_SUFFIX}")):
-        rel = sidecar.relative_to(release_dir)
-        stem = sidecar.name[: -len(SIDECAR_SUFFIX)]
-        protected = sidecar.with_name(stem + ".png")
+    records_dir = release_dir / PRIVATE_DIR / "records"
+    for sidecar in sorted(records_dir.rglob(f"*{RECORD_SUFFIX}")):
+        rel = sidecar.relative_to(records_dir)
+        stem = Path(sidecar.name[: -len(RECORD_SUFFIX)]).stem
+        protected = release_dir / PUBLIC_DIR / rel.parent / (stem + ".png")
         candidates = sorted((originals_dir / rel.parent).glob(stem + ".*"))
         candidates = [c for c in candidates if c.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif", ".tiff")]
         try:
             record = json.loads(sidecar.read_text())
-            record = record.get("params", record)
             if not protected.is_file():
                 raise ValueError(f"protected image not found beside its record: {protected}")
             if not candidates:
@@ -623,6 +625,8 @@ class ThreatStudy:
                 "seconds_per_image_median": _median(rows[row].seconds),
                 "queries_median": _median(rows[row].queries),
                 "box_area_fraction_median": _median([r["box_area_fraction"] for r in rows[row].records if r]),
+                # The thief's reading of the visible geometry alone (monai_medlocker.threats.placement).
+                "placement_leak": placement_leak([r or {} for r in rows[row].records], [s.grade for s in images]),
             }
         removal_summary = None
         if removal:

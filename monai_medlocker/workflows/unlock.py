@@ -1,9 +1,10 @@
 """Unlock protected images: bit-exact originals for the owner or a grant holder.
 
-For each image: read its certificate and encrypted restore payload, check the signature (when
-an owner public key is known), derive or look up the image's key, decrypt (the certificate is
-the associated data, so a changed certificate or payload fails here), put the original pixels
-back under the logo boxes, and check the result against the certified hash of the original.
+For each image: read its certificate, encrypted restore payload and sealed record, check the
+signature (when an owner public key is known), derive or look up the image's key, decrypt both
+(the certificate is the associated data, so a changed certificate, payload or record fails
+here), put the original pixels back under the logo boxes, and check the result against the
+certified hash of the original.
 Only then is anything written. A DICOM image gets its original UIDs and header values back from
 the certificate, so that the unlocked instance is the original instance; one whose patient or
 study attributes changed after protection is refused (verify calls it "DICOM header modified").
@@ -26,7 +27,7 @@ from monai_medlocker.certify.certificate import certificate_digest, pixel_sha256
 from monai_medlocker.certify.grant import Grant, GrantError, load_grant
 from monai_medlocker.certify.keys import OwnerKey, OwnerPublicKey, load_owner_key, load_public_key
 from monai_medlocker.certify.payload import PayloadError, apply_restore_payload, decrypt_payload, derive_image_key
-from monai_medlocker.certify.seal import ProtectedFile, payload_sha256, read_protected
+from monai_medlocker.certify.seal import ProtectedFile, SealedRecordError, open_sealed_record, payload_sha256, read_protected
 from monai_medlocker.io.image import ImageReadError, atomic_write_bytes, save_png
 from monai_medlocker.io.outdir import OutputError, OutputLock, clean_temporaries, inside_output, output_name, prepare_output_dir
 from monai_medlocker.workflows.verify import dicom_header_problem, find_certified_images
@@ -39,8 +40,8 @@ class UnlockError(ValueError):
 
 
 def unlock_image(pf: ProtectedFile, key: OwnerKey | None = None, grant: Grant | None = None,
-                 pub: OwnerPublicKey | None = None) -> np.ndarray:
-    """The original pixels of one protected image, checked against the certified hash.
+                 pub: OwnerPublicKey | None = None) -> tuple[np.ndarray, dict]:
+    """The original pixels of one protected image, checked against the certified hash, and its whole record.
 
     Args:
         pub: the owner's public key; default: the owner key's. Required with a grant that carries none.
@@ -48,7 +49,7 @@ def unlock_image(pf: ProtectedFile, key: OwnerKey | None = None, grant: Grant | 
     Raises:
         UnlockError: no certificate, an invalid signature or foreign owner, no public key to check
             the signature with, a DICOM header changed after protection, a key or grant that does
-            not open it, a tampered payload or certificate, or pixels that do not restore.
+            not open it, a tampered payload, record or certificate, or pixels that do not restore.
     """
     where = str(pf.path)
     if pf.problem:
@@ -82,8 +83,9 @@ def unlock_image(pf: ProtectedFile, key: OwnerKey | None = None, grant: Grant | 
     else:
         raise UnlockError("unlock needs an owner key or a grant")
     try:
+        record = open_sealed_record(pf.signed, pf.sealed_record, image_key, where)
         packed = decrypt_payload(pf.payload, image_key, certificate_digest(cert), source=where)
-    except PayloadError as err:
+    except (PayloadError, SealedRecordError) as err:
         raise UnlockError(str(err)) from err
     if payload_sha256(packed) != cert.get("payload_sha256"):
         raise UnlockError(f"{where}: the decrypted restore payload does not match the certified hash")
@@ -94,7 +96,7 @@ def unlock_image(pf: ProtectedFile, key: OwnerKey | None = None, grant: Grant | 
     if pixel_sha256(restored) != cert.get("original_sha256"):
         raise UnlockError(f"{where}: the restored pixels do not match the certified original (the protected image was "
                           "modified after protection, outside the logo); nothing written")
-    return restored
+    return restored, record
 
 
 class Unlocker:
@@ -153,7 +155,7 @@ class Unlocker:
         from monai_medlocker.io.dicom import restore_original_dataset, save_dicom
 
         pf = read_protected(path)
-        restored = unlock_image(pf, self.key, self.grant, self.public_key)
+        restored, record = unlock_image(pf, self.key, self.grant, self.public_key)
         target = self._target(path, pf.dicom is not None)
         if self.input_path.is_dir() and self.input_path.resolve() in target.resolve().parents:
             raise UnlockError(f"{path}: its output {target} would lie inside the input folder; choose another output folder")
@@ -166,7 +168,7 @@ class Unlocker:
                 raise UnlockError(f"{path}: the certificate holds no original DICOM header; cannot rebuild the instance")
             save_dicom(target, restore_original_dataset(pf.dicom.dataset, restored, header))
         else:
-            mode = ((cert.get("params") or {}).get("source") or {}).get("mode", "RGB")
+            mode = (record.get("source") or {}).get("mode", "RGB")
             save_png(target, restored[..., 0] if mode == "L" else restored)  # a greyscale original comes back grey
         return {"image": str(path), "status": "unlocked", "output": str(target), "image_id": cert.get("image_id"),
                 "original_sha256": cert.get("original_sha256")}

@@ -1,0 +1,216 @@
+"""The protect chain as MONAI dictionary transforms: load -> lesion maps -> WSM -> watermark -> certify -> save.
+
+``bundle/configs/inference.json`` composes them in a ``Compose`` (``protect_chain``), so any step
+can be swapped with a ``#``-path override file; :class:`~monai_medlocker.workflows.protect.DatasetProtector`
+runs the chain once per image and only orchestrates (the image list, resume, the manifest, the report).
+
+Keys of one image's dictionary, and the step that fills each:
+
+==================  ===========================================================================
+``image_path``      the input file (the protector)
+``relative``        its path relative to the input folder or datalist (the protector)
+``mask_paths``      its lesion mask files, maybe none (the protector)
+``label``           its true grade, or ``None`` (the protector)
+``seed``            its search seed (the protector)
+``out_path``        where its protected image goes, in ``OUT/public`` (the protector)
+``image``           C x H x W uint8, watermarked in place by :class:`~.dictionary.AdversarialWatermarkd`
+``original``        the same pixels, never changed (:class:`LoadFundusd`)
+``dicom``, ``mode`` the decoded DICOM source (or ``None``) and the PNG mode to write back (:class:`LoadFundusd`)
+``image_id``        the id its certificate and keys use (:class:`LoadFundusd`)
+``lesion_maps``     4 x H x W lesion maps, with ``lesion_source`` and ``lesion_report`` (:class:`LesionMapsd`)
+``wsm``             the forbidden mask, with ``wsm_boxes`` (:class:`~.dictionary.LesionBBoxMaskd`)
+``render_key``      the secret of its keyed rendering (:class:`RenderKeyd`)
+``medlocker``       the watermark record (:class:`~.dictionary.AdversarialWatermarkd`)
+``record``          the whole record, ``sealed`` its certificate and sealed blobs (:class:`Certifyd`)
+==================  ===========================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Hashable, Mapping
+
+import numpy as np
+from monai.transforms import Transform
+
+from monai_medlocker.certify.certificate import pixel_sha256
+from monai_medlocker.certify.seal import PNG_PUBLIC, SIDECAR_SUFFIX, Keyring, protected_file_problem, public_record
+from monai_medlocker.io.image import ImageReadError, atomic_write_bytes, load_fundus, portable_name, round_trip_mode, save_png
+from monai_medlocker.lesions.source import LesionSource
+
+__all__ = ["LoadFundusd", "LesionMapsd", "RenderKeyd", "Certifyd", "SaveProtectedd", "record_without_timings"]
+
+# Per-run facts of a record: not embedded in the published image, so that reruns give the same bytes.
+_TIMINGS = ("seconds", "certify_seconds")
+
+
+def record_without_timings(record: dict) -> dict:
+    """The record as certified and embedded: without this run's timings (the detector's included)."""
+    out = {k: v for k, v in record.items() if k not in _TIMINGS}
+    if isinstance(out.get("lesion_report"), dict):
+        out["lesion_report"] = {k: v for k, v in out["lesion_report"].items() if k not in _TIMINGS}
+    return out
+
+
+class LoadFundusd(Transform):
+    """Read ``image_path`` (PNG/JPEG/TIFF/DICOM) into ``image`` and ``original`` (3 x H x W uint8).
+
+    Also sets ``dicom`` (the decoded source instance, or ``None``), ``mode`` (``"L"`` for a greyscale
+    PNG, written back grey) and ``image_id``: a DICOM's SOP Instance UID, or the relative name plus
+    the start of the original pixels' hash (a name alone would let one image's key open another's).
+
+    Raises:
+        ImageReadError: an unreadable file, or one that is already a MedLocker output.
+    """
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        path = Path(d["image_path"])
+        image, dicom = load_fundus(path)
+        problem = protected_file_problem(path, dicom)
+        if problem:
+            raise ImageReadError(f"{path}: already a MedLocker-protected {problem}; protect the original instead")
+        d["dicom"] = dicom
+        d["mode"] = "RGB" if dicom is not None else round_trip_mode(path)
+        d["image_id"] = (str(dicom.dataset.SOPInstanceUID) if dicom is not None
+                         else f"{portable_name(d['relative'])}#{pixel_sha256(image).split(':', 1)[1][:16]}")
+        d["original"] = image.transpose(2, 0, 1)
+        d["image"] = d["original"]  # the watermark step replaces it with a new array
+        return d
+
+
+class LesionMapsd(Transform):
+    """``lesion_maps`` (MA, HE, EX, SE) from the image's mask files, or from a detector when it has none.
+
+    Args:
+        segmenter: ``"builtin"``, ``"network"`` or ``"masks"`` (see :class:`~monai_medlocker.lesions.source.LesionSource`).
+        checkpoint: the trained segmenter, for ``"network"``.
+    """
+
+    def __init__(self, segmenter: str = "builtin", checkpoint: str | Path | None = None) -> None:
+        self.source = LesionSource(segmenter, checkpoint)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        image = np.ascontiguousarray(np.asarray(d["original"]).transpose(1, 2, 0))
+        d["lesion_maps"], d["lesion_source"], d["lesion_report"] = self.source(
+            Path(d["image_path"]), image, [Path(p) for p in d.get("mask_paths") or []])
+        return d
+
+
+class RenderKeyd(Transform):
+    """``render_key``: the secret of the image's keyed rendering, from the run's :class:`~monai_medlocker.certify.seal.Keyring`."""
+
+    def __init__(self, keyring: Keyring) -> None:
+        self.keyring = keyring
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        d["render_key"] = self.keyring.render_key(d["image_id"])
+        return d
+
+
+class Certifyd(Transform):
+    """``record`` (the whole record of the image) and, with an owner key, ``sealed`` (certificate and sealed blobs)."""
+
+    def __init__(self, keyring: Keyring) -> None:
+        self.keyring = keyring
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        from monai_medlocker.io.dicom import derived_study_uid, dicom_subject_sha256, original_header
+
+        d = dict(data)
+        record = dict(d["medlocker"])
+        record["image_id"] = d["image_id"]
+        record["source"] = {"file": portable_name(d["relative"]), "masks": [Path(m).name for m in d.get("mask_paths") or []]}
+        if d["mode"] != "RGB":
+            record["source"]["mode"] = d["mode"]  # unlock writes this mode again
+        record["lesion_source"] = d["lesion_source"]
+        if d.get("lesion_report") is not None:
+            record["lesion_report"] = d["lesion_report"]
+        record["wsm_boxes"] = [list(b) for b in d["wsm_boxes"]]
+        d["sealed"] = None
+        if record.get("protected") and self.keyring.certifier is not None:
+            t0 = time.perf_counter()
+            src = d["dicom"].dataset if d["dicom"] is not None else None
+            extra = ({"dicom_original": original_header(src), "dicom_subject_sha256": dicom_subject_sha256(src, derived_study_uid(src))}
+                     if src is not None else None)
+            hwc = [np.ascontiguousarray(np.asarray(d[k]).transpose(1, 2, 0)) for k in ("original", "image")]
+            d["sealed"] = self.keyring.certifier.seal(d["image_id"], hwc[0], hwc[1], record_without_timings(record), extra)
+            record["certify_seconds"] = round(time.perf_counter() - t0, 4)
+        d["record"] = record
+        return d
+
+
+class SaveProtectedd(Transform):
+    """Write the protected image into ``out_path`` (in ``OUT/public``) with only its public record in clear.
+
+    A PNG gets the public record and, when certified, the certificate and sealed blobs as text
+    chunks; a DICOM input gives a derived instance (its series: :meth:`derived_series_uid`) with
+    the ``MEDLOCKER 1`` private block. A certified image also gets its public sidecar. Nothing is
+    written for an image that was not protected (no feasible placement, ``on_infeasible: skip``).
+
+    Args:
+        output_dir: the run's output folder (it makes the derived series UIDs stable per folder).
+        dicom_encoding: ``"explicit"``, ``"rle"`` or ``"jpeg-ls"`` (lossless only).
+    """
+
+    def __init__(self, output_dir: str | Path, dicom_encoding: str = "explicit") -> None:
+        from monai_medlocker.io.dicom import DICOM_ENCODINGS
+
+        if dicom_encoding not in DICOM_ENCODINGS:
+            raise ValueError(f"dicom_encoding must be one of {sorted(DICOM_ENCODINGS)} (lossless only), got {dicom_encoding!r}")
+        self.output_dir = Path(output_dir)
+        self.dicom_encoding = dicom_encoding
+        self.series_overrides: dict[str, str] = {}
+
+    def derived_series_uid(self, source_series_uid: str) -> str:
+        """One derived series per source series and output folder; stable, so a resumed run adds to it.
+
+        ``series_overrides`` (source series -> derived series) lets a caller complete an existing
+        derived series, e.g. a PACS study protected in part earlier.
+        """
+        from pydicom.uid import generate_uid
+
+        if source_series_uid in self.series_overrides:
+            return self.series_overrides[source_series_uid]
+        return generate_uid(entropy_srcs=["medlocker-protected", source_series_uid, str(self.output_dir.resolve())])
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        from monai_medlocker.io.dicom import derive_protected_dataset, save_dicom
+        from monai_medlocker.io.private_tags import MedlockerTags
+
+        d = dict(data)
+        record, sealed, out_path = d["record"], d["sealed"], Path(d["out_path"])
+        if not record.get("protected"):
+            return d
+        protected = np.ascontiguousarray(np.asarray(d["image"]).transpose(1, 2, 0))
+        public = public_record(record_without_timings(record))
+        dicom = d["dicom"]
+        if dicom is not None:
+            src = dicom.dataset
+            tags = MedlockerTags(params=public, source_sop_instance_uid=str(src.SOPInstanceUID))
+            if sealed is not None:
+                tags.certificate, tags.signature, tags.restore_payload, tags.sealed_record = (
+                    sealed.signed.certificate, sealed.signed.signature, sealed.payload, sealed.record)
+            derived = derive_protected_dataset(src, protected, tags, encoding=self.dicom_encoding,
+                                               series_uid=self.derived_series_uid(str(src.get("SeriesInstanceUID", ""))))
+            record["dicom"] = {
+                "source": {"study": str(src.get("StudyInstanceUID", "")), "series": str(src.get("SeriesInstanceUID", "")),
+                           "sop_instance": str(src.SOPInstanceUID), "sop_class": str(src.SOPClassUID)},
+                "derived": {"series": str(derived.SeriesInstanceUID), "sop_instance": str(derived.SOPInstanceUID),
+                            "transfer_syntax": str(derived.file_meta.TransferSyntaxUID)},
+                "monochrome": dicom.monochrome,
+            }
+            save_dicom(out_path, derived)
+        else:
+            text = {PNG_PUBLIC: json.dumps(public, sort_keys=True)}
+            if sealed is not None:
+                text.update(sealed.png_text())
+            save_png(out_path, protected[..., 0] if d["mode"] == "L" else protected, text=text)
+        if sealed is not None:  # the public sidecar: it travels with a copy that lost its embedded data
+            atomic_write_bytes(out_path.with_name(out_path.stem + SIDECAR_SUFFIX),
+                               json.dumps(sealed.sidecar_fields(), indent=2).encode())
+        return d
