@@ -236,14 +236,15 @@ def test_shield_protect_then_unlock_is_bit_exact(tmp_path, surrogates):
     summary = DatasetProtector(src, out, surrogates[:1], watermark={"max_queries": 6, "shield": {"steps": 2}},
                                lesion_segmenter="masks", owner_key=keys / "owner.key", progress=False).run()
     assert summary["protected"] == 3, summary
-    assert main(["unlock", str(out), str(tmp_path / "un"), "--key", str(keys / "owner.key"), "--quiet"]) == 0
-    original, protected = load_rgb(src / "synthetic_grade2.png"), load_rgb(out / "synthetic_grade2.png")
+    public = out / "public"  # what is published: the shielded images; a partner unlocks that
+    assert main(["unlock", str(public), str(tmp_path / "un"), "--key", str(keys / "owner.key"), "--quiet"]) == 0
+    original, protected = load_rgb(src / "synthetic_grade2.png"), load_rgb(public / "synthetic_grade2.png")
     assert np.array_equal(load_rgb(tmp_path / "un" / "synthetic_grade2.png"), original)
     diff = np.abs(protected.astype(int) - original.astype(int))
     assert 0 < diff.max() and (np.any(diff > 0, -1) & (diff.max(-1) <= 4)).sum() > 10_000  # the shield is there
     for name in ("colour", "redfree"):
         before = read_fundus_dicom(src / f"{name}.dcm").pixels
         assert np.array_equal(read_fundus_dicom(tmp_path / "un" / f"{name}.dcm").pixels, before)
-        after = read_fundus_dicom(out / f"{name}.dcm").pixels
+        after = read_fundus_dicom(public / f"{name}.dcm").pixels
         changed = before != after if before.ndim == 2 else np.any(before != after, axis=-1)
         assert changed.mean() > 0.3, (name, changed.mean())  # far more than a logo box: the shield is there
