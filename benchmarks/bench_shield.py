@@ -125,6 +125,7 @@ def run(n: int = 40, size: int = 512, seed: int = 31, shields: dict | None = Non
         if shield is not None:
             applied = [f for f in facts if f and f.get("applied")]
             entry["shield_facts"] = {
+                "settings": applied[0]["settings"] if applied else None,
                 "applied": len(applied), "linf_max": max(f["linf"] for f in applied) if applied else None,
                 "linf_bound": applied[0]["linf_bound"] if applied else None,
                 "changed_pixels_median": _median([f["changed_pixels"] for f in applied]),

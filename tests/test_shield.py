@@ -70,7 +70,8 @@ def _loss(image: np.ndarray, surrogates, label: int) -> float:
 def test_settings_state_and_enforce_the_bound():
     assert MAX_LINF == 4 and ShieldSettings().linf == 4
     for bad in ({"linf": 5}, {"linf": 0}, {"linf": 2.5}, {"step_size": 3, "linf": 2}, {"steps": 0},
-                {"momentum": -1.0}, {"views": ["jpeg75"]}, {"smoothing": 9.0}, {"smoothing": -1.0}):
+                {"momentum": -1.0}, {"views": ["jpeg75"]}, {"smoothing": 9.0}, {"smoothing": -1.0},
+                {"block": 0}, {"block": 2.0}):
         with pytest.raises(ValueError, match="shield"):
             ShieldSettings(**bad)
     with pytest.raises(ValueError, match="unknown shield setting"):
@@ -86,10 +87,10 @@ def test_settings_state_and_enforce_the_bound():
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("seed,linf", [(0, 4), (1, 4), (2, 3), (3, 1), (4, 2)])
-def test_shield_stays_in_its_region_and_bound(surrogates, seed, linf):
+@pytest.mark.parametrize("seed,linf,block", [(0, 4, 1), (1, 4, 4), (2, 3, 1), (3, 1, 3), (4, 2, 1)])
+def test_shield_stays_in_its_region_and_bound(surrogates, seed, linf, block):
     image, fov, wsm, boxes = _case(seed)
-    settings = ShieldSettings(linf=linf, steps=6, step_size=1)
+    settings = ShieldSettings(linf=linf, steps=6, step_size=1, block=block)
     label = 2
     out = shield_image(image, wsm, fov, surrogates, label, boxes, settings=settings, removed=[np.zeros_like(image)])
     assert out.dtype == np.uint8 and out.shape == image.shape
@@ -102,6 +103,14 @@ def test_shield_stays_in_its_region_and_bound(surrogates, seed, linf):
     assert not diff[y0:y1, x0:x1].any(), "a logo-box pixel changed"
     assert not diff[~region].any() and np.any(diff > 0, axis=-1)[region].mean() > 0.5
     assert _loss(out, surrogates, label) > _loss(image, surrogates, label)  # it does attack the models
+    if block > 1:  # constant over each block where nothing clips it (inside the region, away from 0 and 255)
+        signed = out.astype(np.int16) - image
+        free = region[..., None] & (image >= linf) & (image <= 255 - linf)
+        y, x = np.nonzero(free.all(-1)[:block * (128 // block), :block * (128 // block)])
+        k = (y // block) * 1000 + x // block
+        for key in np.unique(k)[:200]:
+            vals = signed[y[k == key], x[k == key]]
+            assert (vals == vals[0]).all()
 
 
 def test_shield_keeps_a_greyscale_image_grey_and_clips_at_black_and_white(surrogates):

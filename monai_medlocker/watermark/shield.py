@@ -51,6 +51,8 @@ class ShieldSettings:
             preprocessing views of EOT; ``{}`` for its default set, ``native_size`` defaults to the
             image's shorter side), or ``None`` for the models' own preprocessing only.
         view_size: side of the square screen frame the views act on; ``None``: the largest model input.
+        block: the perturbation is constant over blocks of ``block`` x ``block`` native pixels
+            (1: per pixel): fewer free values, a smaller restore payload.
         smoothing: Gaussian sigma, in pixels of that screen frame, of the blur applied to the gradient
             before each step (translation-invariant attack, Dong et al. 2019): smoother perturbations
             transfer better to unseen models and compress better; 0 turns it off.
@@ -65,9 +67,10 @@ class ShieldSettings:
     views: dict | None = None
     view_size: int | None = None
     smoothing: float = 1.0
+    block: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("linf", "steps", "step_size", "view_size"):
+        for name in ("linf", "steps", "step_size", "view_size", "block"):
             value = getattr(self, name)
             if name == "view_size" and value is None:
                 continue
@@ -81,6 +84,8 @@ class ShieldSettings:
             raise ValueError(f"shield step_size must be 1 to linf={self.linf} grey levels, got {self.step_size}.")
         if not self.momentum >= 0:
             raise ValueError(f"shield momentum must be >= 0, got {self.momentum}.")
+        if not 1 <= self.block <= 64:
+            raise ValueError(f"shield block must be 1 to 64 pixels, got {self.block}.")
         if not 0 <= self.smoothing <= 8:
             raise ValueError(f"shield smoothing must be 0 to 8 screen pixels, got {self.smoothing}.")
         if self.view_size is not None and self.view_size < 16:
@@ -209,13 +214,17 @@ def shield_image(
     # Where x + delta would leave 0-255, those levels are out of reach: clip the bound per pixel.
     lo = torch.clamp(-x[:1], min=-settings.linf) * mask
     hi = torch.clamp(255.0 - x[:1], max=settings.linf) * mask
+    block = settings.block
+    height, width = image.shape[:2]
+    # The free variables: one integer per block of block x block pixels (per channel); 1 = per pixel.
+    coarse = torch.zeros(1, 3, -(-height // block), -(-width // block))
     delta = torch.zeros_like(x[:1])
-    velocity = torch.zeros_like(delta)
+    velocity = torch.zeros_like(coarse)
     targets = torch.full((1,), int(label), dtype=torch.long)
     # A greyscale image (red-free, stored grey) stays greyscale: one perturbation for all three channels.
     grey = is_greyscale(image)
     view_size = settings.view_size or max(s.spec.input_size for s in surrogates)
-    sigma = settings.smoothing * min(image.shape[:2]) / view_size  # screen pixels -> native pixels
+    sigma = settings.smoothing * min(height, width) / view_size  # screen pixels -> native pixels
     for _ in range(settings.steps):
         d = delta.clone().requires_grad_(True)
         batch = (x + d) / 255.0
@@ -234,8 +243,12 @@ def shield_image(
         grad = grad * mask
         if grey:
             grad = grad.sum(dim=1, keepdim=True).expand_as(grad)
+        if block > 1:
+            grad = torch.nn.functional.avg_pool2d(grad, block, ceil_mode=True)
         velocity = settings.momentum * velocity + grad / grad.abs().mean().clamp_min(1e-12)
         # Signed integer steps keep delta on whole grey levels: the bound holds exactly, no rounding.
-        delta = torch.minimum(torch.maximum(delta + settings.step_size * torch.sign(velocity), lo), hi)
+        coarse = (coarse + settings.step_size * torch.sign(velocity)).clamp(-settings.linf, settings.linf)
+        full = coarse.repeat_interleave(block, dim=2).repeat_interleave(block, dim=3)[..., :height, :width]
+        delta = torch.minimum(torch.maximum(full, lo), hi)
     out = (x[0] + delta[0]).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
     return np.ascontiguousarray(out)
