@@ -21,7 +21,9 @@ from monai_medlocker.networks import Surrogate, model_spec, preprocess_for_model
 from monai_medlocker.watermark import SearchSpace, get_optimizer, load_logo, watermark_image
 from monai_medlocker.watermark.blend import Placement
 from monai_medlocker.watermark.engine import WatermarkInvariantError, _check_invariants
-from monai_medlocker.watermark.shield import MAX_LINF, ShieldSettings, field_of_view, shield_image, shield_region
+from monai_medlocker.watermark.shield import (
+    MAX_LINF, ShieldSettings, field_of_view, screen_geometry, shield_image, shield_region,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,6 +82,13 @@ def test_settings_state_and_enforce_the_bound():
     assert ShieldSettings.from_config({"enabled": False}) is None
     assert ShieldSettings.from_config(True) == ShieldSettings()
     assert ShieldSettings.from_config({"linf": 2}).to_record()["linf"] == 2
+
+
+def test_block_and_smoothing_follow_the_screen_pixel(surrogates):
+    # the largest model input is 64 px: a 512 px image has 8 native pixels per screen pixel
+    assert screen_geometry(ShieldSettings(), (512, 700, 3), surrogates) == (64, 8, 8.0)
+    assert screen_geometry(ShieldSettings(block=3, smoothing=0.0), (512, 512, 3), surrogates) == (64, 3, 0.0)
+    assert screen_geometry(ShieldSettings(view_size=128), (100, 100, 3), surrogates)[1] == 1
 
 
 # --------------------------------------------------------------------------------------------------
@@ -147,6 +156,7 @@ def test_watermark_image_with_shield_records_it_and_keeps_the_invariants(surroga
     assert "shield" not in rec and srec["marks"] == rec["marks"]
     facts = srec["shield"]
     assert facts["applied"] and facts["linf"] <= facts["linf_bound"] == 4 and facts["changed_pixels"] > 0
+    assert facts["block"] == 2  # 160 px over the 64 px model input, rounded
     assert facts["views"]["views"] == ["none", "jpeg75", "hflip"] and facts["views"]["native_size"] == 160
     assert 30 < facts["psnr_vs_marked"] < 60 and facts["psnr_whole_image"] <= facts["psnr_vs_marked"]
     diff = np.abs(shielded.astype(int) - image.astype(int)).max(axis=-1)

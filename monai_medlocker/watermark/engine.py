@@ -18,7 +18,7 @@ from monai_medlocker.watermark.logo import logo_for_image, logo_sha256
 from monai_medlocker.watermark.optimizers import WatermarkOptimizer
 from monai_medlocker.watermark.problem import AttackProblem, SearchSpace, label_margins
 from monai_medlocker.watermark.shield import (
-    ShieldSettings, field_of_view, psnr, settings_views, shield_image, shield_region,
+    ShieldSettings, field_of_view, psnr, screen_geometry, settings_views, shield_image, shield_region,
 )
 
 __all__ = ["RECORD_FORMAT", "WatermarkInvariantError", "watermark_image", "judge"]
@@ -96,6 +96,7 @@ def _apply_shield(image: np.ndarray, marked: np.ndarray, wsm: np.ndarray, surrog
     diff = np.abs(out.astype(np.int16) - marked.astype(np.int16))
     facts.update({"applied": True, "region_pixels": int(allowed.sum()),
                   "changed_pixels": int(np.any(diff > 0, axis=-1).sum()), "linf": int(diff.max(initial=0)),
+                  "block": screen_geometry(settings, image.shape, surrogates)[1],
                   "psnr_vs_marked": round(psnr(out, marked), 3), "psnr_whole_image": round(psnr(out, image), 3),
                   "seconds": round(time.perf_counter() - start, 4)})
     return out, allowed, facts

@@ -31,7 +31,7 @@ from monai_medlocker.networks import Surrogate, preprocess_for_model
 from monai_medlocker.watermark.eot import _gaussian_blur
 from monai_medlocker.watermark.logo import is_greyscale
 
-__all__ = ["MAX_LINF", "ShieldSettings", "settings_views", "field_of_view", "shield_region", "shield_image", "psnr"]
+__all__ = ["MAX_LINF", "ShieldSettings", "screen_geometry", "settings_views", "field_of_view", "shield_region", "shield_image", "psnr"]
 
 MAX_LINF = 4  # grey levels of 255: the stated bound of DESIGN invariant 1's shield mode
 
@@ -52,7 +52,8 @@ class ShieldSettings:
             image's shorter side), or ``None`` for the models' own preprocessing only.
         view_size: side of the square screen frame the views act on; ``None``: the largest model input.
         block: the perturbation is constant over blocks of ``block`` x ``block`` native pixels
-            (1: per pixel): fewer free values, a smaller restore payload.
+            (1: per pixel): fewer free values, a smaller restore payload; ``None``: one block per
+            screen pixel (the image's shorter side over ``view_size``, rounded, at least 1).
         smoothing: Gaussian sigma, in pixels of that screen frame, of the blur applied to the gradient
             before each step (translation-invariant attack, Dong et al. 2019): smoother perturbations
             transfer better to unseen models and compress better; 0 turns it off.
@@ -67,12 +68,12 @@ class ShieldSettings:
     views: dict | None = None
     view_size: int | None = None
     smoothing: float = 1.0
-    block: int = 1
+    block: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("linf", "steps", "step_size", "view_size", "block"):
             value = getattr(self, name)
-            if name == "view_size" and value is None:
+            if name in ("view_size", "block") and value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise ValueError(f"shield {name} must be an integer, got {value!r}.")
@@ -84,7 +85,7 @@ class ShieldSettings:
             raise ValueError(f"shield step_size must be 1 to linf={self.linf} grey levels, got {self.step_size}.")
         if not self.momentum >= 0:
             raise ValueError(f"shield momentum must be >= 0, got {self.momentum}.")
-        if not 1 <= self.block <= 64:
+        if self.block is not None and not 1 <= self.block <= 64:
             raise ValueError(f"shield block must be 1 to 64 pixels, got {self.block}.")
         if not 0 <= self.smoothing <= 8:
             raise ValueError(f"shield smoothing must be 0 to 8 screen pixels, got {self.smoothing}.")
@@ -113,6 +114,15 @@ class ShieldSettings:
 
     def to_record(self) -> dict:
         return asdict(self)
+
+
+def screen_geometry(settings: ShieldSettings, image_shape: Sequence[int],
+                    surrogates: Sequence[Surrogate]) -> tuple[int, int, float]:
+    """(view size, block side in native pixels, gradient blur sigma in native pixels) for one image."""
+    view_size = settings.view_size or max(s.spec.input_size for s in surrogates)
+    native_per_screen = min(image_shape[:2]) / view_size
+    block = settings.block or max(1, round(native_per_screen))
+    return view_size, int(block), settings.smoothing * native_per_screen
 
 
 def settings_views(settings: ShieldSettings, image_shape: Sequence[int]):
@@ -214,8 +224,8 @@ def shield_image(
     # Where x + delta would leave 0-255, those levels are out of reach: clip the bound per pixel.
     lo = torch.clamp(-x[:1], min=-settings.linf) * mask
     hi = torch.clamp(255.0 - x[:1], max=settings.linf) * mask
-    block = settings.block
     height, width = image.shape[:2]
+    view_size, block, sigma = screen_geometry(settings, image.shape, surrogates)
     # The free variables: one integer per block of block x block pixels (per channel); 1 = per pixel.
     coarse = torch.zeros(1, 3, -(-height // block), -(-width // block))
     delta = torch.zeros_like(x[:1])
@@ -223,8 +233,6 @@ def shield_image(
     targets = torch.full((1,), int(label), dtype=torch.long)
     # A greyscale image (red-free, stored grey) stays greyscale: one perturbation for all three channels.
     grey = is_greyscale(image)
-    view_size = settings.view_size or max(s.spec.input_size for s in surrogates)
-    sigma = settings.smoothing * min(height, width) / view_size  # screen pixels -> native pixels
     for _ in range(settings.steps):
         d = delta.clone().requires_grad_(True)
         batch = (x + d) / 255.0
