@@ -38,7 +38,7 @@ from scipy.ndimage import gaussian_filter
 
 __all__ = [
     "RENDER_KEY_BYTES", "KEYED_SCHEME", "OPACITY_DEPTH", "COLOUR_DEPTH", "MIN_FOOTPRINT_SSIM",
-    "check_render_key", "keyed_fields", "keyed_layers", "rendering_record",
+    "check_render_key", "footprint_ssim", "keyed_fields", "keyed_layers", "rendering_record",
 ]
 
 RENDER_KEY_BYTES = 32
@@ -97,7 +97,7 @@ def keyed_fields(render_key: bytes, x0: int, y0: int, width: int, height: int, r
 def keyed_layers(rgb: np.ndarray, opacity: np.ndarray, render_key: bytes, x0: int, y0: int, width: int, height: int,
                  rotation: float) -> tuple[np.ndarray, np.ndarray]:
     """The keyed colour (0-255) and opacity of a mark from its plain ``rgb`` and ``opacity``."""
-    f, g = keyed_fields(render_key, int(x0), int(y0), int(width), int(height), float(rotation))
+    f, g = keyed_fields(check_render_key(render_key), int(x0), int(y0), int(width), int(height), float(rotation))
     keyed_opacity = np.clip(opacity * (1.0 + np.float32(OPACITY_DEPTH) * f), 0.0, 1.0).astype(np.float32)
     keyed_rgb = np.clip(rgb + np.float32(COLOUR_DEPTH) * g[..., None], 0.0, 255.0).astype(np.float32)
     return keyed_rgb, keyed_opacity
@@ -114,3 +114,25 @@ def rendering_record(render_key: bytes | None) -> dict:
         "field_widths": [round(w, 6) for w, _ in _OCTAVES],
         "min_footprint_ssim": MIN_FOOTPRINT_SSIM,
     }
+
+
+def footprint_ssim(keyed: np.ndarray, plain: np.ndarray, logo: np.ndarray, placements) -> float:
+    """SSIM of a keyed composite against the plain one, averaged over the logo's footprint (coverage > 0).
+
+    scikit-image's SSIM (7 x 7 windows, per channel) on each box, the mean over the footprint pixels of
+    every mark: how much the keyed mark departs from the owner's logo as it is seen on the image.
+    """
+    from skimage.metrics import structural_similarity
+
+    from monai_medlocker.watermark.logo import render_logo
+
+    values = []
+    for p in placements:
+        x0, y0, x1, y1 = p.box_xyxy
+        _, cov = render_logo(logo, p.width, p.height, p.rotation)
+        _, smap = structural_similarity(keyed[y0:y1, x0:x1], plain[y0:y1, x0:x1], channel_axis=-1,
+                                        data_range=255, full=True)
+        values.append(smap.mean(axis=-1)[cov > 0])
+    if not values:
+        raise ValueError("footprint_ssim needs at least one placement, got none.")
+    return float(np.concatenate(values).mean())
