@@ -1,31 +1,37 @@
 """Keyed, non-invertible rendering of the logo mark.
 
 The plain mark is ``out = x (1 - a) + L a`` with ``a = min(coverage, alpha)``: whoever knows the public
-logo ``L``, the box and the nominal opacity cap inverts it exactly. A keyed mark multiplies the opacity
-by a secret field and adds a secret luminance texture to the logo's colour::
+logo ``L``, the box and the nominal opacity cap inverts it exactly, ``x = (out - a L) / (1 - a)``. A
+keyed mark perturbs the opacity and the logo's colour by two secret fields ``f`` and ``g``::
 
-    a' = clip(a * (1 + OPACITY_DEPTH * f(x, y)), 0, 1)
-    L' = clip(L + COLOUR_DEPTH * g(x, y), 0, 255)          (the same g on R, G and B)
+    r(a) = (1 - a) * min(1, a / OPACITY_FLOOR)                 the room the mark has at opacity a
+    a'   = clip(a + OPACITY_DEPTH * f(x, y) * r(a), 0, 1)
+    L'   = clip(L + COLOUR_DEPTH * g(x, y) * r(a) / a', 0, 255)   (the same g on R, G and B)
 
-``f`` and ``g`` are smooth random fields in (-1, 1), drawn from a generator seeded by a keyed BLAKE2b
-hash of the 32-byte ``render_key`` and the box geometry (x0, y0, width, height, rotation): the same key
-and box give the same pixels, another key other pixels, and without the key the fields are unknown.
-Each field is a mix of two octaves of Gaussian-smoothed white noise (widths 1/12 and 1/36 of the box's
-shorter side), squashed by ``tanh`` so that it never reaches +-1: slow enough to read as a shading of
-the logo, not speckle, and too fine and too image-dependent to be fitted back from the composite.
+so that the keyed composite differs from the plain one by ``(a' - a)(L - x) + a' (L' - L)``, and the
+inverse blend with the nominal ``a`` and ``L`` leaves that difference divided by ``1 - a`` in every logo
+pixel. Scaling by ``1 - a`` makes this inversion error about the same at every opacity cap of the
+search space, ``OPACITY_DEPTH |L - x| f + COLOUR_DEPTH g`` grey levels, for the smallest visible
+change: a strong mark is barely altered, a faint one more (its inversion amplifies errors least). Below
+``OPACITY_FLOOR`` (the default space's lowest cap, 100/255; the logo's anti-aliased rim) the change
+shrinks to 0 with ``a``; where ``a`` is 0 or 1 nothing changes.
 
-The inverse blend with the nominal ``a`` and ``L`` then leaves the error
-``((a' - a)(L - x) + a' (L' - L)) / (1 - a)`` in every logo pixel.
+``f`` and ``g`` are smooth random fields in (-1, 1), drawn from a NumPy generator seeded by a keyed
+BLAKE2b hash of the 32-byte ``render_key`` and the box geometry (x0, y0, width, height, rotation): the
+same key and box give the same pixels, another key or box other pixels, and without the key the fields
+are unknown. Each field mixes two octaves of Gaussian-smoothed white noise (widths 1/12 and 1/36 of the
+box's shorter side), squashed by ``tanh`` so that it never reaches +-1: it reads as a shading of the
+logo, not as speckle that a median filter would take out.
 
-Bound (what keeps the mark recognisably the owner's logo):
-    * opacity stays within ``a * (1 +- OPACITY_DEPTH)`` (and in [0, 1]); where ``a`` is 0 it stays 0,
-      so the keyed mark changes exactly the pixels the plain mark changes (DESIGN invariant 1);
-    * the logo's colour stays within ``+- COLOUR_DEPTH`` grey levels of the logo's own;
-    * hence a keyed composite differs from the plain one by at most
-      ``a * (OPACITY_DEPTH * |L - x| + (1 + OPACITY_DEPTH) * COLOUR_DEPTH)`` per pixel (plus rounding).
-    * measured on 40 lab images at 512 px (``benchmarks/bench_keyed.py``): the SSIM of the keyed against
-      the plain composite over the logo's footprint is reported there, and tested to stay at or above
-      :data:`MIN_FOOTPRINT_SSIM` in ``tests/test_keyed_rendering.py``.
+Bound (what keeps the mark recognisably the owner's logo), per pixel:
+    * ``|a' - a| <= OPACITY_DEPTH * r(a)``; ``a' = a`` where ``a`` is 0, so the keyed mark changes no
+      pixel outside the plain mark's footprint (DESIGN invariant 1);
+    * ``|keyed - plain| <= r(a) * (OPACITY_DEPTH * |L - x| + COLOUR_DEPTH)`` (+ 1 for the uint8
+      rounding of each), with ``r(a) <= 1 - OPACITY_FLOOR``: at most about 0.6 * (0.3 * 255 + 24) = 61
+      grey levels at the faintest cap, and 0 at a cap of 1;
+    * the SSIM of the keyed composite against the plain one over the logo's footprint is at least
+      :data:`MIN_FOOTPRINT_SSIM` (tested in ``tests/test_keyed_rendering.py``; the distribution on 40 lab
+      images at 512 px is in ``benchmarks/results/keyed/keyed.json``).
 """
 
 from __future__ import annotations
@@ -37,19 +43,21 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 __all__ = [
-    "RENDER_KEY_BYTES", "KEYED_SCHEME", "OPACITY_DEPTH", "COLOUR_DEPTH", "MIN_FOOTPRINT_SSIM",
+    "RENDER_KEY_BYTES", "KEYED_SCHEME", "OPACITY_DEPTH", "COLOUR_DEPTH", "OPACITY_FLOOR", "MIN_FOOTPRINT_SSIM",
     "check_render_key", "footprint_ssim", "keyed_fields", "keyed_layers", "rendering_record",
 ]
 
 RENDER_KEY_BYTES = 32
 KEYED_SCHEME = "medlocker-keyed-texture/1"
-# Relative opacity modulation: a' within a * (1 +- OPACITY_DEPTH).
+# Opacity modulation, as a fraction of the room r(a): a' within a +- OPACITY_DEPTH * r(a).
 OPACITY_DEPTH = 0.3
-# Luminance texture added to the logo's colour, in grey levels (0-255).
-COLOUR_DEPTH = 32.0
+# Luminance texture of the mark (a' (L' - L)), in grey levels (0-255) at full room.
+COLOUR_DEPTH = 24.0
+# Below this opacity the room shrinks linearly to 0 (the default search space's lowest cap).
+OPACITY_FLOOR = 100 / 255
 # Field widths as fractions of the box's shorter side, and each octave's share of the field.
 _OCTAVES = ((1 / 12, 0.7), (1 / 36, 0.3))
-# tanh(_SQUASH * unit-variance field): about 80% of pixels beyond half the depth, none at it.
+# tanh(_SQUASH * unit-variance field): about 65% of the pixels beyond half the depth, none at it.
 _SQUASH = 1.2
 # The SSIM of a keyed composite against the plain one over the footprint stays at or above this.
 MIN_FOOTPRINT_SSIM = 0.7
@@ -96,10 +104,12 @@ def keyed_fields(render_key: bytes, x0: int, y0: int, width: int, height: int, r
 
 def keyed_layers(rgb: np.ndarray, opacity: np.ndarray, render_key: bytes, x0: int, y0: int, width: int, height: int,
                  rotation: float) -> tuple[np.ndarray, np.ndarray]:
-    """The keyed colour (0-255) and opacity of a mark from its plain ``rgb`` and ``opacity``."""
+    """The keyed colour (0-255) and opacity of a mark from its plain ``rgb`` and ``opacity`` (see the module)."""
     f, g = keyed_fields(check_render_key(render_key), int(x0), int(y0), int(width), int(height), float(rotation))
-    keyed_opacity = np.clip(opacity * (1.0 + np.float32(OPACITY_DEPTH) * f), 0.0, 1.0).astype(np.float32)
-    keyed_rgb = np.clip(rgb + np.float32(COLOUR_DEPTH) * g[..., None], 0.0, 255.0).astype(np.float32)
+    room = (1.0 - opacity) * np.minimum(1.0, opacity / np.float32(OPACITY_FLOOR))
+    keyed_opacity = np.clip(opacity + np.float32(OPACITY_DEPTH) * f * room, 0.0, 1.0).astype(np.float32)
+    tint = np.float32(COLOUR_DEPTH) * g * np.divide(room, keyed_opacity, out=np.zeros_like(room), where=keyed_opacity > 0)
+    keyed_rgb = np.clip(rgb + tint[..., None], 0.0, 255.0).astype(np.float32)
     return keyed_rgb, keyed_opacity
 
 
@@ -111,6 +121,8 @@ def rendering_record(render_key: bytes | None) -> dict:
         "scheme": KEYED_SCHEME,
         "opacity_depth": OPACITY_DEPTH,
         "colour_depth": COLOUR_DEPTH,
+        "opacity_floor": round(OPACITY_FLOOR, 6),
+        "bound": "|keyed - plain| <= (1 - a) min(1, a / opacity_floor) (opacity_depth |L - x| + colour_depth) + 1 per pixel",
         "field_widths": [round(w, 6) for w, _ in _OCTAVES],
         "min_footprint_ssim": MIN_FOOTPRINT_SSIM,
     }
