@@ -14,6 +14,7 @@ from monai_medlocker import __version__
 from monai_medlocker.networks import Surrogate, preprocess_for_model
 from monai_medlocker.watermark.blend import Placement, composite
 from monai_medlocker.watermark.feasibility import NoFeasiblePlacementError
+from monai_medlocker.watermark.keyed import check_render_key, rendering_record
 from monai_medlocker.watermark.logo import logo_for_image, logo_sha256
 from monai_medlocker.watermark.optimizers import WatermarkOptimizer
 from monai_medlocker.watermark.problem import AttackProblem, SearchSpace, label_margins
@@ -69,6 +70,7 @@ def watermark_image(
     seed: int = 0,
     batch_size: int = 32,
     value_max: float | None = None,
+    render_key: bytes | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Protect one H x W x 3 image: search placements, composite at native size, verify.
 
@@ -83,6 +85,8 @@ def watermark_image(
         seed: seed of the search.
         batch_size: candidates per forward pass.
         value_max: the image's white level; ``None`` infers 255 for uint8 and for floats above 1.
+        render_key: 32-byte secret of the keyed rendering (searched and composited keyed, so the
+            optimizer scores what is written); ``None``: the plain mark, bit for bit as before.
 
     Returns:
         The watermarked image (same dtype and size) and its parameter record.
@@ -94,6 +98,7 @@ def watermark_image(
     if value_max is None:
         value_max = 255.0 if image.dtype == np.uint8 or float(np.max(image)) > 1.0 else 1.0
     wsm = np.asarray(wsm, dtype=bool)
+    render_key = check_render_key(render_key)
     start = time.perf_counter()
     owner_logo = logo
     logo, logo_rendering = logo_for_image(owner_logo, image)
@@ -103,6 +108,7 @@ def watermark_image(
         problem = AttackProblem(
             current, forbidden, surrogates, logo, space, label=problem_label, value_max=value_max,
             seed=seed + 7919 * mark, batch_size=batch_size, max_queries=optimizer.max_queries,
+            render_key=render_key,
         )
         if clean is None:
             clean = {"preds": problem.clean_preds, "margin": float(problem.clean_eval.margins[0])}
@@ -118,7 +124,7 @@ def watermark_image(
         if not problem.is_feasible(placement):
             raise WatermarkInvariantError(f"optimizer {optimizer.name} returned an infeasible placement {placement}")
         marks.append(placement)
-        current = composite(current, logo, [placement], value_max)
+        current = composite(current, logo, [placement], value_max, render_key)
         x0, y0, x1, y1 = placement.box_xyxy
         forbidden[y0:y1, x0:x1] = True  # marks never overlap each other
     changed = _check_invariants(image, current, wsm, marks)
@@ -133,6 +139,7 @@ def watermark_image(
         "dtype": str(image.dtype),
         "logo_sha256": logo_sha256(owner_logo),
         "logo_rendering": logo_rendering,
+        "rendering": rendering_record(render_key),
         "marks": [p.to_record() for p in marks],
         "box_area_fraction": round(sum(p.width * p.height for p in marks) / (height * width), 6),
         "changed_pixels": changed,
