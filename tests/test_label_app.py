@@ -1,0 +1,213 @@
+"""The MONAI Label app (apps/monailabel_medlocker) against `medlocker protect`, in-process and behind a real server.
+
+The app runs in `.venv-label` (scripts/setup_label_env.sh: monailabel 0.8.5), which this test's own
+interpreter does not have, so both parts run it as a subprocess: the in-process part through
+tests/label_inprocess.py, the server part as `monailabel start_server` on loopback. Without
+`.venv-label` the tests skip, unless MEDLOCKER_REQUIRE_LABEL=1 (CI), which makes that a failure.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from monai_medlocker.cli import main as medlocker
+from monai_medlocker.lesions.wsm import wsm_from_boxes
+
+REPO = Path(__file__).resolve().parents[1]
+APP = REPO / "apps" / "monailabel_medlocker"
+LABEL_BIN = REPO / ".venv-label" / "bin"
+SAMPLES = REPO / "bundle" / "samples"
+IMAGES = ("synthetic_grade2", "synthetic_grade3")
+# The same settings for the app (--conf KEY VALUE) and for `medlocker protect` (--key value).
+SETTINGS = {"seed": "7", "max_queries": "4", "lesion_segmenter": "masks"}
+# What the public part of a record must never hold (DESIGN invariant 6).
+PRIVATE_KEYS = {"label", "clean", "final", "marks", "wsm_boxes", "seed", "lesion_report", "run_settings", "search_space"}
+SERVER_START_S = 120
+
+
+def require_label_env() -> None:
+    if not (LABEL_BIN / "python").is_file() or not (LABEL_BIN / "monailabel").is_file():
+        if os.environ.get("MEDLOCKER_REQUIRE_LABEL") == "1":
+            pytest.fail(f"{REPO / '.venv-label'} is required here (MEDLOCKER_REQUIRE_LABEL=1) but missing; "
+                        "run scripts/setup_label_env.sh")
+        pytest.skip(".venv-label is not set up (bash scripts/setup_label_env.sh); CI sets it up")
+
+
+def label_env() -> dict:
+    """The environment of the app's processes: the activated .venv-label, this checkout's package, our thread count."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS=str(torch.get_num_threads()))
+    env["PATH"] = f"{LABEL_BIN}{os.pathsep}{env.get('PATH', '')}"  # the monailabel script runs `python` from PATH
+    return env
+
+
+def read_pixels(data: bytes | Path) -> np.ndarray:
+    source = io.BytesIO(data) if isinstance(data, bytes) else data
+    with Image.open(source) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory) -> Path:
+    """A studies folder: two sample images with their lesion masks in masks/, and a corrupt PNG."""
+    require_label_env()
+    root = tmp_path_factory.mktemp("label") / "studies"
+    (root / "masks").mkdir(parents=True)
+    for name in IMAGES:
+        shutil.copy(SAMPLES / f"{name}.png", root)
+        for mask in SAMPLES.glob(f"{name}_*.png"):
+            shutil.copy(mask, root / "masks")
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a PNG")
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(studies, tmp_path_factory) -> Path:
+    """`medlocker protect` over a copy of the studies (MONAI Label adds its own files to the studies folder)."""
+    source = tmp_path_factory.mktemp("reference") / "in"
+    shutil.copytree(studies, source)
+    out = source.parent / "out"
+    options = [arg for key, value in SETTINGS.items() for arg in (f"--{key.replace('_', '-')}", value)]
+    code = medlocker(["protect", str(source), str(out), "--quiet", *options])
+    assert code == 1  # broken.png fails; the two images are protected
+    for name in IMAGES:
+        assert (out / f"{name}.png").is_file()
+    return out
+
+
+def reference_wsm(reference: Path, name: str) -> np.ndarray:
+    record = json.loads((reference / f"{name}.medlocker.json").read_text())
+    shape = tuple(record["image_size"])
+    return wsm_from_boxes(np.asarray(record["wsm_boxes"]), shape)
+
+
+def check_public(params: dict, name: str) -> None:
+    assert params["image"] == f"{name}.png" and params["protected"] is True
+    assert not PRIVATE_KEYS & set(params), f"private fields in the public record: {PRIVATE_KEYS & set(params)}"
+
+
+def check_protected(pixels: np.ndarray, reference: Path, studies: Path, name: str) -> None:
+    """The app's image is `medlocker protect`'s, pixel for pixel, and no WSM pixel of the original changed."""
+    expected = read_pixels(reference / f"{name}.png")
+    assert pixels.shape == expected.shape
+    assert np.array_equal(pixels, expected), f"{name}: {int((pixels != expected).any(-1).sum())} pixels differ"
+    original = read_pixels(studies / f"{name}.png")
+    wsm = reference_wsm(reference, name)
+    assert wsm.any() and (original != pixels).any()  # a real WSM and a real watermark
+    assert np.array_equal(original[wsm], pixels[wsm])
+
+
+def app_conf(output: Path) -> dict:
+    return {"output": str(output), **SETTINGS}
+
+
+def test_tasks_in_process(studies, reference, tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    requests = [{"model": "medlocker_protect", "image": IMAGES[0]},
+                {"model": "medlocker_lesion_boxes", "image": IMAGES[0]},
+                {"model": "medlocker_protect", "image": "no_such_image"},
+                {"model": "medlocker_protect", "image": "broken"},
+                {"model": "medlocker_protect", "image": str(studies / f"{IMAGES[0]}.png")}]
+    run = subprocess.run([str(LABEL_BIN / "python"), str(REPO / "tests" / "label_inprocess.py"), str(APP), str(studies),
+                          json.dumps(app_conf(tmp_path / "out")), json.dumps(requests), str(results)],
+                         capture_output=True, text=True, env=label_env(), timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    protect, boxes, missing, broken, server_path = [json.loads(line.split(" ", 1)[1])
+                                                    for line in run.stdout.splitlines() if line.startswith("RESULT ")]
+
+    check_public(protect["params"], IMAGES[0])
+    check_protected(read_pixels(Path(protect["file"])), reference, studies, IMAGES[0])
+    assert (tmp_path / "out" / f"{IMAGES[0]}.medlocker.json").is_file()  # the full record stays with the owner
+
+    record = json.loads((reference / f"{IMAGES[0]}.medlocker.json").read_text())
+    assert boxes["params"]["wsm_boxes"] == record["wsm_boxes"]
+    label = np.asarray(Image.open(boxes["file"]))
+    assert np.array_equal(label > 0, reference_wsm(reference, IMAGES[0]))  # lesion pixels lie inside their boxes
+    assert set(np.unique(label)) - {0, 1} and set(np.unique(label)) <= set(range(6))
+
+    assert missing["status"] == 404 and "no_such_image" in missing["detail"]
+    assert broken["status"] == 422 and "broken.png" in broken["detail"]
+    assert server_path["status"] == 400 and "only images of the datastore" in server_path["detail"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def post(url: str) -> tuple[int, str, bytes]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=120) as response:
+            return response.status, response.headers.get("Content-Type", ""), response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers.get("Content-Type", ""), err.read()
+
+
+def multipart_fields(content_type: str, body: bytes) -> dict[str, bytes]:
+    message = email.parser.BytesParser().parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+    return {part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
+            for part in message.get_payload()}
+
+
+def wait_for_server(server: subprocess.Popen, base: str, log: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_S
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"monailabel start_server exited with {server.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{base}/info/", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+    pytest.fail(f"monailabel start_server did not answer within {SERVER_START_S} s:\n{log.read_text()[-3000:]}")
+
+
+def test_start_server_infer(studies, reference, tmp_path):
+    app = tmp_path / "app"  # start_server makes model/, logs/ and bin/ in the app folder: not in the checkout
+    shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__", "model", "logs", "bin", "output"))
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    conf = [arg for key, value in app_conf(tmp_path / "out").items() for arg in ("--conf", key, value)]
+    log = tmp_path / "server.log"
+    with log.open("wb") as sink:
+        server = subprocess.Popen(["monailabel", "start_server", "--app", str(app), "--studies", str(studies),
+                                   "--host", "127.0.0.1", "--port", str(port), *conf],
+                                  stdout=sink, stderr=subprocess.STDOUT, env=label_env(), cwd=tmp_path,
+                                  start_new_session=True)
+    try:
+        wait_for_server(server, base, log)
+        status, content_type, body = post(f"{base}/infer/medlocker_protect?image={IMAGES[1]}")
+        assert status == 200, body[-2000:]
+        fields = multipart_fields(content_type, body)
+        check_public(json.loads(fields["params"]), IMAGES[1])
+        check_protected(read_pixels(fields["image"]), reference, studies, IMAGES[1])
+
+        status, _, body = post(f"{base}/infer/medlocker_protect?image=no_such_image")
+        assert status == 404 and "no_such_image" in json.loads(body)["detail"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
