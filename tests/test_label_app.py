@@ -8,18 +8,11 @@ tests/label_inprocess.py, the server part as `monailabel start_server` on loopba
 
 from __future__ import annotations
 
-import email.parser
 import io
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -30,16 +23,14 @@ from PIL import Image
 from monai_medlocker.cli import main as medlocker
 from monai_medlocker.lesions.wsm import wsm_from_boxes
 
-REPO = Path(__file__).resolve().parents[1]
-APP = REPO / "apps" / "monailabel_medlocker"
-LABEL_BIN = REPO / ".venv-label" / "bin"
+from label_server import APP, LABEL_BIN, REPO, LabelServer, label_env
+
 SAMPLES = REPO / "bundle" / "samples"
 IMAGES = ("synthetic_grade2", "synthetic_grade3")
 # The same settings for the app (--conf KEY VALUE) and for `medlocker protect` (--key value).
 SETTINGS = {"seed": "7", "max_queries": "4", "lesion_segmenter": "masks"}
 # What the public part of a record must never hold (DESIGN invariant 6).
 PRIVATE_KEYS = {"label", "clean", "final", "marks", "wsm_boxes", "seed", "lesion_report", "run_settings", "search_space"}
-SERVER_START_S = 120
 
 
 def require_label_env() -> None:
@@ -48,13 +39,6 @@ def require_label_env() -> None:
             pytest.fail(f"{REPO / '.venv-label'} is required here (MEDLOCKER_REQUIRE_LABEL=1) but missing; "
                         "run scripts/setup_label_env.sh")
         pytest.skip(".venv-label is not set up (bash scripts/setup_label_env.sh); CI sets it up")
-
-
-def label_env() -> dict:
-    """The environment of the app's processes: the activated .venv-label, this checkout's package, our thread count."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS=str(torch.get_num_threads()))
-    env["PATH"] = f"{LABEL_BIN}{os.pathsep}{env.get('PATH', '')}"  # the monailabel script runs `python` from PATH
-    return env
 
 
 def read_pixels(data: bytes | Path) -> np.ndarray:
@@ -127,7 +111,7 @@ def test_tasks_in_process(studies, reference, tmp_path):
                 {"model": "medlocker_protect", "image": str(studies / f"{IMAGES[0]}.png")}]
     run = subprocess.run([str(LABEL_BIN / "python"), str(REPO / "tests" / "label_inprocess.py"), str(APP), str(studies),
                           json.dumps(app_conf(tmp_path / "out")), json.dumps(requests), str(results)],
-                         capture_output=True, text=True, env=label_env(), timeout=300)
+                         capture_output=True, text=True, env=label_env(torch.get_num_threads()), timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     protect, boxes, missing, broken, server_path = [json.loads(line.split(" ", 1)[1])
                                                     for line in run.stdout.splitlines() if line.startswith("RESULT ")]
@@ -147,67 +131,11 @@ def test_tasks_in_process(studies, reference, tmp_path):
     assert server_path["status"] == 400 and "only images of the datastore" in server_path["detail"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def post(url: str) -> tuple[int, str, bytes]:
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=120) as response:
-            return response.status, response.headers.get("Content-Type", ""), response.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.headers.get("Content-Type", ""), err.read()
-
-
-def multipart_fields(content_type: str, body: bytes) -> dict[str, bytes]:
-    message = email.parser.BytesParser().parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
-    return {part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
-            for part in message.get_payload()}
-
-
-def wait_for_server(server: subprocess.Popen, base: str, log: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"monailabel start_server exited with {server.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{base}/info/", timeout=5) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(1)
-    pytest.fail(f"monailabel start_server did not answer within {SERVER_START_S} s:\n{log.read_text()[-3000:]}")
-
-
 def test_start_server_infer(studies, reference, tmp_path):
-    app = tmp_path / "app"  # start_server makes model/, logs/ and bin/ in the app folder: not in the checkout
-    shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__", "model", "logs", "bin", "output"))
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    conf = [arg for key, value in app_conf(tmp_path / "out").items() for arg in ("--conf", key, value)]
-    log = tmp_path / "server.log"
-    with log.open("wb") as sink:
-        server = subprocess.Popen(["monailabel", "start_server", "--app", str(app), "--studies", str(studies),
-                                   "--host", "127.0.0.1", "--port", str(port), *conf],
-                                  stdout=sink, stderr=subprocess.STDOUT, env=label_env(), cwd=tmp_path,
-                                  start_new_session=True)
-    try:
-        wait_for_server(server, base, log)
-        status, content_type, body = post(f"{base}/infer/medlocker_protect?image={IMAGES[1]}")
-        assert status == 200, body[-2000:]
-        fields = multipart_fields(content_type, body)
-        check_public(json.loads(fields["params"]), IMAGES[1])
-        check_protected(read_pixels(fields["image"]), reference, studies, IMAGES[1])
+    with LabelServer(studies, app_conf(tmp_path / "out"), tmp_path, threads=torch.get_num_threads()) as server:
+        params, image = server.protect(IMAGES[1])
+        check_public(params, IMAGES[1])
+        check_protected(read_pixels(image), reference, studies, IMAGES[1])
 
-        status, _, body = post(f"{base}/infer/medlocker_protect?image=no_such_image")
+        status, _, body = server.infer("medlocker_protect", "no_such_image")
         assert status == 404 and "no_such_image" in json.loads(body)["detail"]
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()

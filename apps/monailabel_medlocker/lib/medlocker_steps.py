@@ -147,10 +147,12 @@ class MedLockerSteps:
             raise RefusedImage(f"{image}: not inside the studies folder {self.studies}")
         return ProtectItem(resolved, resolved.relative_to(self.studies), find_mask_files(resolved))
 
-    def protect(self, image: str | Path) -> tuple[Path | None, dict]:
-        """Protect one image with the protect workflow's per-image step; (protected file or ``None``, public record).
+    def protect(self, image: str | Path) -> tuple[Path | None, dict, float]:
+        """Protect one image with the protect workflow's per-image step.
 
-        The output and its full record are written to the output folder, as ``medlocker protect`` writes them.
+        The output and its full record are written to the output folder, as ``medlocker protect`` writes
+        them. Returns the protected file (``None`` when the image was not protected), the public record,
+        and the step's own seconds (as ``medlocker protect``'s manifest counts them).
 
         Raises:
             RefusedImage: see :meth:`item`; ValueError: the protect step failed (the message names the image).
@@ -162,8 +164,8 @@ class MedLockerSteps:
             raise ValueError(outcome["error"])
         record = {**outcome["record"], "run_settings": self.protector._settings}
         if not record.get("protected"):
-            return None, public_record(record, None, None)
-        return out_path, public_record(record, load_fundus(out_path)[0], out_path)
+            return None, public_record(record, None, None), outcome["seconds"]
+        return out_path, public_record(record, load_fundus(out_path)[0], out_path), outcome["seconds"]
 
     def lesion_boxes(self, image: str | Path) -> tuple[np.ndarray, dict]:
         """The lesion maps and WSM boxes protect uses for one image: (H x W uint8 label map, boxes and source).

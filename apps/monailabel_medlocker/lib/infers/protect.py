@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from typing import Any
 
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
@@ -26,8 +27,9 @@ class ProtectTask(InferTask):
 
     The result is the protected image exactly as ``medlocker protect`` writes it (a lossless PNG, or a
     derived DICOM instance for a DICOM input) and, as the result JSON, only the public part of its
-    record (:func:`~lib.medlocker_steps.public_record`). The output and the full record are also kept
-    in the app's output folder, as ``medlocker protect`` keeps them.
+    record (:func:`~lib.medlocker_steps.public_record`) with the task's ``latencies`` (seconds: the
+    protect step, and the whole task). The output and the full record are also kept in the app's
+    output folder, as ``medlocker protect`` keeps them.
 
     An :class:`~monailabel.interfaces.tasks.infer_v2.InferTask` rather than a ``BasicInferTask``: the
     protect step does its own loading, model queries and writing, which BasicInferTask's
@@ -46,5 +48,9 @@ class ProtectTask(InferTask):
         return {"output_dir": str(self.steps.output_dir)}
 
     def __call__(self, request) -> tuple[str | None, dict]:
-        output, record = self.steps.protect(request["image"])
-        return (response_copy(output) if output is not None else None), record
+        t0 = time.perf_counter()
+        output, record, step_seconds = self.steps.protect(request["image"])
+        result = response_copy(output) if output is not None else None
+        # As BasicInferTask reports them: the protect step, and the whole task with the app's own work.
+        record["latencies"] = {"protect": step_seconds, "total": round(time.perf_counter() - t0, 3)}
+        return result, record
