@@ -21,12 +21,14 @@ import torch
 from PIL import Image
 
 from monai_medlocker.cli import main as medlocker
+from monai_medlocker.io.image import load_fundus
 from monai_medlocker.lesions.wsm import wsm_from_boxes
 
 from label_server import APP, LABEL_BIN, REPO, LabelServer, label_env
 
 SAMPLES = REPO / "bundle" / "samples"
 IMAGES = ("synthetic_grade2", "synthetic_grade3")
+DICOM = "op8_grade2"  # an Ophthalmic Photography instance: the task returns a derived DICOM instance
 # The same settings for the app (--conf KEY VALUE) and for `medlocker protect` (--key value).
 SETTINGS = {"seed": "7", "max_queries": "4", "lesion_segmenter": "masks"}
 # What the public part of a record must never hold (DESIGN invariant 6).
@@ -42,19 +44,22 @@ def require_label_env() -> None:
 
 
 def read_pixels(data: bytes | Path) -> np.ndarray:
-    source = io.BytesIO(data) if isinstance(data, bytes) else data
-    with Image.open(source) as im:
+    if isinstance(data, Path):
+        return load_fundus(data)[0]  # PNG or DICOM
+    with Image.open(io.BytesIO(data)) as im:
         return np.asarray(im.convert("RGB"))
 
 
 @pytest.fixture(scope="module")
 def studies(tmp_path_factory) -> Path:
-    """A studies folder: two sample images with their lesion masks in masks/, and a corrupt PNG."""
+    """A studies folder: two sample PNGs and a DICOM file with their lesion masks in masks/, and a corrupt PNG."""
     require_label_env()
     root = tmp_path_factory.mktemp("label") / "studies"
     (root / "masks").mkdir(parents=True)
     for name in IMAGES:
         shutil.copy(SAMPLES / f"{name}.png", root)
+    shutil.copy(SAMPLES / f"{DICOM}.dcm", root)
+    for name in (*IMAGES, DICOM):
         for mask in SAMPLES.glob(f"{name}_*.png"):
             shutil.copy(mask, root / "masks")
     (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a PNG")
@@ -69,9 +74,10 @@ def reference(studies, tmp_path_factory) -> Path:
     out = source.parent / "out"
     options = [arg for key, value in SETTINGS.items() for arg in (f"--{key.replace('_', '-')}", value)]
     code = medlocker(["protect", str(source), str(out), "--quiet", *options])
-    assert code == 1  # broken.png fails; the two images are protected
+    assert code == 1  # broken.png fails; the others are protected
     for name in IMAGES:
         assert (out / f"{name}.png").is_file()
+    assert (out / f"{DICOM}.dcm").is_file()
     return out
 
 
@@ -81,17 +87,17 @@ def reference_wsm(reference: Path, name: str) -> np.ndarray:
     return wsm_from_boxes(np.asarray(record["wsm_boxes"]), shape)
 
 
-def check_public(params: dict, name: str) -> None:
-    assert params["image"] == f"{name}.png" and params["protected"] is True
+def check_public(params: dict, file_name: str) -> None:
+    assert params["image"] == file_name and params["protected"] is True
     assert not PRIVATE_KEYS & set(params), f"private fields in the public record: {PRIVATE_KEYS & set(params)}"
 
 
-def check_protected(pixels: np.ndarray, reference: Path, studies: Path, name: str) -> None:
+def check_protected(pixels: np.ndarray, reference: Path, studies: Path, name: str, suffix: str = ".png") -> None:
     """The app's image is `medlocker protect`'s, pixel for pixel, and no WSM pixel of the original changed."""
-    expected = read_pixels(reference / f"{name}.png")
+    expected = read_pixels(reference / f"{name}{suffix}")
     assert pixels.shape == expected.shape
     assert np.array_equal(pixels, expected), f"{name}: {int((pixels != expected).any(-1).sum())} pixels differ"
-    original = read_pixels(studies / f"{name}.png")
+    original = read_pixels(studies / f"{name}{suffix}")
     wsm = reference_wsm(reference, name)
     assert wsm.any() and (original != pixels).any()  # a real WSM and a real watermark
     assert np.array_equal(original[wsm], pixels[wsm])
@@ -106,6 +112,7 @@ def test_tasks_in_process(studies, reference, tmp_path):
     results.mkdir()
     requests = [{"model": "medlocker_protect", "image": IMAGES[0]},
                 {"model": "medlocker_lesion_boxes", "image": IMAGES[0]},
+                {"model": "medlocker_protect", "image": DICOM},
                 {"model": "medlocker_protect", "image": "no_such_image"},
                 {"model": "medlocker_protect", "image": "broken"},
                 {"model": "medlocker_protect", "image": str(studies / f"{IMAGES[0]}.png")}]
@@ -113,10 +120,10 @@ def test_tasks_in_process(studies, reference, tmp_path):
                           json.dumps(app_conf(tmp_path / "out")), json.dumps(requests), str(results)],
                          capture_output=True, text=True, env=label_env(torch.get_num_threads()), timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    protect, boxes, missing, broken, server_path = [json.loads(line.split(" ", 1)[1])
-                                                    for line in run.stdout.splitlines() if line.startswith("RESULT ")]
+    protect, boxes, dicom, missing, broken, server_path = [
+        json.loads(line.split(" ", 1)[1]) for line in run.stdout.splitlines() if line.startswith("RESULT ")]
 
-    check_public(protect["params"], IMAGES[0])
+    check_public(protect["params"], f"{IMAGES[0]}.png")
     check_protected(read_pixels(Path(protect["file"])), reference, studies, IMAGES[0])
     assert (tmp_path / "out" / f"{IMAGES[0]}.medlocker.json").is_file()  # the full record stays with the owner
 
@@ -126,6 +133,10 @@ def test_tasks_in_process(studies, reference, tmp_path):
     assert np.array_equal(label > 0, reference_wsm(reference, IMAGES[0]))  # lesion pixels lie inside their boxes
     assert set(np.unique(label)) - {0, 1} and set(np.unique(label)) <= set(range(6))
 
+    check_public(dicom["params"], f"{DICOM}.dcm")
+    assert dicom["file"].endswith(".dcm")
+    check_protected(read_pixels(Path(dicom["file"])), reference, studies, DICOM, ".dcm")
+
     assert missing["status"] == 404 and "no_such_image" in missing["detail"]
     assert broken["status"] == 422 and "broken.png" in broken["detail"]
     assert server_path["status"] == 400 and "only images of the datastore" in server_path["detail"]
@@ -134,7 +145,7 @@ def test_tasks_in_process(studies, reference, tmp_path):
 def test_start_server_infer(studies, reference, tmp_path):
     with LabelServer(studies, app_conf(tmp_path / "out"), tmp_path, threads=torch.get_num_threads()) as server:
         params, image = server.protect(IMAGES[1])
-        check_public(params, IMAGES[1])
+        check_public(params, f"{IMAGES[1]}.png")
         check_protected(read_pixels(image), reference, studies, IMAGES[1])
 
         status, _, body = server.infer("medlocker_protect", "no_such_image")
