@@ -121,7 +121,7 @@ class MedLockerSteps:
         self.protector = parse_bundle_config("inference.json", root, overrides).get_parsed_content("protector")
         prepare_output_dir(self.output_dir)
         # Held while the app runs: no `medlocker protect` (or second app) writes into this folder meanwhile.
-        self._lock = OutputLock(self.output_dir, command="MedLocker MONAI Label app").acquire()
+        self._lock = OutputLock(self.output_dir, wait=self.protector.wait, command="MedLocker MONAI Label app").acquire()
         clean_temporaries(self.output_dir)
         self.protector._settings = self.protector.run_settings()
         self.protector._check_resume(self.protector._settings)  # as a `medlocker protect` run into this folder
