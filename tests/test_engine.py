@@ -103,7 +103,7 @@ def test_no_pixel_changes_inside_wsm_or_outside_logo(optimizer, seed, tiny_surro
 def test_invariant_guard_trips_on_a_bad_composite(monkeypatch, tiny_surrogate, dark_image, lesion_masks):
     wsm = LesionBBoxMask()(lesion_masks)[0]
 
-    def leaky_composite(image, logo, placements, value_max=255.0):
+    def leaky_composite(image, logo, placements, value_max=255.0, render_key=None):
         out = image.copy()
         out[wsm] = 255  # paints over the lesions: must be caught
         return out

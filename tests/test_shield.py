@@ -164,6 +164,10 @@ def test_watermark_image_with_shield_records_it_and_keeps_the_invariants(surroga
     boxes = [m["box_xyxy"] for m in srec["marks"]]
     for x0, y0, x1, y1 in boxes:  # inside the boxes: the same logo as without the shield
         assert np.array_equal(shielded[y0:y1, x0:x1], plain[y0:y1, x0:x1])
+    keyed, krec = watermark_image(image, wsm, surrogates, logo, optimizer, space, label=2, seed=0, shield={"steps": 2},
+                                  render_key=bytes(range(32)))  # keyed rendering and the shield together
+    kdiff = np.abs(keyed.astype(int) - image.astype(int)).max(axis=-1)
+    assert krec["shield"]["applied"] and not kdiff[wsm].any() and not kdiff[~fov].any()
     with pytest.raises(ValueError, match="uint8"):
         watermark_image(image.astype(np.float32) / 255, wsm, surrogates, logo, optimizer, space, shield=True)
     with pytest.raises(ValueError, match="linf"):

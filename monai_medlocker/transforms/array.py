@@ -136,6 +136,7 @@ class AdversarialWatermark(Transform):
         self, img: NdarrayOrTensor, wsm: NdarrayOrTensor, label: int | None = None, seed: int | None = None,
         render_key: bytes | None = None,
     ) -> NdarrayOrTensor:
+        """Watermark one image; ``render_key`` (32 bytes, per image, secret) renders the mark keyed."""
         arr = convert_to_numpy(img)
         if arr.ndim != 3 or arr.shape[0] != 3:
             raise ValueError(f"AdversarialWatermark expects a 3 x H x W RGB image, got shape {arr.shape}.")
@@ -152,6 +153,7 @@ class AdversarialWatermark(Transform):
                 hwc, forbidden, self.surrogates, self.logo, self.optimizer, self.search_space,
                 label=label, seed=self.seed if seed is None else int(seed), batch_size=self.batch_size,
                 shield=self.shield,
+                render_key=render_key,
             )
         except NoFeasiblePlacementError as err:
             if self.on_infeasible == "raise":

@@ -68,7 +68,8 @@ class AdversarialWatermarkd(MapTransform):
         seed_from: a key whose value (e.g. the file name) seeds the search per image, so each image
             gets its own parameters; ``None`` uses the transform's seed for every image.
         seed_key: a key holding the image's search seed itself (wins over ``seed_from`` when present).
-        render_key_key: a key holding the image's render secret (bytes), when there is one.
+        render_key_key: a key holding the image's 32-byte secret render key (the keyed, non-invertible
+            mark); missing, ``None`` or a missing value renders the plain mark.
         kwargs: as :class:`AdversarialWatermark`.
     """
 
@@ -82,16 +83,17 @@ class AdversarialWatermarkd(MapTransform):
         record_key: str = "medlocker",
         seed_from: str | None = None,
         seed_key: str | None = None,
-        render_key_key: str | None = None,
+        render_key_key: str | None = "render_key",
         allow_missing_keys: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.seed_key, self.render_key_key = seed_key, render_key_key
+        self.seed_key = seed_key
         self.wsm_key = wsm_key
         self.label_key = label_key
         self.record_key = record_key
         self.seed_from = seed_from
+        self.render_key_key = render_key_key
         self.transform = AdversarialWatermark(**kwargs)
 
     def _seed(self, d: dict) -> int | None:
@@ -105,8 +107,8 @@ class AdversarialWatermarkd(MapTransform):
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         label = d.get(self.label_key) if self.label_key else None
+        render_key = d.get(self.render_key_key) if self.render_key_key else None
         for key in self.key_iterator(d):
-            render_key = d.get(self.render_key_key) if self.render_key_key else None
             d[key] = self.transform(d[key], d[self.wsm_key], label=label, seed=self._seed(d), render_key=render_key)
             d[self.record_key] = self.transform.last_record
         return d

@@ -2,7 +2,9 @@
 
 The per-pixel opacity is ``min(logo_coverage, alpha)``: ``alpha`` caps the opacity, as the
 transparency ``a_max`` does in Adv-watermark. Only pixels inside the logo's box whose opacity is
-above zero can change (DESIGN invariant 1).
+above zero can change (DESIGN invariant 1). With a ``render_key`` the mark is rendered keyed
+(:mod:`monai_medlocker.watermark.keyed`): the same footprint, an opacity and colour that only the key
+holder can reproduce, so the blend no longer inverts from the public logo, box and opacity cap.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from monai_medlocker.watermark.keyed import keyed_layers
 from monai_medlocker.watermark.logo import render_logo
 
 __all__ = ["Placement", "composite", "invert_composite", "mark_opacity"]
@@ -55,13 +58,18 @@ class Placement:
         return cls(**{k: rec[k] for k in keys}, alpha=rec.get("alpha", 1.0))
 
 
-def mark_opacity(logo: np.ndarray, placement: Placement) -> tuple[np.ndarray, np.ndarray]:
-    """The logo's RGB (0-255) and per-pixel opacity over the placement's box."""
+def mark_opacity(logo: np.ndarray, placement: Placement, render_key: bytes | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The logo's RGB (0-255) and per-pixel opacity over the placement's box, keyed when ``render_key`` is given."""
     rgb, cov = render_logo(logo, placement.width, placement.height, placement.rotation)
-    return rgb, np.minimum(cov, np.float32(placement.alpha))
+    opacity = np.minimum(cov, np.float32(placement.alpha))
+    if render_key is None:
+        return rgb, opacity
+    p = placement
+    return keyed_layers(rgb, opacity, render_key, p.x0, p.y0, p.width, p.height, p.rotation)
 
 
-def composite(image: np.ndarray, logo: np.ndarray, placements: list[Placement], value_max: float = 255.0) -> np.ndarray:
+def composite(image: np.ndarray, logo: np.ndarray, placements: list[Placement], value_max: float = 255.0,
+              render_key: bytes | None = None) -> np.ndarray:
     """Blend the logo into a copy of an H x W x 3 image at each placement.
 
     Args:
@@ -69,6 +77,7 @@ def composite(image: np.ndarray, logo: np.ndarray, placements: list[Placement], 
         logo: h x w x 4 uint8 RGBA.
         placements: marks to apply, in order.
         value_max: the image's white level (255 for uint8 and 0-255 floats, 1 for 0-1 floats).
+        render_key: 32-byte secret of the keyed rendering; ``None`` is the plain (invertible) mark.
 
     Raises:
         ValueError: a box that does not lie inside the image.
@@ -79,7 +88,7 @@ def composite(image: np.ndarray, logo: np.ndarray, placements: list[Placement], 
         x0, y0, x1, y1 = p.box_xyxy
         if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
             raise ValueError(f"logo box {p.box_xyxy} lies outside the {width}x{height} image")
-        rgb, opacity = mark_opacity(logo, p)
+        rgb, opacity = mark_opacity(logo, p, render_key)
         region = out[y0:y1, x0:x1].astype(np.float32)
         a = opacity[..., None]
         blended = region * (1.0 - a) + (rgb * np.float32(value_max / 255.0)) * a

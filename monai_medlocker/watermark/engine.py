@@ -14,6 +14,7 @@ from monai_medlocker import __version__
 from monai_medlocker.networks import Surrogate, preprocess_for_model
 from monai_medlocker.watermark.blend import Placement, composite
 from monai_medlocker.watermark.feasibility import NoFeasiblePlacementError
+from monai_medlocker.watermark.keyed import check_render_key, rendering_record
 from monai_medlocker.watermark.logo import logo_for_image, logo_sha256
 from monai_medlocker.watermark.optimizers import WatermarkOptimizer
 from monai_medlocker.watermark.problem import AttackProblem, SearchSpace, label_margins
@@ -115,6 +116,7 @@ def watermark_image(
     value_max: float | None = None,
     shield: ShieldSettings | dict | bool | None = None,
     shield_views=None,
+    render_key: bytes | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Protect one H x W x 3 image: search placements, composite at native size, verify.
 
@@ -133,6 +135,8 @@ def watermark_image(
             or a dict of its fields; ``None``: none): after the marks are placed, the FOV outside the WSM
             and the boxes is perturbed by at most its bound, before the final judge. uint8 images only.
         shield_views: the EOT views the shield optimises through (``None``: built from the settings' ``views``).
+        render_key: 32-byte secret of the keyed rendering (searched and composited keyed, so the
+            optimizer scores what is written); ``None``: the plain mark, bit for bit as before.
 
     Returns:
         The watermarked image (same dtype and size) and its parameter record.
@@ -144,6 +148,7 @@ def watermark_image(
     if value_max is None:
         value_max = 255.0 if image.dtype == np.uint8 or float(np.max(image)) > 1.0 else 1.0
     wsm = np.asarray(wsm, dtype=bool)
+    render_key = check_render_key(render_key)
     shield = ShieldSettings.from_config(shield)  # bad settings fail before the search, not after it
     if shield is not None:
         if image.dtype != np.uint8:
@@ -158,6 +163,7 @@ def watermark_image(
         problem = AttackProblem(
             current, forbidden, surrogates, logo, space, label=problem_label, value_max=value_max,
             seed=seed + 7919 * mark, batch_size=batch_size, max_queries=optimizer.max_queries,
+            render_key=render_key,
         )
         if clean is None:
             clean = {"preds": problem.clean_preds, "margin": float(problem.clean_eval.margins[0])}
@@ -173,7 +179,7 @@ def watermark_image(
         if not problem.is_feasible(placement):
             raise WatermarkInvariantError(f"optimizer {optimizer.name} returned an infeasible placement {placement}")
         marks.append(placement)
-        current = composite(current, logo, [placement], value_max)
+        current = composite(current, logo, [placement], value_max, render_key)
         x0, y0, x1, y1 = placement.box_xyxy
         forbidden[y0:y1, x0:x1] = True  # marks never overlap each other
     shield_facts, shield_allowed = None, None
@@ -192,6 +198,7 @@ def watermark_image(
         "dtype": str(image.dtype),
         "logo_sha256": logo_sha256(owner_logo),
         "logo_rendering": logo_rendering,
+        "rendering": rendering_record(render_key),
         "marks": [p.to_record() for p in marks],
         "box_area_fraction": round(sum(p.width * p.height for p in marks) / (height * width), 6),
         "changed_pixels": changed,

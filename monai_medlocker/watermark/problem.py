@@ -19,6 +19,7 @@ import torch
 from monai_medlocker.networks import Surrogate, preprocess_for_model
 from monai_medlocker.watermark.blend import Placement, mark_opacity
 from monai_medlocker.watermark.feasibility import NoFeasiblePlacementError, feasible_top_left
+from monai_medlocker.watermark.keyed import check_render_key
 
 __all__ = [
     "SearchSpace", "MarkConfig", "AttackProblem", "Evaluation", "Linearization", "QueryBudgetExceeded",
@@ -184,6 +185,8 @@ class AttackProblem:
         seed: seed of the problem's random generator (used by the optimizers).
         batch_size: candidates per forward pass.
         max_queries: query budget; ``None`` for no cap. Evaluation beyond it raises ``QueryBudgetExceeded``.
+        render_key: 32-byte secret of the keyed rendering (:mod:`~monai_medlocker.watermark.keyed`), so
+            that every candidate is scored as the final artefact will be rendered; ``None``: plain marks.
     """
 
     def __init__(
@@ -198,6 +201,7 @@ class AttackProblem:
         seed: int = 0,
         batch_size: int = 32,
         max_queries: int | None = None,
+        render_key: bytes | None = None,
     ) -> None:
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an H x W x 3 image, got shape {image.shape}.")
@@ -209,6 +213,7 @@ class AttackProblem:
         self.wsm = np.asarray(wsm, dtype=bool)
         self.surrogates = list(surrogates)
         self.logo = logo
+        self.render_key = check_render_key(render_key)
         self.space = space
         self.value_max = float(value_max)
         self.rng = np.random.default_rng(seed)
@@ -321,7 +326,7 @@ class AttackProblem:
         for p in placements:
             x0, y0, x1, y1 = p.box_xyxy
             region = self.image[y0:y1, x0:x1].astype(np.float32)
-            rgb, opacity = mark_opacity(self.logo, p)
+            rgb, opacity = mark_opacity(self.logo, p, self.render_key)
             a = opacity[..., None]
             blended = region * (1 - a) + rgb * np.float32(self.value_max / 255.0) * a
             if self.image.dtype == np.uint8:
