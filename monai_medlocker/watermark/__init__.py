@@ -11,6 +11,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "logo": ("load_logo", "logo_sha256", "render_logo"),
     "optimizers": ("OPTIMIZERS", "get_optimizer"),
     "problem": ("AttackProblem", "SearchSpace"),
+    "shield": ("ShieldSettings", "shield_image"),
 })
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "RECORD_FORMAT",
     "RENDER_KEY_BYTES",
     "SearchSpace",
+    "ShieldSettings",
     "WatermarkInvariantError",
     "box_is_feasible",
     "composite",
@@ -33,5 +35,6 @@ __all__ = [
     "load_logo",
     "logo_sha256",
     "render_logo",
+    "shield_image",
     "watermark_image",
 ]
