@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image, PngImagePlugin
@@ -125,7 +125,7 @@ _VALUES = {
 @st.composite
 def private_blocks(draw):
     elements = {}
-    for offset in draw(st.lists(st.sampled_from([0x01, 0x02, 0x03, 0x04, 0x10, 0x11, 0x12, 0x13]), unique=True)):
+    for offset in draw(st.lists(st.sampled_from([0x01, 0x02, 0x03, 0x04, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15]), unique=True)):
         vr = draw(st.sampled_from(sorted(_VALUES)))
         elements[offset] = (vr, draw(_VALUES[vr]))
     keep_format = draw(st.booleans())
@@ -134,6 +134,10 @@ def private_blocks(draw):
 
 @FAST
 @given(private_blocks())
+# Found by Hypothesis: text where the WSM boxes, the signature or a length belong.
+@example(({3: ("LO", ""), 17: ("LO", ""), 2: ("LO", "{}")}, True))
+@example(({3: ("LO", ":"), 4: ("LO", ""), 2: ("LO", "{}")}, True))
+@example(({2: ("LO", "{}"), 20: ("OB", b"ab"), 21: ("LO", "x")}, True))
 def test_private_block_parser_raises_only_its_own_error(block):
     elements, keep_format = block
     ds = Dataset()

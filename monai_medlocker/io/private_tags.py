@@ -127,9 +127,11 @@ def _value(filename: str, block, offset: int):
     return value
 
 
-def _bytes(value) -> bytes | None:
+def _bytes(value, filename: str, what: str) -> bytes | None:
     if value is None:
         return None
+    if not isinstance(value, (bytes, bytearray)):  # e.g. a block written with a text VR where OB belongs
+        raise PrivateTagError(f"{filename}: MedLocker {what} is not binary data (got {type(value).__name__})")
     return bytes(value)
 
 
@@ -158,14 +160,17 @@ def read_medlocker_tags(ds: Dataset, filename: str = "dataset") -> MedlockerTags
     raw = _value(filename, block, _WSM)
     if isinstance(raw, bytes):  # implicit VR: four-byte little-endian integers
         raw = [int.from_bytes(raw[i:i + 4], "little") for i in range(0, len(raw), 4)]
-    flat = [] if raw is None or raw == "" else ([int(raw)] if isinstance(raw, int) else [int(v) for v in raw])
+    try:
+        flat = [] if raw is None or raw == "" else ([int(raw)] if isinstance(raw, int) else [int(v) for v in raw])
+    except (TypeError, ValueError) as err:
+        raise PrivateTagError(f"{filename}: MedLocker WSM boxes are not integers ({err})") from err
     if len(flat) % 4:
         raise PrivateTagError(f"{filename}: MedLocker WSM boxes hold {len(flat)} values, not a multiple of 4")
     boxes = [tuple(flat[i:i + 4]) for i in range(0, len(flat), 4)]
     source_uid = _value(filename, block, _SOURCE_UID)
     return MedlockerTags(
         params=params, wsm_boxes=boxes, source_sop_instance_uid=str(source_uid) if source_uid else None,
-        certificate=certificate, signature=_bytes(_value(filename, block, _SIGNATURE)),
+        certificate=certificate, signature=_bytes(_value(filename, block, _SIGNATURE), filename, "signature"),
         restore_payload=_blob(filename, block, _PAYLOAD, _PAYLOAD_LENGTH, "restore payload"),
         sealed_record=_blob(filename, block, _SEALED, _SEALED_LENGTH, "sealed record"), version=version,
     )
@@ -173,12 +178,16 @@ def read_medlocker_tags(ds: Dataset, filename: str = "dataset") -> MedlockerTags
 
 def _blob(filename: str, block, offset: int, length_offset: int, what: str) -> bytes | None:
     """An OB value cut to its recorded length (OB values are padded to an even length)."""
-    blob = _bytes(_value(filename, block, offset))
+    blob = _bytes(_value(filename, block, offset), filename, what)
     length = _value(filename, block, length_offset)
     if blob is None or length is None:
         return blob
     if isinstance(length, bytes):
         length = int.from_bytes(length[:4], "little")
-    if not 0 <= int(length) <= len(blob) or len(blob) - int(length) > 1:
+    try:
+        length = int(length)
+    except (TypeError, ValueError) as err:
+        raise PrivateTagError(f"{filename}: MedLocker {what} length {length!r} is not an integer") from err
+    if not 0 <= length <= len(blob) or len(blob) - length > 1:
         raise PrivateTagError(f"{filename}: MedLocker {what} length {length!r} does not fit its {len(blob)} stored bytes")
     return blob[: int(length)]
