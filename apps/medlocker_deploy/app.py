@@ -1,0 +1,98 @@
+"""MedLocker as a MONAI Deploy App SDK application: a DICOM folder in, protected derived instances out.
+
+The flow (``compose``)::
+
+    DICOMDataLoaderOperator (SDK) --dicom_study_list--> DICOMSeriesSelectorOperator (SDK, fundus rules)
+          |                                                     | study_selected_series_list
+          +--dicom_study_list--> FundusProtectOperator <--------+
+                                       | protect_batch
+                                       v
+                             MedlockerDicomWriterOperator --> derived instances, records, summary.json
+
+Run it with the deploy environment's Python (``.venv-deploy``, made by ``scripts/setup_deploy_env.sh``)::
+
+    .venv-deploy/bin/python apps/medlocker_deploy -i DICOM_IN -o OUT [--seed 3] [--key owner.key] ...
+
+or with ``HOLOSCAN_INPUT_PATH`` / ``HOLOSCAN_OUTPUT_PATH`` and ``MEDLOCKER_<OPTION>`` variables, as a
+packaged MAP is run. The exit status is 0 when every instance was protected, 1 when one was
+skipped (not a fundus photograph), refused (unreadable) or failed, 2 for unusable settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from monai.deploy.conditions import CountCondition
+from monai.deploy.core import AppContext, Application
+from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
+from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
+
+from app_settings import AppSettings, parse_app_settings
+from medlocker_operators import FUNDUS_RULES_TEXT, FundusProtectOperator, MedlockerDicomWriterOperator
+from protect_step import ProtectStep
+
+__all__ = ["MedLockerDeployApp", "main"]
+
+
+class MedLockerDeployApp(Application):
+    """Protect the fundus photographs of a DICOM folder with MedLocker (see the module docstring).
+
+    Args:
+        settings: the MedLocker settings and the SDK's arguments (:func:`app_settings.parse_app_settings`).
+    """
+
+    def __init__(self, settings: AppSettings, *args, **kwargs):
+        self.settings = settings
+        self.writer: MedlockerDicomWriterOperator | None = None
+        super().__init__(settings.sdk_argv, *args, **kwargs)
+
+    def compose(self):
+        app_context: AppContext = Application.init_app_context(self.settings.sdk_argv)
+        input_folder, output_folder = Path(app_context.input_path), Path(app_context.output_path)
+        protect_step = ProtectStep(input_folder, output_folder, self.settings.overrides, self.settings.bundle_root)
+
+        loader = DICOMDataLoaderOperator(self, CountCondition(self, 1), input_folder=input_folder, must_load=False,
+                                         name="dicom_loader")
+        selector = DICOMSeriesSelectorOperator(self, rules=FUNDUS_RULES_TEXT, all_matched=True, name="fundus_selector")
+        protect = FundusProtectOperator(self, protect_step=protect_step, input_folder=input_folder, name="medlocker_protect")
+        self.writer = MedlockerDicomWriterOperator(self, output_folder=output_folder, name="medlocker_dicom_writer")
+
+        self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
+        self.add_flow(loader, protect, {("dicom_study_list", "dicom_study_list")})
+        self.add_flow(selector, protect, {("study_selected_series_list", "study_selected_series_list")})
+        self.add_flow(protect, self.writer, {("protect_batch", "protect_batch")})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the app; the exit status (see the module docstring)."""
+    from monai.deploy.core import parse_args
+
+    from monai_medlocker.io.outdir import OutputError, OutputLock, prepare_output_dir
+
+    settings = parse_app_settings(sys.argv if argv is None else argv)
+    sdk_args = parse_args(settings.sdk_argv)
+    try:
+        # The SDK's defaults (HOLOSCAN_INPUT_PATH / HOLOSCAN_OUTPUT_PATH, else ./input and ./output), checked up front.
+        context = AppContext({k: v for k, v in vars(sdk_args).items() if v})
+        input_folder, output_folder = Path(context.input_path).resolve(), Path(context.output_path).resolve()
+        if not input_folder.is_dir():
+            raise ValueError(f"input folder {input_folder} does not exist or is not a folder (-i or HOLOSCAN_INPUT_PATH)")
+        if output_folder == input_folder or input_folder in output_folder.parents or output_folder in input_folder.parents:
+            raise ValueError(f"the output folder {output_folder} and the input folder {input_folder} overlap; choose "
+                             "separate folders so that originals are never mixed with or overwritten by protected copies")
+        prepare_output_dir(output_folder)
+        with OutputLock(output_folder, wait=settings.wait, command="medlocker_deploy"):
+            app = MedLockerDeployApp(settings)
+            app.run()
+    except (ValueError, OSError, OutputError) as err:
+        print(f"medlocker_deploy: error: {err}", file=sys.stderr)
+        return 2
+    writer = app.writer
+    return writer.exit_code if writer is not None else 1
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    sys.exit(main())
