@@ -67,16 +67,17 @@ class MedLockerDeployApp(Application):
 
 def main(argv: list[str] | None = None) -> int:
     """Run the app; the exit status (see the module docstring)."""
-    from monai.deploy.core import parse_args
+    from monai.deploy.core import RuntimeEnv
 
     from monai_medlocker.io.outdir import OutputError, OutputLock, prepare_output_dir
 
     settings = parse_app_settings(sys.argv if argv is None else argv)
-    sdk_args = parse_args(settings.sdk_argv)
     try:
-        # The SDK's defaults (HOLOSCAN_INPUT_PATH / HOLOSCAN_OUTPUT_PATH, else ./input and ./output), checked up front.
-        context = AppContext({k: v for k, v in vars(sdk_args).items() if v})
-        input_folder, output_folder = Path(context.input_path).resolve(), Path(context.output_path).resolve()
+        # Checked before the SDK parses -o (it creates that folder): the SDK's defaults are HOLOSCAN_INPUT_PATH /
+        # HOLOSCAN_OUTPUT_PATH, else ./input and ./output.
+        runtime = RuntimeEnv()
+        input_folder = Path(settings.input or runtime.input).resolve()
+        output_folder = Path(settings.output or runtime.output).resolve()
         if not input_folder.is_dir():
             raise ValueError(f"input folder {input_folder} does not exist or is not a folder (-i or HOLOSCAN_INPUT_PATH)")
         if output_folder == input_folder or input_folder in output_folder.parents or output_folder in input_folder.parents:

@@ -6,7 +6,7 @@ is taken here too, and each can also come from an environment variable ``MEDLOCK
 (``--key`` -> ``MEDLOCKER_KEY``, ``--max-queries`` -> ``MEDLOCKER_MAX_QUERIES``, a flag such as
 ``--quiet`` -> ``MEDLOCKER_QUIET=1``), which is how a packaged app (MAP) is usually configured. An
 argument wins over its variable. The SDK's own arguments (``-i``, ``-o``, ``-m``, ``-w``, ``-l``)
-and the ``HOLOSCAN_INPUT_PATH`` / ``HOLOSCAN_OUTPUT_PATH`` variables are left to the SDK.
+and the ``HOLOSCAN_INPUT_PATH`` / ``HOLOSCAN_OUTPUT_PATH`` variables are passed on to the SDK.
 """
 
 from __future__ import annotations
@@ -25,10 +25,16 @@ _UNSUPPORTED = {"redo": "--redo"}
 
 
 class AppSettings:
-    """The parsed settings: ``overrides`` for ``inference.json``, the bundle folder, and the SDK's arguments."""
+    """The parsed settings: ``overrides`` for ``inference.json``, the bundle folder, and the SDK's arguments.
+
+    ``input`` and ``output`` are the ``-i``/``-o`` arguments (``None``: the SDK's default applies); they are
+    also in ``sdk_argv``.
+    """
 
     def __init__(self, args: argparse.Namespace, sdk_argv: list[str]):
         self.args = args
+        self.input: str | None = args.input
+        self.output: str | None = args.output
         self.bundle_root: str | None = args.bundle_root
         self.wait = bool(args.wait)
         overrides = protect_overrides(args)
@@ -46,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
         "HOLOSCAN_INPUT_PATH) into derived instances with the MedLocker private block (-o, or HOLOSCAN_OUTPUT_PATH). "
         f"Each option below can also be set by an environment variable {ENV_PREFIX}<OPTION> "
         f"(e.g. {ENV_PREFIX}SEED=3, {ENV_PREFIX}KEY=owner.key).")
+    # The SDK's own -i/-o, read here too so that the app checks them before the SDK creates the output folder.
+    parser.add_argument("-i", "--input", help="input DICOM folder (default: HOLOSCAN_INPUT_PATH, else ./input)")
+    parser.add_argument("-o", "--output", help="output folder (default: HOLOSCAN_OUTPUT_PATH, else ./output)")
     add_protect_options(parser)
     return parser
 
@@ -85,4 +94,5 @@ def parse_app_settings(argv: Sequence[str], environ: Mapping[str, str] | None = 
         if getattr(args, dest, None):
             parser.error(f"{option} is not supported by the Deploy app: it protects every selected instance on each "
                          "run and replaces its own earlier outputs")
-    return AppSettings(args, [argv[0], *rest])
+    given = [arg for option, value in (("-i", args.input), ("-o", args.output)) if value for arg in (option, value)]
+    return AppSettings(args, [argv[0], *given, *rest])

@@ -109,8 +109,8 @@ class FundusProtectOperator(Operator):
                     sop_class = ds.get("SOPClassUID")
                     what = UID(str(sop_class)).name if sop_class else "unknown SOP class"
                     batch.skipped.append(_report("skipped", path, (
-                        f"{path}: skipped: a {series.Modality or 'no-modality'} {what} instance (series "
-                        f"{series.SeriesInstanceUID}) is not a fundus photograph; this app protects {FUNDUS_DESCRIPTION}")))
+                        f"{path}: skipped: not a fundus photograph ({what}, Modality {series.Modality or 'not given'}, "
+                        f"series {series.SeriesInstanceUID}); this app protects {FUNDUS_DESCRIPTION}")))
         self._not_loaded(loaded, batch)
         for path in sorted(to_protect):
             outcome = self.protect_step(path)
