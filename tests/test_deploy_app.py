@@ -168,6 +168,33 @@ def test_deploy_app_refuses_an_output_inside_its_input(tmp_path):
     assert [p.name for p in source.iterdir()] == ["op8_grade2.dcm"]  # nothing written into the input
 
 
+def test_staged_map_folder_runs_with_its_own_package_and_bundle(tmp_path):
+    """The folder scripts/stage_deploy_map.py makes for ``monai-deploy package`` runs on its own: its copy of
+    the package finds its copy of the bundle (a seed set only in the staged inference.json proves it)."""
+    _need_deploy_env()
+    staged = tmp_path / "map"
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "stage_deploy_map.py"), "--out", str(staged)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    for name in ("__main__.py", "app.yaml", "requirements.txt", "monai_medlocker/__init__.py",
+                 "bundle/configs/inference.json", "bundle/models/model.pt"):
+        assert (staged / name).is_file(), name
+    assert "monai-deploy-app-sdk==4.0.0" in (staged / "requirements.txt").read_text()
+    config = staged / "bundle" / "configs" / "inference.json"
+    config.write_text(config.read_text().replace('"seed": 0,', '"seed": 11,'))
+    source = tmp_path / "in"
+    source.mkdir()
+    for path in SAMPLES.glob("op8_grade2*"):
+        shutil.copy(path, source / path.name)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MEDLOCKER_BUNDLE")}
+    proc = subprocess.run([str(DEPLOY_PYTHON), str(staged), "-i", str(source), "-o", str(tmp_path / "out"),
+                           "--max-queries", "20"], env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((tmp_path / "out" / "op8_grade2.medlocker.json").read_text())
+    assert record["run_settings"]["seed"] == 11
+
+
 # Checks that need no deploy environment: the app's settings and its pins.
 
 def _app_settings():
