@@ -81,18 +81,21 @@ def deploy_run(tmp_path_factory):
     source = base / "dicom_in"
     _make_input(source)
     before = _hashes(source)
-    out = base / "deploy_out"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MEDLOCKER_SEED": str(SEED),
-           "HOLOSCAN_INPUT_PATH": str(source), "HOLOSCAN_OUTPUT_PATH": str(out)}
-    proc = subprocess.run([str(DEPLOY_PYTHON), str(APP), "--max-queries", str(MAX_QUERIES)], env=env,
-                          capture_output=True, text=True, timeout=600, cwd=base)
     from monai_medlocker.cli import main as medlocker
 
+    owner = base / "keys" / "owner"
+    assert medlocker(["keygen", str(owner)]) == 0
+    out = base / "deploy_out"
+    # The input, output, seed and key through the environment (as a MAP is run), the budget as an argument.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MEDLOCKER_SEED": str(SEED),
+           "MEDLOCKER_KEY": f"{owner}.key", "HOLOSCAN_INPUT_PATH": str(source), "HOLOSCAN_OUTPUT_PATH": str(out)}
+    proc = subprocess.run([str(DEPLOY_PYTHON), str(APP), "--max-queries", str(MAX_QUERIES)], env=env,
+                          capture_output=True, text=True, timeout=600, cwd=base)
     reference = base / "protect_out"
     protect_code = medlocker(["protect", str(source), str(reference), "--seed", str(SEED), "--max-queries",
-                              str(MAX_QUERIES), "--quiet"])
+                              str(MAX_QUERIES), "--key", f"{owner}.key", "--quiet"])
     return {"source": source, "out": out, "reference": reference, "proc": proc, "before": before,
-            "after": _hashes(source), "protect_code": protect_code}
+            "after": _hashes(source), "protect_code": protect_code, "owner": owner, "base": base}
 
 
 def test_deploy_app_protects_fundus_names_the_rest_and_exits_nonzero(deploy_run):
@@ -154,6 +157,23 @@ def test_deploy_pixels_equal_medlocker_protect(deploy_run):
         cli = pydicom.dcmread(deploy_run["reference"] / name)
         assert np.array_equal(app.pixel_array, cli.pixel_array), f"{name}: the app's pixels differ from medlocker protect's"
         assert read_medlocker_tags(app).params == read_medlocker_tags(cli).params
+
+
+def test_deploy_outputs_verify_and_unlock_to_the_originals(deploy_run):
+    """Signed with the owner key given by MEDLOCKER_KEY: medlocker verify and unlock accept the app's outputs."""
+    from monai_medlocker.cli import main as medlocker
+
+    owner, out = deploy_run["owner"], deploy_run["out"]
+    for name in FUNDUS:
+        assert read_medlocker_tags(pydicom.dcmread(out / name)).certificate is not None, name
+    assert medlocker(["verify", str(out), "--pub", f"{owner}.pub", "--quiet"]) == 0
+    unlocked = deploy_run["base"] / "unlocked"
+    assert medlocker(["unlock", str(out), str(unlocked), "--key", f"{owner}.key", "--quiet"]) == 0
+    for name in FUNDUS:
+        original = pydicom.dcmread(deploy_run["source"] / name)
+        restored = pydicom.dcmread(unlocked / name)
+        assert restored.SOPInstanceUID == original.SOPInstanceUID
+        assert np.array_equal(restored.pixel_array, original.pixel_array), f"{name}: unlock is not bit-exact"
 
 
 def test_deploy_app_refuses_an_output_inside_its_input(tmp_path):
