@@ -23,6 +23,7 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
+from pydicom.data import get_testdata_file
 
 from monai_medlocker.io.dciodvfy import dciodvfy_available, run_dciodvfy
 from monai_medlocker.io.dicom import read_fundus_dicom
@@ -68,7 +69,7 @@ def _make_input(folder: Path) -> None:
         ds.save_as(sub / f"{iod}_grade2.dcm", enforce_file_format=True)
         for lesion in LESION_TYPES:
             shutil.copy(SAMPLES / f"synthetic_grade2_{lesion}.png", sub / f"{iod}_grade2_{lesion}.png")
-    shutil.copy(pydicom.data.get_testdata_file("CT_small.dcm"), folder / "ct_small.dcm")
+    shutil.copy(get_testdata_file("CT_small.dcm"), folder / "ct_small.dcm")
     whole = (SAMPLES / "op8_grade2.dcm").read_bytes()
     (folder / "truncated.dcm").write_bytes(whole[:3000])  # the header, cut inside it
 
@@ -186,6 +187,20 @@ def test_deploy_app_refuses_an_output_inside_its_input(tmp_path):
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "overlap" in proc.stderr and str(source) in proc.stderr
     assert [p.name for p in source.iterdir()] == ["op8_grade2.dcm"]  # nothing written into the input
+
+
+def test_deploy_app_names_a_missing_model(tmp_path):
+    _need_deploy_env()
+    source = tmp_path / "in"
+    source.mkdir()
+    shutil.copy(SAMPLES / "op8_grade2.dcm", source)
+    missing = tmp_path / "no_such_model.pt"
+    proc = subprocess.run([str(DEPLOY_PYTHON), str(APP), "-i", str(source), "-o", str(tmp_path / "out"), "--model",
+                           str(missing)], env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"medlocker_deploy: error: model checkpoint not found: {missing}" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_staged_map_folder_runs_with_its_own_package_and_bundle(tmp_path):

@@ -41,23 +41,30 @@ class MedLockerDeployApp(Application):
 
     Args:
         settings: the MedLocker settings and the SDK's arguments (:func:`app_settings.parse_app_settings`).
+        protect_step: the protect step, built (model loaded, settings checked) before the graph is.
+        input_folder, output_folder: the folders, as the SDK resolves them (``-i``/``-o``, else
+            ``HOLOSCAN_INPUT_PATH``/``HOLOSCAN_OUTPUT_PATH``, else ``./input``/``./output``).
     """
 
-    def __init__(self, settings: AppSettings, *args, **kwargs):
+    def __init__(self, settings: AppSettings, protect_step: ProtectStep, input_folder: Path, output_folder: Path,
+                 *args, **kwargs):
         self.settings = settings
+        self.protect_step = protect_step
+        self.input_folder, self.output_folder = Path(input_folder), Path(output_folder)
         self.writer: MedlockerDicomWriterOperator | None = None
         super().__init__(settings.sdk_argv, *args, **kwargs)
 
     def compose(self):
+        # The SDK's context: its logging set-up, and the same folders main() resolved.
         app_context: AppContext = Application.init_app_context(self.settings.sdk_argv)
-        input_folder, output_folder = Path(app_context.input_path), Path(app_context.output_path)
-        protect_step = ProtectStep(input_folder, output_folder, self.settings.overrides, self.settings.bundle_root)
+        assert Path(app_context.input_path).resolve() == self.input_folder, (app_context.input_path, self.input_folder)
 
-        loader = DICOMDataLoaderOperator(self, CountCondition(self, 1), input_folder=input_folder, must_load=False,
+        loader = DICOMDataLoaderOperator(self, CountCondition(self, 1), input_folder=self.input_folder, must_load=False,
                                          name="dicom_loader")
         selector = DICOMSeriesSelectorOperator(self, rules=FUNDUS_RULES_TEXT, all_matched=True, name="fundus_selector")
-        protect = FundusProtectOperator(self, protect_step=protect_step, input_folder=input_folder, name="medlocker_protect")
-        self.writer = MedlockerDicomWriterOperator(self, output_folder=output_folder, name="medlocker_dicom_writer")
+        protect = FundusProtectOperator(self, protect_step=self.protect_step, input_folder=self.input_folder,
+                                        name="medlocker_protect")
+        self.writer = MedlockerDicomWriterOperator(self, output_folder=self.output_folder, name="medlocker_dicom_writer")
 
         self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
         self.add_flow(loader, protect, {("dicom_study_list", "dicom_study_list")})
@@ -69,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the app; the exit status (see the module docstring)."""
     from monai.deploy.core import RuntimeEnv
 
-    from monai_medlocker.io.outdir import OutputError, OutputLock, prepare_output_dir
+    from monai_medlocker.cli import _user_error
+    from monai_medlocker.io.outdir import OutputLock, prepare_output_dir
 
     settings = parse_app_settings(sys.argv if argv is None else argv)
     try:
@@ -83,15 +91,19 @@ def main(argv: list[str] | None = None) -> int:
         if output_folder == input_folder or input_folder in output_folder.parents or output_folder in input_folder.parents:
             raise ValueError(f"the output folder {output_folder} and the input folder {input_folder} overlap; choose "
                              "separate folders so that originals are never mixed with or overwritten by protected copies")
+        # The model, key and settings are loaded and checked here, so that a bad one is one clear error.
+        protect_step = ProtectStep(input_folder, output_folder, settings.overrides, settings.bundle_root)
         prepare_output_dir(output_folder)
         with OutputLock(output_folder, wait=settings.wait, command="medlocker_deploy"):
-            app = MedLockerDeployApp(settings)
+            app = MedLockerDeployApp(settings, protect_step, input_folder, output_folder)
             app.run()
-    except (ValueError, OSError, OutputError) as err:
-        print(f"medlocker_deploy: error: {err}", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError) as err:
+        cause = _user_error(err)
+        if cause is None:
+            raise
+        print(f"medlocker_deploy: error: {cause}", file=sys.stderr)
         return 2
-    writer = app.writer
-    return writer.exit_code if writer is not None else 1
+    return app.writer.exit_code if app.writer is not None else 1
 
 
 if __name__ == "__main__":
