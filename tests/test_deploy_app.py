@@ -29,6 +29,7 @@ from monai_medlocker.io.dciodvfy import dciodvfy_available, run_dciodvfy
 from monai_medlocker.io.dicom import read_fundus_dicom
 from monai_medlocker.io.dicom_build import fundus_dataset
 from monai_medlocker.io.private_tags import read_medlocker_tags
+from monai_medlocker.workflows.protect import PRIVATE_DIR, PUBLIC_DIR, record_path_for
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "apps" / "medlocker_deploy"
@@ -53,6 +54,11 @@ def _need_deploy_env() -> None:
 def _hashes(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _record(out: Path, name: str) -> dict:
+    """The whole (private) record of input ``name`` in output folder ``out``."""
+    return json.loads(record_path_for(out, name).read_text())
 
 
 def _make_input(folder: Path) -> None:
@@ -103,8 +109,8 @@ def test_deploy_app_protects_fundus_names_the_rest_and_exits_nonzero(deploy_run)
     proc = deploy_run["proc"]
     log = proc.stdout + proc.stderr
     assert proc.returncode == 1, log[-4000:]
-    summary = json.loads((deploy_run["out"] / "summary.json").read_text())
-    assert sorted(r["output"] for r in summary["protected"]) == sorted(FUNDUS), summary
+    summary = json.loads((deploy_run["out"] / PRIVATE_DIR / "summary.json").read_text())
+    assert sorted(r["output"] for r in summary["protected"]) == sorted(f"{PUBLIC_DIR}/{n}" for n in FUNDUS), summary
     assert summary["failed"] == []
     ct = str(deploy_run["source"] / "ct_small.dcm")
     assert [r["file"] for r in summary["skipped"]] == [ct]
@@ -121,7 +127,7 @@ def test_deploy_outputs_are_valid_derived_instances_with_the_private_block(deplo
     if not dciodvfy_available() and os.environ.get("MEDLOCKER_REQUIRE_DCIODVFY") == "1":
         pytest.fail("dciodvfy (Debian dicom3tools) is required here but not installed")
     for name in FUNDUS:
-        path = deploy_run["out"] / name
+        path = deploy_run["out"] / PUBLIC_DIR / name
         src = pydicom.dcmread(deploy_run["source"] / name)
         ds = pydicom.dcmread(path)
         assert ds.SOPClassUID == src.SOPClassUID and ds.StudyInstanceUID == src.StudyInstanceUID
@@ -129,9 +135,12 @@ def test_deploy_outputs_are_valid_derived_instances_with_the_private_block(deplo
         tags = read_medlocker_tags(ds, str(path))
         assert tags is not None, f"{path}: no MedLocker private block"
         assert tags.source_sop_instance_uid == str(src.SOPInstanceUID)
-        record = json.loads(path.with_name(path.stem + ".medlocker.json").read_text())
-        assert tags.params["protected"] is True and tags.params["wsm_boxes"] == record["wsm_boxes"]
-        assert [list(b) for b in tags.wsm_boxes] == record["wsm_boxes"] and tags.wsm_boxes
+        assert tags.params["protected"] is True
+        # The whole record (lesion boxes included) is the owner's: in private/, never in the published instance.
+        record = _record(deploy_run["out"], name)
+        assert record["protected"] is True and record["wsm_boxes"]
+        assert record["dicom"]["derived"]["sop_instance"] == str(ds.SOPInstanceUID)
+        assert "wsm_boxes" not in tags.params and not tags.wsm_boxes
         if dciodvfy_available():
             report = run_dciodvfy(path)
             assert report.errors == [], str(report)
@@ -140,10 +149,9 @@ def test_deploy_outputs_are_valid_derived_instances_with_the_private_block(deplo
 def test_deploy_keeps_wsm_pixels_and_sources(deploy_run):
     for name in FUNDUS:
         original = read_fundus_dicom(deploy_run["source"] / name).pixels
-        protected = read_fundus_dicom(deploy_run["out"] / name).pixels
-        tags = read_medlocker_tags(pydicom.dcmread(deploy_run["out"] / name))
+        protected = read_fundus_dicom(deploy_run["out"] / PUBLIC_DIR / name).pixels
         inside = np.zeros(original.shape[:2], dtype=bool)
-        for x0, y0, x1, y1 in tags.wsm_boxes:
+        for x0, y0, x1, y1 in _record(deploy_run["out"], name)["wsm_boxes"]:
             inside[y0:y1, x0:x1] = True
         assert inside.any()
         assert np.array_equal(protected[inside], original[inside]), f"{name}: a pixel inside the WSM changed"
@@ -154,17 +162,19 @@ def test_deploy_keeps_wsm_pixels_and_sources(deploy_run):
 def test_deploy_pixels_equal_medlocker_protect(deploy_run):
     assert deploy_run["protect_code"] == 1  # the CT and the truncated file fail there too
     for name in FUNDUS:
-        app = pydicom.dcmread(deploy_run["out"] / name)
-        cli = pydicom.dcmread(deploy_run["reference"] / name)
+        app = pydicom.dcmread(deploy_run["out"] / PUBLIC_DIR / name)
+        cli = pydicom.dcmread(deploy_run["reference"] / PUBLIC_DIR / name)
         assert np.array_equal(app.pixel_array, cli.pixel_array), f"{name}: the app's pixels differ from medlocker protect's"
         assert read_medlocker_tags(app).params == read_medlocker_tags(cli).params
+        ours, theirs = _record(deploy_run["out"], name), _record(deploy_run["reference"], name)
+        assert ours["wsm_boxes"] == theirs["wsm_boxes"] and ours["marks"] == theirs["marks"]
 
 
 def test_deploy_outputs_verify_and_unlock_to_the_originals(deploy_run):
     """Signed with the owner key given by MEDLOCKER_KEY: medlocker verify and unlock accept the app's outputs."""
     from monai_medlocker.cli import main as medlocker
 
-    owner, out = deploy_run["owner"], deploy_run["out"]
+    owner, out = deploy_run["owner"], deploy_run["out"] / PUBLIC_DIR
     for name in FUNDUS:
         assert read_medlocker_tags(pydicom.dcmread(out / name)).certificate is not None, name
     assert medlocker(["verify", str(out), "--pub", f"{owner}.pub", "--quiet"]) == 0
@@ -226,8 +236,7 @@ def test_staged_map_folder_runs_with_its_own_package_and_bundle(tmp_path):
                            "--max-queries", "20"], env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                           timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    record = json.loads((tmp_path / "out" / "op8_grade2.medlocker.json").read_text())
-    assert record["run_settings"]["seed"] == 11
+    assert _record(tmp_path / "out", "op8_grade2.dcm")["run_settings"]["seed"] == 11
 
 
 # Checks that need no deploy environment: the app's settings and its pins.

@@ -7,7 +7,8 @@ The flow (``compose``)::
           +--dicom_study_list--> FundusProtectOperator <--------+
                                        | protect_batch
                                        v
-                             MedlockerDicomWriterOperator --> derived instances, records, summary.json
+                             MedlockerDicomWriterOperator --> OUT/public: derived instances (+ public sidecars)
+                                                              OUT/private: records, summary.json
 
 Run it with the deploy environment's Python (``.venv-deploy``, made by ``scripts/setup_deploy_env.sh``)::
 
@@ -64,7 +65,8 @@ class MedLockerDeployApp(Application):
         selector = DICOMSeriesSelectorOperator(self, rules=FUNDUS_RULES_TEXT, all_matched=True, name="fundus_selector")
         protect = FundusProtectOperator(self, protect_step=self.protect_step, input_folder=self.input_folder,
                                         name="medlocker_protect")
-        self.writer = MedlockerDicomWriterOperator(self, output_folder=self.output_folder, name="medlocker_dicom_writer")
+        self.writer = MedlockerDicomWriterOperator(self, protect_step=self.protect_step, output_folder=self.output_folder,
+                                                   name="medlocker_dicom_writer")
 
         self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
         self.add_flow(loader, protect, {("dicom_study_list", "dicom_study_list")})
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     from monai.deploy.core import RuntimeEnv
 
     from monai_medlocker.cli import _user_error
-    from monai_medlocker.io.outdir import OutputLock, prepare_output_dir
+    from monai_medlocker.io.outdir import OutputLock, clean_temporaries, prepare_output_dir
 
     settings = parse_app_settings(sys.argv if argv is None else argv)
     try:
@@ -95,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         protect_step = ProtectStep(input_folder, output_folder, settings.overrides, settings.bundle_root)
         prepare_output_dir(output_folder)
         with OutputLock(output_folder, wait=settings.wait, command="medlocker_deploy"):
+            clean_temporaries(output_folder)  # what a killed run left; no other run is writing here now
             app = MedLockerDeployApp(settings, protect_step, input_folder, output_folder)
             app.run()
     except (ValueError, OSError, RuntimeError) as err:

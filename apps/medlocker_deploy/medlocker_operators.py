@@ -6,7 +6,8 @@ same per-image step as ``medlocker protect``), and names what it does not protec
 a series the fundus rules did not select (a CT, say) is *skipped*; each file that looks like DICOM
 but that the loader could not read is *refused* with the reason. ``MedlockerDicomWriterOperator``
 writes the derived instances with their MedLocker private block (the SDK's DICOM writers build new
-objects and would drop it), the per-image records, and ``summary.json``; a skipped or refused
+objects and would drop it) through the bundle's own save step, the per-image records, and the
+summary, in ``medlocker protect``'s public/private layout; a skipped or refused
 instance, or one that failed, makes the app exit non-zero.
 """
 
@@ -22,11 +23,11 @@ from pydicom.uid import UID
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from monai_medlocker.certify.seal import SIDECAR_SUFFIX
-from monai_medlocker.io.dicom import is_dicom_file, read_fundus_dicom, save_dicom
+from monai_medlocker.io.dicom import is_dicom_file, read_fundus_dicom
 from monai_medlocker.io.image import ImageReadError, atomic_write_bytes, is_temporary_file, portable_name
-from monai_medlocker.io.outdir import OutputError, inside_output, output_name
+from monai_medlocker.io.outdir import OutputError, inside_output
 from monai_medlocker.lesions.masks import is_mask_file
+from monai_medlocker.workflows.protect import PRIVATE_DIR, PUBLISH_NOTE, PUBLISH_TEXT
 
 from protect_step import InstanceOutcome, ProtectStep
 
@@ -113,7 +114,7 @@ class FundusProtectOperator(Operator):
                         f"series {series.SeriesInstanceUID}); this app protects {FUNDUS_DESCRIPTION}")))
         self._not_loaded(loaded, batch)
         for path in sorted(to_protect):
-            outcome = self.protect_step(path)
+            outcome = self.protect_step.protect(path)
             if outcome.error:
                 print(f"medlocker_deploy: FAILED {outcome.error}", file=sys.stderr, flush=True)
             else:
@@ -142,7 +143,12 @@ class FundusProtectOperator(Operator):
 
 
 class MedlockerDicomWriterOperator(Operator):
-    """Write the derived instances (MedLocker private block kept), their records, and ``summary.json``.
+    """Write the derived instances (MedLocker private block kept), their records, and the summary.
+
+    The bundle's save step writes each derived instance into ``OUT/public`` (with its public
+    sidecar when signed); the whole record goes into ``OUT/private/records`` and the run's summary
+    into ``OUT/private/summary.json``, as ``medlocker protect`` lays them out (``OUT/PUBLISH.txt``
+    says which part may be published).
 
     Named input:
         protect_batch: a :class:`ProtectBatch`.
@@ -151,7 +157,8 @@ class MedlockerDicomWriterOperator(Operator):
     skipped, refused or failed, else 0.
     """
 
-    def __init__(self, fragment: Fragment, *args, output_folder: Path, **kwargs):
+    def __init__(self, fragment: Fragment, *args, protect_step: ProtectStep, output_folder: Path, **kwargs):
+        self.protect_step = protect_step
         self.output_folder = Path(output_folder)
         self.summary: dict | None = None
         self.exit_code = 1  # until a batch has been written
@@ -166,8 +173,8 @@ class MedlockerDicomWriterOperator(Operator):
         for outcome in batch.outcomes:
             try:
                 row = self._write(outcome)
-            except (OutputError, OSError) as err:
-                row = {"file": str(outcome.source), "error": f"{outcome.source}: cannot write its output: {err}"}
+            except (OutputError, OSError, ValueError) as err:
+                row = {"file": str(outcome.item.image), "error": f"{outcome.item.image}: cannot write its output: {err}"}
             (protected if "output" in row else failed).append(row)
         for row in failed:
             print(f"medlocker_deploy: FAILED {row['error']}", file=sys.stderr, flush=True)
@@ -179,23 +186,19 @@ class MedlockerDicomWriterOperator(Operator):
         }
         self.exit_code = 1 if failed or batch.skipped or batch.refused else 0
         self.summary["exit_code"] = self.exit_code
-        atomic_write_bytes(self.output_folder / "summary.json", json.dumps(self.summary, indent=2).encode())
+        atomic_write_bytes(self.output_folder / PRIVATE_DIR / "summary.json", json.dumps(self.summary, indent=2).encode())
+        atomic_write_bytes(self.output_folder / PUBLISH_NOTE, PUBLISH_TEXT.encode())
         print(f"medlocker_deploy: {len(protected)} protected, {len(batch.skipped)} skipped, {len(batch.refused)} "
               f"refused, {len(failed)} failed -> {self.output_folder}", file=sys.stderr, flush=True)
 
     def _write(self, outcome: InstanceOutcome) -> dict:
-        """Write one outcome's instance and record; its summary row (``error`` when it was not protected)."""
+        """Save one outcome (the bundle's save step, then its record); its summary row (``error`` when not protected)."""
+        source = outcome.item.image
         if outcome.error:
-            return {"file": str(outcome.source), "error": outcome.error}
-        out_path = inside_output(self.output_folder, self.output_folder / output_name(outcome.relative, True))
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        record_path = inside_output(self.output_folder, out_path.with_name(out_path.stem + SIDECAR_SUFFIX))
-        if outcome.derived is not None:
-            save_dicom(out_path, outcome.derived)
-        atomic_write_bytes(record_path, json.dumps(outcome.record, indent=2).encode())
-        if outcome.derived is None:
-            reason = (outcome.record or {}).get("reason") or "not protected"
-            return {"file": str(outcome.source), "error": f"{outcome.source}: not protected: {reason}",
-                    "record": portable_name(record_path.relative_to(self.output_folder))}
-        return {"file": str(outcome.source), "output": portable_name(out_path.relative_to(self.output_folder)),
-                "sop_instance": str(outcome.derived.SOPInstanceUID), "seconds": outcome.seconds}
+            return {"file": str(source), "error": outcome.error}
+        inside_output(self.output_folder, outcome.out_path)  # never through a symlink or out of the folder
+        record = self.protect_step.save(outcome)
+        if not record.get("protected"):
+            return {"file": str(source), "error": f"{source}: not protected: {record.get('reason') or 'no reason given'}"}
+        return {"file": str(source), "output": portable_name(outcome.out_path.relative_to(self.output_folder)),
+                "sop_instance": record["dicom"]["derived"]["sop_instance"], "seconds": outcome.seconds}
