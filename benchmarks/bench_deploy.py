@@ -5,9 +5,9 @@
 One DICOM folder (the bundle's two Ophthalmic Photography samples and its four 512 px synthetic
 images as OP 8 Bit instances, each with its lesion masks) is protected ``--runs`` times by the app
 (``.venv-deploy/bin/python apps/medlocker_deploy``) and by ``medlocker protect`` (``.venv``), in
-alternating order, with the same settings. For each run: the whole process's wall clock and the
-protect step's own seconds (the app's ``summary.json`` ``protect_seconds``; for ``medlocker protect``
-the sum of its manifest's per-image ``seconds``). Overhead = wall - protect seconds; the app's
+alternating order, with the same settings and a fresh owner key. For each run: the whole process's wall clock and the
+protect chain's own seconds, summed over the images (the app's ``private/summary.json``
+``protect_seconds``; for ``medlocker protect`` the sum of its manifest's per-image ``seconds``). Overhead = wall - protect seconds; the app's
 overhead on top of ``medlocker protect``'s is the difference of their medians. The import of the SDK
 (``monai.deploy.operators``, which imports holoscan) is timed on its own. Both outputs are checked to
 hold the same pixels. The load average is recorded: figures from a loaded machine are slower.
@@ -68,7 +68,7 @@ def run_app(python: Path, source: Path, out: Path, settings: list[str], env: dic
     wall, done = _timed([str(python), str(APP), "-i", str(source), "-o", str(out), *settings], env)
     if done.returncode != 0:
         raise RuntimeError(f"the Deploy app failed ({done.returncode}): {done.stderr[-3000:]}")
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "private" / "summary.json").read_text())
     return {"wall_seconds": wall, "protect_seconds": summary["protect_seconds"], "images": len(summary["protected"])}
 
 
@@ -77,7 +77,7 @@ def run_protect(source: Path, out: Path, settings: list[str], env: dict) -> dict
     wall, done = _timed([sys.executable, "-c", entry, "protect", str(source), str(out), "--quiet", *settings], env)
     if done.returncode != 0:
         raise RuntimeError(f"medlocker protect failed ({done.returncode}): {done.stderr[-3000:]}")
-    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "private" / "manifest.jsonl").read_text().splitlines()]
     return {"wall_seconds": wall, "protect_seconds": round(sum(r["seconds"] for r in rows), 3),
             "images": sum(r["status"] == "protected" for r in rows)}
 
@@ -94,7 +94,8 @@ def sdk_import_seconds(python: Path, env: dict, runs: int) -> float:
 
 
 def same_pixels(a: Path, b: Path, names: list[str]) -> bool:
-    return all(np.array_equal(pydicom.dcmread(a / n).pixel_array, pydicom.dcmread(b / n).pixel_array) for n in names)
+    return all(np.array_equal(pydicom.dcmread(a / "public" / n).pixel_array, pydicom.dcmread(b / "public" / n).pixel_array)
+               for n in names)
 
 
 def _median(rows: list[dict], key: str) -> float:
@@ -118,6 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-deploy-") as tmp:
         work = Path(tmp)
         names = make_input(work / "in")
+        # Signed with an owner key, as a data manager would: each image's keyed rendering then comes from the key,
+        # not from a per-folder secret, so the two runs' pixels can be compared.
+        keygen = subprocess.run([sys.executable, "-m", "monai_medlocker.cli", "keygen", str(work / "owner")], env=env,
+                                capture_output=True, text=True, cwd=ROOT)
+        if keygen.returncode != 0:
+            raise RuntimeError(f"medlocker keygen failed: {keygen.stderr[-2000:]}")
+        settings = settings + ["--key", str(work / "owner.key")]
         app_rows, cli_rows = [], []
         for run in range(args.runs):
             order = [("app", app_rows), ("cli", cli_rows)]
@@ -137,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_average_before": load_before,
                     "load_average_after": os.getloadavg()},
-        "images": len(names), "settings": settings, "runs": args.runs,
+        "images": len(names), "settings": settings[:-1] + ["<a fresh owner key>"], "runs": args.runs,
         "deploy_app": {"median_wall_seconds": _median(app_rows, "wall_seconds"),
                        "median_protect_seconds": _median(app_rows, "protect_seconds"),
                        "median_overhead_seconds": _median(app_rows, "overhead_seconds"), "rows": app_rows},

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,7 +198,9 @@ class MedlockerDicomWriterOperator(Operator):
         if outcome.error:
             return {"file": str(source), "error": outcome.error}
         inside_output(self.output_folder, outcome.out_path)  # never through a symlink or out of the folder
+        t0 = time.perf_counter()
         record = self.protect_step.save(outcome)
+        outcome.seconds = round(outcome.seconds + time.perf_counter() - t0, 3)  # the whole chain, as medlocker protect times it
         if not record.get("protected"):
             return {"file": str(source), "error": f"{source}: not protected: {record.get('reason') or 'no reason given'}"}
         return {"file": str(source), "output": portable_name(outcome.out_path.relative_to(self.output_folder)),
