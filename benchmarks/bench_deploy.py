@@ -7,8 +7,8 @@ images as OP 8 Bit instances, each with its lesion masks) is protected ``--runs`
 (``.venv-deploy/bin/python apps/medlocker_deploy``) and by ``medlocker protect`` (``.venv``), in
 alternating order, with the same settings and a fresh owner key. For each run: the whole process's wall clock and the
 protect chain's own seconds, summed over the images (the app's ``private/summary.json``
-``protect_seconds``; for ``medlocker protect`` the sum of its manifest's per-image ``seconds``). Overhead = wall - protect seconds; the app's
-overhead on top of ``medlocker protect``'s is the difference of their medians. The import of the SDK
+``protect_seconds``; for ``medlocker protect`` the sum of its manifest's per-image ``seconds``).
+Overhead = wall - protect seconds; the app's overhead on top of ``medlocker protect``'s is the difference of their medians. The import of the SDK
 (``monai.deploy.operators``, which imports holoscan) is timed on its own. Both outputs are checked to
 hold the same pixels. The load average is recorded: figures from a loaded machine are slower.
 """
