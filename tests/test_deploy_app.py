@@ -231,10 +231,12 @@ def test_staged_map_folder_runs_with_its_own_package_and_bundle(tmp_path):
     source.mkdir()
     for path in SAMPLES.glob("op8_grade2*"):
         shutil.copy(path, source / path.name)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MEDLOCKER_BUNDLE")}
-    proc = subprocess.run([str(DEPLOY_PYTHON), str(staged), "-i", str(source), "-o", str(tmp_path / "out"),
-                           "--max-queries", "20"], env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          timeout=600, cwd=tmp_path)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "MEDLOCKER_BUNDLE", "HOLOSCAN_INPUT_PATH", "HOLOSCAN_OUTPUT_PATH")}
+    # The folders by the SDK 0.x variable names, which older MONAI Deploy tooling sets.
+    env.update(OMP_NUM_THREADS="1", MONAI_INPUTPATH=str(source), MONAI_OUTPUTPATH=str(tmp_path / "out"))
+    proc = subprocess.run([str(DEPLOY_PYTHON), str(staged), "--max-queries", "20"], env=env, capture_output=True,
+                          text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _record(tmp_path / "out", "op8_grade2.dcm")["run_settings"]["seed"] == 11
 

@@ -14,14 +14,15 @@ Run it with the deploy environment's Python (``.venv-deploy``, made by ``scripts
 
     .venv-deploy/bin/python apps/medlocker_deploy -i DICOM_IN -o OUT [--seed 3] [--key owner.key] ...
 
-or with ``HOLOSCAN_INPUT_PATH`` / ``HOLOSCAN_OUTPUT_PATH`` and ``MEDLOCKER_<OPTION>`` variables, as a
-packaged MAP is run. The exit status is 0 when every instance was protected, 1 when one was
+or with ``HOLOSCAN_INPUT_PATH`` / ``HOLOSCAN_OUTPUT_PATH`` (or the SDK 0.x names ``MONAI_INPUTPATH`` /
+``MONAI_OUTPUTPATH``) and ``MEDLOCKER_<OPTION>`` variables, as a packaged MAP is run. The exit status is 0 when every instance was protected, 1 when one was
 skipped (not a fundus photograph), refused (unreadable) or failed, 2 for unusable settings.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -34,7 +35,10 @@ from app_settings import AppSettings, parse_app_settings
 from medlocker_operators import FUNDUS_RULES_TEXT, FundusProtectOperator, MedlockerDicomWriterOperator
 from protect_step import ProtectStep
 
-__all__ = ["MedLockerDeployApp", "main"]
+__all__ = ["LEGACY_PATH_VARIABLES", "MedLockerDeployApp", "main"]
+
+# MONAI Deploy App SDK 0.x read these; SDK 4.0 reads HOLOSCAN_INPUT_PATH / HOLOSCAN_OUTPUT_PATH only.
+LEGACY_PATH_VARIABLES = {"MONAI_INPUTPATH": "HOLOSCAN_INPUT_PATH", "MONAI_OUTPUTPATH": "HOLOSCAN_OUTPUT_PATH"}
 
 
 class MedLockerDeployApp(Application):
@@ -81,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     from monai_medlocker.cli import _user_error
     from monai_medlocker.io.outdir import OutputLock, clean_temporaries, prepare_output_dir
 
+    for older, current in LEGACY_PATH_VARIABLES.items():  # the SDK 0.x names, as older MONAI Deploy tooling sets them
+        if os.environ.get(older) and not os.environ.get(current):
+            os.environ[current] = os.environ[older]
     settings = parse_app_settings(sys.argv if argv is None else argv)
     try:
         # Checked before the SDK parses -o (it creates that folder): the SDK's defaults are HOLOSCAN_INPUT_PATH /
