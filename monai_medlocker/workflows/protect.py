@@ -64,9 +64,10 @@ from monai_medlocker.transforms.dictionary import AdversarialWatermarkd, LesionB
 from monai_medlocker.transforms.protect_steps import Certifyd, LesionMapsd, LoadFundusd, RenderKeyd, SaveProtectedd
 from monai_medlocker.watermark.logo import logo_sha256
 
-__all__ = ["MASK_SUFFIXES", "LESION_SEGMENTERS", "PUBLIC_DIR", "PRIVATE_DIR", "RECORD_SUFFIX", "RUN_SETTINGS",
+__all__ = ["MASK_SUFFIXES", "LESION_SEGMENTERS", "PUBLIC_DIR", "PRIVATE_DIR", "PUBLISH_NOTE", "PUBLISH_TEXT",
+           "RECORD_SUFFIX", "RUN_SETTINGS",
            "MissingMaskError", "ProtectItem", "find_protect_items", "record_path_for", "DatasetProtector",
-           "protect_chain", "protect_dataset"]
+           "image_failure", "protect_chain", "protect_dataset"]
 
 PUBLIC_DIR = "public"
 PRIVATE_DIR = "private"
@@ -74,7 +75,7 @@ RECORD_SUFFIX = ".record.json"
 RUN_SETTINGS = "run_settings.json"
 RENDER_SECRET = "render_secret"
 PUBLISH_NOTE = "PUBLISH.txt"
-_PUBLISH_TEXT = """MedLocker output folder
+PUBLISH_TEXT = """MedLocker output folder
 
 public/   Publish this folder, and nothing else. It holds the protected images and, when an owner
           key was used, their public sidecars (*.medlocker.json: the signed certificate and the
@@ -324,18 +325,30 @@ class DatasetProtector:
         out_path = self.output_dir / PUBLIC_DIR / output_name(item.relative, is_dicom_file(item.image))
         return out_path, record_path_for(self.output_dir, item.relative)
 
-    def protect_one(self, item: ProtectItem, out_path: Path) -> dict:
-        """Run the protect chain on one image and write its private record; returns the record."""
+    def run_chain(self, item: ProtectItem, out_path: Path, chain: Callable[[dict], dict] | None = None) -> dict:
+        """Run ``chain`` (default: the whole protect chain) on one image; the chain's output dictionary.
+
+        Another caller may run part of the chain, e.g. the MONAI Deploy app, whose writer operator
+        runs the save step (``self.saver``) apart from the steps before it.
+
+        Raises:
+            the error the failing step raised (its message names the file), not MONAI's wrapper.
+        """
         data = {"image_path": item.image, "relative": item.relative, "mask_paths": list(item.masks), "label": item.label,
                 "seed": self._image_seed(item.relative), "out_path": out_path}
         try:
-            record = self.chain(data)["record"]
+            return (chain or self.chain)(data)
         except RuntimeError as err:
             raise _step_error(err) from None
-        self._write_record(item, record)
+
+    def protect_one(self, item: ProtectItem, out_path: Path) -> dict:
+        """Run the protect chain on one image and write its private record; returns the record."""
+        record = self.run_chain(item, out_path)["record"]
+        self.write_record(item, record)
         return record
 
-    def _write_record(self, item: ProtectItem, record: dict) -> None:
+    def write_record(self, item: ProtectItem, record: dict) -> None:
+        """Write ``item``'s whole record, with this run's settings, into ``private/records``."""
         if self._settings is None:  # protect_one called outside run()
             self._settings = self.run_settings()
         record = {**record, "run_settings": self._settings}
@@ -472,11 +485,8 @@ class DatasetProtector:
         t0 = time.perf_counter()
         try:
             outcome = {"record": self.protect_one(item, out_path)}
-        except (ImageReadError, ValueError, OSError) as err:
-            message = str(err)
-            outcome = {"error": message if str(item.image) in message else f"{item.image}: {message}"}
-        except Exception as err:  # a model or library failure on one image must not stop the batch
-            outcome = {"error": f"{item.image}: {type(err).__name__}: {err}"}
+        except Exception as err:  # a bad image, or a model or library failure on one image, must not stop the batch
+            outcome = {"error": image_failure(item, err)}
         outcome["seconds"] = round(time.perf_counter() - t0, 3)
         return outcome
 
@@ -551,7 +561,7 @@ class DatasetProtector:
             private = self.output_dir / PRIVATE_DIR
             atomic_write_bytes(private / "manifest.jsonl", manifest.encode())
             atomic_write_bytes(private / "summary.json", json.dumps(self.summary, indent=2).encode())
-            atomic_write_bytes(self.output_dir / PUBLISH_NOTE, _PUBLISH_TEXT.encode())
+            atomic_write_bytes(self.output_dir / PUBLISH_NOTE, PUBLISH_TEXT.encode())
             print(format_summary(self.summary), file=sys.stderr)
         return self.summary
 
@@ -623,6 +633,14 @@ def protect_chain(output_dir: str | Path, surrogates: Surrogate | Sequence[Surro
         Certifyd(keyring),
         SaveProtectedd(output_dir, dicom_encoding),
     ])
+
+
+def image_failure(item: ProtectItem, err: Exception) -> str:
+    """The message of one image's failure, naming its file: a bad input says what is wrong, anything else its type."""
+    if isinstance(err, (ImageReadError, ValueError, OSError)):
+        message = str(err)
+        return message if str(item.image) in message else f"{item.image}: {message}"
+    return f"{item.image}: {type(err).__name__}: {err}"
 
 
 def _step_error(err: RuntimeError) -> BaseException:
