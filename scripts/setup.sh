@@ -32,3 +32,12 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
     .venv/bin/pip install --quiet --disable-pip-version-check -e ".[test,dicom,threats,ray]"
     echo "$want" > "$stamp"
 fi
+
+# The MONAI Deploy and MONAI Label apps live in environments of their own (.venv-deploy, about
+# 3.3 GB with holoscan; .venv-label, about 3.8 GB), made on request: MEDLOCKER_APP_ENVS="deploy label".
+for app in ${MEDLOCKER_APP_ENVS:-}; do
+    case "$app" in
+        deploy|label) bash "scripts/setup_${app}_env.sh" ;;
+        *) echo "setup.sh: MEDLOCKER_APP_ENVS lists '$app'; expected deploy and/or label" >&2; exit 2 ;;
+    esac
+done
