@@ -394,3 +394,18 @@ def test_resumed_run_does_not_take_another_images_record_or_sidecar(tmp_path, ti
     else:  # its own record and output: nothing of eye.png's is taken
         assert rows["eye.dcm"]["status"] == "protected" and read_record(out, "eye.dcm")["source"]["file"] == "eye.dcm"
         assert not list(public_dir(out).glob("*.medlocker.json"))
+
+
+def test_garbled_private_element_is_a_clear_error(tmp_path):
+    """Found by the fuzzer: an element of group 0x0011 with an unknown VR raised pydicom's NotImplementedError."""
+    ds = pydicom.dcmread(CORPUS / "SC_rgb_rle.dcm")
+    write_medlocker_tags(ds, MedlockerTags(params={"a": 1}, certificate={"c": 1}, signature=b"s" * 64,
+                                           restore_payload=b"p" * 8, sealed_record=b"r" * 8))
+    ds.save_as(tmp_path / "ok.dcm", implicit_vr=False, little_endian=True)
+    data = (tmp_path / "ok.dcm").read_bytes()
+    element = b"\x11\x00\x15\x10UL"  # (0011,1015) UL: the sealed record's length
+    assert data.count(element) == 1
+    (tmp_path / "bad.dcm").write_bytes(data.replace(element, b"\x11\x00\x15\x10U\xad"))
+    garbled = pydicom.dcmread(tmp_path / "bad.dcm")
+    with pytest.raises(PrivateTagError, match=r"bad\.dcm: unreadable element in private group 0x0011"):
+        read_medlocker_tags(garbled, str(tmp_path / "bad.dcm"))
