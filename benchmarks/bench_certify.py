@@ -7,8 +7,9 @@ step is the same cheap one in both runs) are protected twice with the demo surro
 default settings: once without a key and once with an owner key. Reported per size:
 
 * ``certify_seconds``: the sign + seal step as timed inside the protect run (``certify_seconds``
-  in each record), and ``embed_extra_seconds``: the extra time to write the PNG with the three
-  certificate chunks and the larger sidecar, timed on the same outputs;
+  in each image's private record), and ``embed_extra_seconds``: the extra time to write the PNG with
+  the certificate, payload and sealed-record chunks and the public sidecar (a keyless run writes
+  neither), timed on the same outputs;
 * ``overhead_fraction``: (certify + embed extra) / protect time per image without a key
   (the target at 1024 px: at most 0.05). The two whole runs are also compared (``ab_fraction``),
   but on a shared 2-core machine that difference is mostly noise;
@@ -37,11 +38,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from monai_medlocker.certify import footprint_bytes, generate_owner_key, save_owner_key  # noqa: E402
-from monai_medlocker.certify.seal import mark_boxes  # noqa: E402
+from monai_medlocker.certify.seal import PNG_PUBLIC, SIDECAR_SUFFIX, mark_boxes  # noqa: E402
 from monai_medlocker.data.synthetic import LESION_TYPES, synthesize_fundus  # noqa: E402
 from monai_medlocker.io.image import save_png  # noqa: E402
 from monai_medlocker.networks import load_surrogate  # noqa: E402
-from monai_medlocker.workflows.protect import DatasetProtector  # noqa: E402
+from monai_medlocker.workflows.protect import DatasetProtector, record_path_for  # noqa: E402
 
 
 def _scenes(folder: Path, size: int, n: int, seed: int, lab_version: int = 1) -> None:
@@ -55,27 +56,32 @@ def _scenes(folder: Path, size: int, n: int, seed: int, lab_version: int = 1) ->
 
 def _protect(src: Path, out: Path, model, key: Path | None) -> list[dict]:
     DatasetProtector(src, out, model, lesion_segmenter="masks", owner_key=key, progress=False).run()
-    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "private" / "manifest.jsonl").read_text().splitlines()]
     return [r for r in rows if r["status"] == "protected"]
 
 
-def _embed_extra(out: Path, stem: str) -> float:
-    """Extra seconds to write the certified PNG + sidecar vs the plain ones (same pixels), best of 3."""
-    with Image.open(out / f"{stem}.png") as img:
+def _sidecar(png: Path) -> dict:
+    return json.loads(png.with_name(png.stem + SIDECAR_SUFFIX).read_text())
+
+
+def _embed_extra(png: Path) -> float:
+    """Extra seconds to write the certified PNG + public sidecar vs the keyless PNG (public record only, no
+    sidecar; same pixels), best of 3."""
+    with Image.open(png) as img:
         text, pixels = dict(img.text), np.asarray(img.convert("RGB"))
-    sidecar = json.loads((out / f"{stem}.medlocker.json").read_text())
-    plain_text = {"medlocker:params": text["medlocker:params"]}
-    plain_sidecar = {k: v for k, v in sidecar.items() if k not in ("certificate", "signature", "restore_payload")}
+    sidecar = _sidecar(png)
+    plain_text = {PNG_PUBLIC: text[PNG_PUBLIC]}
     with tempfile.TemporaryDirectory() as tmp:
         def timed(chunks, side):
             best = float("inf")
             for _ in range(3):
                 t0 = time.perf_counter()
                 save_png(Path(tmp) / "x.png", pixels, text=chunks)
-                (Path(tmp) / "x.json").write_bytes(json.dumps(side, indent=2).encode())
+                if side is not None:
+                    (Path(tmp) / "x.json").write_bytes(json.dumps(side, indent=2).encode())
                 best = min(best, time.perf_counter() - t0)
             return best
-        return max(0.0, timed(text, sidecar) - timed(plain_text, plain_sidecar))
+        return max(0.0, timed(text, sidecar) - timed(plain_text, None))
 
 
 def main(argv=None) -> int:
@@ -105,12 +111,12 @@ def main(argv=None) -> int:
             out = tmp / f"keyed{size}"
             certify, embed, payload, footprint = [], [], [], []
             for row in keyed:
-                stem = Path(row["output"]).stem
-                side = json.loads((out / f"{stem}.medlocker.json").read_text())
-                certify.append(side["certify_seconds"])
-                embed.append(_embed_extra(out, stem))
-                payload.append(len(base64.b64decode(side["restore_payload"])))
-                footprint.append(footprint_bytes((size, size, 3), mark_boxes(side)))
+                png = out / row["output"]  # public/<name>.png
+                record = json.loads(record_path_for(out, row["image"]).read_text())  # the owner's whole record
+                certify.append(record["certify_seconds"])
+                embed.append(_embed_extra(png))
+                payload.append(len(base64.b64decode(_sidecar(png)["restore_payload"])))
+                footprint.append(footprint_bytes((size, size, 3), mark_boxes(record)))
             base = statistics.median(r["seconds"] for r in plain)
             keyed_s = statistics.median(r["seconds"] for r in keyed)
             added = statistics.median(c + e for c, e in zip(certify, embed))

@@ -9,9 +9,10 @@
 * ``throughput`` (issue 13 A3): ``medlocker protect`` (the demo model, the built-in lesion detector:
   no mask files) on ``--throughput-n`` lab images at 512 px, with 1 process, ``--workers 2`` and
   ``--ray local --ray-actors 2``, one thread each. Images per hour from the run's own seconds
-  (``summary.json``: from the listing of the images to the manifest) and from the whole command
+  (``private/summary.json``: from the listing of the images to the manifest) and from the whole command
   (interpreter and model start-up included); whether the three output folders are identical
-  (images and records, timings left out).
+  (images and records, timings left out; the 2-process and Ray folders start with the 1-process
+  folder's ``private/render_secret``, as a keyless run continued elsewhere does).
 * ``per_image_cost``: one process over the same images: seconds in the lesion detector, in the
   watermark search (its model calls included) and in the model's forward passes alone, and the
   fraction of the protect time spent in the model.
@@ -206,8 +207,14 @@ def throughput(src: Path, tmp: Path, max_queries: int | None) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "RAY_TMPDIR": str(tmp / "r")}
     modes = {"1 process": [], "2 processes": ["--workers", "2"], "ray, 2 actors": ["--ray", "local", "--ray-actors", "2"]}
     rows, outputs = {}, {}
+    first_out = None
     for name, extra in modes.items():
         out = tmp / name.replace(" ", "_").replace(",", "")
+        if first_out is None:
+            first_out = out
+        else:  # keyless renderings depend on the folder's secret: the same one, so that the outputs can be compared
+            (out / "private").mkdir(parents=True)
+            shutil.copy(first_out / "private" / "render_secret", out / "private" / "render_secret")
         budget = [] if max_queries is None else ["--max-queries", str(max_queries)]
         cmd = [sys.executable, "-m", "monai_medlocker.cli", "protect", str(src), str(out), *budget, "--quiet", *extra]
         load = os.getloadavg()
@@ -216,7 +223,7 @@ def throughput(src: Path, tmp: Path, max_queries: int | None) -> dict:
         wall = time.perf_counter() - t0
         if done.returncode not in (0, 1):
             raise RuntimeError(f"{name}: {' '.join(cmd)} failed ({done.returncode}): {done.stderr[-2000:]}")
-        summary = json.loads((out / "summary.json").read_text())
+        summary = json.loads((out / "private" / "summary.json").read_text())
         n = summary["images"]
         rows[name] = {"images": n, "protected": summary["protected"], "run_seconds": summary["total_seconds"],
                       "command_seconds": round(wall, 2),

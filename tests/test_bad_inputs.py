@@ -25,6 +25,7 @@ from monai_medlocker.certify.seal import PNG_CERTIFICATE, SIDECAR_SUFFIX
 from monai_medlocker.cli import main
 from monai_medlocker.data.synthetic import synthesize_fundus
 from monai_medlocker.workflows.protect import DatasetProtector
+from protect_outputs import public_dir, read_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--quiet", "--max-queries", "4", "--lesion-segmenter", "masks"]
@@ -60,7 +61,7 @@ def _error_line(err: str, command: str, *needles: str) -> str:
 
 @pytest.fixture(scope="module")
 def protected(tmp_path_factory):
-    """Two PNGs protected with an owner key (tiny surrogate)."""
+    """Two PNGs protected with an owner key (tiny surrogate): the key folder and the published part of the output."""
     from conftest import TinyConv
     from monai_medlocker.networks import Surrogate, model_spec
 
@@ -72,11 +73,11 @@ def protected(tmp_path_factory):
     out = tmp_path_factory.mktemp("prot")
     DatasetProtector(src, out, Surrogate(TinyConv(), model_spec("resnet-tiny", 64)), lesion_segmenter="masks",
                      owner_key=keys / "owner.key", progress=False, watermark={"max_queries": 4}).run()
-    return keys, out
+    return keys, public_dir(out)
 
 
-def _copy(out: Path, dst: Path) -> Path:
-    shutil.copytree(out, dst, ignore=shutil.ignore_patterns("manifest.jsonl", "summary.json", "run_settings.json"))
+def _copy(published: Path, dst: Path) -> Path:
+    shutil.copytree(published, dst)
     return dst
 
 
@@ -158,7 +159,7 @@ def test_bad_datalist_items_are_reported_and_the_batch_goes_on(tmp_path, capsys)
     (ds / "datalist.json").write_text('{"test": [{"image": "good.png", "label": 1}, {"image": 5}, {"image": null}, '
                                       '{"image": ""}, {"image": "nan.png", "label": NaN}]}')
     assert main(["protect", str(ds / "datalist.json"), str(tmp_path / "out"), *FAST]) == 1
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    summary = read_summary(tmp_path / "out")
     assert summary["protected"] == 1, summary
     errors = [f["error"] for f in summary["failures"]]
     assert len(errors) == 4 and all(str(ds / "datalist.json") in e for e in errors), errors

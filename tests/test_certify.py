@@ -42,6 +42,7 @@ from monai_medlocker.certify import (
     sign_certificate,
     verify_certificate,
 )
+from monai_medlocker.certify.seal import public_record
 from monai_medlocker.cli import main
 from monai_medlocker.data.synthetic import synthesize_fundus
 from monai_medlocker.watermark.blend import Placement, composite
@@ -372,9 +373,10 @@ def test_grant_covers_exactly_the_chosen_images(tmp_path, owner):
 
 
 def _write_sidecar(folder, stem, key, params, image_id):
-    cert = build_certificate(key.key_id, image_id, params, "sha256:" + "0" * 64, "sha256:" + "1" * 64)
-    record = {**params, **sign_certificate(cert, key).to_dict(), "restore_payload": ""}
-    (folder / f"{stem}.medlocker.json").write_text(json.dumps(record))
+    """A public sidecar as protect writes it: the signed certificate (over the public record) and the two blobs."""
+    cert = build_certificate(key.key_id, image_id, public_record(params), "sha256:" + "0" * 64, "sha256:" + "1" * 64)
+    sidecar = {**sign_certificate(cert, key).to_dict(), "restore_payload": "", "sealed_record": ""}
+    (folder / f"{stem}.medlocker.json").write_text(json.dumps(sidecar))
 
 
 def test_cli_keygen_and_grant(tmp_path, capsys, monkeypatch, owner, marked):
@@ -440,9 +442,11 @@ def _half(img: np.ndarray) -> np.ndarray:
 def test_detect_logo_present_after_jpeg_and_resize(marked, logo):
     _, watermarked, params, _ = marked
     for img in (watermarked, _jpeg(watermarked, 75), _half(watermarked)):
-        result = detect_logo(img, params, logo)
-        assert result["present"], result
-        assert len(result["marks"]) == 2 and min(result["marks"]) >= 0.5
+        # verify has only the public record (no opacities) of a published image; the owner has the whole one
+        for record in (params, public_record(params)):
+            result = detect_logo(img, record, logo)
+            assert result["present"], result
+            assert len(result["marks"]) == 2 and min(result["marks"]) >= 0.5
 
 
 def test_detect_logo_absent_on_original_and_moved_boxes(marked, logo):

@@ -17,7 +17,6 @@ import pytest
 from PIL import Image
 
 from monai_medlocker.certify import generate_owner_key, make_grant, save_grant, save_owner_key
-from monai_medlocker.certify.seal import SIDECAR_SUFFIX
 from monai_medlocker.cli import main
 from monai_medlocker.data.synthetic import synthesize_fundus
 from monai_medlocker.io.dicom_build import fundus_dataset
@@ -25,6 +24,7 @@ from monai_medlocker.io.image import load_rgb
 from monai_medlocker.workflows.protect import DatasetProtector
 from monai_medlocker.workflows.unlock import Unlocker
 from monai_medlocker.workflows.verify import Verifier
+from protect_outputs import private_dir, public_dir, record_file, sidecar_file
 
 FAST = dict(lesion_segmenter="masks", progress=False, watermark={"max_queries": 4})
 
@@ -80,7 +80,7 @@ def test_unlock_never_writes_through_a_symlink_in_its_output_folder(tmp_path, ti
     elsewhere.mkdir()
     out.mkdir()
     (out / "sub").symlink_to(elsewhere, target_is_directory=True)
-    summary = Unlocker(tmp_path / "prot", out, key=folder / "owner.key", progress=False).run()
+    summary = Unlocker(public_dir(tmp_path / "prot"), out, key=folder / "owner.key", progress=False).run()
     assert list(elsewhere.iterdir()) == []
     assert summary["unlocked"] == 0 and "symbolic link" in summary["failures"][0]["error"]
 
@@ -93,7 +93,7 @@ def test_resume_with_another_key_refuses_and_names_it(tmp_path, tiny_surrogate, 
         _fundus(tmp_path / "in", f"img{i}.png", seed=i)
     out = tmp_path / "out"
     assert DatasetProtector(tmp_path / "in", out, tiny_surrogate, **FAST).run()["protected"] == 2
-    for p in out.glob("img1*"):  # "interrupted": the second image was never done
+    for p in (public_dir(out) / "img1.png", record_file(out, "img1.png")):  # "interrupted": the second image was never done
         p.unlink()
     with pytest.raises(ValueError, match=r"key_id.*earlier run: None.*this run"):
         DatasetProtector(tmp_path / "in", out, tiny_surrogate, owner_key=folder / "owner.key", **FAST).run()
@@ -103,7 +103,7 @@ def test_resume_with_another_key_refuses_and_names_it(tmp_path, tiny_surrogate, 
                                **FAST).run()
     assert summary["protected"] == 2 and summary["certified_by"]
     for i in range(2):  # every image the summary calls signed really has a certificate now
-        assert "certificate" in json.loads((out / f"img{i}{SIDECAR_SUFFIX}").read_text())
+        assert "certificate" in json.loads(sidecar_file(out, f"img{i}").read_text())
 
 
 def test_resume_refusal_reaches_the_command_line(tmp_path, capsys):
@@ -126,18 +126,18 @@ def test_part_files_are_never_inputs_and_are_cleaned(tmp_path, tiny_surrogate, o
     out = tmp_path / "out"
     DatasetProtector(tmp_path / "in", out, tiny_surrogate, owner_key=folder / "owner.key", **FAST).run()
     # What a killed DICOM write leaves: the temporary copy beside the outputs, DICM preamble and all.
-    shutil.copy(out / "eye.dcm", out / ".eye.dcm.abc123.part")
+    shutil.copy(public_dir(out) / "eye.dcm", public_dir(out) / ".eye.dcm.abc123.part")
     shutil.copy(dcm, tmp_path / "in" / ".other.dcm.xyz.part")
-    verified = Verifier(out, folder / "owner.pub", progress=False).run()
+    verified = Verifier(public_dir(out), folder / "owner.pub", progress=False).run()
     assert verified["images"] == 1 and verified["exit_code"] == 0, verified
     un = tmp_path / "un"
     un.mkdir()
     (un / ".eye.dcm.old.part").write_bytes(b"half")
-    unlocked = Unlocker(out, un, key=folder / "owner.key", progress=False).run()
+    unlocked = Unlocker(public_dir(out), un, key=folder / "owner.key", progress=False).run()
     assert unlocked["images"] == 1 and unlocked["exit_code"] == 0, unlocked
     assert not list(un.glob("*.part"))
     summary = DatasetProtector(tmp_path / "in", out, tiny_surrogate, owner_key=folder / "owner.key", **FAST).run()
-    assert summary["images"] == 1 and not list(out.glob("*.part"))
+    assert summary["images"] == 1 and not list(out.rglob("*.part"))
 
 
 # B4: two runs into one output folder at once.
@@ -152,7 +152,7 @@ def test_second_run_into_a_locked_folder_refuses_or_waits(tmp_path, tiny_surroga
     try:
         with pytest.raises(ValueError, match=rf"in use by another run \(pid {os.getpid()}"):
             DatasetProtector(tmp_path / "in", out, tiny_surrogate, **FAST).run()
-        assert not (out / "manifest.jsonl").exists()
+        assert not (private_dir(out) / "manifest.jsonl").exists() and not (out / "manifest.jsonl").exists()
         threading.Timer(1.0, lock.release).start()
         t0 = time.monotonic()
         summary = DatasetProtector(tmp_path / "in", out, tiny_surrogate, wait=True, **FAST).run()
@@ -170,7 +170,7 @@ def test_protected_png_is_refused_as_input(tmp_path, tiny_surrogate):
     DatasetProtector(tmp_path / "in", tmp_path / "out", tiny_surrogate, **FAST).run()
     again = tmp_path / "again"
     again.mkdir()
-    shutil.copy(tmp_path / "out" / "a.png", again / "a.png")
+    shutil.copy(public_dir(tmp_path / "out") / "a.png", again / "a.png")
     shutil.copy(tmp_path / "in" / "a_lesions.png", again / "a_lesions.png")
     summary = DatasetProtector(again, tmp_path / "out2", tiny_surrogate, **FAST).run()
     assert summary["protected"] == 0 and "already a MedLocker-protected image" in summary["failures"][0]["error"]
@@ -183,10 +183,10 @@ def test_unlock_refuses_a_dicom_with_a_changed_header(tmp_path, tiny_surrogate, 
     _dicom(tmp_path / "in")
     out = tmp_path / "out"
     DatasetProtector(tmp_path / "in", out, tiny_surrogate, owner_key=folder / "owner.key", **FAST).run()
-    ds = pydicom.dcmread(out / "eye.dcm")
+    ds = pydicom.dcmread(public_dir(out) / "eye.dcm")
     ds.PatientName = "Someone^Else"
-    ds.save_as(out / "eye.dcm")
-    summary = Unlocker(out, tmp_path / "un", key=folder / "owner.key", progress=False).run()
+    ds.save_as(public_dir(out) / "eye.dcm")
+    summary = Unlocker(public_dir(out), tmp_path / "un", key=folder / "owner.key", progress=False).run()
     assert summary["unlocked"] == 0 and "patient/study attributes" in summary["failures"][0]["error"]
     assert not (tmp_path / "un" / "eye.dcm").exists()
 
@@ -198,7 +198,7 @@ def test_greyscale_png_comes_back_greyscale(tmp_path, tiny_surrogate, owner):
     src = _fundus(tmp_path / "in", "grey.png", mode="L")
     out = tmp_path / "out"
     assert DatasetProtector(tmp_path / "in", out, tiny_surrogate, owner_key=folder / "owner.key", **FAST).run()["protected"] == 1
-    assert Unlocker(out, tmp_path / "un", key=folder / "owner.key", progress=False).run()["exit_code"] == 0
+    assert Unlocker(public_dir(out), tmp_path / "un", key=folder / "owner.key", progress=False).run()["exit_code"] == 0
     with Image.open(src) as a, Image.open(tmp_path / "un" / "grey.png") as b:
         assert b.mode == a.mode == "L" and np.array_equal(np.asarray(a), np.asarray(b))
 
@@ -236,9 +236,9 @@ def test_non_utf8_file_name_is_protected_verified_and_unlocked(tmp_path, tiny_su
     out = tmp_path / "out"
     summary = DatasetProtector(src, out, tiny_surrogate, owner_key=folder / "owner.key", **FAST).run()
     assert summary["protected"] == 1, summary
-    assert (out / name).is_file()
-    assert Verifier(out, folder / "owner.pub", progress=False).run()["exit_code"] == 0
-    assert Unlocker(out, tmp_path / "un", key=folder / "owner.key", progress=False).run()["exit_code"] == 0
+    assert (public_dir(out) / name).is_file() and record_file(out, name).is_file()
+    assert Verifier(public_dir(out), folder / "owner.pub", progress=False).run()["exit_code"] == 0
+    assert Unlocker(public_dir(out), tmp_path / "un", key=folder / "owner.key", progress=False).run()["exit_code"] == 0
     assert np.array_equal(load_rgb(tmp_path / "un" / name), load_rgb(src / name))
 
 
@@ -249,7 +249,8 @@ def test_grant_without_public_key_is_refused_unless_pub_is_given(tmp_path, tiny_
     _fundus(tmp_path / "in", "a.png")
     out = tmp_path / "out"
     DatasetProtector(tmp_path / "in", out, tiny_surrogate, owner_key=folder / "owner.key", **FAST).run()
-    image_id = json.loads((out / f"a{SIDECAR_SUFFIX}").read_text())["certificate"]["image_id"]
+    image_id = json.loads(sidecar_file(out, "a").read_text())["certificate"]["image_id"]
+    out = public_dir(out)  # what the grantee gets
     grant = save_grant(tmp_path / "g.grant", make_grant(key, [image_id]))
     data = json.loads(grant.read_text())
     del data["public_key"]
@@ -261,12 +262,13 @@ def test_grant_without_public_key_is_refused_unless_pub_is_given(tmp_path, tiny_
                  "--quiet"]) == 0
 
 
-def test_protect_never_writes_through_a_symlinked_folder_in_its_output(tmp_path, tiny_surrogate):
+@pytest.mark.parametrize("linked", ["public/sub", "private/records/sub"])
+def test_protect_never_writes_through_a_symlinked_folder_in_its_output(tmp_path, tiny_surrogate, linked):
     _fundus(tmp_path / "in" / "sub", "a.png")
     elsewhere, out = tmp_path / "elsewhere", tmp_path / "out"
     elsewhere.mkdir()
-    out.mkdir()
-    (out / "sub").symlink_to(elsewhere, target_is_directory=True)
+    (out / linked).parent.mkdir(parents=True)
+    (out / linked).symlink_to(elsewhere, target_is_directory=True)
     summary = DatasetProtector(tmp_path / "in", out, tiny_surrogate, **FAST).run()
     assert list(elsewhere.iterdir()) == [] and summary["protected"] == 0
     assert "symbolic link" in summary["failures"][0]["error"]
@@ -281,7 +283,7 @@ def test_unlock_into_a_locked_folder_refuses_naming_the_pid(tmp_path, tiny_surro
     out = tmp_path / "un"
     out.mkdir()
     with OutputLock(out):
-        args = ["unlock", str(tmp_path / "prot"), str(out), "--key", str(folder / "owner.key"), "--quiet"]
+        args = ["unlock", str(public_dir(tmp_path / "prot")), str(out), "--key", str(folder / "owner.key"), "--quiet"]
         assert main(args) == 2
         err = capsys.readouterr().err
         assert f"pid {os.getpid()}" in err and "--wait" in err and "Traceback" not in err

@@ -20,6 +20,14 @@ from monai_medlocker.io import LoadFundusImaged
 from monai_medlocker.io.private_tags import MedlockerTags, PrivateTagError, read_medlocker_tags, write_medlocker_tags
 from monai_medlocker.networks import Surrogate, model_spec
 from monai_medlocker.workflows.protect import DatasetProtector
+from protect_outputs import (
+    assert_public_record_of,
+    manifest_rows,
+    public_dir,
+    read_record,
+    record_file,
+    sidecar_file,
+)
 
 CORPUS = Path(pydicom.__file__).parent / "data" / "test_files"
 
@@ -86,7 +94,7 @@ def corpus_run(tmp_path_factory, request):
     surrogate = Surrogate(TinyConv(), model_spec("resnet-tiny", 64))
     summary = DatasetProtector(src, out, surrogate, watermark={"max_queries": 8, "search_space": "paper"},
                                lesion_segmenter="masks", progress=False).run()
-    rows = {r["image"]: r for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
+    rows = {r["image"]: r for r in manifest_rows(out)}
     return src, out, rows, summary
 
 
@@ -113,10 +121,12 @@ def test_corpus_file_is_protected_or_refused_clearly(corpus_run, name, tmp_path)
     assert list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"]
     assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == original.dataset.SOPInstanceUID
     assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
-    # The private block parses back into the sidecar's record.
+    # The private block parses back into the public part of the owner's record: no lesion boxes, no opacity.
     tags = read_medlocker_tags(ds)
-    sidecar = json.loads((out / Path(row["output"]).with_suffix(".medlocker.json")).read_text())
-    assert tags.params["marks"] == sidecar["marks"] and tags.source_sop_instance_uid == original.dataset.SOPInstanceUID
+    assert row["output"].startswith("public/")
+    assert_public_record_of(tags.params, read_record(out, name))
+    assert tags.version == "medlocker-dicom/2" and tags.wsm_boxes == [] and tags.sealed_record is None  # keyless
+    assert tags.source_sop_instance_uid == original.dataset.SOPInstanceUID
     # Only the logo boxes changed.
     footprint = np.zeros(original.pixels.shape[:2], bool)
     for mark in tags.params["marks"]:
@@ -144,12 +154,15 @@ def test_corpus_summary_lists_every_refusal(corpus_run):
     assert summary["exit_code"] == 1
 
 
+SEALED = bytes(range(37))  # an odd length: the OB value gets a padding byte
+
+
 def _protected_copy(name: str, tmp_path: Path, encoding: str = "explicit") -> tuple[Path, np.ndarray]:
     fd = read_fundus_dicom(CORPUS / name)
     pixels = fd.pixels.copy()
     pixels[10:20, 30:50] = 255
-    tags = MedlockerTags(params={"format": "medlocker-params/1", "marks": [{"box_xyxy": [30, 10, 50, 20]}]},
-                         wsm_boxes=[(0, 0, 5, 5), (60, 60, 70, 80)], source_sop_instance_uid=fd.dataset.SOPInstanceUID)
+    tags = MedlockerTags(params={"format": "medlocker-public/1", "marks": [{"box_xyxy": [30, 10, 50, 20]}]},
+                         source_sop_instance_uid=fd.dataset.SOPInstanceUID, sealed_record=SEALED)
     out = tmp_path / f"{Path(name).stem}.{encoding}.dcm"
     save_dicom(out, derive_protected_dataset(fd.dataset, pixels, tags, encoding=encoding))
     return out, pixels
@@ -160,7 +173,8 @@ def test_lossless_encodings_round_trip_exactly(tmp_path, encoding):
     out, pixels = _protected_copy("SC_rgb_jpeg_dcmtk.dcm", tmp_path, encoding)
     back = read_fundus_dicom(out)
     assert np.array_equal(back.pixels, pixels)
-    assert read_medlocker_tags(back.dataset).wsm_boxes == [(0, 0, 5, 5), (60, 60, 70, 80)]
+    tags = read_medlocker_tags(back.dataset)
+    assert tags.sealed_record == SEALED and tags.version == "medlocker-dicom/2" and tags.wsm_boxes == []
     expected = {"explicit": "1.2.840.10008.1.2.1", "rle": "1.2.840.10008.1.2.5", "jpeg-ls": "1.2.840.10008.1.2.4.80"}
     assert back.dataset.file_meta.TransferSyntaxUID == expected[encoding]
 
@@ -180,23 +194,43 @@ def test_private_block_survives_implicit_vr_rewrite(tmp_path):
     back = pydicom.dcmread(implicit)
     tags = read_medlocker_tags(back)
     assert tags.params["marks"][0]["box_xyxy"] == [30, 10, 50, 20]
-    assert tags.wsm_boxes == [(0, 0, 5, 5), (60, 60, 70, 80)]
+    assert tags.sealed_record == SEALED
+
+
+def test_lesion_boxes_are_never_written_in_clear_and_format_1_blocks_still_read():
+    ds = pydicom.dcmread(CORPUS / "SC_rgb_rle.dcm")
+    with pytest.raises(PrivateTagError, match="never with lesion boxes in clear"):
+        write_medlocker_tags(ds, MedlockerTags(params={"a": 1}, wsm_boxes=[(0, 0, 5, 5)]))
+    # A block an earlier version wrote (format 1: the record and the WSM boxes in clear) is read as it was.
+    old = pydicom.dcmread(CORPUS / "SC_rgb_rle.dcm")
+    block = old.private_block(0x0011, "MEDLOCKER 1", create=True)
+    block.add_new(0x01, "LO", "medlocker-dicom/1")
+    block.add_new(0x02, "UT", json.dumps({"format": "medlocker-params/1", "marks": []}))
+    block.add_new(0x03, "UL", [0, 0, 5, 5, 60, 60, 70, 80])
+    tags = read_medlocker_tags(old)
+    assert tags.version == "medlocker-dicom/1" and tags.wsm_boxes == [(0, 0, 5, 5), (60, 60, 70, 80)]
+    assert tags.params["format"] == "medlocker-params/1" and tags.sealed_record is None
 
 
 @pytest.mark.parametrize("length", [39, 40])
 def test_odd_length_payload_survives_the_even_length_padding(tmp_path, length):
     ds = pydicom.dcmread(CORPUS / "SC_rgb_rle.dcm")
     payload = bytes(range(length))
-    write_medlocker_tags(ds, MedlockerTags(params={"a": 1}, certificate={"c": 1}, signature=b"s" * 64, restore_payload=payload))
+    sealed = bytes(range(length + 1, 0, -1))
+    write_medlocker_tags(ds, MedlockerTags(params={"a": 1}, certificate={"c": 1}, signature=b"s" * 64, restore_payload=payload,
+                                           sealed_record=sealed))
     ds.save_as(tmp_path / "p.dcm")
     back = read_medlocker_tags(pydicom.dcmread(tmp_path / "p.dcm"))
-    assert back.restore_payload == payload and back.signature == b"s" * 64
+    assert back.restore_payload == payload and back.signature == b"s" * 64 and back.sealed_record == sealed
 
 
 def test_private_block_reader_rejects_wrong_version_and_absent_block(tmp_path):
     ds = pydicom.dcmread(CORPUS / "SC_rgb_rle.dcm")
     assert read_medlocker_tags(ds) is None
-    write_medlocker_tags(ds, MedlockerTags(params={"a": 1}, version="medlocker-dicom/99"))
+    with pytest.raises(PrivateTagError, match="only medlocker-dicom/2"):
+        write_medlocker_tags(ds, MedlockerTags(params={"a": 1}, version="medlocker-dicom/99"))
+    write_medlocker_tags(ds, MedlockerTags(params={"a": 1}))
+    ds.private_block(0x0011, "MEDLOCKER 1")[0x01].value = "medlocker-dicom/99"  # a block of a later version
     with pytest.raises(PrivateTagError, match="medlocker-dicom/99"):
         read_medlocker_tags(ds, "x.dcm")
     write_medlocker_tags(ds, MedlockerTags(params={"a": 2}))  # rewriting replaces the block
@@ -252,8 +286,8 @@ def test_protected_dicom_output_never_replaces_input(tmp_path, tiny_surrogate):
     out = tmp_path / "out"
     DatasetProtector(src, out, tiny_surrogate, lesion_segmenter="masks", progress=False,
                      watermark={"max_queries": 4}).run()
-    assert (src / "a.dcm").read_bytes() == before and (out / "a.dcm").is_file()
-    assert os.path.getsize(out / "a.medlocker.json") > 0
+    assert (src / "a.dcm").read_bytes() == before and (public_dir(out) / "a.dcm").is_file()
+    assert os.path.getsize(record_file(out, "a.dcm")) > 0
 
 
 @pytest.mark.parametrize("transfer_syntax,monochrome", [("explicit", False), ("jpeg-baseline", False), ("rle", True)])
@@ -274,7 +308,7 @@ def test_conformant_op8_stays_conformant(tmp_path, tiny_surrogate, transfer_synt
     summary = DatasetProtector(src, out, tiny_surrogate, lesion_segmenter="masks", progress=False,
                                watermark={"max_queries": 6}).run()
     assert summary["protected"] == 1, summary
-    derived = pydicom.dcmread(out / "op8.dcm")
+    derived = pydicom.dcmread(public_dir(out) / "op8.dcm")
     assert list(derived.ImageType)[:2] == ["DERIVED", "PRIMARY"] and derived.ImageType[2]
     assert derived.PhotometricInterpretation == ("MONOCHROME2" if monochrome else "RGB")
     if transfer_syntax == "jpeg-baseline":
@@ -282,7 +316,7 @@ def test_conformant_op8_stays_conformant(tmp_path, tiny_surrogate, transfer_synt
     if monochrome:
         assert read_medlocker_tags(derived).params["logo_rendering"] == "greyscale"
     if dciodvfy_available():
-        report = run_dciodvfy(out / "op8.dcm")
+        report = run_dciodvfy(public_dir(out) / "op8.dcm")
         assert report.errors == [], report.output
 
 
@@ -293,8 +327,12 @@ def test_ci_has_the_dicom_validator():
     assert dciodvfy_available(), "dciodvfy (Debian dicom3tools) is required here but not installed"
 
 
-def test_uid_named_dicom_files_and_shared_record_names(tmp_path, tiny_surrogate):
-    """PACS exports name files by UID: each is found and keeps its whole name; a.png + a.dcm do not share a record."""
+@pytest.mark.parametrize("keyed", [False, True])
+def test_uid_named_dicom_files_and_shared_output_names(tmp_path, tiny_surrogate, keyed):
+    """PACS exports name files by UID: each is found and keeps its whole name. a.png + a.dcm have their own
+    records (the input's suffix is in the record's name), but with an owner key one public sidecar: refused."""
+    from monai_medlocker.certify.keys import generate_owner_key
+
     src = tmp_path / "in"
     src.mkdir()
     for name in ("1.2.826.0.1.3680043.8.498.4", "1.2.826.0.1.3680043.8.498.5"):
@@ -305,12 +343,22 @@ def test_uid_named_dicom_files_and_shared_record_names(tmp_path, tiny_surrogate)
     Image.fromarray(np.zeros((240, 320), np.uint8)).save(src / "eye_lesions.png")
     out = tmp_path / "out"
     summary = DatasetProtector(src, out, tiny_surrogate, lesion_segmenter="masks", progress=False,
-                               watermark={"max_queries": 4}).run()
-    rows = {r["image"]: r for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
-    assert rows["1.2.826.0.1.3680043.8.498.4"]["output"] == "1.2.826.0.1.3680043.8.498.4.dcm"
-    assert rows["1.2.826.0.1.3680043.8.498.5"]["output"] == "1.2.826.0.1.3680043.8.498.5.dcm"
-    assert [r["status"] for n, r in sorted(rows.items()) if n.startswith("eye")] == ["protected", "failed"]
-    assert "same output or record name" in rows["eye.png"]["error"] and summary["exit_code"] == 1
+                               watermark={"max_queries": 4}, owner_key=generate_owner_key() if keyed else None).run()
+    rows = {r["image"]: r for r in manifest_rows(out)}
+    assert rows["1.2.826.0.1.3680043.8.498.4"]["output"] == "public/1.2.826.0.1.3680043.8.498.4.dcm"
+    assert rows["1.2.826.0.1.3680043.8.498.5"]["output"] == "public/1.2.826.0.1.3680043.8.498.5.dcm"
+    assert read_record(out, "1.2.826.0.1.3680043.8.498.4")["source"]["file"] == "1.2.826.0.1.3680043.8.498.4"
+    if keyed:
+        assert [r["status"] for n, r in sorted(rows.items()) if n.startswith("eye")] == ["protected", "failed"]
+        assert "same output or record name" in rows["eye.png"]["error"] and summary["exit_code"] == 1
+        assert not (public_dir(out) / "eye.png").exists()
+        assert json.loads(sidecar_file(out, "eye").read_text())["certificate"]["image_id"] == \
+            pydicom.dcmread(src / "eye.dcm").SOPInstanceUID
+    else:  # nothing shared: both protected, each with its own record
+        assert [r["status"] for n, r in sorted(rows.items()) if n.startswith("eye")] == ["protected", "protected"]
+        assert summary["exit_code"] == 0
+        assert read_record(out, "eye.png")["source"]["file"] == "eye.png"
+        assert read_record(out, "eye.dcm")["source"]["file"] == "eye.dcm"
 
 
 def test_missing_sop_instance_uid_is_named(tmp_path):
@@ -322,15 +370,42 @@ def test_missing_sop_instance_uid_is_named(tmp_path):
         read_fundus_dicom(tmp_path / "anonymous.dcm")
 
 
-def test_resumed_run_does_not_take_another_images_record(tmp_path, tiny_surrogate):
+@pytest.mark.parametrize("keyed", [False, True])
+def test_resumed_run_does_not_take_another_images_record_or_sidecar(tmp_path, tiny_surrogate, keyed):
+    from monai_medlocker.certify.keys import generate_owner_key
+
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     Image.fromarray(np.zeros((240, 320, 3), np.uint8) + 90).save(src / "eye.png")
     Image.fromarray(np.zeros((240, 320), np.uint8)).save(src / "eye_lesions.png")
-    settings = dict(lesion_segmenter="masks", progress=False, watermark={"max_queries": 4})
+    settings = dict(lesion_segmenter="masks", progress=False, watermark={"max_queries": 4},
+                    owner_key=generate_owner_key() if keyed else None)
     assert DatasetProtector(src, out, tiny_surrogate, **settings).run()["protected"] == 1
+    record_before = record_file(out, "eye.png").read_bytes()
+    sidecar_before = sidecar_file(out, "eye").read_bytes() if keyed else None
     shutil.copy(CORPUS / "examples_rgb_color.dcm", src / "eye.dcm")  # added later, same stem
     DatasetProtector(src, out, tiny_surrogate, **settings).run()
-    rows = {r["image"]: r for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
-    assert rows["eye.dcm"]["status"] == "failed" and "is the record of eye.png" in rows["eye.dcm"]["error"]
-    assert rows["eye.png"]["status"] == "already-done" and not (out / "eye.dcm").exists()
+    rows = {r["image"]: r for r in manifest_rows(out)}
+    assert rows["eye.png"]["status"] == "already-done" and record_file(out, "eye.png").read_bytes() == record_before
+    if keyed:  # eye.dcm would replace eye.png's public sidecar
+        assert rows["eye.dcm"]["status"] == "failed" and "is the public sidecar of another image" in rows["eye.dcm"]["error"]
+        assert not (public_dir(out) / "eye.dcm").exists() and not record_file(out, "eye.dcm").exists()
+        assert sidecar_file(out, "eye").read_bytes() == sidecar_before
+    else:  # its own record and output: nothing of eye.png's is taken
+        assert rows["eye.dcm"]["status"] == "protected" and read_record(out, "eye.dcm")["source"]["file"] == "eye.dcm"
+        assert not list(public_dir(out).glob("*.medlocker.json"))
+
+
+def test_garbled_private_element_is_a_clear_error(tmp_path):
+    """Found by the fuzzer: an element of group 0x0011 with an unknown VR raised pydicom's NotImplementedError."""
+    ds = pydicom.dcmread(CORPUS / "SC_rgb_rle.dcm")
+    write_medlocker_tags(ds, MedlockerTags(params={"a": 1}, certificate={"c": 1}, signature=b"s" * 64,
+                                           restore_payload=b"p" * 8, sealed_record=b"r" * 8))
+    ds.save_as(tmp_path / "ok.dcm", implicit_vr=False, little_endian=True)
+    data = (tmp_path / "ok.dcm").read_bytes()
+    element = b"\x11\x00\x15\x10UL"  # (0011,1015) UL: the sealed record's length
+    assert data.count(element) == 1
+    (tmp_path / "bad.dcm").write_bytes(data.replace(element, b"\x11\x00\x15\x10U\xad"))
+    garbled = pydicom.dcmread(tmp_path / "bad.dcm")
+    with pytest.raises(PrivateTagError, match=r"bad\.dcm: unreadable element in private group 0x0011"):
+        read_medlocker_tags(garbled, str(tmp_path / "bad.dcm"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -10,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from monai_medlocker.io.dicom_build import fundus_dataset
+from monai_medlocker.io.private_tags import MedlockerTags, write_medlocker_tags
 
 ROOT = Path(__file__).resolve().parents[1]
 HARNESS = ROOT / "tests" / "fuzz" / "fuzz_loaders.py"
@@ -28,6 +30,21 @@ def _seed_corpus(folder: Path) -> None:
     buf = io.BytesIO()
     fundus_dataset(rgb, iod="op8").save_as(buf, enforce_file_format=True)
     (folder / "seed3").write_bytes(bytes([SUFFIXES.index(".dcm")]) + buf.getvalue())
+    # Protected-looking inputs, so that the reader of the MedLocker block and text chunks is reached too.
+    public = json.dumps({"format": "medlocker-public/1", "marks": [{"box_xyxy": [1, 2, 9, 9]}]})
+    ds = fundus_dataset(rgb, iod="op8")
+    write_medlocker_tags(ds, MedlockerTags(params=json.loads(public), certificate={"format": "x"}, signature=b"s" * 64,
+                                           restore_payload=bytes(range(33)), sealed_record=bytes(range(21))))
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    (folder / "seed4").write_bytes(bytes([SUFFIXES.index(".dcm")]) + buf.getvalue())
+    info = PngImagePlugin.PngInfo()
+    for key, value in (("medlocker:public", public), ("medlocker:certificate", '{"format": "x"}'),
+                       ("medlocker:sealed", "AAEC")):
+        info.add_itxt(key, value)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG", pnginfo=info)
+    (folder / "seed5").write_bytes(bytes([SUFFIXES.index(".png")]) + buf.getvalue())
 
 
 @pytest.mark.timeout(300)

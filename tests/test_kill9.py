@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,14 +24,16 @@ import pydicom
 import pytest
 from PIL import Image
 
-from monai_medlocker.certify.seal import SIDECAR_SUFFIX
 from monai_medlocker.data.synthetic import synthesize_fundus
 from monai_medlocker.io.dicom_build import fundus_dataset
+from protect_outputs import private_dir, read_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 # Attributes a derived instance takes from the moment it is made.
 PER_INSTANCE = {"SOPInstanceUID", "InstanceCreationDate", "InstanceCreationTime", "ContentDate", "ContentTime"}
 TIMINGS = {"seconds", "certify_seconds"}
+# Per-run files: what differs between an interrupted run and an uninterrupted one is their business.
+PER_RUN = {"private/summary.json", "private/manifest.jsonl"}
 
 
 def _inputs(folder: Path) -> None:
@@ -78,34 +81,45 @@ def test_kill_9_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path):
     # The uninterrupted run, in the same folder path (the derived series UID depends on it), moved aside.
     _finish(_protect(src, out))
     out.rename(reference)
+    # Keyless renderings depend on the folder's secret: the second run continues with the first one's.
+    private_dir(out).mkdir(parents=True)
+    shutil.copy(private_dir(reference) / "render_secret", private_dir(out) / "render_secret")
 
+    records = private_dir(out) / "records"
     proc = _protect(src, out)
     deadline = time.monotonic() + 600
-    while not list(out.glob(f"*{SIDECAR_SUFFIX}")):
+    while not list(records.glob("*.record.json")):
         assert proc.poll() is None, "protect ended before its first output appeared"
         assert time.monotonic() < deadline
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
-    done_when_killed = sorted(p.name for p in out.glob(f"*{SIDECAR_SUFFIX}"))
+    done_when_killed = sorted(p.name for p in records.glob("*.record.json"))
     assert 1 <= len(done_when_killed) < 5, done_when_killed  # really mid-run
-    assert not (out / "summary.json").exists()
+    assert not (private_dir(out) / "summary.json").exists()
 
     _finish(_protect(src, out))  # no --wait: a killed run's lock is gone with it
     assert not list(out.rglob("*.part")) and not (out / ".medlocker.lock").exists()
-    summary = json.loads((out / "summary.json").read_text())
+    summary = read_summary(out)
     assert summary["protected"] == 5 and summary["failures"] == [], summary
     assert summary["newly_protected"] == 5 - len(done_when_killed)
 
-    names = sorted(p.name for p in reference.iterdir() if p.name not in ("summary.json", "manifest.jsonl"))
-    assert names == sorted(p.name for p in out.iterdir() if p.name not in ("summary.json", "manifest.jsonl"))
+    names = _files(reference)
+    assert names == _files(out)
     for name in names:
         a, b = reference / name, out / name
-        if name.endswith(SIDECAR_SUFFIX):
+        if name.endswith(".record.json"):
             assert _record(a) == _record(b), name
         elif name.endswith(".dcm"):
             assert _dicom_view(a) == _dicom_view(b), name
         else:
             assert a.read_bytes() == b.read_bytes(), name
-    assert any(n.endswith(".png") for n in names) and "photo.dcm" in names
+    assert any(n.endswith(".png") for n in names) and "public/photo.dcm" in names
+    assert len([n for n in names if n.endswith(".record.json")]) == 5
+
+
+def _files(folder: Path) -> list[str]:
+    """Every file of an output folder but the per-run ones, relative to it."""
+    return sorted(n for n in (p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+                  if n not in PER_RUN)

@@ -30,6 +30,7 @@ from monai_medlocker.io.dicom_build import fundus_dataset
 from monai_medlocker.io.private_tags import read_medlocker_tags
 from monai_medlocker.lesions import wsm_from_boxes
 from orthanc_server import OrthancServer, free_port, orthanc_available
+from protect_outputs import assert_public_record_of, private_dir
 
 pytestmark = pytest.mark.slow
 
@@ -87,7 +88,8 @@ def _series(orthanc, study: str = STUDY) -> dict[str, int]:
 def _pacs_protect(orthanc, tmp_path, *extra, url=None, study=STUDY) -> tuple[int, dict]:
     work = tmp_path / f"work{len(list(tmp_path.glob('work*')))}"
     code = main(["pacs", "protect", "--url", url or orthanc.url, "--study", study, "--work-dir", str(work), *FAST, *extra])
-    summary = json.loads((work / "out" / "pacs_summary.json").read_text()) if (work / "out" / "pacs_summary.json").is_file() else {}
+    path = private_dir(work / "out") / "pacs_summary.json"
+    summary = json.loads(path.read_text()) if path.is_file() else {}
     return code, summary
 
 
@@ -111,21 +113,27 @@ def test_pacs_protect_round_trip(orthanc, study_files, tmp_path):
             orthanc_id = json.loads(r.read())[0]["ID"]
         assert orthanc.get_bytes(f"/instances/{orthanc_id}/file") == path.read_bytes()
 
-    # Download the new series again and check each instance independently of the tool's own files.
+    # Download the new series again and check each instance against the originals; only the lesion boxes (never
+    # published) come from the owner's private records, found by the source instance's UID.
+    records = {r["image_id"]: r for r in (json.loads(p.read_text())
+                                          for p in (private_dir(Path(summary["work_dir"]) / "out") / "records").rglob("*.record.json"))}
+    assert len(records) == 3
     client = _client(orthanc)
     for series_uid in new_series:
         for item in client.search_for_instances(STUDY, series_uid):
             sop = item["00080018"]["Value"][0]
             ds = client.retrieve_instance(STUDY, series_uid, sop)
             tags = read_medlocker_tags(ds)
-            assert tags is not None and tags.params["format"] == "medlocker-params/1"
-            assert tags.source_sop_instance_uid in originals
+            assert tags is not None and tags.source_sop_instance_uid in originals
+            record = records[tags.source_sop_instance_uid]
+            assert_public_record_of(tags.params, record)
+            assert tags.version == "medlocker-dicom/2" and tags.wsm_boxes == []
             assert ds.StudyInstanceUID == STUDY and ds.SOPInstanceUID not in originals
             original = read_fundus_dicom(originals[tags.source_sop_instance_uid]).pixels
             local = orthanc.folder / "check.dcm"
             ds.save_as(local, enforce_file_format=True)
             protected = read_fundus_dicom(local).pixels
-            wsm = wsm_from_boxes(np.asarray(tags.wsm_boxes).reshape(-1, 4), original.shape[:2])
+            wsm = wsm_from_boxes(np.asarray(record["wsm_boxes"]).reshape(-1, 4), original.shape[:2])
             changed = np.any(original != protected, axis=-1)
             assert changed.any(), "the logo was not stamped"
             assert not (changed & wsm).any(), "a pixel inside the WSM changed"
@@ -243,7 +251,7 @@ def test_pacs_bundle_config_runs_through_monai_bundle(orthanc, study_files, tmp_
            "--progress", "False", "--max_queries", "8", "--force", "True"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads((work / "out" / "pacs_summary.json").read_text())
+    summary = json.loads((private_dir(work / "out") / "pacs_summary.json").read_text())
     assert summary["status"] == "protected" and len(summary["stored"]) == 3
 
 

@@ -19,7 +19,15 @@ from pydicom.dataset import Dataset
 
 from monai_medlocker.certify.certificate import CertificateError, SignedCertificate, verify_certificate
 from monai_medlocker.certify.keys import generate_owner_key
-from monai_medlocker.certify.seal import PNG_CERTIFICATE, PNG_PAYLOAD, PNG_PUBLIC, PNG_SEALED, PNG_SIGNATURE, read_protected
+from monai_medlocker.certify.seal import (
+    PNG_CERTIFICATE,
+    PNG_LEGACY_PARAMS,
+    PNG_PAYLOAD,
+    PNG_PUBLIC,
+    PNG_SEALED,
+    PNG_SIGNATURE,
+    read_protected,
+)
 from monai_medlocker.data.datalist import datalist_item_problem, load_datalist
 from monai_medlocker.io.private_tags import (
     PRIVATE_CREATOR,
@@ -99,7 +107,8 @@ text_values = st.one_of(st.text(max_size=40), json_values.map(json.dumps),
 
 
 @FAST
-@given(st.dictionaries(st.sampled_from([PNG_PUBLIC, PNG_CERTIFICATE, PNG_SIGNATURE, PNG_PAYLOAD, PNG_SEALED]), text_values,
+@given(st.dictionaries(st.sampled_from([PNG_PUBLIC, PNG_LEGACY_PARAMS, PNG_CERTIFICATE, PNG_SIGNATURE, PNG_PAYLOAD,
+                                        PNG_SEALED]), text_values,
                        min_size=1, max_size=4))
 def test_png_certificate_chunks_never_crash_the_reader(tmp_path_factory, chunks):
     path = tmp_path_factory.mktemp("png") / "img.png"
@@ -110,6 +119,7 @@ def test_png_certificate_chunks_never_crash_the_reader(tmp_path_factory, chunks)
     pf = read_protected(path)  # never raises for a readable image: a bad certificate becomes pf.problem
     assert pf.problem is None or str(path) in pf.problem
     assert pf.signed is None or isinstance(pf.signed.certificate, dict)
+    assert pf.sealed_record is None or isinstance(pf.sealed_record, bytes)
 
 
 # The DICOM private block.
@@ -128,7 +138,8 @@ def private_blocks(draw):
     for offset in draw(st.lists(st.sampled_from([0x01, 0x02, 0x03, 0x04, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15]), unique=True)):
         vr = draw(st.sampled_from(sorted(_VALUES)))
         elements[offset] = (vr, draw(_VALUES[vr]))
-    keep_format = draw(st.booleans())
+    # a real format (the current one, or format 1 that earlier versions wrote), or whatever was drawn
+    keep_format = draw(st.sampled_from([None, "medlocker-dicom/1", PRIVATE_FORMAT]))
     return elements, keep_format
 
 
@@ -143,7 +154,7 @@ def test_private_block_parser_raises_only_its_own_error(block):
     ds = Dataset()
     pb = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
     if keep_format:
-        pb.add_new(0x01, "LO", PRIVATE_FORMAT)
+        pb.add_new(0x01, "LO", keep_format)
     for offset, (vr, value) in elements.items():
         if keep_format and offset == 0x01:
             continue
@@ -155,6 +166,7 @@ def test_private_block_parser_raises_only_its_own_error(block):
         return
     assert isinstance(tags.params, dict) and (tags.certificate is None or isinstance(tags.certificate, dict))
     assert all(len(box) == 4 for box in tags.wsm_boxes)
+    assert tags.sealed_record is None or isinstance(tags.sealed_record, bytes)
 
 
 # Datalists.

@@ -17,6 +17,7 @@ from PIL import Image
 from monai_medlocker.cli import main
 from monai_medlocker.io.image import atomic_write_bytes, load_mask, load_rgb
 from monai_medlocker.lesions import lesion_bboxes, wsm_from_boxes
+from protect_outputs import assert_public_record_of, manifest_rows, public_dir, read_record, read_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "bundle" / "samples"
@@ -48,21 +49,24 @@ def test_cli_protect_writes_outputs_and_never_touches_inputs(sample_dir, tmp_pat
     out = tmp_path / "out"
     assert main(["protect", str(sample_dir), str(out), "--quiet", "--max-queries", "40"]) == 0
     assert _digest(sample_dir) == before
-    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    manifest = manifest_rows(out)
     assert sorted(r["image"] for r in manifest) == ["synthetic_grade2.png", "synthetic_grade3.png"]
     assert all(r["status"] == "protected" for r in manifest)
-    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(r["output"] for r in manifest) == ["public/synthetic_grade2.png", "public/synthetic_grade3.png"]
+    summary = read_summary(out)
     assert summary["images"] == 2 and summary["protected"] == 2 and summary["failures"] == []
     for name in ("synthetic_grade2", "synthetic_grade3"):
         original = load_rgb(sample_dir / f"{name}.png")
-        protected = load_rgb(out / f"{name}.png")
-        record = json.loads((out / f"{name}.medlocker.json").read_text())
+        protected = load_rgb(public_dir(out) / f"{name}.png")
+        record = read_record(out, f"{name}.png")
         changed = np.any(original != protected, axis=-1)
         assert changed.any()
         assert not (changed & _wsm_for(sample_dir / f"{name}.png")).any()
         assert record["queries"] <= 40 and record["changed_pixels"] == int(changed.sum())
-        # the PNG carries the same record in a text chunk
-        assert json.loads(Image.open(out / f"{name}.png").text["medlocker:params"])["marks"] == record["marks"]
+        # the PNG carries the public part of the record in a text chunk: the marks as seen, never their opacity
+        text = Image.open(public_dir(out) / f"{name}.png").text
+        assert "medlocker:params" not in text
+        assert_public_record_of(json.loads(text["medlocker:public"]), record)
 
 
 def test_bad_inputs_are_reported_and_the_batch_goes_on(sample_dir, tmp_path, capsys):
@@ -76,7 +80,7 @@ def test_bad_inputs_are_reported_and_the_batch_goes_on(sample_dir, tmp_path, cap
     # "masks" requires mask files (no built-in detector fallback), so nomask.png must fail.
     assert main(["protect", str(sample_dir), str(out), "--quiet", "--max-queries", "20",
                  "--lesion-segmenter", "masks"]) == 1
-    summary = json.loads((out / "summary.json").read_text())
+    summary = read_summary(out)
     errors = {f["image"]: f["error"] for f in summary["failures"]}
     assert set(errors) == {"corrupt.png", "nomask.png", "wrongsize.png", "alllesion.png"}
     assert "corrupt.png" in errors["corrupt.png"] and "not a readable image" in errors["corrupt.png"]
@@ -93,16 +97,16 @@ def test_builtin_detector_protects_an_unmasked_image(tmp_path):
     shutil.copy(SAMPLES / "synthetic_grade3.png", src / "unmasked.png")  # its masks are not copied
     out = tmp_path / "out"
     assert main(["protect", str(src), str(out), "--quiet", "--max-queries", "20"]) == 0
-    record = json.loads((out / "unmasked.medlocker.json").read_text())
+    record = read_record(out, "unmasked.png")
     assert record["lesion_source"] == "builtin"
     assert record["protected"] and record["wsm_boxes"]
     assert 0.0 < record["lesion_report"]["confidence"] <= 1.0
-    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    manifest = manifest_rows(out)
     assert manifest[0]["lesion_source"] == "builtin"
     # The logo stays off the detector's WSM, and that WSM covers the image's real lesions.
     shape = load_rgb(src / "unmasked.png").shape[:2]
     wsm = wsm_from_boxes(np.asarray(record["wsm_boxes"]), shape)
-    changed = np.any(load_rgb(src / "unmasked.png") != load_rgb(out / "unmasked.png"), axis=-1)
+    changed = np.any(load_rgb(src / "unmasked.png") != load_rgb(public_dir(out) / "unmasked.png"), axis=-1)
     assert changed.any() and not (changed & wsm).any()
     truth = np.stack([load_mask(SAMPLES / f"synthetic_grade3_{t}.png", shape) for t in ("MA", "HE", "EX", "SE")])
     assert wsm[truth.any(0)].mean() > 0.98
@@ -111,12 +115,12 @@ def test_builtin_detector_protects_an_unmasked_image(tmp_path):
 def test_rerun_skips_done_images_without_rewriting(sample_dir, tmp_path):
     out = tmp_path / "out"
     assert main(["protect", str(sample_dir), str(out), "--quiet", "--max-queries", "20"]) == 0
-    stamp = (out / "synthetic_grade2.png").stat().st_mtime_ns
+    stamp = (public_dir(out) / "synthetic_grade2.png").stat().st_mtime_ns
     assert main(["protect", str(sample_dir), str(out), "--quiet", "--max-queries", "20"]) == 0
-    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    manifest = manifest_rows(out)
     assert {r["status"] for r in manifest} == {"already-done"}
-    assert (out / "synthetic_grade2.png").stat().st_mtime_ns == stamp
-    assert json.loads((out / "summary.json").read_text())["protected"] == 2
+    assert (public_dir(out) / "synthetic_grade2.png").stat().st_mtime_ns == stamp
+    assert read_summary(out)["protected"] == 2
 
 
 def test_output_inside_input_is_refused(sample_dir, capsys):
@@ -135,7 +139,7 @@ def test_datalist_input_uses_its_labels_and_masks(tmp_path):
     (src / "datalist.json").write_text(json.dumps({"test": items}))
     out = tmp_path / "out"
     assert main(["protect", str(src / "datalist.json"), str(out), "--quiet", "--max-queries", "20"]) == 0
-    record = json.loads((out / "img" / "a.medlocker.json").read_text())
+    record = read_record(out, "img/a.png")
     assert record["label"] == 4 and record["label_source"] == "given"
 
 
@@ -157,7 +161,7 @@ def test_bundle_inference_config_runs_through_monai_bundle(sample_dir, tmp_path)
            "--dataset_dir", str(sample_dir), "--output_dir", str(out), "--max_queries", "20", "--progress", "False"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads((out / "summary.json").read_text())["protected"] == 2
+    assert read_summary(out)["protected"] == 2
 
 
 def test_absolute_datalist_path_never_overwrites_the_input(tmp_path):
@@ -171,14 +175,14 @@ def test_absolute_datalist_path_never_overwrites_the_input(tmp_path):
     out = tmp_path / "out"
     assert main(["protect", str(src / "datalist.json"), str(out), "--quiet", "--max-queries", "20"]) == 0
     assert _digest(src) == before
-    assert (out / "synthetic_grade2.png").is_file()
+    assert (public_dir(out) / "synthetic_grade2.png").is_file()
 
 
 def test_two_inputs_with_one_output_name_both_reported(sample_dir, tmp_path):
     Image.open(sample_dir / "synthetic_grade2.png").convert("RGB").save(sample_dir / "synthetic_grade2.jpg", quality=95)
     out = tmp_path / "out"
     assert main(["protect", str(sample_dir), str(out), "--quiet", "--max-queries", "20"]) == 1
-    errors = {f["image"]: f["error"] for f in json.loads((out / "summary.json").read_text())["failures"]}
+    errors = {f["image"]: f["error"] for f in read_summary(out)["failures"]}
     assert "same output or record name" in errors["synthetic_grade2.png"]
 
 
@@ -189,7 +193,7 @@ def test_rerun_still_reports_images_that_could_not_be_protected(sample_dir, tmp_
     args = ["protect", str(sample_dir), str(out), "--quiet", "--max-queries", "20", "--on-infeasible", "skip"]
     assert main(args) == 1
     assert main(args) == 1  # the second run must not hide it
-    failures = json.loads((out / "summary.json").read_text())["failures"]
+    failures = read_summary(out)["failures"]
     assert [f["image"] for f in failures] == ["alllesion.png"]
 
 

@@ -30,6 +30,14 @@ def _inputs(tmp_path: Path) -> Path:
     return src
 
 
+def _continue_from(first_out: Path, out: Path) -> Path:
+    """Give ``out`` the render secret of the keyless run into ``first_out`` (how a keyless run is continued
+    elsewhere): without it, another folder draws its own secret and renders its marks differently."""
+    (out / "private").mkdir(parents=True)
+    shutil.copy(first_out / "private" / "render_secret", out / "private" / "render_secret")
+    return out
+
+
 def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
@@ -73,18 +81,19 @@ def one_process(tmp_path_factory):
     src = _inputs(base)
     done = _bundle_run(["inference.json"], src, base / "out")
     assert done.returncode == 0, done.stderr[-3000:]
-    return src, _outputs(base / "out")
+    return src, _outputs(base / "out"), base / "out"
 
 
 def test_torchrun_two_processes_equal_one_process(one_process, tmp_path):
-    src, expected = one_process
-    done = _bundle_run(["inference.json", "multi_process_inference.json"], src, tmp_path / "out", nproc=2)
+    src, expected, first = one_process
+    done = _bundle_run(["inference.json", "multi_process_inference.json"], src, _continue_from(first, tmp_path / "out"),
+                       nproc=2)
     assert done.returncode == 0, done.stderr[-3000:]
     got = _outputs(tmp_path / "out")
     assert sorted(got) == sorted(expected)
     for name in expected:
         assert got[name] == expected[name], name
-    manifest = got["manifest.jsonl"]
+    manifest = got["private/manifest.jsonl"]
     assert sorted(r["image"] for r in manifest) == ["sub/synthetic_grade4.png", "synthetic_grade1.png",
                                                     "synthetic_grade2.png", "synthetic_grade3.png"]
     assert [r["status"] for r in manifest] == ["protected"] * 4
@@ -92,12 +101,13 @@ def test_torchrun_two_processes_equal_one_process(one_process, tmp_path):
 
 
 def test_protect_workers_equals_one_process(one_process, tmp_path):
-    src, expected = one_process
-    cmd = [sys.executable, "-m", "monai_medlocker.cli", "protect", str(src), str(tmp_path / "out"), "--workers", "2",
+    src, expected, first = one_process
+    out = _continue_from(first, tmp_path / "out")
+    cmd = [sys.executable, "-m", "monai_medlocker.cli", "protect", str(src), str(out), "--workers", "2",
            "--max-queries", "8", "--lesion-segmenter", "masks", "--quiet", "--seed", "3"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert _outputs(tmp_path / "out") == expected
+    assert _outputs(out) == expected
 
 
 def test_partition_never_repeats_and_keeps_clashing_names_together(tmp_path):
@@ -105,14 +115,18 @@ def test_partition_never_repeats_and_keeps_clashing_names_together(tmp_path):
 
     src = tmp_path / "in"
     src.mkdir()
-    names = ["a.png", "a.jpg", "b.png", "c.png", "d.png", "e.png", "a.bmp"]
+    names = ["a.png", "a.jpg", "b.png", "c.png", "d.png", "e.png", "a.bmp", "f.png", "f.dcm"]
     for n in names:
-        (src / n).write_bytes(b"")
+        (src / n).write_bytes(bytes(128) + b"DICM" if n.endswith(".dcm") else b"")
     items = [ProtectItem(image=src / n, relative=Path(n)) for n in names]
     protector = DatasetProtector.__new__(DatasetProtector)
     protector.output_dir = tmp_path / "out"
+    protector.certifier = None
     groups = protector._output_groups(items)
-    assert [0, 1, 6] in groups  # a.png, a.jpg, a.bmp all write a.png
+    assert [0, 1, 6] in groups  # a.png, a.jpg, a.bmp all write public/a.png
+    assert [7] in groups and [8] in groups  # f.png and f.dcm: their own images and records
+    protector.certifier = object()  # with an owner key they would share public/f.medlocker.json
+    assert [7, 8] in protector._output_groups(items)
     for world in (1, 2, 3, 5, 9):
         shares = [_partition(groups, rank, world) for rank in range(world)]
         flat = sorted(i for share in shares for i in share)
@@ -124,8 +138,9 @@ def test_partition_never_repeats_and_keeps_clashing_names_together(tmp_path):
 def test_ray_local_two_actors_equals_one_process(one_process, tmp_path_factory):
     """A private local Ray instance with 2 actors (its temporary folder inside the test's folder)."""
     pytest.importorskip("ray", reason="the ray extra (scripts/setup.sh installs it)")
-    src, expected = one_process
+    src, expected, first = one_process
     base = tmp_path_factory.mktemp("r")  # short: Ray's socket paths must stay under 107 characters
+    _continue_from(first, base / "out")
     cmd = [sys.executable, "-m", "monai_medlocker.cli", "protect", str(src), str(base / "out"), "--ray", "local",
            "--ray-actors", "2", "--max-queries", "8", "--lesion-segmenter", "masks", "--quiet", "--seed", "3"]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**_env(), "RAY_TMPDIR": str(base / "ray")}, timeout=600)
@@ -182,6 +197,8 @@ def test_builtin_detector_reruns_give_identical_files(tmp_path):
         Image.fromarray(synthesize_fundus(384, seed=60 + i, grade=2, lab_version=1).image).save(src / f"x{i}.png")
     outs = []
     for name in ("a", "b"):
+        if name == "b":
+            _continue_from(tmp_path / "a", tmp_path / name)
         surrogate = Surrogate(TinyConv(), model_spec("resnet-tiny", 64))
         DatasetProtector(src, tmp_path / name, surrogate, watermark={"max_queries": 4}, progress=False).run()
         outs.append(_outputs(tmp_path / name))

@@ -47,7 +47,7 @@ def test_help_imports_no_heavy_module(argv):
 
 @pytest.fixture(scope="module")
 def protected(tmp_path_factory):
-    """One PNG protected with an owner key made by ``medlocker keygen`` (empty mask: fast)."""
+    """One PNG protected with an owner key made by ``medlocker keygen`` (empty mask: fast); the published part."""
     from conftest import TinyConv
     from monai_medlocker.networks import Surrogate, model_spec
     from monai_medlocker.workflows.protect import DatasetProtector
@@ -64,7 +64,7 @@ def protected(tmp_path_factory):
     summary = DatasetProtector(src, out, surrogate, watermark={"max_queries": 4}, lesion_segmenter="masks",
                                owner_key=base / "owner.key", progress=False).run()
     assert summary["protected"] == 1, summary
-    return base, src, out
+    return base, src, out / "public"
 
 
 def test_verify_grant_unlock_run_without_heavy_modules(protected):

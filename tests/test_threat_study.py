@@ -111,10 +111,14 @@ def test_release_study_bad_inputs_are_named_and_the_study_goes_on(tmp_path):
     from monai_medlocker.data.synthetic import synthesize_fundus
     from monai_medlocker.io.image import save_png
 
-    for name in ("a", "b"):
+    from protect_outputs import public_dir, record_file
+
+    public_dir(release).mkdir()
+    for name in ("a", "b"):  # a protect output folder: the image in public/, the owner's record in private/records
         img = synthesize_fundus(128, seed=len(name), grade=1).image
-        save_png(release / f"{name}.png", img)
-        (release / f"{name}.medlocker.json").write_text(json.dumps({"label": 1, "marks": []}))
+        save_png(public_dir(release) / f"{name}.png", img)
+        record_file(release, f"{name}.png").parent.mkdir(parents=True, exist_ok=True)
+        record_file(release, f"{name}.png").write_text(json.dumps({"label": 1, "marks": []}))
     save_png(originals / "a.png", synthesize_fundus(128, seed=1, grade=1).image)
     errors: list[dict] = []
     images, row = release_study_images(release, originals, errors)

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from monai_medlocker.certify import generate_owner_key, make_grant, save_grant, save_owner_key
-from monai_medlocker.certify.seal import PNG_CERTIFICATE, PNG_PAYLOAD, PNG_SIGNATURE, SIDECAR_SUFFIX
+from monai_medlocker.certify.seal import PNG_CERTIFICATE, PNG_PAYLOAD, PNG_SEALED, PNG_SIGNATURE, SIDECAR_SUFFIX
 from monai_medlocker.cli import main
 from monai_medlocker.data.synthetic import synthesize_fundus
 from monai_medlocker.io.dciodvfy import dciodvfy_available, run_dciodvfy
@@ -25,6 +25,7 @@ from monai_medlocker.io.dicom_build import fundus_dataset
 from monai_medlocker.io.image import load_rgb
 from monai_medlocker.io.private_tags import has_medlocker_tags
 from monai_medlocker.workflows.protect import DatasetProtector
+from protect_outputs import public_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +41,8 @@ def keys(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def protected(tmp_path_factory, keys):
-    """Two PNGs and two DICOM files (colour JPEG Baseline OP 8-bit, red-free RLE) protected with the owner key."""
+    """Two PNGs and two DICOM files (colour JPEG Baseline OP 8-bit, red-free RLE) protected with the owner key;
+    the originals and the published part of the output (``OUT/public``: what a partner or a thief gets)."""
     from conftest import TinyConv
     from monai_medlocker.networks import Surrogate, model_spec
 
@@ -59,7 +61,7 @@ def protected(tmp_path_factory, keys):
     summary = DatasetProtector(src, out, surrogate, watermark={"max_queries": 6}, lesion_segmenter="masks",
                                owner_key=folder / "owner.key", progress=False).run()
     assert summary["protected"] == 4 and summary["certified_by"] == keys[1].key_id, summary
-    return src, out
+    return src, public_dir(out)
 
 
 def _copy(out: Path, tmp_path: Path, names: list[str]) -> Path:
@@ -171,6 +173,7 @@ def test_wrong_key_fails_and_writes_nothing(protected, keys, tmp_path, capsys):
     ("parameter", "invalid signature", "invalid signature"),
     ("signature", "invalid signature", "invalid signature"),
     ("payload", "authentic", "wrong key, or the payload or its certificate was altered"),
+    ("sealed", "authentic", "sealed record"),
 ])
 def test_png_tampering_is_detected(protected, keys, tmp_path, capsys, tamper, verdict, unlock_error):
     _, out = protected
@@ -181,7 +184,7 @@ def test_png_tampering_is_detected(protected, keys, tmp_path, capsys, tamper, ve
     elif tamper == "parameter":
         def edit(text):
             cert = json.loads(text[PNG_CERTIFICATE])
-            cert["params"]["marks"][0]["alpha"] = round(cert["params"]["marks"][0]["alpha"] - 0.01, 6)
+            cert["params"]["marks"][0]["scale"] = round(cert["params"]["marks"][0]["scale"] - 0.01, 6)
             text[PNG_CERTIFICATE] = json.dumps(cert)
         _rewrite_png(target, change_text=edit)
     elif tamper == "signature":
@@ -191,14 +194,16 @@ def test_png_tampering_is_detected(protected, keys, tmp_path, capsys, tamper, ve
             text[PNG_SIGNATURE] = base64.b64encode(bytes(sig)).decode()
         _rewrite_png(target, change_text=edit)
     else:
+        chunk = PNG_PAYLOAD if tamper == "payload" else PNG_SEALED
+
         def edit(text):
-            blob = bytearray(base64.b64decode(text[PNG_PAYLOAD]))
+            blob = bytearray(base64.b64decode(text[chunk]))
             blob[len(blob) // 2] ^= 0x01
-            text[PNG_PAYLOAD] = base64.b64encode(bytes(blob)).decode()
+            text[chunk] = base64.b64encode(bytes(blob)).decode()
         _rewrite_png(target, change_text=edit)
     code, report = _verify(target, folder / "owner.pub", capsys)
     assert report["results"][0]["verdict"] == verdict, report
-    assert code == (0 if verdict == "authentic" else 1)  # verify does not read the sealed payload
+    assert code == (0 if verdict == "authentic" else 1)  # verify does not read the sealed payload or record
     assert main(["unlock", str(target), str(tmp_path / "un"), "--key", str(folder / "owner.key"), "--quiet"]) == 1
     assert unlock_error in capsys.readouterr().err
     assert not (tmp_path / "un").exists()
@@ -218,7 +223,8 @@ def test_dicom_tampering_is_detected(protected, keys, tmp_path, capsys):
     assert main(["unlock", str(copy / "colour.dcm"), str(tmp_path / "un"), "--key", str(folder / "owner.key"), "--quiet"]) == 1
     assert "payload or its certificate was altered" in capsys.readouterr().err
     cert = json.loads(block[0x10].value)
-    cert["params"]["seed"] += 1
+    assert "seed" not in cert["params"] and "alpha" not in cert["params"]["marks"][0]  # the public record only
+    cert["params"]["marks"][0]["x0"] += 1
     block[0x10].value = json.dumps(cert)
     ds.save_as(copy / "colour.dcm")
     code, report = _verify(copy / "colour.dcm", folder / "owner.pub", capsys)
@@ -317,9 +323,10 @@ def test_dicom_source_without_study_uid_verifies_and_unlocks(keys, tmp_path, cap
     Image.fromarray(np.zeros((100, 100), np.uint8)).save(src / "nostudy_lesions.png")
     DatasetProtector(src, tmp_path / "out", tiny_surrogate, watermark={"max_queries": 4}, lesion_segmenter="masks",
                      owner_key=folder / "owner.key", progress=False).run()
-    code, report = _verify(tmp_path / "out", folder / "owner.pub", capsys)
+    code, report = _verify(public_dir(tmp_path / "out"), folder / "owner.pub", capsys)
     assert code == 0 and report["verdicts"] == {"authentic": 1}, report
-    assert main(["unlock", str(tmp_path / "out"), str(tmp_path / "un"), "--key", str(folder / "owner.key"), "--quiet"]) == 0
+    assert main(["unlock", str(public_dir(tmp_path / "out")), str(tmp_path / "un"), "--key", str(folder / "owner.key"),
+                 "--quiet"]) == 0
     back = read_fundus_dicom(tmp_path / "un" / "nostudy.dcm")
     assert np.array_equal(back.pixels, read_fundus_dicom(src / "nostudy.dcm").pixels)
     assert "StudyInstanceUID" not in back.dataset  # the original had none

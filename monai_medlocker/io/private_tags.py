@@ -30,6 +30,7 @@ Format 1 blocks (``medlocker-dicom/1``, written before the record was sealed) ar
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
@@ -103,13 +104,22 @@ def write_medlocker_tags(ds: Dataset, tags: MedlockerTags) -> None:
             block.add_new(length, "UL", len(blob))
 
 
-def _creators(ds: Dataset) -> list[str]:
-    return [str(e.value) for e in ds.group_dataset(PRIVATE_GROUP) if e.tag.element <= 0xFF and e.tag.element >= 0x10]
+def _creators(ds: Dataset, filename: str) -> list[str]:
+    try:
+        return [str(e.value) for e in ds.group_dataset(PRIVATE_GROUP) if e.tag.element <= 0xFF and e.tag.element >= 0x10]
+    except (NotImplementedError, ValueError, TypeError, KeyError, OverflowError, struct.error) as err:
+        # pydicom decodes an element when it is first read: a garbled one (e.g. an unknown VR) fails here.
+        raise PrivateTagError(f"{filename}: unreadable element in private group 0x{PRIVATE_GROUP:04x} "
+                              f"({type(err).__name__}: {err})") from err
 
 
-def has_medlocker_tags(ds: Dataset) -> bool:
-    """True when ``ds`` carries a MedLocker private block (it is already a protected instance)."""
-    return PRIVATE_CREATOR in _creators(ds)
+def has_medlocker_tags(ds: Dataset, filename: str = "dataset") -> bool:
+    """True when ``ds`` carries a MedLocker private block (it is already a protected instance).
+
+    Raises:
+        PrivateTagError: an element of the private group cannot be decoded (reading it once decodes them all).
+    """
+    return PRIVATE_CREATOR in _creators(ds, filename)
 
 
 def _value(filename: str, block, offset: int):
@@ -141,7 +151,7 @@ def read_medlocker_tags(ds: Dataset, filename: str = "dataset") -> MedlockerTags
     Raises:
         PrivateTagError: the block is present but is not a readable MedLocker block.
     """
-    if not has_medlocker_tags(ds):
+    if not has_medlocker_tags(ds, filename):
         return None
     block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)
     version = _value(filename, block, _FORMAT)

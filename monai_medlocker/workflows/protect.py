@@ -52,7 +52,7 @@ from typing import Callable, Sequence
 from monai.transforms import Compose
 from tqdm import tqdm
 
-from monai_medlocker.certify.seal import Keyring
+from monai_medlocker.certify.seal import SIDECAR_SUFFIX, Keyring
 from monai_medlocker.data.datalist import datalist_item_problem, read_datalist
 from monai_medlocker.io.dicom import is_dicom_file
 from monai_medlocker.io.image import SUPPORTED_SUFFIXES, ImageReadError, atomic_write_bytes, is_temporary_file, portable_name
@@ -104,6 +104,11 @@ def record_path_for(output_dir: str | Path, relative: str | Path) -> Path:
     """The owner's whole record of the input at ``relative``: ``private/records/<relative stem>.record.json``."""
     relative = Path(relative)
     return Path(output_dir) / PRIVATE_DIR / "records" / relative.parent / (relative.name + RECORD_SUFFIX)
+
+
+def _sidecar_path(out_path: Path) -> Path:
+    """The public sidecar beside a protected image (what :func:`~monai_medlocker.certify.seal.read_protected` reads)."""
+    return out_path.with_name(out_path.stem + SIDECAR_SUFFIX)
 
 
 def _is_image_file(path: Path) -> bool:
@@ -325,6 +330,12 @@ class DatasetProtector:
         out_path = self.output_dir / PUBLIC_DIR / output_name(item.relative, is_dicom_file(item.image))
         return out_path, record_path_for(self.output_dir, item.relative)
 
+    def _claimed_paths(self, out_path: Path, record_path: Path) -> list[Path]:
+        """The files an item writes, which no other item may share: with an owner key, also its public sidecar
+        (``a.png`` and ``a.dcm`` have their own records, but one ``public/a.medlocker.json``)."""
+        paths = [out_path, record_path] + ([_sidecar_path(out_path)] if self.certifier is not None else [])
+        return [p.resolve() for p in paths]
+
     def run_chain(self, item: ProtectItem, out_path: Path, chain: Callable[[dict], dict] | None = None) -> dict:
         """Run ``chain`` (default: the whole protect chain) on one image; the chain's output dictionary.
 
@@ -424,8 +435,7 @@ class DatasetProtector:
         for i, item in enumerate(items):
             keys = []
             if item.problem is None:
-                out_path, record_path = self.paths(item)
-                keys = [out_path.resolve(), record_path.resolve()]
+                keys = self._claimed_paths(*self.paths(item))
             hit = sorted({group_of[k] for k in keys if k in group_of})
             if not hit:
                 groups.append([i])
@@ -522,12 +532,18 @@ class DatasetProtector:
             row.update(status="failed", error=problem)
             return row, None
         # Never let two inputs (a.jpg and a.png) share one output.
-        target, sidecar = out_path.resolve(), record_path.resolve()
-        if target in claimed or sidecar in claimed:
-            other = claimed.get(target) or claimed.get(sidecar)
+        keys = self._claimed_paths(out_path, record_path)
+        other = next((claimed[k] for k in keys if k in claimed), None)
+        if other is not None:
             row.update(status="failed", error=f"{item.image}: same output or record name as {other}; rename one")
             return row, None
-        claimed[target] = claimed[sidecar] = str(item.image)
+        sidecar = _sidecar_path(out_path)
+        # The image is written before its sidecar: a sidecar without it is another image's, from an earlier run.
+        if self.certifier is not None and sidecar.is_file() and not out_path.is_file():
+            row.update(status="failed", error=f"{item.image}: {sidecar} is the public sidecar of another image from an "
+                       "earlier run (same name); rename one")
+            return row, None
+        claimed.update({k: str(item.image) for k in keys})
         if record_path.is_file():
             try:
                 previous = json.loads(record_path.read_text(encoding="utf-8"))
@@ -536,8 +552,8 @@ class DatasetProtector:
                 return row, None
             earlier = (previous.get("source") or {}).get("file")
             if earlier != portable_name(item.relative) or (previous.get("protected") and not out_path.is_file()):
-                claimed.pop(target, None)  # the record's own image may still come later in this run
-                claimed.pop(sidecar, None)
+                for k in keys:  # the record's own image may still come later in this run
+                    claimed.pop(k, None)
                 row.update(status="failed", error=f"{item.image}: {record_path} is the record of {earlier or 'another image'} "
                            f"from an earlier run (same record name); rename one")
                 return row, None
