@@ -15,7 +15,7 @@ from typing import Any
 
 from monai_medlocker.networks.factory import NETWORK_NAMES, Surrogate
 
-__all__ = ["ROLES", "ZooMember", "Zoo", "load_zoo_config"]
+__all__ = ["ROLES", "ZooMember", "Zoo", "load_zoo_config", "load_zoo_surrogates"]
 
 ROLES = ("source", "held_out")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -121,3 +121,25 @@ def load_zoo_config(path: str | Path | None = None, checkpoint_dir: str | Path |
         )
     return Zoo(path=path, lab=dict(data.get("lab", {})), data_dir=_resolve(data.get("data_dir", "runs/zoo_lab"), base),
                checkpoint_dir=ckpt_dir, members=members, num_classes=num_classes)
+
+
+def load_zoo_surrogates(members: list[str] | None = None, zoo_config: str | Path | None = None,
+                        checkpoint_dir: str | Path | None = None) -> list[Surrogate]:
+    """Zoo models as a protect ensemble: the named members, or every ``source`` member when ``members`` is None.
+
+    Only source members may be queried by the optimizer: asking for a held-out one is an error, since
+    the threat study's transfer figures would no longer be measured on models the optimizer never saw.
+
+    Raises:
+        ValueError: an unknown or held-out member, or an empty list.
+        FileNotFoundError: a member's checkpoint is missing.
+    """
+    zoo = load_zoo_config(zoo_config, checkpoint_dir)
+    chosen = zoo.by_role("source") if members is None else zoo.select(list(members))
+    if not chosen:
+        raise ValueError(f"{zoo.path}: no zoo members to load (asked for {members!r}).")
+    held_out = [m.name for m in chosen if m.role != "source"]
+    if held_out:
+        raise ValueError(f"{zoo.path}: zoo member(s) {held_out} are held out (only the evaluation may query them); "
+                         f"source members: {', '.join(m.name for m in zoo.by_role('source'))}.")
+    return [m.load(zoo.num_classes) for m in chosen]
