@@ -181,3 +181,17 @@ def test_ensemble_default_loads_every_source_member():
     with pytest.raises(ValueError, match="unknown"):
         load_zoo_surrogates(["resnet", "alexnet"])
 
+
+
+def test_inference_config_surrogate_is_the_zoo_source_ensemble():
+    """The protect default (chosen in benchmarks/results/transfer): the zoo's resnet + densenet sources."""
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+
+    root = Path(__file__).resolve().parents[1]
+    parser = ConfigParser()
+    parser.read_config(str(root / "bundle/configs/inference.json"))
+    parser["bundle_root"] = str(root / "bundle")
+    surrogates = parser.get_parsed_content("surrogate")
+    assert [s.spec.name for s in surrogates] == ["resnet-tiny", "densenet-tiny"]
