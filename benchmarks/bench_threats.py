@@ -61,8 +61,10 @@ def main(argv=None) -> int:
     out = Path(args.out or mode["out"])
     torch.set_num_threads(args.threads or cfg.get("threads", 1))
     cli = ["evaluate", str(out), "--quiet"] + (["--quick"] if args.quick else [])
+    if isinstance(mode.get("model"), list):  # an ensemble of zoo source members (the protect default)
+        cli += ["--zoo-members", ",".join(mode["model"])]
     for key in ("n", "size", "seed", "lab_version", "model", "network", "input_size"):
-        if mode.get(key) is not None:
+        if mode.get(key) is not None and not (key == "model" and isinstance(mode[key], list)):
             cli += [f"--{key.replace('_', '-')}", str(ROOT / mode[key]) if key == "model" else str(mode[key])]
     start = time.perf_counter()
     code = medlocker(cli)

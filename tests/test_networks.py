@@ -62,7 +62,8 @@ def test_shipped_demo_model_loads_from_bundle_config_and_beats_chance(lab_versio
     parser = ConfigParser()
     parser.read_config(str(ROOT / "bundle/configs/inference.json"))
     parser["bundle_root"] = str(ROOT / "bundle")
-    surrogate = parser.get_parsed_content("surrogate")
+    parser["ckpt_path"] = str(ROOT / "bundle/models/model.pt")  # protect --model; the default is the zoo ensemble
+    (surrogate,) = parser.get_parsed_content("surrogate")
     assert not surrogate.network.training
     assert (ROOT / "bundle/models/model.pt").stat().st_size <= 20 * 1024 * 1024
     # Fresh images from a seed range the model was not trained on (training used seed 2026).

@@ -64,3 +64,134 @@ def test_views_match_the_study_preprocessing():
 def test_bad_view_name_is_rejected():
     with pytest.raises(ValueError, match="unknown"):
         ThiefViews(["none", "sepia"])
+
+
+# ------------------------------------------------------------------------------ EOT in the success test
+from conftest import TinyConv  # noqa: E402
+
+from monai_medlocker.networks import Surrogate, model_spec  # noqa: E402
+from monai_medlocker.watermark import AttackProblem, SearchSpace, get_optimizer, load_logo, watermark_image  # noqa: E402
+from monai_medlocker.watermark.blend import Placement  # noqa: E402
+from monai_medlocker.watermark.optimizers import MedLockerOptimizer  # noqa: E402
+
+
+def _region_problem(model, image, views=None, fraction=1.0):
+    return AttackProblem(image, np.zeros((160, 160), bool), [model], load_logo(), SearchSpace(), label=0,
+                         max_queries=200, views=views, view_fraction=fraction)
+
+
+def test_eot_success_fails_when_a_view_undoes_the_attack(region_model, dark_image):
+    """The region model is fooled only by a bright mark at its top-right region; a flip moves the mark away."""
+    plain = _region_problem(region_model, dark_image)
+    MedLockerOptimizer(max_queries=200).search(plain)
+    winner = plain.best[1]
+    assert plain.best[0] < 0 and winner.x0 + winner.width > 110  # fooled, over the region (native x 110-150)
+
+    flipped = _region_problem(region_model, dark_image, ThiefViews(["hflip"], native_size=160))
+    ev = flipped.evaluate([winner])
+    assert ev.margins[0] > 0, "the flip view puts the mark on the left: the EOT test must call it a failure"
+    # Half of the views {none, hflip} fooled: success at fraction 0.5, failure at 1.
+    half = _region_problem(region_model, dark_image, ThiefViews(["none", "hflip"], native_size=160), 0.5)
+    assert half.evaluate([winner]).margins[0] < 0
+    full = _region_problem(region_model, dark_image, ThiefViews(["none", "hflip"], native_size=160), 1.0)
+    assert full.evaluate([winner]).margins[0] > 0
+
+
+def test_eot_search_finds_a_mark_that_survives_the_flip(dark_image):
+    """With a model sensitive at both top corners, EOT over the flip asks for marks that cover the region
+    in both the plain and the mirrored image: a mark at top-centre does, a top-right one does not."""
+    from conftest import region_surrogate
+
+    model = region_surrogate(region=(26, 4, 38, 16), threshold=-0.6)  # centred region: the flip keeps it
+    views = ThiefViews(["hflip"], native_size=160)
+    problem = _region_problem(model, dark_image, views)
+    MedLockerOptimizer(max_queries=200, eot_views=["hflip"]).search(problem)
+    assert problem.best[0] < 0
+    again = _region_problem(model, dark_image, views)
+    assert again.evaluate([problem.best[1]]).margins[0] < 0  # the kept placement passes the EOT test
+
+
+def test_eot_record_and_query_count(tiny_surrogate, dark_image):
+    opt = get_optimizer("medlocker", max_queries=80, eot_views=["hflip", "jpeg75"], eot_fraction=0.5)
+    _, rec = watermark_image(dark_image, np.zeros((160, 160), bool), [tiny_surrogate], load_logo(), opt,
+                             SearchSpace(), label=0, seed=1)
+    assert rec["optimizer_settings"]["eot"] == {"views": ["hflip", "jpeg75"], "fraction": 0.5, "seed": 0}
+    assert rec["eot"]["views"] == ["hflip", "jpeg75"] and len(rec["eot"]["fooled"]) == 2
+    assert rec["verification_queries"] == 1 + 2
+    assert rec["queries"] <= 80
+
+
+# ------------------------------------------------------------------------------ paper and bhe unchanged
+_DARK_WSM = (slice(20, 40), slice(30, 60))
+# Measured on main before EOT existed (commit 5ad8800), TinyConv, label 0, seed 3, 120 queries.
+GOLDEN = {
+    ("bhe", "paper"): ((95, 70, 40, 40, 137), 51),
+    ("medlocker", "paper"): ((2, 120, 40, 40, 100), 18),
+    ("bhe", "full"): ((90, 65, 48, 48, 137), 51),
+}
+
+
+@pytest.mark.parametrize("optimizer,space", list(GOLDEN))
+def test_paper_and_bhe_are_unchanged(optimizer, space, tiny_surrogate, dark_image):
+    wsm = np.zeros((160, 160), bool)
+    wsm[_DARK_WSM] = True
+    _, rec = watermark_image(dark_image, wsm, [tiny_surrogate], load_logo(), get_optimizer(optimizer, max_queries=120),
+                             SearchSpace.from_config(space), label=0, seed=3)
+    (m,) = rec["marks"]
+    assert ((m["x0"], m["y0"], m["width"], m["height"], m["alpha_255"]), rec["queries"]) == GOLDEN[(optimizer, space)]
+    assert "eot" not in rec and "eot" not in rec["optimizer_settings"]
+    assert "max_total_area_fraction" not in rec["search_space"]
+
+
+# ------------------------------------------------------------------------------ total area of several marks
+def test_total_area_constraint_holds_for_three_marks(tiny_surrogate):
+    rng = np.random.default_rng(1)
+    image = (rng.random((200, 200, 3)) * 60).astype(np.uint8)
+    space = SearchSpace(scale_range=(0.2, 0.3), n_marks=3, max_area_fraction=0.10, max_total_area_fraction=0.10)
+    # confidence 1e9: never satisfied, so every mark is searched and placed if it fits
+    opt = get_optimizer("medlocker", max_queries=30, confidence=1e9)
+    _, rec = watermark_image(image, np.zeros((200, 200), bool), [tiny_surrogate], load_logo(), opt, space, label=0)
+    area = sum(m["width"] * m["height"] for m in rec["marks"]) / (200 * 200)
+    assert len(rec["marks"]) >= 2  # the first mark leaves room for at least one smaller one
+    assert area <= 0.10 + 1e-9, f"3 marks cover {area:.3f} of the image (cap 0.10)"
+    assert rec["box_area_fraction"] <= 0.10
+    # Without the total cap, three marks of up to 10% each cover more.
+    loose = SearchSpace(scale_range=(0.2, 0.3), n_marks=3, max_area_fraction=0.10)
+    _, rec2 = watermark_image(image, np.zeros((200, 200), bool), [tiny_surrogate], load_logo(), opt, loose, label=0)
+    assert rec2["box_area_fraction"] > 0.10
+
+
+def test_total_area_fraction_is_validated():
+    with pytest.raises(ValueError, match="max_total_area_fraction"):
+        SearchSpace(max_total_area_fraction=1.5)
+
+
+# ------------------------------------------------------------------------------ the ensemble default
+def test_ensemble_default_loads_every_source_member():
+    from monai_medlocker.networks import load_zoo_surrogates
+    from monai_medlocker.networks.zoo import load_zoo_config
+
+    zoo = load_zoo_config()
+    sources = [m for m in zoo.members.values() if m.role == "source"]
+    models = load_zoo_surrogates()
+    assert [s.spec.name for s in models] == [m.network for m in sources]
+    assert all(not s.network.training for s in models)
+    with pytest.raises(ValueError, match="held out"):
+        load_zoo_surrogates(["resnet", "vit"])
+    with pytest.raises(ValueError, match="unknown"):
+        load_zoo_surrogates(["resnet", "alexnet"])
+
+
+
+def test_inference_config_surrogate_is_the_zoo_source_ensemble():
+    """The protect default (chosen in benchmarks/results/transfer): the zoo's resnet + densenet sources."""
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+
+    root = Path(__file__).resolve().parents[1]
+    parser = ConfigParser()
+    parser.read_config(str(root / "bundle/configs/inference.json"))
+    parser["bundle_root"] = str(root / "bundle")
+    surrogates = parser.get_parsed_content("surrogate")
+    assert [s.spec.name for s in surrogates] == ["resnet-tiny", "densenet-tiny"]

@@ -36,7 +36,9 @@ def add_subparser(subparsers) -> None:
     p.add_argument("--attacks", help="comma-separated removal attacks (default: all; 'none' for no removal)")
     p.add_argument("--no-training", action="store_true", help="skip the unauthorised-training experiment")
     p.add_argument("--no-matrix", action="store_true", help="skip the source x target transfer matrix")
-    p.add_argument("--model", dest="ckpt_path", help="protect surrogate checkpoint (default: the bundle's model.pt)")
+    p.add_argument("--model", dest="ckpt_path", help="protect against this one surrogate checkpoint (default: the zoo ensemble of the protect default)")
+    p.add_argument("--zoo-members", dest="zoo_members", help="comma-separated zoo source members protecting as an "
+                   "ensemble (default: the protect default's); ignored with --model")
     p.add_argument("--network", dest="network_name", help="network name of --model")
     p.add_argument("--input-size", dest="input_size", type=int)
     p.add_argument("--bundle-root", help="the MedLocker bundle folder (default: the one beside the package)")
@@ -59,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         "attacks": [] if attacks == ["none"] else attacks,
         "transfer_matrix": False if args.no_matrix else None,
         "ckpt_path": args.ckpt_path and str(Path(args.ckpt_path).resolve()),
+        "surrogate#members": _names(args.zoo_members),
         "network_name": args.network_name, "input_size": args.input_size,
         "progress": False if args.quiet else None,
     }

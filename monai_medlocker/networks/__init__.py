@@ -10,6 +10,7 @@ from monai_medlocker.networks.factory import (
     model_spec,
 )
 from monai_medlocker.networks.preprocess import ModelPreprocess, preprocess_for_model
+from monai_medlocker.networks.zoo import load_protect_surrogates, load_zoo_surrogates
 
 __all__ = [
     "NETWORK_NAMES",
@@ -18,7 +19,9 @@ __all__ = [
     "Surrogate",
     "get_network",
     "load_classifier",
+    "load_protect_surrogates",
     "load_surrogate",
+    "load_zoo_surrogates",
     "model_spec",
     "preprocess_for_model",
 ]

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from monai_medlocker.networks.factory import NETWORK_NAMES, Surrogate
+from monai_medlocker.networks.factory import NETWORK_NAMES, Surrogate, load_surrogate
 
-__all__ = ["ROLES", "ZooMember", "Zoo", "load_zoo_config"]
+__all__ = ["ROLES", "ZooMember", "Zoo", "load_zoo_config", "load_zoo_surrogates", "load_protect_surrogates"]
 
 ROLES = ("source", "held_out")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -121,3 +121,42 @@ def load_zoo_config(path: str | Path | None = None, checkpoint_dir: str | Path |
         )
     return Zoo(path=path, lab=dict(data.get("lab", {})), data_dir=_resolve(data.get("data_dir", "runs/zoo_lab"), base),
                checkpoint_dir=ckpt_dir, members=members, num_classes=num_classes)
+
+
+def load_zoo_surrogates(members: list[str] | None = None, zoo_config: str | Path | None = None,
+                        checkpoint_dir: str | Path | None = None, device: Any = None) -> list[Surrogate]:
+    """Zoo models as a protect ensemble: the named members, or every ``source`` member when ``members`` is None.
+
+    ``device`` (e.g. ``"cuda:1"``, as ``load_surrogate`` takes it) moves every network there.
+
+    Only source members may be queried by the optimizer: asking for a held-out one is an error, since
+    the threat study's transfer figures would no longer be measured on models the optimizer never saw.
+
+    Raises:
+        ValueError: an unknown or held-out member, or an empty list.
+        FileNotFoundError: a member's checkpoint is missing.
+    """
+    zoo = load_zoo_config(zoo_config, checkpoint_dir)
+    chosen = zoo.by_role("source") if members is None else zoo.select(list(members))
+    if not chosen:
+        raise ValueError(f"{zoo.path}: no zoo members to load (asked for {members!r}).")
+    held_out = [m.name for m in chosen if m.role != "source"]
+    if held_out:
+        raise ValueError(f"{zoo.path}: zoo member(s) {held_out} are held out (only the evaluation may query them); "
+                         f"source members: {', '.join(m.name for m in zoo.by_role('source'))}.")
+    surrogates = [m.load(zoo.num_classes) for m in chosen]
+    if device is not None:
+        for s in surrogates:
+            s.network.to(device)
+    return surrogates
+
+
+def load_protect_surrogates(members: list[str] | None = None, checkpoint: str | Path | None = None,
+                            name: str = "resnet-tiny", num_classes: int = 5, input_size: int = 224,
+                            zoo_config: str | Path | None = None, checkpoint_dir: str | Path | None = None,
+                            device: Any = None) -> list[Surrogate]:
+    """The protect surrogate(s) of ``inference.json``: one checkpoint when ``checkpoint`` is given (``--model``),
+    else the zoo ensemble of :func:`load_zoo_surrogates` (``members``; every source member when None)."""
+    if checkpoint is not None:
+        return [load_surrogate(checkpoint, name, num_classes, input_size, device=device)]
+    return load_zoo_surrogates(members, zoo_config, checkpoint_dir, device=device)

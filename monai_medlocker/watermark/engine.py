@@ -6,6 +6,7 @@ The transforms, the protect workflow and the benchmark all call it.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from monai_medlocker.watermark.shield import (
     ShieldSettings, field_of_view, psnr, screen_geometry, settings_views, shield_image, shield_region,
 )
 
-__all__ = ["RECORD_FORMAT", "WatermarkInvariantError", "watermark_image", "judge"]
+__all__ = ["RECORD_FORMAT", "WatermarkInvariantError", "watermark_image", "judge", "judge_views"]
 
 RECORD_FORMAT = "medlocker-params/1"
 
@@ -159,11 +160,16 @@ def watermark_image(
     logo, logo_rendering = logo_for_image(owner_logo, image)
     current, marks, forbidden = image, [], wsm.copy()
     queries, problem_label, clean = 0, label, None
+    height, width = image.shape[:2]
+    views = optimizer.thief_views(min(height, width))
     for mark in range(space.n_marks):
+        mark_space = _space_left(space, marks, height * width)
+        if mark_space is None:
+            break  # the earlier marks used the total area
         problem = AttackProblem(
-            current, forbidden, surrogates, logo, space, label=problem_label, value_max=value_max,
+            current, forbidden, surrogates, logo, mark_space, label=problem_label, value_max=value_max,
             seed=seed + 7919 * mark, batch_size=batch_size, max_queries=optimizer.max_queries,
-            render_key=render_key,
+            render_key=render_key, views=views, view_fraction=optimizer.eot_fraction,
         )
         if clean is None:
             clean = {"preds": problem.clean_preds, "margin": float(problem.clean_eval.margins[0])}
@@ -188,7 +194,6 @@ def watermark_image(
             image, current, wsm, surrogates, problem_label, logo, marks, shield, shield_views)
     changed = _check_invariants(image, current, wsm, marks, shield.linf if shield else None, shield_allowed)
     final = judge(current, surrogates, problem_label, value_max)
-    height, width = image.shape[:2]
     record = {
         "format": RECORD_FORMAT,
         "software": f"monai-medlocker {__version__}",
@@ -218,4 +223,36 @@ def watermark_image(
     }
     if shield_facts is not None:
         record["shield"] = shield_facts
+    if views is not None:
+        record["eot"] = judge_views(current, surrogates, problem_label, views, value_max)
+        record["verification_queries"] += len(surrogates) * len(views)
     return current, record
+
+
+def _space_left(space: SearchSpace, marks: list[Placement], image_area: int) -> SearchSpace | None:
+    """The space for the next mark: its box may use only the total area the earlier marks left."""
+    if space.max_total_area_fraction is None:
+        return space
+    left = space.max_total_area_fraction - sum(p.width * p.height for p in marks) / image_area
+    if left <= 1e-9:
+        return None
+    return replace(space, max_area_fraction=min(space.max_area_fraction, left))
+
+
+def judge_views(image: np.ndarray, surrogates: list[Surrogate], label: int, views, value_max: float = 255.0) -> dict:
+    """How many of the thief views of the final artefact every surrogate mispredicts (the EOT record).
+
+    The artefact goes through the first surrogate's resize (as the search's screen frame does), then the
+    views, then each surrogate's own preprocessing.
+    """
+    white = 255.0 if image.dtype == np.uint8 else value_max
+    t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))[None] / white
+    size = surrogates[0].spec.input_size
+    screen = torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    with torch.no_grad():
+        batch = views(screen)
+        margins = torch.stack([
+            label_margins(s.network(preprocess_for_model(batch.to(s.device), s.spec)).cpu(), label) for s in surrogates
+        ], dim=1).max(dim=1).values
+    fooled = (margins < 0).numpy()
+    return {"views": list(views.names), "fooled": [bool(f) for f in fooled], "fooled_fraction": round(float(fooled.mean()), 4)}

@@ -18,6 +18,7 @@ import torch
 
 from monai_medlocker.networks import Surrogate, preprocess_for_model
 from monai_medlocker.watermark.blend import Placement, mark_opacity
+from monai_medlocker.watermark.eot import ThiefViews
 from monai_medlocker.watermark.feasibility import NoFeasiblePlacementError, feasible_top_left
 from monai_medlocker.watermark.keyed import check_render_key
 
@@ -38,6 +39,8 @@ class SearchSpace:
         n_marks: number of logo marks per image (placed one after the other, never overlapping).
         max_area_fraction: upper bound on one box's area as a fraction of the image area.
         n_scales: how many scales the searches consider inside ``scale_range``.
+        max_total_area_fraction: upper bound on the summed area of all marks of an image; ``None``
+            for no bound beyond the per-box one. A later mark only gets the area the earlier ones left.
     """
 
     scale_range: tuple[float, float] = (0.2, 0.3)
@@ -46,6 +49,7 @@ class SearchSpace:
     n_marks: int = 1
     max_area_fraction: float = 0.10
     n_scales: int = 3
+    max_total_area_fraction: float | None = None
 
     def __post_init__(self) -> None:
         lo, hi = self.scale_range
@@ -62,6 +66,8 @@ class SearchSpace:
             raise ValueError(f"max_area_fraction must be in (0, 1], got {self.max_area_fraction}.")
         if self.n_scales < 1:
             raise ValueError(f"n_scales must be >= 1, got {self.n_scales}.")
+        if self.max_total_area_fraction is not None and not 0 < self.max_total_area_fraction <= 1:
+            raise ValueError(f"max_total_area_fraction must be in (0, 1] or None, got {self.max_total_area_fraction}.")
 
     @classmethod
     def paper(cls, scale: float = 0.25) -> "SearchSpace":
@@ -94,7 +100,10 @@ class SearchSpace:
         return [float(s) for s in np.linspace(lo, hi, self.n_scales)] if hi > lo else [float(lo)]
 
     def to_record(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        rec = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        if rec["max_total_area_fraction"] is None:
+            del rec["max_total_area_fraction"]  # records of the spaces without it stay as they were
+        return rec
 
 
 def logo_box_size(logo_shape: tuple[int, ...], scale: float, rotation: float, short: int) -> tuple[int, int]:
@@ -187,6 +196,12 @@ class AttackProblem:
         max_queries: query budget; ``None`` for no cap. Evaluation beyond it raises ``QueryBudgetExceeded``.
         render_key: 32-byte secret of the keyed rendering (:mod:`~monai_medlocker.watermark.keyed`), so
             that every candidate is scored as the final artefact will be rendered; ``None``: plain marks.
+        views: the thief's preprocessing as differentiable screen-frame views (expectation over
+            transformation); ``None`` judges the plain composite only.
+        view_fraction: with ``views``, success also needs every surrogate to mispredict on at least this
+            fraction of the views (besides the plain composite). Candidates that fail on the plain
+            composite are not run through the views (their margin is the plain one), so the views cost
+            queries only where they can change the outcome.
     """
 
     def __init__(
@@ -202,7 +217,11 @@ class AttackProblem:
         batch_size: int = 32,
         max_queries: int | None = None,
         render_key: bytes | None = None,
+        views: "ThiefViews | None" = None,
+        view_fraction: float = 1.0,
     ) -> None:
+        if not 0 <= view_fraction <= 1:
+            raise ValueError(f"view_fraction must be in [0, 1], got {view_fraction}.")
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an H x W x 3 image, got shape {image.shape}.")
         if wsm.shape != image.shape[:2]:
@@ -220,6 +239,8 @@ class AttackProblem:
         self.batch_size = int(batch_size)
         self.max_queries = max_queries
         self.queries = 0
+        self.views = views
+        self.view_fraction = float(view_fraction)
         self.height, self.width = image.shape[:2]
         self.screen_size = self.surrogates[0].spec.input_size
         self._ry = resize_matrix(self.height, self.screen_size)
@@ -372,24 +393,51 @@ class AttackProblem:
             self.best = (float(ev.margins[i]), candidates[i])
 
     def evaluate(self, candidates: list[Placement]) -> Evaluation:
-        """Margins of candidate placements; 1 query per image and model."""
+        """Margins of candidate placements; 1 query per image and model (and per view, with ``views``)."""
         if not candidates:
             raise ValueError("evaluate() needs at least one candidate placement.")
         screens = torch.stack([self.screen_image([p]) for p in candidates])
         ev = self._evaluation(self._forward(screens))
+        if self.views is not None:
+            hits = np.flatnonzero(ev.success)
+            if hits.size:
+                view_margins = self._view_margins(self._forward(self.views(screens[hits])))
+                ev.margins[hits] = np.maximum(ev.margins[hits], view_margins)
         self._track(candidates, ev)
         return ev
+
+    def _view_margins(self, view_logits: torch.Tensor) -> np.ndarray:
+        """Per image, the EOT margin of its views' logits ((N * V, n_models, n_classes), image-major).
+
+        A view counts as fooled when every surrogate mispredicts it (its margin, the largest over the
+        surrogates, is < 0). The EOT margin is the k-th smallest view margin, k = ceil(view_fraction * V),
+        so it is < 0 exactly when at least k views are fooled.
+        """
+        n_views = len(self.views)
+        per_view = self._evaluation(view_logits).margins.reshape(-1, n_views)
+        k = int(np.ceil(self.view_fraction * n_views - 1e-9))
+        if k == 0:
+            return np.full(per_view.shape[0], -np.inf)
+        return np.sort(per_view, axis=1)[:, k - 1]
 
     def linearize(self, placement: Placement | None = None) -> "Linearization":
         """First-order model of every pairwise margin z_label - z_k around the image with ``placement``.
 
         One query per surrogate: one forward pass, reused by one backward pass per other class.
         For an ensemble, each pairwise margin is summed over the surrogates.
+        With ``views``, the margins are averaged over the plain composite and its views (the expectation
+        over the thief's preprocessing); that costs one query per surrogate and view.
         """
         base = self.screen_image([placement] if placement else [])
         x = base.clone().requires_grad_(True)
-        logits = self._forward(x[None], grad=True)
-        z = logits[0].sum(0)  # (n_classes,), summed over surrogates
+        if self.views is None:
+            logits = self._forward(x[None], grad=True)
+            z = logits[0].sum(0)  # (n_classes,), summed over surrogates
+        else:
+            batch = torch.cat([x[None], self.views(x[None])])
+            all_logits = self._forward(batch, grad=True)
+            logits = all_logits[:1]
+            z = all_logits.sum(1).mean(0)  # summed over surrogates, averaged over the views
         others = [k for k in range(z.shape[0]) if k != self.label]
         grads = torch.stack([
             torch.autograd.grad(z[self.label] - z[k], x, retain_graph=i < len(others) - 1)[0]
@@ -398,7 +446,9 @@ class AttackProblem:
         margins = (z[self.label] - z[others]).detach()
         # Predicted margin of a composite X: offsets + g . (X - clean), exact at X = base.
         offsets = margins - (grads * (base - self.clean_screen)).sum(dim=(1, 2, 3))
-        ev = self._evaluation(logits)
+        ev = self._evaluation(logits.detach())
+        if self.views is not None and ev.success[0]:
+            ev.margins[0] = max(ev.margins[0], float(self._view_margins(all_logits[1:].detach())[0]))
         if placement is not None:
             self._track([placement], ev)
         return Linearization(grads=grads, offsets=offsets, evaluation=ev)

@@ -336,9 +336,12 @@ class ThreatStudy:
         self.output_dir = Path(output_dir)
         if self.output_dir.exists() and not self.output_dir.is_dir():
             raise ValueError(f"output path is not a folder: {self.output_dir}")
-        if not isinstance(surrogate, Surrogate):
-            raise TypeError(f"surrogate must be a Surrogate, got {type(surrogate).__name__}.")
-        self.surrogate = surrogate
+        # An ensemble protects as a whole; its first member is the "white-box" model of the report, and
+        # the zoo copies of the others are marked white-box duplicates (never counted as held out).
+        self.surrogates = list(surrogate) if isinstance(surrogate, (list, tuple)) else [surrogate]
+        if not self.surrogates or not all(isinstance(s, Surrogate) for s in self.surrogates):
+            raise TypeError(f"surrogate must be a Surrogate or a non-empty list of them, got {surrogate!r}.")
+        self.surrogate = self.surrogates[0]
         self.zoo = zoo if isinstance(zoo, Zoo) else load_zoo_config(zoo)
         unknown = [r for r in rows if r not in ROWS]
         if unknown:
@@ -402,7 +405,7 @@ class ThreatStudy:
                 self.errors.append({"file": str(member.checkpoint), "error": str(err)})
                 continue
             roles[member.name] = member.role
-            if _same_weights(models[member.name], self.surrogate):
+            if any(_same_weights(models[member.name], s) for s in self.surrogates):
                 # the optimizer queries it: it is the white-box model, whatever its zoo role says
                 roles[member.name] = "white_box_duplicate"
         if not any(r == "held_out" for r in roles.values()):
@@ -539,10 +542,11 @@ class ThreatStudy:
         if "medlocker" in rows:
             test_sets["protected"] = rows["medlocker"].images
         members = [vars(m) for m in self.zoo.select(list(cfg.get("families", ())))]
-        key = {**cfg, **self.protect_settings, "surrogate": _weights_hash(self.surrogate), "members": members}
+        hashes = [_weights_hash(s) for s in self.surrogates]
+        key = {**cfg, **self.protect_settings, "surrogate": hashes if len(hashes) > 1 else hashes[0], "members": members}
         work = self.output_dir / "thief" / f"training_{_settings_hash(key)}"
         return unauthorised_training(
-            work, zoo=self.zoo, surrogate=self.surrogate,
+            work, zoo=self.zoo, surrogate=self.surrogates if len(self.surrogates) > 1 else self.surrogate,
             protect_settings=self.protect_settings, test_images=test_sets, test_grades=[s.grade for s in images],
             bundle_root=self.bundle_root, progress=self.progress, **cfg,
         )
@@ -559,7 +563,7 @@ class ThreatStudy:
         rows: dict[str, _Row] = {}
         for name in self.rows:
             stage = time.perf_counter()
-            rows[name] = self._protect_row(name, images, [self.surrogate])
+            rows[name] = self._protect_row(name, images, self.surrogates)
             self.timings[f"protect_{name}"] = round(time.perf_counter() - stage, 1)
         if self.release_row is not None:
             rows["release"] = self.release_row
@@ -646,7 +650,8 @@ class ThreatStudy:
                          "protect": self.protect_settings, "quick": self.quick, "remover": self.remover,
                          "remover_training": self.remover_stats,
                          "unauthorised_training": self.unauthorised_training,
-                         "zoo": str(self.zoo.path), "surrogate": self.surrogate.spec.name},
+                         "zoo": str(self.zoo.path), "surrogate": self.surrogate.spec.name,
+                         "surrogates": [s.spec.name for s in self.surrogates]},
             "models": {m: {"role": r} for m, r in roles.items()},
             "headline": headline,
             "transfer_matrix": matrix,

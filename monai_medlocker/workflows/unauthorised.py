@@ -22,7 +22,7 @@ from monai_medlocker.networks import Surrogate, load_classifier, model_spec
 __all__ = ["protect_lab_split", "unauthorised_training"]
 
 
-def protect_lab_split(clean_dir: Path, out_dir: Path, surrogate: Surrogate, protect_settings: dict,
+def protect_lab_split(clean_dir: Path, out_dir: Path, surrogate: Surrogate | list[Surrogate], protect_settings: dict,
                       sections: Sequence[str] = ("training", "validation"), progress: bool = True) -> Path:
     """Copy a lab dataset with the images of ``sections`` protected (same names, labels and masks).
 
@@ -36,6 +36,7 @@ def protect_lab_split(clean_dir: Path, out_dir: Path, surrogate: Surrogate, prot
     from monai_medlocker.workflows.threat_study import _wsm_from_masks, protect_tools
 
     data = json.loads((clean_dir / "datalist.json").read_text())
+    surrogates = list(surrogate) if isinstance(surrogate, (list, tuple)) else [surrogate]
     optimizer, space, logo = protect_tools(protect_settings)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     unprotected = 0
@@ -50,7 +51,7 @@ def protect_lab_split(clean_dir: Path, out_dir: Path, surrogate: Surrogate, prot
         masks = np.stack([load_mask(item[k], image.shape[:2]) for k in sorted(item) if k.startswith("mask_") and item[k]])
         rel = data[section][i]["image"]
         try:
-            out, _ = watermark_image(image, _wsm_from_masks(masks, image.shape[:2]), [surrogate], logo, optimizer, space,
+            out, _ = watermark_image(image, _wsm_from_masks(masks, image.shape[:2]), surrogates, logo, optimizer, space,
                                      label=int(item["label"]), seed=i)
         except NoFeasiblePlacementError:
             out, unprotected = image, unprotected + 1
@@ -76,7 +77,7 @@ def _accuracy_curve(ckpt_dir: Path, network: str, input_size: int, test_images: 
     return curves
 
 
-def unauthorised_training(work_dir: str | Path, zoo, surrogate: Surrogate, protect_settings: dict,
+def unauthorised_training(work_dir: str | Path, zoo, surrogate: Surrogate | list[Surrogate], protect_settings: dict,
                           test_images: dict[str, list[np.ndarray]], test_grades: Sequence[int],
                           families: Sequence[str] = ("resnet", "vgg"), n_train: int = 600, size: int = 256,
                           seed: int = 4242, epochs: int = 12, lab_version: int | None = None,

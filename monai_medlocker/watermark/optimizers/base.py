@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Sequence
 
 from monai_medlocker.watermark.blend import Placement
+from monai_medlocker.watermark.eot import ThiefViews
 from monai_medlocker.watermark.problem import AttackProblem
 
 __all__ = ["WatermarkOptimizer"]
@@ -16,17 +18,35 @@ class WatermarkOptimizer(ABC):
     Args:
         max_queries: query budget (one image through one model = one query); ``None`` = no cap.
         confidence: stop early once the combined margin is below ``-confidence``.
+        eot_views: names of the thief views (``watermark.eot.VIEW_NAMES``) a candidate must also fool
+            (expectation over transformation); ``None`` judges the plain composite only.
+        eot_fraction: the fraction of ``eot_views`` that every surrogate must mispredict.
+        eot_seed: seed of the views' random draws (colour jitter).
     """
 
     name = "base"
 
-    def __init__(self, max_queries: int | None = None, confidence: float = 0.0) -> None:
+    def __init__(self, max_queries: int | None = None, confidence: float = 0.0,
+                 eot_views: Sequence[str] | None = None, eot_fraction: float = 1.0, eot_seed: int = 0) -> None:
         if max_queries is not None and max_queries < 1:
             raise ValueError(f"max_queries must be >= 1 or None, got {max_queries}.")
         if confidence < 0:
             raise ValueError(f"confidence must be >= 0, got {confidence}.")
+        if not 0 <= eot_fraction <= 1:
+            raise ValueError(f"eot_fraction must be in [0, 1], got {eot_fraction}.")
         self.max_queries = max_queries
         self.confidence = float(confidence)
+        self.eot_views = tuple(eot_views) if eot_views else None
+        if self.eot_views:
+            ThiefViews(self.eot_views)  # validates the names up front
+        self.eot_fraction = float(eot_fraction)
+        self.eot_seed = int(eot_seed)
+
+    def thief_views(self, native_size: int) -> ThiefViews | None:
+        """The EOT views for an image whose shorter side is ``native_size`` (``None`` without EOT)."""
+        if not self.eot_views:
+            return None
+        return ThiefViews(self.eot_views, native_size=native_size, seed=self.eot_seed)
 
     def done(self, problem: AttackProblem) -> bool:
         """The early stop: a placement already beats the confidence margin."""
@@ -37,4 +57,7 @@ class WatermarkOptimizer(ABC):
         """Return the placement to composite."""
 
     def settings(self) -> dict:
-        return {"max_queries": self.max_queries, "confidence": self.confidence}
+        out = {"max_queries": self.max_queries, "confidence": self.confidence}
+        if self.eot_views:  # absent without EOT, so the records of bhe, random and paper runs are unchanged
+            out["eot"] = {"views": list(self.eot_views), "fraction": self.eot_fraction, "seed": self.eot_seed}
+        return out

@@ -19,6 +19,7 @@ placements refined around the best ones (a simple evolution strategy).
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -57,6 +58,9 @@ class MedLockerOptimizer(WatermarkOptimizer):
         alpha_levels: opacities checked per screened position, evenly spaced over the alpha range.
             The screen ranks positions (its ranking does not depend on opacity), but the network is
             not linear: a half-transparent logo tints the retina and often misleads it more.
+        eot_views, eot_fraction, eot_seed: expectation over the thief's preprocessing (see
+            :class:`WatermarkOptimizer`): the screen is linearised through the views and a candidate
+            succeeds only when it also fools ``eot_fraction`` of them.
     """
 
     name = "medlocker"
@@ -70,8 +74,12 @@ class MedLockerOptimizer(WatermarkOptimizer):
         minimize_alpha: bool = False,
         spread: float = 0.25,
         alpha_levels: int = 3,
+        eot_views: Sequence[str] | None = None,
+        eot_fraction: float = 1.0,
+        eot_seed: int = 0,
     ) -> None:
-        super().__init__(max_queries=max_queries, confidence=confidence)
+        super().__init__(max_queries=max_queries, confidence=confidence, eot_views=eot_views,
+                         eot_fraction=eot_fraction, eot_seed=eot_seed)
         if candidates_per_round < 1:
             raise ValueError(f"candidates_per_round must be >= 1, got {candidates_per_round}.")
         self.candidates_per_round = int(candidates_per_round)
