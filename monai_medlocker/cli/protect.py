@@ -44,6 +44,11 @@ def add_protect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=OPTIMIZERS)
     p.add_argument("--max-queries", dest="max_queries", type=int, help="query budget per mark")
     p.add_argument("--space", dest="search_space", help="'paper', 'full', or a JSON object of SearchSpace fields")
+    shield = p.add_mutually_exclusive_group()
+    shield.add_argument("--shield", nargs="?", const="{}", metavar="JSON",
+                        help="also perturb the lesion-free field of view outside the logo, by at most 4/255 (the "
+                        "imperceptible shield against logo removal); optionally a JSON object of ShieldSettings fields")
+    shield.add_argument("--no-shield", dest="shield", action="store_const", const="off", help="no shield")
     p.add_argument("--logo", help="RGBA logo PNG (default: the shipped owner logo)")
     p.add_argument("--seed", type=int)
     p.add_argument("--on-infeasible", dest="on_infeasible", choices=("raise", "skip"))
@@ -76,6 +81,7 @@ def protect_overrides(args: argparse.Namespace) -> dict:
         "optimizer": args.optimizer,
         "max_queries": args.max_queries,
         "search_space": search_space_option(args.search_space),
+        "shield": shield_option(getattr(args, "shield", None)),
         "logo": args.logo and str(Path(args.logo).resolve()),
         "seed": args.seed,
         "on_infeasible": args.on_infeasible,
@@ -112,6 +118,26 @@ def search_space_option(value: str | None):
     except (TypeError, ValueError) as err:
         raise ValueError(f"--space: {err}") from err
     return space
+
+
+def shield_option(value: str | None):
+    """The ``--shield`` value as the config takes it: ``None`` (keep the config's), ``False`` (off) or a dict.
+
+    Raises:
+        ValueError: not a JSON object of shield settings (the message names ``--shield``).
+    """
+    from monai_medlocker.watermark.shield import ShieldSettings
+
+    if value is None:
+        return None
+    if value == "off":
+        return False
+    try:
+        settings = json.loads(value)
+        ShieldSettings(**settings)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"--shield: {value!r} is not a JSON object of shield settings ({err})") from err
+    return settings
 
 
 def run(args: argparse.Namespace) -> int:

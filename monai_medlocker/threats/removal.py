@@ -508,11 +508,13 @@ def _unet(channels: Sequence[int], num_res_units: int = 1):
 
 def make_lab_pairs(n: int, size: int, seed: int, logo: np.ndarray | None = None, space: SearchSpace | None = None,
                    continuous: bool = True) -> list[tuple[np.ndarray, np.ndarray, Placement]]:
-    """``n`` (clean, protected, placement) triples: lab images with one plain random mark each.
+    """``n`` (clean, protected, placement) triples: lab images with one random mark each.
 
     Image ``i`` is ``synthesize_fundus(size, sample_seed(seed, i))``; the marks come from
     :func:`random_placement` over ``space`` (continuous scales by default, as a thief would draw them;
-    ``continuous=False`` uses the engine's discrete scales, as the ``random`` optimizer does).
+    ``continuous=False`` uses the engine's discrete scales, as the ``random`` optimizer does). Each mark
+    is rendered keyed with a random key of the thief's own: the public code shows the scheme, never the
+    owner's keys, so the thief trains on the scheme.
     """
     from monai_medlocker.data.synthetic import sample_seed, synthesize_fundus
 
@@ -524,7 +526,7 @@ def make_lab_pairs(n: int, size: int, seed: int, logo: np.ndarray | None = None,
         clean = synthesize_fundus(size, sample_seed(seed, i)).image
         lg = _stamped_logo(logo, clean)
         p = random_placement(clean.shape, lg, rng, space, continuous=continuous)
-        pairs.append((clean, composite(clean, lg, [p]), p))
+        pairs.append((clean, composite(clean, lg, [p], render_key=rng.bytes(32)), p))
     return pairs
 
 

@@ -42,8 +42,11 @@ from monai_medlocker.workflows.metrics import protection_metrics
 __all__ = ["ROWS", "StudyImage", "ThreatStudy", "lab_study_images", "datalist_study_images", "release_study_images",
            "predict", "protect_tools"]
 
-ROWS = ("none", "random", "bhe", "medlocker")
-PROTECTED_ROWS = ("random", "bhe", "medlocker")
+ROWS = ("none", "random", "bhe", "medlocker", "medlocker+shield", "medlocker-v1")
+PROTECTED_ROWS = ("random", "bhe", "medlocker", "medlocker+shield", "medlocker-v1")
+# The protect default before issue 11 (one surrogate, one mark in the full space, plain rendering): the
+# "old default" row, measured in the same run as the new one.
+V1_SETTINGS = {"optimizer": "medlocker", "optimizer_kwargs": {}, "max_queries": None, "search_space": "full"}
 WHITE_BOX = "white-box"
 # Removal attacks that must first be fitted (trained / estimated) before they can be applied.
 FITTED_ATTACKS = ("learned_remover", "collection")
@@ -269,6 +272,13 @@ def _settings_hash(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
+def study_render_key(image_id: str, index: int) -> bytes:
+    """The study's per-image rendering secret: as protect's, never known to the thief's attacks."""
+    import hashlib
+
+    return hashlib.sha256(f"medlocker-study-render\x00{index}\x00{image_id}".encode()).digest()
+
+
 def _median(values: Sequence[float]) -> float | None:
     return round(float(statistics.median(values)), 4) if values else None
 
@@ -290,8 +300,10 @@ class ThreatStudy:
         rows: protection rows (subset of ``ROWS``).
         preprocessing: thief preprocessing names (``monai_medlocker.threats.THIEF_PREPROCESSING``).
         attacks: removal attack names (``REMOVAL_ATTACKS`` plus ``learned_remover`` and ``collection``).
-        optimizer, optimizer_kwargs, max_queries, search_space, logo: the protect settings (defaults of
-            ``bundle/configs/inference.json``), used for every protected row.
+        optimizer, optimizer_kwargs, max_queries, search_space, logo, shield: the protect settings (defaults
+            of ``bundle/configs/inference.json``), used for every protected row; the ``medlocker+shield``
+            row adds the shield (with ``shield``'s settings, or the defaults when the protect default has
+            none), and ``medlocker-v1`` is the protect default before issue 11 (:data:`V1_SETTINGS`).
         transfer_matrix: also protect with each source model alone (source x target matrix).
         remover: settings of the thief's learned remover (``train_remover`` keyword arguments).
         unauthorised_training: ``None`` to skip, or a dict with ``families`` (zoo member names),
@@ -321,6 +333,7 @@ class ThreatStudy:
         max_queries: int | None = None,
         search_space: Any = "full",
         logo: str | None = None,
+        shield: dict | None = None,
         transfer_matrix: bool = True,
         remover: dict | None = None,
         unauthorised_training: dict | None = None,
@@ -361,7 +374,9 @@ class ThreatStudy:
 
         self.space = SearchSpace.from_config(search_space)
         self.protect_settings = {"optimizer": optimizer, "optimizer_kwargs": dict(optimizer_kwargs or {}),
-                                 "max_queries": max_queries, "search_space": search_space, "logo": logo}
+                                 "max_queries": max_queries, "search_space": search_space, "logo": logo,
+                                 "shield": shield}
+        self.shield = dict(shield) if isinstance(shield, dict) else {}
         self.transfer_matrix = transfer_matrix
         self.quick = quick
         if remover is None and quick:
@@ -427,12 +442,27 @@ class ThreatStudy:
 
         if name == "none":
             return _Row(name, [s.original for s in images], [None] * len(images))
-        optimizer, space, logo = protect_tools(self.protect_settings, name)
+        shield, keyed = None, True
+        if name == "medlocker-v1":  # the old default: its single surrogate (the ensemble's first), plain marks
+            optimizer, space, logo = protect_tools({**V1_SETTINGS, "logo": self.protect_settings["logo"]})
+            surrogates, keyed = surrogates[:1], False
+        elif name == "medlocker+shield":
+            from monai_medlocker.watermark import ShieldSettings
+
+            optimizer, space, logo = protect_tools(self.protect_settings, "medlocker")
+            shield = ShieldSettings.from_config(self.shield or True)
+        else:
+            from monai_medlocker.watermark import ShieldSettings
+
+            optimizer, space, logo = protect_tools(self.protect_settings, name)
+            shield = ShieldSettings.from_config(self.protect_settings.get("shield")) \
+                if name == self.protect_settings["optimizer"] else None
         row = _Row(name, [], [])
         for i, s in enumerate(self._bar(images, f"protect {name}")):
             start = time.perf_counter()
             try:
-                out, rec = watermark_image(s.original, s.wsm, surrogates, logo, optimizer, space, label=s.grade, seed=i)
+                out, rec = watermark_image(s.original, s.wsm, surrogates, logo, optimizer, space, label=s.grade, seed=i,
+                                           render_key=study_render_key(s.image_id, i) if keyed else None, shield=shield)
             except NoFeasiblePlacementError as err:
                 self.errors.append({"file": s.image_id, "error": f"{name}: {err}"})
                 out, rec = s.original, None
@@ -514,7 +544,7 @@ class ThreatStudy:
             from monai_medlocker.watermark import logo_sha256
 
             settings = {"size": min(rows["none"].images[0].shape[:2]), **self.remover}
-            key = {**settings, "logo": logo_sha256(logo), "space": self.space.to_record()}
+            key = {**settings, "logo": logo_sha256(logo), "space": self.space.to_record(), "pairs": "keyed/1"}
             path = self.output_dir / "thief" / f"learned_remover_{_settings_hash(key)}.pt"
             if not path.is_file():
                 start = time.perf_counter()

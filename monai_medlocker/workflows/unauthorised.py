@@ -33,7 +33,7 @@ def protect_lab_split(clean_dir: Path, out_dir: Path, surrogate: Surrogate | lis
     from monai_medlocker.io.image import load_mask, load_rgb, save_png
     from monai_medlocker.watermark import watermark_image
     from monai_medlocker.watermark.feasibility import NoFeasiblePlacementError
-    from monai_medlocker.workflows.threat_study import _wsm_from_masks, protect_tools
+    from monai_medlocker.workflows.threat_study import _wsm_from_masks, protect_tools, study_render_key
 
     data = json.loads((clean_dir / "datalist.json").read_text())
     surrogates = list(surrogate) if isinstance(surrogate, (list, tuple)) else [surrogate]
@@ -52,7 +52,7 @@ def protect_lab_split(clean_dir: Path, out_dir: Path, surrogate: Surrogate | lis
         rel = data[section][i]["image"]
         try:
             out, _ = watermark_image(image, _wsm_from_masks(masks, image.shape[:2]), surrogates, logo, optimizer, space,
-                                     label=int(item["label"]), seed=i)
+                                     label=int(item["label"]), seed=i, render_key=study_render_key(rel, i))
         except NoFeasiblePlacementError:
             out, unprotected = image, unprotected + 1
         save_png(out_dir / rel, out)
