@@ -6,15 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON=${PYTHON:-python3}
+source scripts/app_env.sh
 VENV=.venv-deploy
-if [ ! -x "$VENV/bin/python" ]; then
-    "$PYTHON" -m venv "$VENV"
-fi
-
-stamp=$VENV/.medlocker-deploy-setup
-want=$(cat pyproject.toml apps/medlocker_deploy/requirements.txt scripts/setup_deploy_env.sh | sha256sum | cut -c1-16)
-if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
+if app_env_stale "$VENV" deploy pyproject.toml apps/medlocker_deploy/requirements.txt scripts/setup_deploy_env.sh scripts/app_env.sh; then
     pip="$VENV/bin/pip install --quiet --disable-pip-version-check"
     # The CPU build of torch first and pinned: an unpinned torch would pull a multi-GB CUDA wheel.
     $pip "torch==2.13.0"
