@@ -52,6 +52,10 @@ def stage(out: Path) -> Path:
         else:
             (out / "bundle").mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, out / "bundle" / part)
+    # The protect default is the zoo's source ensemble: the package reads the zoo's description from
+    # configs/zoo.json beside it (the checkpoints come from the bundle's models/zoo).
+    (out / "configs").mkdir()
+    shutil.copy2(ROOT / "configs" / "zoo.json", out / "configs" / "zoo.json")
     (out / "requirements.txt").write_text(requirements_text(), encoding="utf-8")
     return out
 

@@ -13,7 +13,7 @@ import pytest
 
 from monai_medlocker.cli._bundle import parse_bundle_config
 from monai_medlocker.io.image import load_rgb
-from monai_medlocker.networks import load_surrogate
+from monai_medlocker.networks import load_protect_surrogates
 from monai_medlocker.transforms.protect_steps import record_without_timings
 from monai_medlocker.workflows.protect import DatasetProtector, record_path_for
 
@@ -64,8 +64,10 @@ def test_python_chain_and_bundle_chain_give_the_same_outputs(inputs, tmp_path):
     assert summary["protected"] == 1 and [f["image"] for f in summary["failures"]] == ["unmasked.png"]
     (b / "private").mkdir(parents=True)
     shutil.copy(a / "private" / "render_secret", b / "private" / "render_secret")  # the same keyless run secret
-    surrogate = load_surrogate(BUNDLE / "models" / "model.pt", "resnet-tiny", num_classes=5, input_size=224)
-    DatasetProtector(inputs, b, surrogate, {"max_queries": 8}, lesion_segmenter="masks", seed=3, progress=False).run()
+    cfg = json.loads((BUNDLE / "configs" / "inference.json").read_text())
+    surrogates = load_protect_surrogates(cfg["surrogate"]["members"], checkpoint_dir=BUNDLE / "models" / "zoo")
+    DatasetProtector(inputs, b, surrogates, {"max_queries": 8, "search_space": cfg["search_space"]},
+                     lesion_segmenter="masks", seed=3, progress=False).run()
     assert np.array_equal(load_rgb(a / "public" / "synthetic_grade2.png"), load_rgb(b / "public" / "synthetic_grade2.png"))
     assert _records(a) == _records(b)
     assert (a / "public" / "synthetic_grade2.png").read_bytes() == (b / "public" / "synthetic_grade2.png").read_bytes()

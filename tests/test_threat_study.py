@@ -161,7 +161,7 @@ def test_bundle_config_runs_end_to_end(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "threats.json").read_text())
-    assert list(results["headline"]) == ["none", "random", "bhe", "medlocker"]
+    assert list(results["headline"]) == ["none", "random", "bhe", "medlocker", "medlocker+shield", "medlocker-v1"]
     assert set(results["removal_summary"]) >= {"informed_inverse", "blind_inverse", "inpaint_telea", "inpaint_ns",
                                                "inpaint_biharmonic", "learned_remover", "collection"}
     assert set(results["preprocessing"]) >= {"none", "disc_crop", "ben_graham", "jpeg75", "downscale50",
