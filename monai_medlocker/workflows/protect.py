@@ -271,9 +271,6 @@ class DatasetProtector:
         """Source series -> derived series to add to (e.g. a PACS study protected in part earlier)."""
         return self.saver.series_overrides
 
-    def derived_series_uid(self, source_series_uid: str) -> str:
-        return self.saver.derived_series_uid(source_series_uid)
-
     def run_settings(self) -> dict:
         """The settings that change what an image's output is, as plain JSON (compared on a resumed run)."""
         wm = self.watermark

@@ -437,7 +437,7 @@ class ThreatStudy:
 
     # -- protection -------------------------------------------------------------------------------------
     def _protect_row(self, name: str, images: list[StudyImage], surrogates: list[Surrogate]) -> _Row:
-        from monai_medlocker.watermark import watermark_image
+        from monai_medlocker.watermark import ShieldSettings, watermark_image
         from monai_medlocker.watermark.feasibility import NoFeasiblePlacementError
 
         if name == "none":
@@ -447,13 +447,9 @@ class ThreatStudy:
             optimizer, space, logo = protect_tools({**V1_SETTINGS, "logo": self.protect_settings["logo"]})
             surrogates, keyed = surrogates[:1], False
         elif name == "medlocker+shield":
-            from monai_medlocker.watermark import ShieldSettings
-
             optimizer, space, logo = protect_tools(self.protect_settings, "medlocker")
             shield = ShieldSettings.from_config(self.shield or True)
         else:
-            from monai_medlocker.watermark import ShieldSettings
-
             optimizer, space, logo = protect_tools(self.protect_settings, name)
             shield = ShieldSettings.from_config(self.protect_settings.get("shield")) \
                 if name == self.protect_settings["optimizer"] else None
