@@ -78,3 +78,25 @@ def test_garbled_header_element_found_by_the_fuzzer_is_a_clear_error(tmp_path):
     (tmp_path / "garbled.dcm").write_bytes(bytes(data))
     with pytest.raises(DicomReadError, match=r"garbled\.dcm: unreadable DICOM header \(NotImplementedError"):
         read_fundus_dicom(tmp_path / "garbled.dcm")
+
+
+def test_crash_inputs_the_fuzzer_found_are_refused_cleanly():
+    """Each input under tests/fuzz/crashes_fixed/ once crashed a loader; the harness replays them all."""
+    inputs = sorted((ROOT / "tests" / "fuzz" / "crashes_fixed").glob("*.bin"))
+    assert inputs
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(HARNESS), *map(str, inputs)], env=env, capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert proc.stderr.count("Executed ") == len(inputs), proc.stderr[-2000:]
+
+
+def test_transfer_syntax_that_is_not_a_string_is_a_clear_error(tmp_path):
+    """The fuzzer garbled the file meta so TransferSyntaxUID was not one string; naming the syntax in
+    the error raised TypeError. It is a DicomReadError naming the file now."""
+    from monai_medlocker.io.dicom import DicomReadError, read_fundus_dicom
+
+    data = (ROOT / "tests" / "fuzz" / "crashes_fixed" / "transfer_syntax_not_a_string.bin").read_bytes()
+    (tmp_path / "meta.dcm").write_bytes(data[1:])  # the harness's first byte picks the suffix
+    with pytest.raises(DicomReadError, match=r"meta\.dcm: "):
+        read_fundus_dicom(tmp_path / "meta.dcm")

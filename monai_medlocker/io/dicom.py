@@ -225,7 +225,8 @@ def read_fundus_dicom(path: str | Path) -> FundusDicom:
                 if arr.dtype != np.uint8:
                     arr = (arr >> 8).astype(np.uint8)  # 16-bit LUT entries: keep the high byte
     except Exception as err:
-        name = UID(syntax).name if syntax else "an unknown transfer syntax"
+        # A garbled file meta element may hold bytes or several values, not one UID string.
+        name = UID(str(syntax)).name if syntax else "an unknown transfer syntax"
         raise DicomReadError(
             f"{path}: pixel data in {name} cannot be decoded ({type(err).__name__}: {err}); "
             "supported: uncompressed, RLE, JPEG Baseline/Extended/Lossless, JPEG-LS and JPEG 2000"
