@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -100,3 +101,15 @@ def test_transfer_syntax_that_is_not_a_string_is_a_clear_error(tmp_path):
     (tmp_path / "meta.dcm").write_bytes(data[1:])  # the harness's first byte picks the suffix
     with pytest.raises(DicomReadError, match=r"meta\.dcm: "):
         read_fundus_dicom(tmp_path / "meta.dcm")
+
+
+def test_private_element_with_a_wrong_length_for_its_vr_is_a_clear_error(tmp_path):
+    """The fuzzer turned the certificate's VR into UV (8-byte integers) over 14 bytes of text; pydicom
+    raised its own BytesLengthException, which is no ValueError. It is a PrivateTagError naming the file now."""
+    from monai_medlocker.certify.seal import read_protected
+
+    data = (ROOT / "tests" / "fuzz" / "crashes_fixed" / "private_element_wrong_length_for_vr.bin").read_bytes()
+    (tmp_path / "uv.dcm").write_bytes(data[1:])
+    found = read_protected(tmp_path / "uv.dcm")  # the image reads; its certification is reported unreadable
+    assert found.signed is None
+    assert re.search(r"uv\.dcm: unreadable element in private group 0x0011 \(BytesLengthException", found.problem)

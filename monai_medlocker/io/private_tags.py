@@ -30,7 +30,6 @@ Format 1 blocks (``medlocker-dicom/1``, written before the record was sealed) ar
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
@@ -107,7 +106,7 @@ def write_medlocker_tags(ds: Dataset, tags: MedlockerTags) -> None:
 def _creators(ds: Dataset, filename: str) -> list[str]:
     try:
         return [str(e.value) for e in ds.group_dataset(PRIVATE_GROUP) if e.tag.element <= 0xFF and e.tag.element >= 0x10]
-    except (NotImplementedError, ValueError, TypeError, KeyError, OverflowError, struct.error) as err:
+    except Exception as err:  # noqa: BLE001 (pydicom raises its own types too, e.g. BytesLengthException)
         # pydicom decodes an element when it is first read: a garbled one (e.g. an unknown VR) fails here.
         raise PrivateTagError(f"{filename}: unreadable element in private group 0x{PRIVATE_GROUP:04x} "
                               f"({type(err).__name__}: {err})") from err
