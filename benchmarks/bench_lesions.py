@@ -52,7 +52,7 @@ _COLOURS = {"MA": (0, 255, 255), "HE": (0, 255, 0), "EX": (255, 255, 0), "SE": (
 
 
 def wsm_settings() -> dict:
-    from monai_medlocker.cli._bundle import bundle_root, parse_bundle_config
+    from monai_medlocker.bundle_config import bundle_root, parse_bundle_config
 
     parser = parse_bundle_config("inference.json", bundle_root(), {})
     return {k: parser.get_parsed_content(k) for k in ("lesion_threshold", "lesion_min_size", "wsm_margin",

@@ -123,7 +123,7 @@ def _lab_folder(folder: Path, n: int, lab_version: int) -> Path:
 
 def per_image_cost(src: Path, out: Path, max_queries: int | None) -> dict:
     """Seconds per image in the detector, the search and the model (one process, this one)."""
-    from monai_medlocker.cli._bundle import bundle_root, parse_bundle_config
+    from monai_medlocker.bundle_config import bundle_root, parse_bundle_config
     from monai_medlocker.workflows.protect import find_protect_items
 
     overrides = {"dataset_dir": str(src), "output_dir": str(out), "max_queries": max_queries, "progress": False}

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monai_medlocker.cli._bundle import parse_bundle_config
+from monai_medlocker.bundle_config import parse_bundle_config
 from monai_medlocker.io.image import load_rgb
 from monai_medlocker.networks import load_protect_surrogates
 from monai_medlocker.transforms.protect_steps import record_without_timings

@@ -167,7 +167,7 @@ def test_ray_retries_a_dead_actor(tmp_path_factory, monkeypatch):
             return super().protect(item, out_path)
 
     monkeypatch.setattr(ray_protect, "_ProtectActor", Dying)
-    from monai_medlocker.cli._bundle import bundle_root, parse_bundle_config
+    from monai_medlocker.bundle_config import bundle_root, parse_bundle_config
 
     overrides = {"dataset_dir": str(src), "output_dir": str(base / "out"), "max_queries": 8, "lesion_segmenter": "masks",
                  "progress": False, "seed": 3}

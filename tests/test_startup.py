@@ -80,7 +80,7 @@ def test_verify_grant_unlock_run_without_heavy_modules(protected):
 
 def test_fast_path_builds_what_the_config_parser_builds(protected):
     """verify.json's verifier built without monai.bundle has the settings the ConfigParser gives it."""
-    from monai_medlocker.cli._bundle import build_workflow, bundle_root, parse_bundle_config
+    from monai_medlocker.bundle_config import build_workflow, bundle_root, parse_bundle_config
 
     base, _, out = protected
     overrides = {"dataset_dir": str(out), "public_key": str(base / "owner.pub"), "progress": False}

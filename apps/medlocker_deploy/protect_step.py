@@ -20,7 +20,7 @@ from pathlib import Path
 
 from monai.transforms import Compose
 
-from monai_medlocker.cli._bundle import bundle_root, parse_bundle_config
+from monai_medlocker.bundle_config import bundle_root, parse_bundle_config
 from monai_medlocker.lesions.masks import find_mask_files
 from monai_medlocker.workflows.protect import DatasetProtector, ProtectItem, image_failure
 

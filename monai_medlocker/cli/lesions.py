@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from monai_medlocker.cli._bundle import bundle_root, parse_bundle_config
+from monai_medlocker.bundle_config import bundle_root, parse_bundle_config
 
 __all__ = ["add_subparser", "run"]
 

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from monai_medlocker.cli._bundle import bundle_root, parse_bundle_config
+from monai_medlocker.bundle_config import bundle_root, parse_bundle_config
 from monai_medlocker.cli.protect import add_protect_options, protect_overrides
 
 __all__ = ["add_subparser", "run_protect"]

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from monai_medlocker.cli._bundle import bundle_root, parse_bundle_config, run_workflow
+from monai_medlocker.bundle_config import bundle_root, parse_bundle_config, run_workflow
 from monai_medlocker.cli.keygen import add_passphrase_options, read_passphrase
 from monai_medlocker.watermark.optimizers import OPTIMIZERS
 

@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from monai_medlocker.cli._bundle import bundle_root, parse_bundle_config, run_workflow
+from monai_medlocker.bundle_config import bundle_root, parse_bundle_config, run_workflow
 
 RECIPE_PATH = Path(__file__).resolve().parents[2] / "configs" / "datasets" / "demo_lab.json"
 RECIPE_KEYS = ("n", "size", "seed", "lab_version", "epochs", "batch_size", "learning_rate")

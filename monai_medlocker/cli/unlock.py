@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from monai_medlocker.cli._bundle import build_workflow
+from monai_medlocker.bundle_config import build_workflow
 from monai_medlocker.cli.keygen import add_passphrase_options, read_passphrase
 
 __all__ = ["add_subparser", "run"]

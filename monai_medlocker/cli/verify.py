@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from monai_medlocker.cli._bundle import build_workflow
+from monai_medlocker.bundle_config import build_workflow
 
 __all__ = ["add_subparser", "run"]
 

@@ -13,7 +13,7 @@ import json
 import time
 from pathlib import Path
 
-from monai_medlocker.cli._bundle import bundle_root, parse_bundle_config, run_workflow
+from monai_medlocker.bundle_config import bundle_root, parse_bundle_config, run_workflow
 
 REPORT_KEYS = ("accuracy", "quadratic_weighted_kappa", "auc_macro", "eval_mode")
 

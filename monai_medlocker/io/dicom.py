@@ -46,7 +46,7 @@ from pydicom.uid import (
 )
 
 from monai_medlocker import __version__
-from monai_medlocker.io.image import ImageReadError, atomic_write_bytes
+from monai_medlocker.io.files import ImageReadError, atomic_write_bytes
 from monai_medlocker.io.private_tags import MedlockerTags, has_medlocker_tags, write_medlocker_tags
 
 __all__ = [

@@ -8,14 +8,14 @@ MONAI a channel-first MetaTensor whose meta records the source file.
 from __future__ import annotations
 
 import io
-import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from monai_medlocker.io.files import ImageReadError, atomic_write_bytes, is_temporary_file, portable_name  # noqa: F401 (re-exported)
 
 __all__ = [
     "ImageReadError",
@@ -37,29 +37,6 @@ def image_stem(path: str | Path) -> str:
     """An image's name without its image suffix; a UID-named DICOM file ("1.2.840...5") keeps its whole name."""
     path = Path(path)
     return path.stem if path.suffix.lower() in SUPPORTED_SUFFIXES else path.name
-
-
-TEMP_SUFFIX = ".part"
-
-
-def portable_name(path: str | Path) -> str:
-    """A relative path as valid Unicode text for records, certificates and image ids.
-
-    A file name that is not valid UTF-8 (Python holds its bytes as lone surrogates, which no
-    UTF-8 encoder or strict JSON reader accepts) shows those bytes as ``\\xNN``; any other name
-    is unchanged.
-    """
-    return os.fsencode(Path(path).as_posix()).decode("utf-8", "backslashreplace")
-
-
-def is_temporary_file(path: str | Path) -> bool:
-    """True for a temporary file of :func:`atomic_write_bytes` (``.<name>.<random>.part``): never an input."""
-    name = Path(path).name
-    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
-
-
-class ImageReadError(ValueError):
-    """An input image that cannot be used; the message names the file and the problem."""
 
 
 def _open(path: Path, decode: bool = True) -> Image.Image:
@@ -124,7 +101,7 @@ def load_fundus(path: str | Path):
     Raises:
         ImageReadError: missing, corrupt or unsupported file (the message names it).
     """
-    from monai_medlocker.io.dicom import is_dicom_file, read_fundus_dicom  # dicom imports this module
+    from monai_medlocker.io.dicom import is_dicom_file, read_fundus_dicom  # lazily: pydicom only when needed
 
     path = Path(path)
     if is_dicom_file(path):
@@ -162,29 +139,6 @@ def load_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndar
     if shape is not None and arr.shape != tuple(shape):
         raise ImageReadError(f"{path}: mask is {arr.shape[1]}x{arr.shape[0]} px but the image is {shape[1]}x{shape[0]} px")
     return arr > 0
-
-
-def atomic_write_bytes(path: str | Path, data: bytes, mode: int | None = None) -> None:
-    """Write to a temporary file in the same folder, then rename: no half-written outputs.
-
-    Args:
-        mode: file permissions; ``None`` gives the usual umask-based ones (mkstemp alone makes 0600).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        if mode is None:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_png(path: str | Path, image: np.ndarray, text: Mapping[str, str] | None = None) -> None:

@@ -25,6 +25,7 @@ from scipy.ndimage import binary_dilation
 
 from monai_medlocker.threats.preprocessing import _check_image
 from monai_medlocker.watermark.blend import Placement, composite, mark_opacity
+from monai_medlocker.watermark.inpaint import as_placements, crop_around, inpaint_mask, logo_footprint, opencv
 from monai_medlocker.watermark.logo import load_logo, logo_for_image, render_logo
 from monai_medlocker.watermark.problem import SearchSpace, logo_box_size
 
@@ -54,33 +55,6 @@ _DEFAULT_SPACE = SearchSpace()
 # Below this transmission (1 - opacity) the inversion would amplify the 0.5-level rounding of the
 # composite by more than 16 grey levels: those pixels are treated as lost and inpainted instead.
 _MIN_TRANSMISSION = 1.0 / 32.0
-
-
-def _cv2():
-    try:
-        import cv2
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("monai_medlocker.threats needs OpenCV: pip install 'monai-medlocker[threats]' "
-                          "(opencv-python-headless)") from err
-    return cv2
-
-
-def as_placements(placements: Iterable[Placement | Mapping] | None) -> list[Placement]:
-    """Placements from :class:`Placement` objects or their record dicts (a protect record's ``marks``)."""
-    if placements is None:
-        return []
-    out = []
-    for p in placements:
-        if isinstance(p, Placement):
-            out.append(p)
-        elif isinstance(p, Mapping):
-            try:
-                out.append(Placement.from_record(p))
-            except KeyError as err:
-                raise ValueError(f"placement record {dict(p)!r} lacks the field {err}") from None
-        else:
-            raise ValueError(f"expected a Placement or a placement record dict, got {type(p).__name__}.")
-    return out
 
 
 def _stamped_logo(logo: np.ndarray | None, image: np.ndarray) -> np.ndarray:
@@ -125,7 +99,7 @@ def _box_sizes(logo: np.ndarray, short: int, scale_range: tuple[float, float], r
 
 def _match(image: np.ndarray, rgb: np.ndarray, cov: np.ndarray) -> np.ndarray:
     """Normalised cross-correlation of the logo's pixels (masked by its coverage) at every position."""
-    cv2 = _cv2()
+    cv2 = opencv()
     mask = np.repeat((cov > 0.5).astype(np.float32)[..., None], 3, axis=-1)
     score = cv2.matchTemplate(image, np.ascontiguousarray(rgb, dtype=np.float32), cv2.TM_CCOEFF_NORMED, mask=mask)
     return np.nan_to_num(score, nan=-1.0, posinf=-1.0, neginf=-1.0)
@@ -158,7 +132,7 @@ def locate_logo(image: np.ndarray, logo: np.ndarray | None = None, max_marks: in
     """
     image = _check_image(image, "locate_logo")
     lg = _stamped_logo(logo, image)
-    cv2 = _cv2()
+    cv2 = opencv()
     height, width = image.shape[:2]
     short = min(height, width)
     img = image.astype(np.float32)
@@ -298,25 +272,11 @@ def _smoothest(region: np.ndarray, rgb: np.ndarray, cov: np.ndarray, band: np.nd
 # ------------------------------------------------------------------------------------------------
 
 
-def logo_footprint(shape: Sequence[int], logo: np.ndarray, placements: Iterable[Placement | Mapping],
-                   dilate: int = 2) -> np.ndarray:
-    """H x W bool: where the logo covers anything (coverage > 0) in each box, grown by ``dilate`` px."""
-    height, width = int(shape[0]), int(shape[1])
-    mask = np.zeros((height, width), dtype=bool)
-    for p in as_placements(placements):
-        _, cov = render_logo(logo, p.width, p.height, p.rotation)
-        x0, y0, x1, y1 = p.box_xyxy
-        mask[max(0, y0):y1, max(0, x0):x1] |= (cov > 0)[max(0, -y0):y1 - y0, max(0, -x0):x1 - x0]
-    if dilate > 0:
-        mask = binary_dilation(mask, iterations=int(dilate))
-    return mask
-
-
 def _fill_lost(out: np.ndarray, lost: np.ndarray) -> np.ndarray:
     """Telea inpainting of pixels whose opacity left no trace of the original."""
     if not lost.any():
         return out
-    cv2 = _cv2()
+    cv2 = opencv()
     filled = cv2.inpaint(out, lost.astype(np.uint8), 3, cv2.INPAINT_TELEA)
     return np.where(lost[..., None], filled, out)
 
@@ -376,23 +336,8 @@ def _footprint_for(protected: np.ndarray, logo: np.ndarray | None, placements, d
     return logo_footprint(protected.shape, lg, marks, dilate)
 
 
-def _crop_around(mask: np.ndarray, margin: int) -> tuple[slice, slice]:
-    ys, xs = np.nonzero(mask)
-    h, w = mask.shape
-    return (slice(max(0, ys.min() - margin), min(h, ys.max() + 1 + margin)),
-            slice(max(0, xs.min() - margin), min(w, xs.max() + 1 + margin)))
-
-
-def _inpaint(protected: np.ndarray, logo, placements, dilate: int, method: Callable) -> np.ndarray:
-    mask = _footprint_for(protected, logo, placements, dilate)
-    out = protected.copy()
-    if not mask.any():
-        return out
-    # Inpaint a crop around the footprint: the same result near the hole, a fraction of the work.
-    sl = _crop_around(mask, 16)
-    filled = method(out[sl], mask[sl])
-    out[sl] = np.where(mask[sl][..., None], filled, out[sl])
-    return out
+def _inpaint(protected: np.ndarray, logo, placements, dilate: int, method: str, radius: int = 3) -> np.ndarray:
+    return inpaint_mask(protected, _footprint_for(protected, logo, placements, dilate), method, radius)
 
 
 def inpaint_telea(protected: np.ndarray, logo: np.ndarray | None = None,
@@ -404,9 +349,7 @@ def inpaint_telea(protected: np.ndarray, logo: np.ndarray | None = None,
     pixels carry no information here; only pixels of :func:`logo_footprint` change.
     """
     protected = _check_image(protected, "inpaint_telea")
-    cv2 = _cv2()
-    return _inpaint(protected, logo, placements, dilate,
-                    lambda img, m: cv2.inpaint(img, m.astype(np.uint8), radius, cv2.INPAINT_TELEA))
+    return _inpaint(protected, logo, placements, dilate, "telea", radius)
 
 
 def inpaint_navier_stokes(protected: np.ndarray, logo: np.ndarray | None = None,
@@ -414,23 +357,14 @@ def inpaint_navier_stokes(protected: np.ndarray, logo: np.ndarray | None = None,
                           radius: int = 3) -> np.ndarray:
     """Fill the logo's footprint by OpenCV's Navier-Stokes inpainting; threat model as :func:`inpaint_telea`."""
     protected = _check_image(protected, "inpaint_navier_stokes")
-    cv2 = _cv2()
-    return _inpaint(protected, logo, placements, dilate,
-                    lambda img, m: cv2.inpaint(img, m.astype(np.uint8), radius, cv2.INPAINT_NS))
+    return _inpaint(protected, logo, placements, dilate, "navier_stokes", radius)
 
 
 def inpaint_biharmonic(protected: np.ndarray, logo: np.ndarray | None = None,
                        placements: Iterable[Placement | Mapping] | None = None, dilate: int = 2) -> np.ndarray:
     """Fill the logo's footprint by scikit-image's biharmonic inpainting; threat model as :func:`inpaint_telea`."""
-    from skimage.restoration import inpaint_biharmonic as _biharmonic
-
     protected = _check_image(protected, "inpaint_biharmonic")
-
-    def fill(img: np.ndarray, m: np.ndarray) -> np.ndarray:
-        out = _biharmonic(img.astype(np.float64) / 255.0, m, channel_axis=-1)
-        return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
-
-    return _inpaint(protected, logo, placements, dilate, fill)
+    return _inpaint(protected, logo, placements, dilate, "biharmonic")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -462,7 +396,7 @@ def box_fidelity(restored: np.ndarray, original: np.ndarray, placements: Iterabl
     diff = restored.astype(np.float64)[mask] - original.astype(np.float64)[mask]
     mse = float((diff ** 2).mean())
     psnr = float("inf") if mse == 0 else 10.0 * np.log10(255.0 ** 2 / mse)
-    sl = _crop_around(mask, 0)
+    sl = crop_around(mask, 0)
     _, smap = structural_similarity(restored[sl], original[sl], channel_axis=-1, data_range=255, full=True)
     ssim = float(smap.mean(axis=-1)[mask[sl]].mean())
     return {"psnr": round(float(psnr), 4), "ssim": round(ssim, 6)}
@@ -720,7 +654,7 @@ class LearnedRemover:
     def __call__(self, protected: np.ndarray, logo: np.ndarray | None = None,
                  placements: Iterable[Placement | Mapping] | None = None) -> np.ndarray:
         protected = _check_image(protected, "LearnedRemover")
-        cv2 = _cv2()
+        cv2 = opencv()
         height, width = protected.shape[:2]
         f = self.config["size"] / min(height, width)
         work = protected if abs(f - 1) < 1e-6 else cv2.resize(
@@ -830,7 +764,7 @@ class CollectionAttack:
 
     def _aligned(self, image: np.ndarray, p: Placement) -> tuple[np.ndarray, np.ndarray]:
         """The box with a ring of 2 canonical pixels, resized to the canonical frame, and its background fill."""
-        cv2 = _cv2()
+        cv2 = opencv()
         c, ring = self.canonical, 2
         gx_, gy_ = ring * p.width / c, ring * p.height / c
         x0, y0 = p.x0 - gx_, p.y0 - gy_
@@ -851,7 +785,7 @@ class CollectionAttack:
         With an estimated (imperfect) ``W`` this is steadier than the edge smoothness of
         :func:`estimate_opacity`: a wrong cap shifts the whole inverted mark towards or away from ``W``.
         """
-        cv2 = _cv2()
+        cv2 = opencv()
         region, wm, fill = (np.asarray(v, dtype=np.float32) for v in (region, wm, fill))
         inside = matte > 0.5
         sigma = side / 16
@@ -865,7 +799,7 @@ class CollectionAttack:
 
     def _box_fill(self, image: np.ndarray, p: Placement) -> np.ndarray:
         """A smooth estimate of the background under the box: inpainted from an 8-px ring, then blurred."""
-        cv2 = _cv2()
+        cv2 = opencv()
         m = 8
         height, width = image.shape[:2]
         x0, y0, x1, y1 = p.box_xyxy
@@ -935,7 +869,7 @@ class CollectionAttack:
         if self.alpha is None:
             raise ValueError("CollectionAttack.remove: call fit() on the protected collection first.")
         image = _check_image(image, "CollectionAttack.remove")
-        cv2 = _cv2()
+        cv2 = opencv()
         marks = self._locate(image)
         if not marks:
             return image.copy()

@@ -15,6 +15,7 @@ from monai_medlocker import __version__
 from monai_medlocker.networks import Surrogate, preprocess_for_model
 from monai_medlocker.watermark.blend import Placement, composite
 from monai_medlocker.watermark.feasibility import NoFeasiblePlacementError
+from monai_medlocker.watermark.inpaint import inpaint_mask, logo_footprint
 from monai_medlocker.watermark.keyed import check_render_key, rendering_record
 from monai_medlocker.watermark.logo import logo_for_image, logo_sha256
 from monai_medlocker.watermark.optimizers import WatermarkOptimizer
@@ -81,7 +82,6 @@ def _apply_shield(image: np.ndarray, marked: np.ndarray, wsm: np.ndarray, surrog
                   logo: np.ndarray, marks: list[Placement], settings: ShieldSettings, views) -> tuple:
     """(shielded image, allowed-change mask, record facts) of the shield step of :func:`watermark_image`."""
     from monai_medlocker.lesions.builtin import LesionDetectionError
-    from monai_medlocker.threats.removal import inpaint_telea
 
     start = time.perf_counter()
     facts = {"settings": settings.to_record(), "linf_bound": settings.linf,
@@ -92,7 +92,8 @@ def _apply_shield(image: np.ndarray, marked: np.ndarray, wsm: np.ndarray, surrog
         return marked, None, {**facts, "applied": False, "reason": f"no field of view: {err}"}
     boxes = [p.box_xyxy for p in marks]
     # The thief's two ways to erase a mark: an inverse blend recovers the original boxes; inpainting fills them.
-    removed = [image, inpaint_telea(marked, logo, placements=marks)] if settings.removal_aware else []
+    removed = ([image, inpaint_mask(marked, logo_footprint(marked.shape, logo, marks), "telea")]
+               if settings.removal_aware else [])
     out = shield_image(marked, wsm, fov, surrogates, label, boxes, views=views, settings=settings, removed=removed)
     allowed = shield_region(wsm, fov, boxes)
     diff = np.abs(out.astype(np.int16) - marked.astype(np.int16))

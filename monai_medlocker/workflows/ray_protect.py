@@ -24,7 +24,7 @@ class _ProtectActor:
     def __init__(self, root: str, configs: Sequence[str], overrides: dict, gpu: bool) -> None:
         import torch
 
-        from monai_medlocker.cli._bundle import parse_bundle_config
+        from monai_medlocker.bundle_config import parse_bundle_config
 
         torch.set_num_threads(1)  # one CPU per actor (its Ray resource request)
         parser = parse_bundle_config(list(configs), Path(root), overrides)

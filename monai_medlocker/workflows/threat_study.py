@@ -34,10 +34,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from monai_medlocker.networks import Surrogate, preprocess_for_model
+from monai_medlocker.networks import Surrogate
 from monai_medlocker.threats.placement import placement_leak
 from monai_medlocker.workflows.handlers import write_json_atomic
 from monai_medlocker.workflows.metrics import protection_metrics
+from monai_medlocker.workflows.study_tools import predict, protect_tools, study_render_key, wsm_from_masks
 
 __all__ = ["ROWS", "StudyImage", "ThreatStudy", "lab_study_images", "datalist_study_images", "release_study_images",
            "predict", "protect_tools"]
@@ -79,32 +80,6 @@ class _Row:
         return [Placement.from_record(m) for m in rec["marks"]] if rec else []
 
 
-def protect_tools(settings: dict, optimizer_name: str | None = None) -> tuple:
-    """The (optimizer, search space, logo) of a protect-settings dict, as ``inference.json`` builds them.
-
-    ``optimizer_name`` (a study row) defaults to the settings' optimizer; another optimizer (the bhe and
-    random rows) gets its own defaults, since the settings' optimizer_kwargs and max_queries belong to
-    the configured one.
-    """
-    from monai_medlocker.watermark import SearchSpace, get_optimizer, load_logo
-
-    name = optimizer_name or settings.get("optimizer", "medlocker")
-    kwargs = {}
-    if name == settings.get("optimizer", "medlocker"):
-        kwargs = dict(settings.get("optimizer_kwargs") or {})
-        if settings.get("max_queries") is not None:
-            kwargs["max_queries"] = settings["max_queries"]
-    space = SearchSpace.from_config(settings.get("search_space", "full"))
-    return get_optimizer(name, **kwargs), space, load_logo(settings.get("logo"))
-
-
-def _wsm_from_masks(masks: np.ndarray, shape: tuple[int, int], margin: int = 2) -> np.ndarray:
-    from monai_medlocker.lesions import lesion_bboxes, wsm_from_boxes
-
-    boxes, _ = lesion_bboxes(masks, margin=margin)
-    return wsm_from_boxes(boxes, shape)
-
-
 def lab_study_images(n: int, size: int = 512, seed: int = 31, lab_version: int | None = None,
                      grade_weights: Sequence[float] | None = None) -> list[StudyImage]:
     """Fresh synthetic test images (seeds far from any training lab), grades balanced unless weights are given.
@@ -126,7 +101,7 @@ def lab_study_images(n: int, size: int = 512, seed: int = 31, lab_version: int |
     for i, grade in enumerate(grades):
         sample = synthesize_fundus(size, seed=seed * 100_003 + i, grade=int(grade), **kwargs)
         masks = np.stack([sample.masks[t] for t in LESION_TYPES])
-        out.append(StudyImage(f"lab{i:04d}", sample.image, _wsm_from_masks(masks, sample.image.shape[:2]), sample.grade))
+        out.append(StudyImage(f"lab{i:04d}", sample.image, wsm_from_masks(masks, sample.image.shape[:2]), sample.grade))
     return out
 
 
@@ -149,7 +124,7 @@ def datalist_study_images(path: str | Path, section: str = "test", num_classes: 
             image = load_rgb(item["image"])
             mask_paths = [Path(v) for k, v in item.items() if k.startswith("mask_") and v]
             maps, _, _ = lesions(Path(item["image"]), image, mask_paths)
-            out.append(StudyImage(Path(item["image"]).name, image, _wsm_from_masks(maps > 0.5, image.shape[:2]),
+            out.append(StudyImage(Path(item["image"]).name, image, wsm_from_masks(maps > 0.5, image.shape[:2]),
                                   int(item["label"])))
         except (OSError, ValueError) as err:
             errors.append({"file": str(item.get("image")), "error": str(err)})
@@ -207,7 +182,7 @@ def release_study_images(release_dir: str | Path, originals_dir: str | Path,
             continue
         # The rows made afresh from the originals obey the lesion boxes as protect does (built-in detector).
         maps, _, _ = lesions(candidates[0], original, [])
-        wsm = _wsm_from_masks(maps > 0.5, original.shape[:2])
+        wsm = wsm_from_masks(maps > 0.5, original.shape[:2])
         images.append(StudyImage(str(rel.parent / stem), original, wsm, int(record["label"])))
         row.images.append(wm)
         row.records.append(record)
@@ -215,26 +190,6 @@ def release_study_images(release_dir: str | Path, originals_dir: str | Path,
         raise ValueError(f"no protected image in {release_dir} could be matched to an original in {originals_dir}"
                          + (f": {errors[0]['error']}" if errors else ""))
     return images, row
-
-
-def predict(models: dict[str, Surrogate], images: Sequence[np.ndarray], batch_size: int = 16) -> dict[str, np.ndarray]:
-    """Each model's predicted grade per image, through the model's own ``preprocess_for_model``.
-
-    Images of different sizes are fine (each batch holds images of one size).
-    """
-    preds = {name: np.zeros(len(images), dtype=np.int64) for name in models}
-    by_shape: dict[tuple, list[int]] = {}
-    for i, img in enumerate(images):
-        by_shape.setdefault(img.shape, []).append(i)
-    with torch.no_grad():
-        for idx in by_shape.values():
-            for start in range(0, len(idx), batch_size):
-                chunk = idx[start:start + batch_size]
-                t = torch.from_numpy(np.stack([images[i] for i in chunk]).transpose(0, 3, 1, 2).copy())
-                for name, model in models.items():
-                    logits = model.network(preprocess_for_model(t, model.spec))
-                    preds[name][chunk] = logits.argmax(dim=1).numpy()
-    return preds
 
 
 def _thief_view(fn: Callable, image: np.ndarray, index: int) -> np.ndarray:
@@ -270,13 +225,6 @@ def _settings_hash(settings: dict) -> str:
     import hashlib
 
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
-def study_render_key(image_id: str, index: int) -> bytes:
-    """The study's per-image rendering secret: as protect's, never known to the thief's attacks."""
-    import hashlib
-
-    return hashlib.sha256(f"medlocker-study-render\x00{index}\x00{image_id}".encode()).digest()
 
 
 def _median(values: Sequence[float]) -> float | None:

@@ -33,7 +33,7 @@ def protect_lab_split(clean_dir: Path, out_dir: Path, surrogate: Surrogate | lis
     from monai_medlocker.io.image import load_mask, load_rgb, save_png
     from monai_medlocker.watermark import watermark_image
     from monai_medlocker.watermark.feasibility import NoFeasiblePlacementError
-    from monai_medlocker.workflows.threat_study import _wsm_from_masks, protect_tools, study_render_key
+    from monai_medlocker.workflows.study_tools import protect_tools, study_render_key, wsm_from_masks
 
     data = json.loads((clean_dir / "datalist.json").read_text())
     surrogates = list(surrogate) if isinstance(surrogate, (list, tuple)) else [surrogate]
@@ -51,7 +51,7 @@ def protect_lab_split(clean_dir: Path, out_dir: Path, surrogate: Surrogate | lis
         masks = np.stack([load_mask(item[k], image.shape[:2]) for k in sorted(item) if k.startswith("mask_") and item[k]])
         rel = data[section][i]["image"]
         try:
-            out, _ = watermark_image(image, _wsm_from_masks(masks, image.shape[:2]), surrogates, logo, optimizer, space,
+            out, _ = watermark_image(image, wsm_from_masks(masks, image.shape[:2]), surrogates, logo, optimizer, space,
                                      label=int(item["label"]), seed=i, render_key=study_render_key(rel, i))
         except NoFeasiblePlacementError:
             out, unprotected = image, unprotected + 1
@@ -66,7 +66,7 @@ def protect_lab_split(clean_dir: Path, out_dir: Path, surrogate: Surrogate | lis
 
 def _accuracy_curve(ckpt_dir: Path, network: str, input_size: int, test_images: dict, grades: np.ndarray,
                     num_classes: int) -> dict[str, list[float]]:
-    from monai_medlocker.workflows.threat_study import predict
+    from monai_medlocker.workflows.study_tools import predict
 
     curves: dict[str, list[float]] = {name: [] for name in test_images}
     for ckpt in sorted(ckpt_dir.glob("epoch_*.pt")):
@@ -94,7 +94,7 @@ def unauthorised_training(work_dir: str | Path, zoo, surrogate: Surrogate | list
     """
     from monai.utils import set_determinism
 
-    from monai_medlocker.cli._bundle import bundle_root as find_bundle, parse_bundle_config, run_workflow
+    from monai_medlocker.bundle_config import bundle_root as find_bundle, parse_bundle_config, run_workflow
     from monai_medlocker.data.synthetic import generate_dataset
 
     work = Path(work_dir)

@@ -18,7 +18,7 @@ import numpy as np
 
 from monai_medlocker.certify.certificate import pixel_sha256
 from monai_medlocker.certify.seal import public_record as published_record
-from monai_medlocker.cli._bundle import bundle_root, parse_bundle_config
+from monai_medlocker.bundle_config import bundle_root, parse_bundle_config
 from monai_medlocker.cli.protect import add_protect_options, protect_overrides
 from monai_medlocker.io.image import load_fundus, load_rgb, portable_name
 from monai_medlocker.io.outdir import OutputLock, clean_temporaries, prepare_output_dir

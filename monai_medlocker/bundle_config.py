@@ -1,4 +1,6 @@
-"""Find the MONAI Bundle and run its configs: the CLI is a thin shell over the bundle configs."""
+"""Find the MONAI Bundle and run its configs (the CLI, the workflows and the apps all go through here).
+
+It lies below ``cli/`` and ``workflows/`` so that both may import it; it imports nothing of the package."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ __all__ = ["bundle_root", "parse_bundle_config", "run_workflow", "build_workflow
 
 def bundle_root(explicit: str | None = None) -> Path:
     """The bundle folder: ``explicit``, ``$MEDLOCKER_BUNDLE``, or ``bundle/`` beside the package source."""
-    candidates = [explicit, os.environ.get("MEDLOCKER_BUNDLE"), Path(__file__).resolve().parents[2] / "bundle"]
+    candidates = [explicit, os.environ.get("MEDLOCKER_BUNDLE"), Path(__file__).resolve().parents[1] / "bundle"]
     for c in candidates:
         if c and (Path(c) / "configs").is_dir():
             return Path(c).resolve()
