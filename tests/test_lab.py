@@ -40,8 +40,13 @@ V1_REFERENCE = {
     (512, 90004, 4): "770cc69ba35fbbe47a43bbe459ad42d60ede0d21257676871f66d0dfc7a62ae8",
 }
 # generate_dataset(n=6, size=128, seed=3) with the original code: decoded PNG pixels (sorted by file name) and the
-# three splits of datalist.json.
-V1_DATASET_PIXELS = "09e41f189f68c7b1c72205e408f81baeedfafa56de5a55b158a30a0398fd0d26"
+# three splits of datalist.json. The pixel digest depends on the machine (same code and packages, other digest),
+# most likely numpy's per-CPU SIMD math moving float64 alpha maps across the mask threshold. One
+# digest per machine kind seen, each made by the original code (commit 00231e1) there:
+V1_DATASET_PIXELS = {
+    "09e41f189f68c7b1c72205e408f81baeedfafa56de5a55b158a30a0398fd0d26",  # the machine of the lab-v2 session
+    "f8ea9a7446b2e6f7b01b4aff265aa2d93960164d8d279e14424b9e45145845f0",  # AMD EPYC, numpy SIMD up to X86_V3 (AVX2)
+}
 V1_DATASET_SPLITS = "634b93159e51a4d98e0b7ad6c63cdecfa5a5cc434685664aaf4fa19aae454db1"
 
 
@@ -74,7 +79,7 @@ def test_lab_v1_dataset_is_bit_identical_to_the_original_code(tmp_path):
     for f in sorted((tmp_path / "d").rglob("*.png")):
         pixels.update(f.name.encode())
         pixels.update(np.asarray(Image.open(f)).tobytes())
-    assert pixels.hexdigest() == V1_DATASET_PIXELS
+    assert pixels.hexdigest() in V1_DATASET_PIXELS
     splits = json.dumps({k: data[k] for k in ("training", "validation", "test")}, sort_keys=True).encode()
     assert hashlib.sha256(splits).hexdigest() == V1_DATASET_SPLITS
 
