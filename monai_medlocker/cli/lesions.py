@@ -91,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args, items, out_dir: Path, source: Path, settings: dict, lesions, wsm_tf) -> int:
     from monai_medlocker.io.image import ImageReadError, atomic_write_bytes, load_rgb, portable_name, save_png
+    from monai_medlocker.io.files import name_too_long
     from monai_medlocker.io.outdir import inside_output
     from monai_medlocker.lesions.builtin import LESION_CHANNELS
 
@@ -104,6 +105,10 @@ def _run(args, items, out_dir: Path, source: Path, settings: dict, lesions, wsm_
             if item.problem is not None:
                 raise ImageReadError(item.problem)
             inside_output(out_dir, stem_path)  # never through a symlink or out of the folder
+            for suffix in (*(f"_{t}.png" for t in LESION_CHANNELS), "_wsm.png", "_lesions.json"):
+                too_long = name_too_long(stem_path.with_name(stem_path.name + suffix))  # before this item's first write
+                if too_long:
+                    raise ImageReadError(f"{item.image}: its output {too_long}")
             image = load_rgb(item.image)
             maps, lesion_source, report = lesions(item.image, image, [] if args.ignore_masks else item.masks)
             boxes, channels = wsm_tf.boxes(maps)

@@ -10,9 +10,10 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["ImageReadError", "TEMP_SUFFIX", "atomic_write_bytes", "is_temporary_file", "portable_name"]
+__all__ = ["ImageReadError", "TEMP_SUFFIX", "atomic_write_bytes", "is_temporary_file", "name_too_long", "portable_name"]
 
 TEMP_SUFFIX = ".part"
+_TEMP_EXTRA = len(".") + len(".") + 8 + len(TEMP_SUFFIX)  # mkstemp's ".<name>.<8 random>.part" around a name
 
 
 def portable_name(path: str | Path) -> str:
@@ -31,6 +32,43 @@ def is_temporary_file(path: str | Path) -> bool:
     return name.startswith(".") and name.endswith(TEMP_SUFFIX)
 
 
+def _name_max(folder: Path) -> int:
+    """The longest file name (in bytes) the file system of ``folder`` (or of its nearest existing parent) takes."""
+    for parent in (folder, *folder.parents):
+        if parent.is_dir():
+            try:
+                return int(os.pathconf(parent, "PC_NAME_MAX"))
+            except (OSError, ValueError):
+                break
+    return 255
+
+
+def name_too_long(path: str | Path) -> str | None:
+    """Why ``path`` cannot be created (a component longer than its file system's NAME_MAX); ``None`` when it can.
+
+    Checked before an item's first write, so that a too-long name fails that item alone instead
+    of leaving some of its outputs written. (The temporary of :func:`atomic_write_bytes` always
+    fits when the final name does.)
+    """
+    path = Path(path)
+    limit = _name_max(path.parent)
+    for part in path.parts:
+        size = len(os.fsencode(part))
+        if size > limit:
+            return (f"{path}: file name of {size} bytes is longer than the {limit} bytes its file system allows; "
+                    "rename the input to a shorter name")
+    return None
+
+
+def _temp_prefix(path: Path) -> str:
+    """``.<name>.`` for :func:`atomic_write_bytes`, the name cut short so that the temporary's name fits NAME_MAX."""
+    room = _name_max(path.parent) - _TEMP_EXTRA
+    name = path.name
+    while len(os.fsencode(name)) > room and name:
+        name = name[:-1]
+    return f".{name}."
+
+
 class ImageReadError(ValueError):
     """An input image that cannot be used; the message names the file and the problem."""
 
@@ -43,7 +81,7 @@ def atomic_write_bytes(path: str | Path, data: bytes, mode: int | None = None) -
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

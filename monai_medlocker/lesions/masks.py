@@ -225,6 +225,14 @@ def is_mask_file(path: str | Path) -> bool:
     return any(path.stem.endswith(s) for s in MASK_SUFFIXES) or path.stem.endswith("_wsm")
 
 
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False for a name the file system cannot hold (Errno 36): no such mask can exist."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def find_mask_files(image: str | Path) -> list[Path]:
     """Mask files of ``image`` by the naming rule in the module docstring (an empty list when none)."""
     image = Path(image)
@@ -236,10 +244,10 @@ def find_mask_files(image: str | Path) -> list[Path]:
         for suffix in (*(f"_{t}" for t in MASK_CHANNELS), "_lesions"):
             for ext in (".png", ".tif", ".tiff", ".bmp"):
                 candidate = folder / f"{stem}{suffix}{ext}"
-                if candidate.is_file():
+                if _is_file(candidate):
                     found.append(candidate)
         for name in (f"{stem}.nii", f"{stem}.nii.gz", f"{stem}_seg.dcm", f"{stem}.seg.dcm"):
             candidate = folder / name
-            if candidate.is_file() and candidate != image:
+            if _is_file(candidate) and candidate != image:
                 found.append(candidate)
     return found

@@ -56,6 +56,7 @@ from monai_medlocker.certify.seal import SIDECAR_SUFFIX, Keyring
 from monai_medlocker.data.datalist import datalist_item_problem, read_datalist
 from monai_medlocker.io.dicom import is_dicom_file
 from monai_medlocker.io.image import SUPPORTED_SUFFIXES, ImageReadError, atomic_write_bytes, is_temporary_file, portable_name
+from monai_medlocker.io.files import name_too_long
 from monai_medlocker.io.outdir import OutputError, OutputLock, clean_temporaries, inside_output, output_name, prepare_output_dir
 from monai_medlocker.lesions.masks import MASK_SUFFIXES, find_mask_files, is_mask_file
 from monai_medlocker.lesions.source import LESION_SEGMENTERS, MissingMaskError
@@ -460,6 +461,11 @@ class DatasetProtector:
             # Never onto an input, and never among the inputs, where a later run would read it back.
             if target in inputs or self._in_root in target.parents:
                 return f"{item.image}: its output {path} would replace or lie among the inputs; choose another output folder"
+        # Every name this item writes, checked before its first write: a too-long one fails it alone.
+        for path in (out_path, record_path) + ((_sidecar_path(out_path),) if self.certifier is not None else ()):
+            too_long = name_too_long(path)
+            if too_long:
+                return f"{item.image}: its output {too_long}"
         return None
 
     def _protect_items(self, indexed: list[tuple[int, ProtectItem]], all_items: list[ProtectItem],
