@@ -4,6 +4,8 @@ and every error is one line naming the file."""
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ from PIL import Image
 
 from monai_medlocker.certify import generate_owner_key, save_owner_key
 from monai_medlocker.data.synthetic import synthesize_fundus
+from monai_medlocker.io.image import ImageReadError, load_rgb, round_trip_mode
 from monai_medlocker.workflows.protect import DatasetProtector
 from protect_outputs import manifest_rows, public_dir, read_summary, record_file, sidecar_file
 
@@ -97,3 +100,74 @@ def test_lesions_command_fails_a_too_long_name_alone_before_writing_it(tmp_path,
     assert str(long) in line and "longer than the 255 bytes" in line
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
         "lesions_summary.json", "ok_EX.png", "ok_HE.png", "ok_MA.png", "ok_SE.png", "ok_lesions.json", "ok_wsm.png"]
+
+
+def _png16(path: Path, rgb16: np.ndarray, colour_type: int = 2) -> Path:
+    """A 16-bit-per-sample PNG (colour type 2 = RGB, 6 = RGBA), which Pillow cannot write."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    h, w = rgb16.shape[:2]
+    rows = b"".join(b"\0" + rgb16[y].astype(">u2").tobytes() for y in range(h))
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    return path
+
+
+def _tiff16_rgb(path: Path, rgb16: np.ndarray) -> Path:
+    """An uncompressed 48-bit RGB TIFF (little-endian), which Pillow cannot write."""
+    h, w = rgb16.shape[:2]
+    data = rgb16.astype("<u2").tobytes()
+    n = 10
+    data_offset = 8 + 6 + 2 + n * 12 + 4
+
+    def entry(tag: int, kind: int, value: int) -> bytes:  # kind 3: SHORT, 4: LONG; one value
+        return struct.pack("<HHI", tag, kind, 1) + (struct.pack("<I", value) if kind == 4 else struct.pack("<HH", value, 0))
+
+    ifd = struct.pack("<H", n) + b"".join([
+        entry(256, 4, w), entry(257, 4, h), struct.pack("<HHII", 258, 3, 3, 8), entry(259, 3, 1), entry(262, 3, 2),
+        entry(273, 4, data_offset), entry(277, 3, 3), entry(278, 4, h), entry(279, 4, len(data)), entry(284, 3, 1)])
+    path.write_bytes(b"II*\x00" + struct.pack("<I", 14) + struct.pack("<HHH", 16, 16, 16) + ifd + b"\0\0\0\0" + data)
+    return path
+
+
+def _frames(path: Path, n: int = 2) -> Path:
+    frames = [Image.fromarray(synthesize_fundus(128, seed=i, grade=1).image) for i in range(n)]
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    return path
+
+
+# Items 1 and 2: what Pillow would decode with pixels lost is refused up front.
+@pytest.mark.parametrize("make", ["png-rgb16", "png-rgba16", "tiff-rgb16", "tiff-2-pages", "apng", "gif"])
+def test_lossy_decodes_are_refused_naming_the_file(tmp_path, make):
+    rgb16 = np.random.default_rng(0).integers(0, 65536, (32, 32, 3), dtype=np.uint16)
+    path, needle = {
+        "png-rgb16": lambda: (_png16(tmp_path / "a.png", rgb16), "16-bit colour"),
+        "png-rgba16": lambda: (_png16(tmp_path / "a.png", np.dstack([rgb16, rgb16[..., :1]]), 6), "16-bit colour"),
+        "tiff-rgb16": lambda: (_tiff16_rgb(tmp_path / "a.tif", rgb16), "16-bit colour"),
+        "tiff-2-pages": lambda: (_frames(tmp_path / "a.tif"), "2 frames"),
+        "apng": lambda: (_frames(tmp_path / "a.png"), "2 frames"),
+        "gif": lambda: (_frames(tmp_path / "a.gif", 3), "3 frames"),
+    }[make]()
+    for read in (load_rgb, round_trip_mode):
+        with pytest.raises(ImageReadError) as err:
+            read(path)
+        assert str(err.value).startswith(f"{path}: ") and needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_16_bit_png_and_two_page_tiff_fail_alone_in_a_batch(tmp_path, tiny_surrogate):
+    src = tmp_path / "src"
+    _fundus(src, "ok.png")
+    rgb16 = (synthesize_fundus(128, seed=2, grade=1).image.astype(np.uint16) << 8) | 0x5A  # a low byte to lose
+    deep = _png16(src / "deep.png", rgb16)
+    pages = _frames(src / "pages.tif")
+    for p in (deep, pages):
+        Image.fromarray(np.zeros((128, 128), np.uint8)).save(src / f"{p.stem}_lesions.png")
+    out = tmp_path / "out"
+    summary = DatasetProtector(src, out, tiny_surrogate, **FAST).run()
+    assert summary["protected"] == 1 and summary["exit_code"] == 1
+    errors = {f["image"]: f["error"] for f in summary["failures"]}
+    assert sorted(errors) == ["deep.png", "pages.tif"]
+    assert errors["deep.png"].startswith(f"{deep}: 16-bit colour image")
+    assert errors["pages.tif"].startswith(f"{pages}: image with 2 frames")
+    assert sorted(p.name for p in public_dir(out).iterdir()) == ["ok.png"]

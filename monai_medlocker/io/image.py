@@ -44,14 +44,37 @@ def _open(path: Path, decode: bool = True) -> Image.Image:
         raise ImageReadError(f"{path}: file not found")
     try:
         img = Image.open(path)
+        _refuse_lossy_decoding(path, img)
         if decode:
             img.load()
+    except ImageReadError:
+        img.close()
+        raise
     except Image.DecompressionBombError as err:
         # A tiny file that claims billions of pixels: decoding it would exhaust memory.
         raise ImageReadError(f"{path}: refused as a possible decompression bomb ({err})") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageReadError(f"{path}: not a readable image ({err})") from err
     return img
+
+
+def _refuse_lossy_decoding(path: Path, img: Image.Image) -> None:
+    """Refuse what Pillow would decode with pixels lost: more than one frame, or 16-bit colour samples.
+
+    Only the first page of a multi-page TIFF (or frame of an APNG/GIF) would be protected, and the
+    rest would silently disappear; a 16-bit RGB(A) PNG or TIFF opens as 8-bit RGB, dropping each
+    sample's low byte, which unlock could never give back. (Must run before ``load()``, which clears ``tile``.)
+    """
+    frames = getattr(img, "n_frames", 1)
+    if frames != 1:
+        raise ImageReadError(f"{path}: image with {frames} frames (a multi-page or animated {img.format} file); only "
+                             "single-frame images can be protected. Save each frame as its own file")
+    for tile in img.tile or ():
+        rawmode = tile.args if isinstance(tile.args, str) else (tile.args or ("",))[0]
+        if img.mode in ("RGB", "RGBA") and isinstance(rawmode, str) and ";16" in rawmode:
+            raise ImageReadError(f"{path}: 16-bit colour image ({img.format} {rawmode}); it would be read as 8-bit and "
+                                 "the low byte of every sample lost. Only 8-bit colour (or greyscale) is supported: "
+                                 "convert it to 8 bits per sample first")
 
 
 _EXIF_ORIENTATION = 0x0112
