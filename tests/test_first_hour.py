@@ -3,6 +3,7 @@ and every error is one line naming the file."""
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import zlib
@@ -171,3 +172,39 @@ def test_16_bit_png_and_two_page_tiff_fail_alone_in_a_batch(tmp_path, tiny_surro
     assert errors["deep.png"].startswith(f"{deep}: 16-bit colour image")
     assert errors["pages.tif"].startswith(f"{pages}: image with 2 frames")
     assert sorted(p.name for p in public_dir(out).iterdir()) == ["ok.png"]
+
+
+# Item 4: only lists of image objects are datalist sections.
+@pytest.fixture(scope="module")
+def synth_lab(tmp_path_factory) -> Path:
+    """What ``medlocker synth`` writes: images, masks and a datalist with settings lists beside the sections."""
+    from monai_medlocker.data.lab.dataset import generate_dataset
+
+    out = tmp_path_factory.mktemp("lab")
+    generate_dataset(out, 3, size=128, seed=0)
+    return out
+
+
+def test_protect_on_synths_datalist_reports_no_settings_as_items(synth_lab, tmp_path, tiny_surrogate):
+    data = json.loads((synth_lab / "datalist.json").read_text())
+    assert {"lesion_types", "quadrants", "split", "grade_weights"} <= {k for k, v in data.items() if isinstance(v, list)}
+    summary = DatasetProtector(synth_lab / "datalist.json", tmp_path / "out", tiny_surrogate, **FAST).run()
+    assert summary["failures"] == [] and summary["exit_code"] == 0
+    assert summary["images"] == summary["protected"] == 3
+
+
+def test_upper_case_json_suffix_is_a_datalist(synth_lab, tmp_path):
+    from monai_medlocker.workflows.protect import find_protect_items
+
+    upper = synth_lab / "LIST.JSON"
+    upper.write_text((synth_lab / "datalist.json").read_text())
+    items = find_protect_items(upper)
+    assert len(items) == 3 and all(item.problem is None and item.masks for item in items)
+
+
+def test_a_section_keeps_reporting_its_bad_entries(tmp_path):
+    from monai_medlocker.data.datalist import datalist_sections
+
+    data = {"test": [{"image": "a.png"}, "junk"], "quadrants": ["a", "b"], "weights": [1.0], "empty": [],
+            "objects": [{"name": "x"}]}
+    assert datalist_sections(data) == {"test": [{"image": "a.png"}, "junk"]}

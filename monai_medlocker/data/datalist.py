@@ -26,6 +26,7 @@ __all__ = [
     "load_datalist",
     "read_datalist",
     "datalist_item_problem",
+    "datalist_sections",
 ]
 
 DATALIST_NAME = "datalist.json"
@@ -67,6 +68,16 @@ def read_datalist(path: str | os.PathLike) -> dict:
         raise ValueError(f"datalist {path} must be a JSON object with sections "
                          f'(e.g. {{"test": [{{"image": "a.png"}}]}}), got a JSON {type(data).__name__}')
     return data
+
+
+def datalist_sections(data: dict) -> dict[str, list]:
+    """The datalist's sections: its lists that hold image objects (a JSON object with an ``image`` key).
+
+    Other lists are settings (``medlocker synth`` writes ``lesion_types``, ``quadrants``, ``split``,
+    ``grade_weights``), never items. A section's other entries stay in it, to be reported as bad items.
+    """
+    return {name: value for name, value in data.items()
+            if isinstance(value, list) and any(isinstance(v, dict) and "image" in v for v in value)}
 
 
 def datalist_item_problem(item: Any) -> str | None:

@@ -53,7 +53,7 @@ from monai.transforms import Compose
 from tqdm import tqdm
 
 from monai_medlocker.certify.seal import SIDECAR_SUFFIX, Keyring
-from monai_medlocker.data.datalist import datalist_item_problem, read_datalist
+from monai_medlocker.data.datalist import datalist_item_problem, datalist_sections, read_datalist
 from monai_medlocker.io.dicom import is_dicom_file
 from monai_medlocker.io.image import SUPPORTED_SUFFIXES, ImageReadError, atomic_write_bytes, is_temporary_file, portable_name
 from monai_medlocker.io.files import name_too_long
@@ -134,12 +134,10 @@ def find_protect_items(source: str | Path) -> list[ProtectItem]:
     if not source.exists():
         raise FileNotFoundError(f"input not found: {source}")
     items: list[ProtectItem] = []
-    if source.is_file() and source.suffix == ".json":
+    if source.is_file() and source.suffix.lower() == ".json":
         data = read_datalist(source)
         base = source.parent
-        for section, entries in data.items():
-            if not isinstance(entries, list):
-                continue
+        for section, entries in datalist_sections(data).items():
             for index, entry in enumerate(entries):
                 problem = datalist_item_problem(entry)
                 if problem is not None:
