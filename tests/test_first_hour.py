@@ -208,3 +208,39 @@ def test_a_section_keeps_reporting_its_bad_entries(tmp_path):
     data = {"test": [{"image": "a.png"}, "junk"], "quadrants": ["a", "b"], "weights": [1.0], "empty": [],
             "objects": [{"name": "x"}]}
     assert datalist_sections(data) == {"test": [{"image": "a.png"}, "junk"]}
+
+
+# Item 5: an unlock started again skips what it restored, and never overwrites what differs.
+def test_unlock_resume_skips_restored_targets_and_fails_only_a_differing_one(tmp_path, tiny_surrogate, owner_key):
+    from monai_medlocker.workflows.unlock import Unlocker, format_unlock_summary
+
+    src = tmp_path / "src"
+    for i in range(3):
+        _fundus(src, f"img{i}.png", seed=i)
+    Image.open(src / "img2.png").convert("L").save(src / "img2.png")  # a greyscale original comes back grey
+    prot = tmp_path / "prot"
+    assert DatasetProtector(src, prot, tiny_surrogate, owner_key=owner_key, **FAST).run()["protected"] == 3
+    un = tmp_path / "un"
+
+    def unlock() -> dict:
+        return Unlocker(public_dir(prot), un, key=owner_key, progress=False).run()
+
+    assert unlock()["unlocked"] == 3
+    # A finished unlock, run again: every image already restored, a success.
+    again = unlock()
+    assert again["unlocked"] == 3 and again["exit_code"] == 0, again["failures"]
+    assert (again["unlocked"], again["already_restored"], again["exit_code"]) == (3, 3, 0)
+    assert "3/3 image(s) restored" in format_unlock_summary(again) and "3 already restored" in format_unlock_summary(again)
+    # After a kill: one target missing, one replaced by other pixels (never overwritten).
+    (un / "img0.png").unlink()
+    other = np.asarray(Image.open(un / "img1.png")).copy()
+    other[0, 0] ^= 1
+    Image.fromarray(other).save(un / "img1.png")
+    before = (un / "img1.png").read_bytes()
+    resumed = unlock()
+    assert (resumed["unlocked"], resumed["already_restored"], resumed["exit_code"]) == (2, 1, 1)
+    [failure] = resumed["failures"]
+    assert failure["image"].endswith("img1.png") and "is not the certified original; not overwritten" in failure["error"]
+    assert (un / "img1.png").read_bytes() == before
+    assert np.array_equal(np.asarray(Image.open(un / "img0.png")), np.asarray(Image.open(src / "img0.png")))
+    assert Image.open(un / "img2.png").mode == "L"

@@ -28,7 +28,7 @@ from monai_medlocker.certify.grant import Grant, GrantError, load_grant
 from monai_medlocker.certify.keys import OwnerKey, OwnerPublicKey, load_owner_key, load_public_key
 from monai_medlocker.certify.payload import PayloadError, apply_restore_payload, decrypt_payload, derive_image_key
 from monai_medlocker.certify.seal import ProtectedFile, SealedRecordError, open_sealed_record, payload_sha256, read_protected
-from monai_medlocker.io.image import ImageReadError, atomic_write_bytes, save_png
+from monai_medlocker.io.image import ImageReadError, atomic_write_bytes, load_rgb, round_trip_mode, save_png
 from monai_medlocker.io.outdir import OutputError, OutputLock, clean_temporaries, inside_output, output_name, prepare_output_dir
 from monai_medlocker.workflows.verify import dicom_header_problem, find_certified_images
 
@@ -99,6 +99,16 @@ def unlock_image(pf: ProtectedFile, key: OwnerKey | None = None, grant: Grant | 
     return restored, record
 
 
+def _holds_original(target: Path, original_sha256: str | None, mode: str | None) -> bool:
+    """Whether the existing ``target`` decodes to the certified original pixels (and, for a PNG, in its ``mode``)."""
+    try:
+        if mode is not None and round_trip_mode(target) != mode:
+            return False
+        return original_sha256 is not None and pixel_sha256(load_rgb(target)) == original_sha256
+    except (ImageReadError, ValueError, OSError):
+        return False
+
+
 class Unlocker:
     """Unlock a file or a folder of protected images into ``output_dir``.
 
@@ -159,9 +169,14 @@ class Unlocker:
         target = self._target(path, pf.dicom is not None)
         if self.input_path.is_dir() and self.input_path.resolve() in target.resolve().parents:
             raise UnlockError(f"{path}: its output {target} would lie inside the input folder; choose another output folder")
-        if target.exists():
-            raise UnlockError(f"{path}: {target} already exists; not overwritten")
         cert = pf.signed.certificate
+        if target.exists():
+            # An earlier (perhaps killed) run's output: done when it holds the certified original, else never replaced.
+            if _holds_original(target, cert.get("original_sha256"), None if pf.dicom is not None else
+                               (record.get("source") or {}).get("mode", "RGB")):
+                return {"image": str(path), "status": "already-restored", "output": str(target),
+                        "image_id": cert.get("image_id"), "original_sha256": cert.get("original_sha256")}
+            raise UnlockError(f"{path}: {target} already exists and is not the certified original; not overwritten")
         if pf.dicom is not None:
             header = (cert.get("extra") or {}).get("dicom_original")
             if header is None:
@@ -205,6 +220,7 @@ class Unlocker:
         failed = [r for r in rows if r["status"] == "failed"]
         self.summary = {"input": str(self.input_path), "output_dir": str(self.output_dir), "images": len(rows),
                         "unlocked": len(rows) - len(failed), "failures": failed,
+                        "already_restored": sum(r["status"] == "already-restored" for r in rows),
                         "seconds": round(time.perf_counter() - start, 2), "exit_code": 1 if failed or not rows else 0}
         if rows and len(failed) < len(rows):
             atomic_write_bytes(self.output_dir / "unlock_summary.json", json.dumps(self.summary, indent=2).encode())
@@ -213,5 +229,7 @@ class Unlocker:
 
 def format_unlock_summary(summary: dict) -> str:
     lines = [f"MedLocker unlock: {summary['unlocked']}/{summary['images']} image(s) restored -> {summary['output_dir']}"]
+    if summary.get("already_restored"):
+        lines[0] += f" ({summary['already_restored']} already restored by an earlier run, skipped)"
     lines += [f"  FAILED {f['error']}" for f in summary["failures"]]
     return "\n".join(lines)
