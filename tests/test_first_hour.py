@@ -244,3 +244,27 @@ def test_unlock_resume_skips_restored_targets_and_fails_only_a_differing_one(tmp
     assert (un / "img1.png").read_bytes() == before
     assert np.array_equal(np.asarray(Image.open(un / "img0.png")), np.asarray(Image.open(src / "img0.png")))
     assert Image.open(un / "img2.png").mode == "L"
+
+
+# Item 7: small ones.
+def test_max_queries_below_the_working_minimum_is_refused_up_front(tmp_path, capsys):
+    from monai_medlocker.cli import main
+
+    src = tmp_path / "src"
+    _fundus(src, "a.png")
+    # The default surrogate is a two-model ensemble: the clean check alone costs 2 queries.
+    assert main(["protect", str(src), str(tmp_path / "out"), "--quiet", "--max-queries", "1",
+                 "--lesion-segmenter", "masks"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    [line] = [line for line in err.splitlines() if line.startswith("medlocker protect: error:")]
+    assert "max_queries 1 is below 2" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_working_minimum_follows_the_ensemble(tiny_surrogate):
+    from monai_medlocker.transforms.array import AdversarialWatermark
+
+    assert AdversarialWatermark(tiny_surrogate, max_queries=1).optimizer.max_queries == 1
+    with pytest.raises(ValueError, match="max_queries 2 is below 3, the least that works with 3 surrogate"):
+        AdversarialWatermark([tiny_surrogate] * 3, max_queries=2)

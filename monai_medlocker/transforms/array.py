@@ -123,6 +123,11 @@ class AdversarialWatermark(Transform):
         if max_queries is not None:
             kwargs["max_queries"] = max_queries
         self.optimizer = get_optimizer(optimizer, **kwargs)
+        least = self.optimizer.min_queries(len(self.surrogates))
+        if self.optimizer.max_queries is not None and self.optimizer.max_queries < least:
+            raise ValueError(f"max_queries {self.optimizer.max_queries} is below {least}, the least that works with "
+                             f"{len(self.surrogates)} surrogate model(s): checking the clean image costs one query per "
+                             "model, so every image would fail")
         self.search_space = SearchSpace.from_config(search_space)
         if on_infeasible not in ("raise", "skip"):
             raise ValueError(f"on_infeasible must be 'raise' or 'skip', got {on_infeasible!r}.")

@@ -48,6 +48,12 @@ class WatermarkOptimizer(ABC):
             return None
         return ThiefViews(self.eot_views, native_size=native_size, seed=self.eot_seed)
 
+    @staticmethod
+    def min_queries(n_models: int) -> int:
+        """The smallest working ``max_queries`` with ``n_models`` surrogates: the clean image's check costs one
+        query per model, outside the search (a smaller budget fails every image; this one places the mark blind)."""
+        return max(1, int(n_models))
+
     def done(self, problem: AttackProblem) -> bool:
         """The early stop: a placement already beats the confidence margin."""
         return problem.best[1] is not None and problem.best[0] < -self.confidence
