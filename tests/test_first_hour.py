@@ -3,6 +3,7 @@ and every error is one line naming the file."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import struct
@@ -268,3 +269,68 @@ def test_working_minimum_follows_the_ensemble(tiny_surrogate):
     assert AdversarialWatermark(tiny_surrogate, max_queries=1).optimizer.max_queries == 1
     with pytest.raises(ValueError, match="max_queries 2 is below 3, the least that works with 3 surrogate"):
         AdversarialWatermark([tiny_surrogate] * 3, max_queries=2)
+
+
+class _FullDisk:
+    """``os`` for :mod:`monai_medlocker.io.files` once the disk is full: every write() fails with ENOSPC."""
+
+    def __init__(self, real):
+        self.real, self.full = real, False
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def fdopen(self, fd, *args, **kwargs):
+        fh = self.real.fdopen(fd, *args, **kwargs)
+        if not self.full:
+            return fh
+
+        class Full:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                fh.close()
+
+            def write(self, data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return Full()
+
+
+def test_full_disk_names_the_file_prints_the_summary_and_fails(tmp_path, tiny_surrogate, monkeypatch, capsys):
+    import monai_medlocker.io.files as files
+
+    src = tmp_path / "src"
+    for i in range(2):
+        _fundus(src, f"img{i}.png", seed=i)
+    out = tmp_path / "out"
+    protector = DatasetProtector(src, out, tiny_surrogate, **FAST)
+    disk = _FullDisk(os)
+    monkeypatch.setattr(files, "os", disk)
+    protect_items = protector._protect_items
+
+    def fill_then_protect(*args, **kwargs):
+        disk.full = True  # the disk fills once the run has started
+        return protect_items(*args, **kwargs)
+
+    monkeypatch.setattr(protector, "_protect_items", fill_then_protect)
+    summary = protector.run()
+    err = capsys.readouterr().err
+    assert summary["exit_code"] == 1 and summary["protected"] == 0
+    assert "Traceback" not in err and "MedLocker protect: 0/2 images protected" in err
+    for failure in summary["failures"]:
+        assert "No space left on device" in failure["error"] and str(public_dir(out)) in failure["error"]
+    [manifest_line] = [line for line in err.splitlines() if "manifest.jsonl" in line]
+    assert manifest_line.startswith("  NOT WRITTEN: [Errno 28] No space left on device; ") and str(out) in manifest_line
+    assert (out / "PUBLISH.txt").is_file()  # written before any image
+    assert not list(out.rglob("*.part"))
+
+
+def test_resume_summary_says_why_there_is_no_median(tmp_path, tiny_surrogate, capsys):
+    src = tmp_path / "src"
+    _fundus(src, "a.png")
+    DatasetProtector(src, tmp_path / "out", tiny_surrogate, **FAST).run()
+    capsys.readouterr()
+    DatasetProtector(src, tmp_path / "out", tiny_surrogate, **FAST).run()
+    err = capsys.readouterr().err
+    assert "median s/image: n/a (all skipped)" in err and "None" not in err

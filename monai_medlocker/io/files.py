@@ -80,8 +80,11 @@ def atomic_write_bytes(path: str | Path, data: bytes, mode: int | None = None) -
         mode: file permissions; ``None`` gives the usual umask-based ones (mkstemp alone makes 0600).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
+    except OSError as err:
+        raise _naming(err, path) from err
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -91,6 +94,13 @@ def atomic_write_bytes(path: str | Path, data: bytes, mode: int | None = None) -
             mode = 0o666 & ~umask
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise _naming(err, path) from err
         raise
+
+
+def _naming(err: OSError, path: Path) -> OSError:
+    """``err`` naming the file that was being written (a full disk's write() error names none: "[Errno 28] ...")."""
+    return type(err)(err.errno, f"{err.strerror or err}; {path} not written") if err.errno else err

@@ -389,6 +389,7 @@ class DatasetProtector:
             self._settings = self.run_settings()
             self._check_resume(self._settings)
             self.keyring.render_key("")  # a keyless run's secret exists before any image (and any Ray actor) needs it
+            atomic_write_bytes(self.output_dir / PUBLISH_NOTE, PUBLISH_TEXT.encode())  # before public/ gets anything
             start = time.perf_counter()
             rows = self._protect_items(list(enumerate(items)), items, protect_many=protect_many)
             return self._finish([row for _, row in rows], start)
@@ -406,6 +407,7 @@ class DatasetProtector:
                     self._settings = self.run_settings()
                     self._check_resume(self._settings)
                     self.keyring.render_key("")  # before any rank reads it
+                    atomic_write_bytes(self.output_dir / PUBLISH_NOTE, PUBLISH_TEXT.encode())
                 except (OutputError, OSError, ValueError) as err:
                     failure = err
             status = [None if failure is None else str(failure)]
@@ -576,9 +578,15 @@ class DatasetProtector:
         if write:
             manifest = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
             private = self.output_dir / PRIVATE_DIR
-            atomic_write_bytes(private / "manifest.jsonl", manifest.encode())
-            atomic_write_bytes(private / "summary.json", json.dumps(self.summary, indent=2).encode())
-            atomic_write_bytes(self.output_dir / PUBLISH_NOTE, PUBLISH_TEXT.encode())
+            # A full disk must not hide the summary: each file that cannot be written is named, and the run fails.
+            not_written = []
+            for path, data in ((self.output_dir / PUBLISH_NOTE, lambda: PUBLISH_TEXT), (private / "manifest.jsonl", lambda: manifest),
+                               (private / "summary.json", lambda: json.dumps(self.summary, indent=2))):
+                try:
+                    atomic_write_bytes(path, data().encode())
+                except OSError as err:
+                    not_written.append(str(err))
+                    self.summary.update(not_written=not_written, exit_code=1)
             print(format_summary(self.summary), file=sys.stderr)
         return self.summary
 
@@ -618,7 +626,8 @@ def format_summary(summary: dict) -> str:
         f"MedLocker protect: {summary['protected']}/{summary['images']} images protected "
         f"({summary['newly_protected']} in this run) -> {summary['output_dir']}",
         f"  surrogate fooled: {summary['successes']}/{summary['protected']}  "
-        f"median queries: {summary['median_queries']}  median s/image: {summary['median_seconds_per_image']}",
+        f"median queries: {_shown(summary['median_queries'], summary)}  "
+        f"median s/image: {_shown(summary['median_seconds_per_image'], summary)}",
     ]
     if summary.get("certified_by"):
         lines.append(f"  signed and sealed with owner key {summary['certified_by']} (medlocker verify / unlock)")
@@ -626,7 +635,16 @@ def format_summary(summary: dict) -> str:
         lines.append(f"  FAILED {f['image']}: {f['error']}")
     for f in summary.get("low_confidence_lesions", []):
         lines.append(f"  LOW-CONFIDENCE LESIONS {f['image']}: {'; '.join(f['warnings'])}")
+    for message in summary.get("not_written", []):
+        lines.append(f"  NOT WRITTEN: {message}")
     return "\n".join(lines)
+
+
+def _shown(value, summary: dict) -> str:
+    """A median for the summary line; ``n/a`` (and why) when no image gave one."""
+    if value is not None:
+        return str(value)
+    return "n/a (all skipped)" if summary["images"] and summary["protected"] and not summary["newly_protected"] else "n/a"
 
 
 def protect_dataset(input_path: str | Path, output_dir: str | Path, surrogates, **kwargs) -> dict:
