@@ -334,3 +334,70 @@ def test_resume_summary_says_why_there_is_no_median(tmp_path, tiny_surrogate, ca
     DatasetProtector(src, tmp_path / "out", tiny_surrogate, **FAST).run()
     err = capsys.readouterr().err
     assert "median s/image: n/a (all skipped)" in err and "None" not in err
+
+
+class _Bars:
+    """Stands in for tqdm in the protect workflow: records each bar's settings and its count at each update."""
+
+    made: list = []
+
+    def __init__(self, iterable=None, total=None, desc=None, disable=False, position=None, **kwargs):
+        self.iterable = iterable
+        self.total = len(iterable) if total is None and iterable is not None else total
+        self.desc, self.position, self.n, self.updates = desc, position, 0, []
+        _Bars.made.append(self)
+
+    def __iter__(self):  # as tqdm: one update per item handed out
+        for x in self.iterable:
+            yield x
+            self.update()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n=1):
+        self.n += n
+        self.updates.append(self.n)
+
+
+def test_progress_counts_finished_images_with_protect_many(tmp_path, tiny_surrogate, monkeypatch):
+    import monai_medlocker.workflows.protect as protect_module
+
+    src = tmp_path / "src"
+    for i in range(3):
+        _fundus(src, f"img{i}.png", seed=i)
+    monkeypatch.setattr(protect_module, "tqdm", _Bars)
+    _Bars.made = []
+    protector = DatasetProtector(src, tmp_path / "out", tiny_surrogate, **FAST)
+    seen = []
+
+    def one_by_one(jobs):  # as RayProtect yields: each outcome when its image is done
+        for item, out_path in jobs:
+            seen.append(_Bars.made[0].n)  # the bar before this image's work
+            yield protector.protect_timed(item, out_path)
+
+    assert protector.run(protect_many=one_by_one)["protected"] == 3
+    [bar] = _Bars.made
+    assert bar.total == 3 and seen == [0, 1, 2] and bar.updates == [1, 2, 3]
+
+
+def test_each_worker_bar_counts_its_own_share_of_all_images(tmp_path, tiny_surrogate, monkeypatch):
+    import torch.distributed as dist
+
+    import monai_medlocker.workflows.protect as protect_module
+
+    src = tmp_path / "src"
+    for i in range(3):
+        _fundus(src, f"img{i}.png", seed=i)
+    monkeypatch.setattr(protect_module, "tqdm", _Bars)
+    monkeypatch.setattr(protect_module, "_rank_and_world", lambda: (0, 2))  # rank 0 of two workers
+    monkeypatch.setattr(dist, "broadcast_object_list", lambda objects, src=0: None)
+    monkeypatch.setattr(dist, "all_gather_object", lambda out, rows: out.__setitem__(slice(None), [rows, []]))
+    _Bars.made = []
+    DatasetProtector(src, tmp_path / "out", tiny_surrogate, distributed=True, **FAST).run()
+    [bar] = _Bars.made
+    assert bar.total == 2 and bar.updates == [1, 2] and bar.position == 0
+    assert "worker 1/2: 2 of 3" in bar.desc

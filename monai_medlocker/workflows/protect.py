@@ -366,7 +366,8 @@ class DatasetProtector:
 
         ``protect_many`` runs the per-image step elsewhere (e.g. :class:`~monai_medlocker.workflows.ray_protect.RayProtect`
         on a Ray cluster): it takes the (item, output path) pairs this process decided to protect and
-        returns, in order, what :meth:`protect_timed` returns for each. Everything else (the lock,
+        returns (or yields as they finish, which moves the progress bar), in order, what :meth:`protect_timed`
+        returns for each. Everything else (the lock,
         resume checks, name clashes, the manifest) stays here.
 
         With ``distributed``, every rank lists the same images and protects its share
@@ -420,7 +421,9 @@ class DatasetProtector:
             if rank != 0:
                 self._settings = self.run_settings()
             mine = _partition(self._output_groups(items), rank, world)
-            rows = self._protect_items([(i, items[i]) for i in mine], items, progress=self.progress and rank == 0)
+            # One bar per rank, each over its own share: rank 0 alone cannot see the others' progress.
+            rows = self._protect_items([(i, items[i]) for i in mine], items, progress=self.progress,
+                                       desc=f"protect (worker {rank + 1}/{world}: {len(mine)} of {len(items)})", position=rank)
             gathered: list = [None] * world
             dist.all_gather_object(gathered, rows)
             merged = [row for _, row in sorted((r for part in gathered for r in part), key=lambda r: r[0])]
@@ -469,25 +472,35 @@ class DatasetProtector:
         return None
 
     def _protect_items(self, indexed: list[tuple[int, ProtectItem]], all_items: list[ProtectItem],
-                       progress: bool | None = None, protect_many=None) -> list[tuple[int, dict]]:
+                       progress: bool | None = None, protect_many=None, desc: str = "protect",
+                       position: int | None = None) -> list[tuple[int, dict]]:
         """Protect ``indexed`` (index, item) pairs in order; the manifest rows, each with its item's index."""
         out_rows: list[tuple[int, dict]] = []
         pending: list[tuple[dict, ProtectItem, Path]] = []
         inputs = {p.resolve() for item in all_items if item.problem is None for p in (item.image, *item.masks)}
         claimed: dict[Path, str] = {}
         show = self.progress if progress is None else progress
-        for index, item in tqdm(indexed, desc="protect", unit="img", disable=not show, file=sys.stderr):
-            row, out_path = self._check_item(item, inputs, claimed)
-            if out_path is not None:
-                if protect_many is None:
-                    self._complete_row(row, out_path, self.protect_timed(item, out_path))
-                else:
+        # The bar counts finished images (not checked ones): an image sent to protect_many counts when it comes back.
+        with tqdm(total=len(indexed), desc=desc, unit="img", disable=not show, file=sys.stderr, position=position) as bar:
+            for index, item in indexed:
+                row, out_path = self._check_item(item, inputs, claimed)
+                if out_path is not None and protect_many is not None:
                     pending.append((row, item, out_path))
-            out_rows.append((index, row))
-        if pending:
-            outcomes = protect_many([(item, out_path) for _, item, out_path in pending])
-            for (row, _, out_path), outcome in zip(pending, outcomes):
-                self._complete_row(row, out_path, outcome)
+                else:
+                    if out_path is not None:
+                        self._complete_row(row, out_path, self.protect_timed(item, out_path))
+                    bar.update()
+                out_rows.append((index, row))
+            if pending:
+                outcomes = protect_many([(item, out_path) for _, item, out_path in pending])
+                try:
+                    found = iter(outcomes)
+                    for row, _, out_path in pending:  # outcomes may arrive one by one (a generator), in order
+                        self._complete_row(row, out_path, next(found))
+                        bar.update()
+                    next(found, None)  # a generator runs to its end (and cleans up)
+                finally:
+                    getattr(outcomes, "close", lambda: None)()
         return out_rows
 
     def protect_timed(self, item: ProtectItem, out_path: Path) -> dict:

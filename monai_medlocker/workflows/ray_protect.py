@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 __all__ = ["RayProtect"]
 
@@ -59,14 +59,14 @@ class RayProtect:
         self.actors, self.max_retries, self.init_kwargs = actors, int(max_retries), init_kwargs
         self.used: dict | None = None  # actors and resources of the last call, for the summary
 
-    def __call__(self, jobs: list[tuple]) -> list[dict]:
+    def __call__(self, jobs: list[tuple]) -> Iterator[dict]:
         try:
             import ray
             from ray.util import ActorPool
         except ImportError as err:
             raise RuntimeError("--ray needs Ray: pip install 'monai-medlocker[ray]'") from err
         if not jobs:
-            return []
+            return
         started = not ray.is_initialized()
         if started:
             # The actors import this package and run one thread each, as the local run does.
@@ -83,10 +83,10 @@ class RayProtect:
                                      max_task_retries=self.max_retries)(_ProtectActor)
             pool = [actor_class.remote(self.root, self.configs, self.overrides, bool(gpus)) for _ in range(count)]
             self.used = {"actors": count, "gpus_per_actor": 1 if gpus else 0, "cluster_cpus": resources.get("CPU", 0)}
-            outcomes = list(ActorPool(pool).map(lambda actor, job: actor.protect.remote(*job), jobs))  # in order
+            # In order, each as it finishes: the caller's progress bar moves with the work.
+            yield from ActorPool(pool).map(lambda actor, job: actor.protect.remote(*job), jobs)
             for actor in pool:
                 ray.kill(actor)
-            return outcomes
         finally:
             if started:
                 ray.shutdown()
