@@ -55,8 +55,8 @@ from tqdm import tqdm
 from monai_medlocker.certify.seal import SIDECAR_SUFFIX, Keyring
 from monai_medlocker.data.datalist import datalist_item_problem, datalist_sections, read_datalist
 from monai_medlocker.io.dicom import is_dicom_file
-from monai_medlocker.io.image import SUPPORTED_SUFFIXES, ImageReadError, atomic_write_bytes, is_temporary_file, portable_name
 from monai_medlocker.io.files import name_too_long
+from monai_medlocker.io.image import SUPPORTED_SUFFIXES, ImageReadError, atomic_write_bytes, is_temporary_file, portable_name
 from monai_medlocker.io.outdir import OutputError, OutputLock, clean_temporaries, inside_output, output_name, prepare_output_dir
 from monai_medlocker.lesions.masks import MASK_SUFFIXES, find_mask_files, is_mask_file
 from monai_medlocker.lesions.source import LESION_SEGMENTERS, MissingMaskError
