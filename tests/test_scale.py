@@ -97,7 +97,7 @@ def test_torchrun_two_processes_equal_one_process(one_process, tmp_path):
     assert sorted(r["image"] for r in manifest) == ["sub/synthetic_grade4.png", "synthetic_grade1.png",
                                                     "synthetic_grade2.png", "synthetic_grade3.png"]
     assert [r["status"] for r in manifest] == ["protected"] * 4
-    assert done.stderr.count("MedLocker protect: 4/4 images protected") == 1  # rank 0 alone reports
+    assert done.stdout.count("MedLocker protect: 4/4 images protected") == 1  # rank 0 alone reports
 
 
 def test_protect_workers_equals_one_process(one_process, tmp_path):

@@ -508,7 +508,7 @@ class DatasetProtector:
                 status="protected" if protected else "not-protected",
                 output=portable_name(out_path.relative_to(self.output_dir)) if protected else None,
                 protected=protected, success=record.get("success"), queries=record.get("queries"),
-                reason=record.get("reason"), lesion_source=record.get("lesion_source"),
+                reason=record.get("reason"), lesion_source=record.get("lesion_source"), image_id=record.get("image_id"),
             )
             lesion_report = record.get("lesion_report") or {}
             if lesion_report.get("warnings"):
@@ -562,7 +562,7 @@ class DatasetProtector:
                 return row, None
             if not changes:
                 row.update(status="already-done", output=portable_name(out_path.relative_to(self.output_dir)))
-                row.update({k: previous.get(k) for k in ("success", "queries", "seconds", "protected", "reason")})
+                row.update({k: previous.get(k) for k in ("success", "queries", "seconds", "protected", "reason", "image_id")})
                 return row, None
         return row, out_path
 
@@ -575,7 +575,7 @@ class DatasetProtector:
             atomic_write_bytes(private / "manifest.jsonl", manifest.encode())
             atomic_write_bytes(private / "summary.json", json.dumps(self.summary, indent=2).encode())
             atomic_write_bytes(self.output_dir / PUBLISH_NOTE, PUBLISH_TEXT.encode())
-            print(format_summary(self.summary), file=sys.stderr)
+            print(format_summary(self.summary))  # the run's result: stdout (progress and warnings: stderr)
         return self.summary
 
     def _summarise(self, rows: list[dict], seconds: float) -> dict:
@@ -605,6 +605,9 @@ class DatasetProtector:
                                         "warnings": r["lesion_warnings"]} for r in rows if r.get("lesion_warnings")],
             "optimizer": self.watermark.optimizer.name,
             "certified_by": self.certifier.key_id if self.certifier else None,
+            # Keyless: the marks' placements and the outcomes depend on this secret (reuse it to reproduce them).
+            "render_secret": None if self.certifier else _relative_to(self.keyring.secret_path, self.output_dir),
+            "render_secret_from": None if self.certifier or not self.keyring.secret_from else str(self.keyring.secret_from),
             "exit_code": 1 if failures else 0,
         }
 
@@ -618,11 +621,23 @@ def format_summary(summary: dict) -> str:
     ]
     if summary.get("certified_by"):
         lines.append(f"  signed and sealed with owner key {summary['certified_by']} (medlocker verify / unlock)")
+    elif summary.get("render_secret"):
+        given = f" (a copy of {summary['render_secret_from']})" if summary.get("render_secret_from") else ""
+        lines.append(f"  keyless: the marks and outcomes depend on the render secret {summary['render_secret']}{given}; "
+                     "protect --render-secret FILE reuses it")
     for f in summary["failures"]:
         lines.append(f"  FAILED {f['image']}: {f['error']}")
     for f in summary.get("low_confidence_lesions", []):
         lines.append(f"  LOW-CONFIDENCE LESIONS {f['image']}: {'; '.join(f['warnings'])}")
     return "\n".join(lines)
+
+
+def _relative_to(path: Path, folder: Path) -> str:
+    """``path`` relative to ``folder`` when it lies inside it (so that a summary does not name the folder), else whole."""
+    try:
+        return portable_name(Path(path).relative_to(folder))
+    except ValueError:
+        return str(path)
 
 
 def protect_dataset(input_path: str | Path, output_dir: str | Path, surrogates, **kwargs) -> dict:
