@@ -125,6 +125,12 @@ def test_protect_json(tmp_path, capsys):
         assert row["image_id"] == read_record(out, f"{name}.png")["image_id"] and row["image_id"].startswith(f"{name}.png#")
     assert rows["broken.png"]["status"] == "failed" and "not a readable image" in rows["broken.png"]["message"]
     assert "MedLocker protect: 2/3" in captured.err  # the human summary moved aside
+    # the owner's montage: each original beside its protected copy, one row per protected image
+    assert report["montage"] == "private/montage.png" and "look before publishing: private/montage.png" in captured.err
+    sheet = np.asarray(Image.open(out / report["montage"]).convert("RGB"))
+    assert sheet.shape == (2 * (256 + 14 + 4) + 4, 2 * 256 + 3 * 4, 3)
+    left, right = sheet[18:274, 4:260], sheet[18:274, 264:520]
+    assert left.any() and not np.array_equal(left, right)  # the mark shows on the right
     # the manifest names each image's id too (where the README sends the owner)
     assert {r["image"]: r.get("image_id") for r in manifest_rows(out)}["synthetic_grade2.png"] == \
         rows["synthetic_grade2.png"]["image_id"]

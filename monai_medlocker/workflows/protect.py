@@ -573,6 +573,7 @@ class DatasetProtector:
             manifest = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
             private = self.output_dir / PRIVATE_DIR
             atomic_write_bytes(private / "manifest.jsonl", manifest.encode())
+            self.summary["montage"] = _montage(self.output_dir, self._in_root, rows)
             atomic_write_bytes(private / "summary.json", json.dumps(self.summary, indent=2).encode())
             atomic_write_bytes(self.output_dir / PUBLISH_NOTE, PUBLISH_TEXT.encode())
             print(format_summary(self.summary))  # the run's result: stdout (progress and warnings: stderr)
@@ -625,11 +626,24 @@ def format_summary(summary: dict) -> str:
         given = f" (a copy of {summary['render_secret_from']})" if summary.get("render_secret_from") else ""
         lines.append(f"  keyless: the marks and outcomes depend on the render secret {summary['render_secret']}{given}; "
                      "protect --render-secret FILE reuses it")
+    if summary.get("montage"):
+        lines.append(f"  look before publishing: {summary['montage']} (originals beside their protected copies)")
     for f in summary["failures"]:
         lines.append(f"  FAILED {f['image']}: {f['error']}")
     for f in summary.get("low_confidence_lesions", []):
         lines.append(f"  LOW-CONFIDENCE LESIONS {f['image']}: {'; '.join(f['warnings'])}")
     return "\n".join(lines)
+
+
+def _montage(output_dir: Path, input_root: Path, rows: list[dict]) -> str | None:
+    """``private/montage.png`` for the owner (:mod:`~monai_medlocker.workflows.montage`); a failure is only a warning."""
+    from monai_medlocker.workflows.montage import protect_montage
+
+    try:
+        return protect_montage(output_dir, input_root, rows)
+    except (OSError, ValueError) as err:
+        print(f"medlocker protect: warning: no montage ({err})", file=sys.stderr)
+        return None
 
 
 def _relative_to(path: Path, folder: Path) -> str:
