@@ -96,9 +96,9 @@ def test_lesions_command_fails_a_too_long_name_alone_before_writing_it(tmp_path,
     long = _fundus(src, "d" * (_name_max(tmp_path) - 12) + ".png", seed=1)  # <stem>_lesions.json: 256 bytes
     out = tmp_path / "out"
     assert main(["lesions", str(src), str(out), "--quiet", "--lesion-segmenter", "masks"]) == 1
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    [line] = [line for line in err.splitlines() if line.startswith("  FAILED")]
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    [line] = [line for line in captured.out.splitlines() if line.startswith("  FAILED")]
     assert str(long) in line and "longer than the 255 bytes" in line
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
         "lesions_summary.json", "ok_EX.png", "ok_HE.png", "ok_MA.png", "ok_SE.png", "ok_lesions.json", "ok_wsm.png"]
@@ -315,9 +315,10 @@ def test_full_disk_names_the_file_prints_the_summary_and_fails(tmp_path, tiny_su
 
     monkeypatch.setattr(protector, "_protect_items", fill_then_protect)
     summary = protector.run()
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.out  # the summary is the run's result: stdout
     assert summary["exit_code"] == 1 and summary["protected"] == 0
-    assert "Traceback" not in err and "MedLocker protect: 0/2 images protected" in err
+    assert "Traceback" not in captured.err and "MedLocker protect: 0/2 images protected" in err
     for failure in summary["failures"]:
         assert "No space left on device" in failure["error"] and str(public_dir(out)) in failure["error"]
     [manifest_line] = [line for line in err.splitlines() if "manifest.jsonl" in line]
@@ -332,7 +333,7 @@ def test_resume_summary_says_why_there_is_no_median(tmp_path, tiny_surrogate, ca
     DatasetProtector(src, tmp_path / "out", tiny_surrogate, **FAST).run()
     capsys.readouterr()
     DatasetProtector(src, tmp_path / "out", tiny_surrogate, **FAST).run()
-    err = capsys.readouterr().err
+    err = capsys.readouterr().out
     assert "median s/image: n/a (all skipped)" in err and "None" not in err
 
 

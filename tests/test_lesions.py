@@ -287,7 +287,7 @@ def test_cli_lesions_writes_masks_and_wsm(tmp_path, samples, capsys):
     summary = json.loads((out / "lesions_summary.json").read_text())
     assert summary["failures"][0]["image"] == "grey.png" and "grey.png" in summary["failures"][0]["error"]
     assert "no field of view" in summary["failures"][0]["error"]
-    assert "FAILED grey.png" in capsys.readouterr().err
+    assert "FAILED grey.png" in capsys.readouterr().out
     # With masks beside the image they win (as in protect), and "masks" mode rejects unmasked images.
     for typ in LESION_TYPES:
         Image.fromarray((s.masks[typ] * 255).astype(np.uint8)).save(src / f"eye_{typ}.png")

@@ -88,7 +88,7 @@ def test_bad_inputs_are_reported_and_the_batch_goes_on(sample_dir, tmp_path, cap
     assert "100x100" in errors["wrongsize.png"] and "200x200" in errors["wrongsize.png"]
     assert "no feasible logo placement" in errors["alllesion.png"]
     assert summary["protected"] == 2  # the good images still went through
-    assert "FAILED corrupt.png" in capsys.readouterr().err
+    assert "FAILED corrupt.png" in capsys.readouterr().out  # the summary is the result: stdout
 
 
 def test_builtin_detector_protects_an_unmasked_image(tmp_path):

@@ -74,6 +74,7 @@ def _copy(out: Path, tmp_path: Path, names: list[str]) -> Path:
 
 
 def _verify(target: Path, pub: Path, capsys) -> tuple[int, dict]:
+    capsys.readouterr()  # stdout from here on is this command's alone (a protect run before it prints its summary)
     code = main(["verify", str(target), "--pub", str(pub), "--json", "--quiet"])
     return code, json.loads(capsys.readouterr().out)
 
@@ -146,7 +147,7 @@ def test_grant_holder_always_checks_the_signature(protected, keys, tmp_path, cap
     _rewrite_png(target, change_text=edit)
     save_grant(tmp_path / "g.grant", make_grant(owner, [image_id]))
     assert main(["unlock", str(target), str(tmp_path / "un"), "--grant", str(tmp_path / "g.grant"), "--quiet"]) == 1
-    assert "invalid signature" in capsys.readouterr().err and not (tmp_path / "un").exists()
+    assert "invalid signature" in capsys.readouterr().out and not (tmp_path / "un").exists()
 
 
 def test_grant_cli_from_folder_then_unlock(protected, keys, tmp_path):
@@ -162,8 +163,8 @@ def test_wrong_key_fails_and_writes_nothing(protected, keys, tmp_path, capsys):
     _, out = protected
     folder, _, other = keys
     assert main(["unlock", str(out), str(tmp_path / "un"), "--key", str(folder / "other.key"), "--quiet"]) == 1
-    err = capsys.readouterr().err
-    assert "foreign owner" in err and other.key_id in err and not (tmp_path / "un").exists()
+    printed = capsys.readouterr().out
+    assert "foreign owner" in printed and other.key_id in printed and not (tmp_path / "un").exists()
     code, report = _verify(out, folder / "other.pub", capsys)
     assert code == 1 and report["verdicts"] == {"foreign owner": 4}
 
@@ -205,7 +206,7 @@ def test_png_tampering_is_detected(protected, keys, tmp_path, capsys, tamper, ve
     assert report["results"][0]["verdict"] == verdict, report
     assert code == (0 if verdict == "authentic" else 1)  # verify does not read the sealed payload or record
     assert main(["unlock", str(target), str(tmp_path / "un"), "--key", str(folder / "owner.key"), "--quiet"]) == 1
-    assert unlock_error in capsys.readouterr().err
+    assert unlock_error in capsys.readouterr().out
     assert not (tmp_path / "un").exists()
 
 
@@ -221,7 +222,7 @@ def test_dicom_tampering_is_detected(protected, keys, tmp_path, capsys):
     block[0x12].value = bytes(payload)
     ds.save_as(copy / "colour.dcm")
     assert main(["unlock", str(copy / "colour.dcm"), str(tmp_path / "un"), "--key", str(folder / "owner.key"), "--quiet"]) == 1
-    assert "payload or its certificate was altered" in capsys.readouterr().err
+    assert "payload or its certificate was altered" in capsys.readouterr().out
     cert = json.loads(block[0x10].value)
     assert "seed" not in cert["params"] and "alpha" not in cert["params"]["marks"][0]  # the public record only
     cert["params"]["marks"][0]["x0"] += 1

@@ -208,20 +208,32 @@ class Keyring:
     Without an owner key nothing can be signed or sealed, but the marks are still rendered with a
     secret: a random 32-byte secret made for the output folder on its first image and kept in the
     owner's private folder (``secret_path``), from which each image's render key is derived. A
-    resumed run, or another rank of the same run, reads the same file.
+    resumed run, or another rank of the same run, reads the same file. The marks' placements and
+    the outcomes depend on that secret: to reproduce a keyless run in another folder, give its
+    secret file as ``secret_from`` (copied into ``secret_path``, which must then hold the same secret).
 
     Args:
         owner_key: an :class:`OwnerKey` or an owner ``.key`` file; ``None`` for a keyless run.
         passphrase: the key file's passphrase, when it has one.
         secret_path: where a keyless run keeps its render secret (needed without ``owner_key``).
+        secret_from: a keyless run's render secret to reuse (e.g. another run's ``private/render_secret``).
+
+    Raises:
+        ValueError: ``secret_from`` with an owner key, or a ``secret_from`` that is not a render secret.
     """
 
     def __init__(self, owner_key: OwnerKey | str | Path | None = None, passphrase: str | None = None,
-                 secret_path: str | Path | None = None) -> None:
+                 secret_path: str | Path | None = None, secret_from: str | Path | None = None) -> None:
         self.certifier = Certifier(owner_key, passphrase) if owner_key else None
         if self.certifier is None and secret_path is None:
             raise ValueError("a keyless run needs secret_path, the file that keeps its render secret")
+        if self.certifier is not None and secret_from:
+            raise ValueError(f"render secret {secret_from}: only a keyless run takes a render secret file; with an owner "
+                             "key each image's render secret derives from the key")
         self.secret_path = Path(secret_path) if secret_path is not None else None
+        self.secret_from = Path(secret_from) if secret_from else None
+        if self.secret_from is not None:
+            _read_render_secret(self.secret_from)  # a wrong file fails now, before any output is written
 
     @property
     def key_id(self) -> str | None:
@@ -237,12 +249,29 @@ class Keyring:
             return self.certifier.render_key(image_id)
         from monai_medlocker.io.image import atomic_write_bytes
 
+        given = _read_render_secret(self.secret_from) if self.secret_from is not None else None
         if not self.secret_path.is_file():
-            atomic_write_bytes(self.secret_path, secrets.token_bytes(32), mode=0o600)
-        secret = self.secret_path.read_bytes()
-        if len(secret) != 32:
-            raise ValueError(f"{self.secret_path}: not a MedLocker render secret (expected 32 bytes, found {len(secret)})")
+            atomic_write_bytes(self.secret_path, secrets.token_bytes(32) if given is None else given, mode=0o600)
+        secret = _read_render_secret(self.secret_path)
+        if given is not None and secret != given:
+            raise ValueError(f"{self.secret_path} holds another render secret than {self.secret_from}: its images were "
+                             "protected with that one; choose another output folder")
         return render_key(secret, "", image_id)  # the run secret stands in for the master secret
+
+
+def _read_render_secret(path: Path) -> bytes:
+    """The 32 bytes of a keyless run's render secret file.
+
+    Raises:
+        ValueError: an unreadable file, or one that is not 32 bytes (named).
+    """
+    try:
+        secret = path.read_bytes()
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read the render secret ({err.strerror or err})") from err
+    if len(secret) != 32:
+        raise ValueError(f"{path}: not a MedLocker render secret (expected 32 bytes, found {len(secret)})")
+    return secret
 
 
 def open_sealed_record(signed: SignedCertificate, blob: bytes | None, image_key: bytes, source: str) -> dict:

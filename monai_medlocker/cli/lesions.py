@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from monai_medlocker.bundle_config import bundle_root, parse_bundle_config
+from monai_medlocker.cli._output import json_summary, print_json, print_result
 
 __all__ = ["add_subparser", "run"]
 
@@ -46,6 +47,8 @@ def add_subparser(subparsers) -> None:
     p.add_argument("--wsm-margin-fraction", dest="wsm_margin_fraction", type=float,
                    help="extra margin as a fraction of the image's shorter side")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
+    p.add_argument("--json", action="store_true", help="print one machine-readable summary (JSON) on stdout, with each "
+                   "image's name, status and error (the human-readable lines then go to stderr)")
     p.set_defaults(func=run)
 
 
@@ -135,7 +138,7 @@ def _run(args, items, out_dir: Path, source: Path, settings: dict, lesions, wsm_
         rows.append(row)
         if not args.quiet:
             extra = row.get("error") or f"{row['lesion_source']}, {row['boxes']} boxes, WSM {100 * row['wsm_area_fraction']:.1f}%"
-            print(f"{row['image']}: {row['status']} ({extra})", file=sys.stderr)
+            print_result(f"{row['image']}: {row['status']} ({extra})", args.json)
 
     failures = [{"image": r["image"], "error": r["error"]} for r in rows if r["status"] == "failed"]
     summary = {
@@ -147,9 +150,10 @@ def _run(args, items, out_dir: Path, source: Path, settings: dict, lesions, wsm_
         "exit_code": 1 if failures else 0,
     }
     atomic_write_bytes(out_dir / "lesions_summary.json", json.dumps(summary, indent=2).encode())
-    print(f"medlocker lesions: {summary['done']}/{summary['images']} images -> {out_dir}", file=sys.stderr)
-    for f in failures:
-        print(f"  FAILED {f['image']}: {f['error']}", file=sys.stderr)
-    for f in summary["low_confidence"]:
+    print_result("\n".join([f"medlocker lesions: {summary['done']}/{summary['images']} images -> {out_dir}"]
+                            + [f"  FAILED {f['image']}: {f['error']}" for f in failures]), args.json)
+    for f in summary["low_confidence"]:  # a warning: stderr
         print(f"  LOW-CONFIDENCE {f['image']}: {'; '.join(f['warnings'])}", file=sys.stderr)
+    if args.json:
+        print_json(json_summary("lesions", {k: v for k, v in summary.items() if k != "rows"}, rows))
     return summary["exit_code"]

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from monai_medlocker.bundle_config import bundle_root, parse_bundle_config, run_workflow
+from monai_medlocker.cli._output import json_summary, print_json, results_to_stderr
 from monai_medlocker.cli.keygen import add_passphrase_options, read_passphrase
 from monai_medlocker.watermark.optimizers import OPTIMIZERS
 
@@ -31,6 +32,8 @@ def add_subparser(subparsers) -> None:
                        "and OUT at the same paths")
     p.add_argument("--ray-actors", dest="ray_actors", type=int, metavar="N",
                    help="with --ray: this many actors (default: one per GPU of the cluster, else one per CPU)")
+    p.add_argument("--json", action="store_true", help="print one machine-readable summary (JSON) on stdout, with each "
+                   "image's name, image id, status and error (the human-readable summary then goes to stderr)")
     p.set_defaults(func=run)
 
 
@@ -63,6 +66,10 @@ def add_protect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key", dest="owner_key", help="owner key (from medlocker keygen): sign a certificate and seal a "
                    "restore payload into each protected image")
     add_passphrase_options(p, "protects the --key file")
+    p.add_argument("--render-secret", dest="render_secret", metavar="FILE",
+                   help="without --key: reuse this render secret (e.g. an earlier run's OUT/private/render_secret), so "
+                   "that the same images, seed and settings give the same marks and outcomes in another output folder "
+                   "(default: a new random secret per output folder)")
     p.add_argument("--redo", action="store_true", default=None,
                    help="resuming into an output folder made with other output-changing settings (key, optimizer, "
                    "search space, model, logo, seed): protect its images again with these settings instead of refusing")
@@ -92,6 +99,7 @@ def protect_overrides(args: argparse.Namespace) -> dict:
         "dicom_encoding": args.dicom_encoding,
         "owner_key": args.owner_key and str(Path(args.owner_key).resolve()),
         "owner_key_passphrase": read_passphrase(args),
+        "render_secret": getattr(args, "render_secret", None) and str(Path(args.render_secret).resolve()),
         "redo": args.redo,
         "wait": args.wait,
     }
@@ -141,27 +149,47 @@ def shield_option(value: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
+    from monai_medlocker.workflows.protect import PRIVATE_DIR
+
     root = bundle_root(args.bundle_root)
     overrides = {"dataset_dir": str(Path(args.input).resolve()), "output_dir": str(Path(args.output).resolve()),
                  **protect_overrides(args)}
     if args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
-    if args.workers > 1:
-        return run_workers(root, overrides, args.workers)
-    parser = parse_bundle_config("inference.json", root, overrides)
-    protect_many = None
-    if args.ray:
-        from monai_medlocker.workflows.ray_protect import RayProtect
+    with results_to_stderr(args.json):  # --json: stdout holds the JSON summary alone
+        if args.workers > 1:
+            code = run_workers(root, overrides, args.workers, json_output=args.json)
+            if not args.json:
+                return code
+            summary_file = Path(args.output) / PRIVATE_DIR / "summary.json"
+            if code not in (0, 1) or not summary_file.is_file():
+                return code  # the run failed before its summary (the error is on stderr)
+            summary = json.loads(summary_file.read_text(encoding="utf-8"))
+        else:
+            parser = parse_bundle_config("inference.json", root, overrides)
+            protect_many = None
+            if args.ray:
+                from monai_medlocker.workflows.ray_protect import RayProtect
 
-        protect_many = RayProtect(args.ray, root, overrides, actors=args.ray_actors)
-    summary = parser.get_parsed_content("protector").run(protect_many=protect_many)
+                protect_many = RayProtect(args.ray, root, overrides, actors=args.ray_actors)
+            summary = parser.get_parsed_content("protector").run(protect_many=protect_many)
+    if args.json:
+        print_json(json_summary("protect", summary, manifest_rows(Path(args.output))))
     return int(summary["exit_code"])
+
+
+def manifest_rows(output_dir: Path) -> list[dict]:
+    """The rows of a protect run's ``private/manifest.jsonl`` (one per image)."""
+    from monai_medlocker.workflows.protect import PRIVATE_DIR
+
+    path = output_dir / PRIVATE_DIR / "manifest.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 MULTI_PROCESS_CONFIGS = ["inference.json", "multi_process_inference.json"]
 
 
-def run_workers(root: Path, overrides: dict, workers: int) -> int:
+def run_workers(root: Path, overrides: dict, workers: int, json_output: bool = False) -> int:
     """Run inference.json + multi_process_inference.json in ``workers`` local processes, as ``torchrun`` would.
 
     Each process gets torchrun's environment (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``...)
@@ -179,7 +207,8 @@ def run_workers(root: Path, overrides: dict, workers: int) -> int:
     env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(workers),
            "LOCAL_WORLD_SIZE": str(workers)}
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(rank, env, str(root), overrides, workers), name=f"medlocker-rank{rank}")
+    procs = [ctx.Process(target=_worker, args=(rank, env, str(root), overrides, workers, json_output),
+                         name=f"medlocker-rank{rank}")
              for rank in range(workers)]
     for proc in procs:
         proc.start()
@@ -199,10 +228,13 @@ def run_workers(root: Path, overrides: dict, workers: int) -> int:
     return codes[0] if codes[0] else (abs(failed[0]) if failed else 0)
 
 
-def _worker(rank: int, env: dict, root: str, overrides: dict, workers: int) -> None:
+def _worker(rank: int, env: dict, root: str, overrides: dict, workers: int, json_output: bool = False) -> None:
     import os
     import sys
 
+    if json_output:  # the parent prints the JSON summary: the ranks' stdout goes to stderr
+        sys.stdout.flush()
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     os.environ.update(env, RANK=str(rank), LOCAL_RANK=str(rank))
     if "OMP_NUM_THREADS" not in os.environ:  # the processes share the cores
         import torch

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 from pathlib import Path
 
 from monai_medlocker.bundle_config import build_workflow
@@ -28,7 +26,8 @@ def add_subparser(subparsers) -> None:
     who.add_argument("--grant", help="a grant file from medlocker grant")
     p.add_argument("--pub", help="the owner's public key, to check signatures when unlocking with a grant")
     add_passphrase_options(p, "protects the --key file")
-    p.add_argument("--json", action="store_true", help="print the machine-readable report (JSON) on stdout")
+    p.add_argument("--json", action="store_true", help="print one machine-readable summary (JSON) on stdout, with each "
+                   "image's path, image id, status and error")
     p.add_argument("--bundle-root", help="the MedLocker bundle folder (default: the one beside the package)")
     p.add_argument("--wait", action="store_true", default=None,
                    help="if another run is writing to OUT, wait for it instead of refusing")
@@ -37,6 +36,7 @@ def add_subparser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from monai_medlocker.cli._output import json_summary, print_json, print_result
     from monai_medlocker.workflows.unlock import format_unlock_summary
 
     resolve = lambda p: p and str(Path(p).resolve())  # noqa: E731
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     passphrase = read_passphrase(args) or os.environ.get("MEDLOCKER_KEY_PASSPHRASE")
     summary = build_workflow("unlock.json", "unlocker", args.bundle_root, overrides,
                              exact={"owner_key_passphrase": passphrase}).run()
-    print(format_unlock_summary(summary), file=sys.stderr)
+    print_result(format_unlock_summary(summary), args.json)
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print_json(json_summary("unlock", summary, summary["results"]))
     return int(summary["exit_code"])

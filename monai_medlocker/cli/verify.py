@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
 from monai_medlocker.bundle_config import build_workflow
@@ -22,7 +20,8 @@ def add_subparser(subparsers) -> None:
     p.add_argument("input", metavar="FILE_OR_DIR", help="a protected image (PNG/DICOM, or a copy with its sidecar) or a folder")
     p.add_argument("--pub", required=True, help="the owner's public key file (OWNER.pub)")
     p.add_argument("--logo", help="the owner's logo, to look for it in modified images (default: the shipped logo)")
-    p.add_argument("--json", action="store_true", help="print the machine-readable report (JSON) on stdout")
+    p.add_argument("--json", action="store_true", help="print one machine-readable summary (JSON) on stdout, with each "
+                   "image's path, image id, verdict and detail (the verdict lines then go to stderr)")
     p.add_argument("--report", help="also write the JSON report to this file")
     p.add_argument("--bundle-root", help="the MedLocker bundle folder (default: the one beside the package)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -30,13 +29,14 @@ def add_subparser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from monai_medlocker.cli._output import json_summary, print_json, print_result
     from monai_medlocker.workflows.verify import format_verify_summary
 
     overrides = {"dataset_dir": str(Path(args.input).resolve()), "public_key": str(Path(args.pub).resolve()),
                  "logo": args.logo and str(Path(args.logo).resolve()), "report": args.report and str(Path(args.report).resolve()),
                  "progress": False if args.quiet else None}
     summary = build_workflow("verify.json", "verifier", args.bundle_root, overrides).run()
-    print(format_verify_summary(summary), file=sys.stderr)
+    print_result(format_verify_summary(summary), args.json)  # the verdicts are the result: stdout
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print_json(json_summary("verify", summary, summary["results"], status_key="verdict"))
     return int(summary["exit_code"])

@@ -527,7 +527,7 @@ class DatasetProtector:
                 status="protected" if protected else "not-protected",
                 output=portable_name(out_path.relative_to(self.output_dir)) if protected else None,
                 protected=protected, success=record.get("success"), queries=record.get("queries"),
-                reason=record.get("reason"), lesion_source=record.get("lesion_source"),
+                reason=record.get("reason"), lesion_source=record.get("lesion_source"), image_id=record.get("image_id"),
             )
             lesion_report = record.get("lesion_report") or {}
             if lesion_report.get("warnings"):
@@ -581,7 +581,7 @@ class DatasetProtector:
                 return row, None
             if not changes:
                 row.update(status="already-done", output=portable_name(out_path.relative_to(self.output_dir)))
-                row.update({k: previous.get(k) for k in ("success", "queries", "seconds", "protected", "reason")})
+                row.update({k: previous.get(k) for k in ("success", "queries", "seconds", "protected", "reason", "image_id")})
                 return row, None
         return row, out_path
 
@@ -591,6 +591,7 @@ class DatasetProtector:
         if write:
             manifest = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
             private = self.output_dir / PRIVATE_DIR
+            self.summary["montage"] = _montage(self.output_dir, self._in_root, rows)
             # A full disk must not hide the summary: each file that cannot be written is named, and the run fails.
             not_written = []
             for path, data in ((self.output_dir / PUBLISH_NOTE, lambda: PUBLISH_TEXT), (private / "manifest.jsonl", lambda: manifest),
@@ -600,7 +601,7 @@ class DatasetProtector:
                 except OSError as err:
                     not_written.append(str(err))
                     self.summary.update(not_written=not_written, exit_code=1)
-            print(format_summary(self.summary), file=sys.stderr)
+            print(format_summary(self.summary))  # the run's result: stdout (progress and warnings: stderr)
         return self.summary
 
     def _summarise(self, rows: list[dict], seconds: float) -> dict:
@@ -630,6 +631,9 @@ class DatasetProtector:
                                         "warnings": r["lesion_warnings"]} for r in rows if r.get("lesion_warnings")],
             "optimizer": self.watermark.optimizer.name,
             "certified_by": self.certifier.key_id if self.certifier else None,
+            # Keyless: the marks' placements and the outcomes depend on this secret (reuse it to reproduce them).
+            "render_secret": None if self.certifier else _relative_to(self.keyring.secret_path, self.output_dir),
+            "render_secret_from": None if self.certifier or not self.keyring.secret_from else str(self.keyring.secret_from),
             "exit_code": 1 if failures else 0,
         }
 
@@ -644,6 +648,12 @@ def format_summary(summary: dict) -> str:
     ]
     if summary.get("certified_by"):
         lines.append(f"  signed and sealed with owner key {summary['certified_by']} (medlocker verify / unlock)")
+    elif summary.get("render_secret"):
+        given = f" (a copy of {summary['render_secret_from']})" if summary.get("render_secret_from") else ""
+        lines.append(f"  keyless: the marks and outcomes depend on the render secret {summary['render_secret']}{given}; "
+                     "protect --render-secret FILE reuses it")
+    if summary.get("montage"):
+        lines.append(f"  look before publishing: {summary['montage']} (originals beside their protected copies)")
     for f in summary["failures"]:
         lines.append(f"  FAILED {f['image']}: {f['error']}")
     for f in summary.get("low_confidence_lesions", []):
@@ -658,6 +668,25 @@ def _shown(value, summary: dict) -> str:
     if value is not None:
         return str(value)
     return "n/a (all skipped)" if summary["images"] and summary["protected"] and not summary["newly_protected"] else "n/a"
+
+
+def _montage(output_dir: Path, input_root: Path, rows: list[dict]) -> str | None:
+    """``private/montage.png`` for the owner (:mod:`~monai_medlocker.workflows.montage`); a failure is only a warning."""
+    from monai_medlocker.workflows.montage import protect_montage
+
+    try:
+        return protect_montage(output_dir, input_root, rows)
+    except (OSError, ValueError) as err:
+        print(f"medlocker protect: warning: no montage ({err})", file=sys.stderr)
+        return None
+
+
+def _relative_to(path: Path, folder: Path) -> str:
+    """``path`` relative to ``folder`` when it lies inside it (so that a summary does not name the folder), else whole."""
+    try:
+        return portable_name(Path(path).relative_to(folder))
+    except ValueError:
+        return str(path)
 
 
 def protect_dataset(input_path: str | Path, output_dir: str | Path, surrogates, **kwargs) -> dict:

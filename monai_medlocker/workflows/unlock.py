@@ -219,7 +219,7 @@ class Unlocker:
                 rows.append({"image": str(path), "status": "failed", "error": f"{path}: {type(err).__name__}: {err}"})
         failed = [r for r in rows if r["status"] == "failed"]
         self.summary = {"input": str(self.input_path), "output_dir": str(self.output_dir), "images": len(rows),
-                        "unlocked": len(rows) - len(failed), "failures": failed,
+                        "unlocked": len(rows) - len(failed), "failures": failed, "results": rows,
                         "already_restored": sum(r["status"] == "already-restored" for r in rows),
                         "seconds": round(time.perf_counter() - start, 2), "exit_code": 1 if failed or not rows else 0}
         if rows and len(failed) < len(rows):
