@@ -7,13 +7,19 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import secrets
+import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from monai.bundle import ConfigParser
 
-__all__ = ["bundle_root", "parse_bundle_config", "run_workflow", "build_workflow"]
+__all__ = [
+    "bundle_root", "parse_bundle_config", "run_workflow", "build_workflow", "config_bundle_root", "user_error",
+    "one_line_errors", "new_run_dir", "check_model_output",
+]
 
 
 def bundle_root(explicit: str | None = None) -> Path:
@@ -25,6 +31,80 @@ def bundle_root(explicit: str | None = None) -> Path:
     raise FileNotFoundError(
         "MedLocker bundle not found: pass --bundle-root or set MEDLOCKER_BUNDLE to the folder holding configs/ and models/"
     )
+
+
+def config_bundle_root() -> str:
+    """The ``bundle_root`` of a config run by ``monai.bundle``: the folder of the config file, not the working directory.
+
+    ``ConfigWorkflow`` knows the first config file's folder (``config_root_path``); as its ``run`` does for
+    ``sys.path``, the bundle is that folder's parent when it is named ``configs``. A config parsed without a
+    ``ConfigWorkflow`` (and without ``bundle_root`` set) gets the default bundle (:func:`bundle_root`).
+    """
+    workflows = sys.modules.get("monai.bundle.workflows")
+    frame = sys._getframe(1)
+    while frame is not None and workflows is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, workflows.ConfigWorkflow):
+            path = Path(owner.config_root_path).resolve()
+            return str(path.parent if path.name == "configs" else path)
+        frame = frame.f_back
+    return str(bundle_root())
+
+
+def user_error(err: BaseException) -> BaseException | None:
+    """The user-facing error behind ``err`` (``None`` for a bug): MONAI's config parser wraps the real one in a
+    RuntimeError. An OSError names its file and the problem ("Permission denied: 'x'"): one line, not a traceback."""
+    seen = err
+    while seen is not None:
+        if isinstance(seen, (ValueError, OSError)) or getattr(seen, "user_facing", False):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def one_line_errors() -> None:
+    """Under ``python -m monai.bundle``, print a user error as one line (as the CLI does), not a traceback.
+
+    Every config calls this first in ``initialize``. Elsewhere (the CLI, the apps, tests) it does nothing: those
+    callers handle errors themselves. A bug (no user-facing error in the chain) keeps its traceback.
+    """
+    main = sys.modules.get("__main__")
+    if getattr(getattr(main, "__spec__", None), "name", None) != "monai.bundle.__main__":
+        return
+    default = sys.excepthook
+
+    def hook(kind, err, tb):
+        cause = user_error(err) if isinstance(err, Exception) else None
+        if cause is None:
+            default(kind, err, tb)
+        else:
+            print(f"monai.bundle run: error: {cause}", file=sys.stderr)
+
+    sys.excepthook = hook
+
+
+def new_run_dir(kind: str, parent: str | Path = "runs") -> str:
+    """A new folder name ``runs/<kind>-<UTC time>-<random>`` for a run's default outputs (not created here).
+
+    Default outputs never go into the bundle: shipped models and reports stay as they are."""
+    while True:
+        path = Path(parent, f"{kind}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}").resolve()
+        if not path.exists():
+            print(f"{kind}: outputs go to {path}", file=sys.stderr)
+            return str(path)
+
+
+def check_model_output(output_dir: str | Path, root: str | Path, replace_shipped_model: bool = False) -> str:
+    """``output_dir``, unless it lies in the bundle's ``models/`` folder and replacing shipped models was not asked for.
+
+    Raises:
+        ValueError: ``output_dir`` is inside ``<root>/models`` and ``replace_shipped_model`` is false.
+    """
+    out, models = Path(output_dir).resolve(), (Path(root) / "models").resolve()
+    if not replace_shipped_model and (out == models or models in out.parents):
+        raise ValueError(f"output_dir {out} is inside the bundle's shipped models ({models}): choose another "
+                         "output_dir, or set replace_shipped_model (train-demo: --replace-shipped-model) to replace them")
+    return str(out)
 
 
 def parse_bundle_config(config_name: str | list[str], root: Path, overrides: dict) -> ConfigParser:

@@ -254,6 +254,8 @@ def save_owner_key(prefix: str | os.PathLike, key: OwnerKey, passphrase: str | N
 
 def read_json_file(path: str | os.PathLike, kind: str, error: type[ValueError] = KeyFileError) -> tuple[Path, dict]:
     """A MedLocker JSON file (key, public key, grant) with a ``format`` field; ``error`` names what went wrong."""
+    if path is None:  # a bundle config's null setting: one line, not a TypeError from Path(None)
+        raise error(f"no {kind} file given")
     path = Path(path)
     if not path.is_file():
         raise error(f"{path}: {kind} file not found")

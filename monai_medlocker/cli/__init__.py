@@ -12,6 +12,7 @@ import sys
 from typing import Sequence
 
 from monai_medlocker import __version__
+from monai_medlocker.bundle_config import user_error as _user_error
 
 __all__ = ["main", "SUBCOMMANDS"]
 
@@ -24,6 +25,8 @@ SUBCOMMANDS = (
 class CLIError(Exception):
     """A user-facing error: printed without a traceback, exit code 2."""
 
+    user_facing = True
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -34,17 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
     for name in SUBCOMMANDS:
         importlib.import_module(f"monai_medlocker.cli.{name}").add_subparser(subparsers)
     return parser
-
-
-def _user_error(err: BaseException) -> BaseException | None:
-    """The user-facing error behind ``err``: MONAI's config parser wraps the real one in a RuntimeError."""
-    seen = err
-    while seen is not None:
-        # An OSError names its file and the problem ("Permission denied: 'x'"): one line, not a traceback.
-        if isinstance(seen, (CLIError, ValueError, OSError)) or getattr(seen, "user_facing", False):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

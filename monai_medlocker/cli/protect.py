@@ -40,10 +40,11 @@ def add_subparser(subparsers) -> None:
 def add_protect_options(p: argparse.ArgumentParser) -> None:
     """The protect settings shared by ``protect`` and ``pacs protect`` (each maps to an inference.json key)."""
     p.add_argument("--bundle-root", help="the MedLocker bundle folder (default: the one beside the package)")
-    p.add_argument("--model", dest="ckpt_path", help="surrogate checkpoint (plain state_dict); default: the demo model")
+    p.add_argument("--model", dest="ckpt_path", help="one surrogate checkpoint (plain state_dict) "
+                   "instead of the default, the zoo's resnet + densenet ensemble at 128 px (bundle models/zoo)")
     p.add_argument("--network", dest="network_name", help="network name of --model (e.g. resnet-tiny)")
     p.add_argument("--num-classes", dest="num_classes", type=int)
-    p.add_argument("--input-size", dest="input_size", type=int)
+    p.add_argument("--input-size", dest="input_size", type=int, help="input size of --model (default 224)")
     p.add_argument("--optimizer", choices=OPTIMIZERS)
     p.add_argument("--max-queries", dest="max_queries", type=int, help="query budget per mark")
     p.add_argument("--space", dest="search_space", help="'paper', 'full', or a JSON object of SearchSpace fields")

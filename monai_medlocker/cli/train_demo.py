@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from monai_medlocker.bundle_config import bundle_root, parse_bundle_config, run_workflow
+from monai_medlocker.bundle_config import bundle_root, check_model_output, new_run_dir, parse_bundle_config, run_workflow
 
 RECIPE_PATH = Path(__file__).resolve().parents[2] / "configs" / "datasets" / "demo_lab.json"
 RECIPE_KEYS = ("n", "size", "seed", "lab_version", "epochs", "batch_size", "learning_rate")
@@ -32,8 +32,13 @@ def add_subparser(subparsers) -> None:
         description="Generate the seeded synthetic lab, train a surrogate with bundle/configs/train.json and "
         "evaluate it on the held-out test split with bundle/configs/evaluate.json.",
     )
-    p.add_argument("--data", default="runs/demo_lab", help="where the synthetic lab is generated (reused if present)")
-    p.add_argument("--out", default=None, help="checkpoint folder (default: BUNDLE/models)")
+    p.add_argument("--run-dir", default=None, help="run folder for the lab, checkpoint and reports (default: a new "
+                   "folder under runs/)")
+    p.add_argument("--data", default=None, help="where the synthetic lab is generated (reused if present; default: "
+                   "RUN_DIR/lab)")
+    p.add_argument("--out", default=None, help="checkpoint folder (default: RUN_DIR/models)")
+    p.add_argument("--replace-shipped-model", action="store_true", help="write the checkpoint into BUNDLE/models, "
+                   "replacing the shipped model of that name (needed for any --out inside BUNDLE/models)")
     p.add_argument("--network", default="resnet-tiny", help="network to train")
     p.add_argument("--ckpt-name", default=None, help="checkpoint file name (default: from the recipe, else <network>.pt)")
     p.add_argument("--bundle-root", default=None)
@@ -51,7 +56,10 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, key) is None:
             setattr(args, key, value)
     root = bundle_root(args.bundle_root)
-    data = Path(args.data)
+    run_dir = Path(args.run_dir) if args.run_dir else Path(new_run_dir("train-demo"))
+    data = Path(args.data) if args.data else run_dir / "lab"
+    out = Path(args.out) if args.out else root / "models" if args.replace_shipped_model else run_dir / "models"
+    check_model_output(out, root, args.replace_shipped_model)  # before the lab is drawn (minutes)
     if not (data / "datalist.json").is_file():
         generate_dataset(data, n=args.n, size=args.size, seed=args.seed, lab_version=args.lab_version)
     else:  # reused: it must be the lab asked for (datalists written before lab versions existed are v1)
@@ -59,15 +67,15 @@ def run(args: argparse.Namespace) -> int:
         if found != args.lab_version:
             raise ValueError(f"{data / 'datalist.json'} holds lab version {found}, but lab version "
                              f"{args.lab_version} was asked for; use another --data folder")
-    out = Path(args.out) if args.out else root / "models"
     ckpt_name = args.ckpt_name or recipe_ckpt or f"{args.network}.pt"
     common = {"dataset_dir": str(data.resolve()), "network_name": args.network}
     train = parse_bundle_config("train.json", root, {
         **common, "output_dir": str(out.resolve()), "ckpt_name": ckpt_name, "epochs": args.epochs,
         "batch_size": args.batch_size, "learning_rate": args.learning_rate, "seed": args.seed,
+        "replace_shipped_model": args.replace_shipped_model,
     })
     run_workflow(train)
-    report_dir = out / "eval" / Path(ckpt_name).stem
+    report_dir = run_dir / "eval" / Path(ckpt_name).stem
     evaluate = parse_bundle_config("evaluate.json", root, {
         **common, "ckpt_path": str((out / ckpt_name).resolve()), "output_dir": str(report_dir.resolve()),
     })

@@ -90,6 +90,7 @@ def train_member(member, root: Path, data: Path, num_classes: int = 5, epochs: i
         "epochs": epochs if epochs is not None else member.train.get("epochs"),
         "batch_size": member.train.get("batch_size"), "learning_rate": member.train.get("learning_rate"),
         "seed": member.seed,
+        "replace_shipped_model": True,  # the zoo's own checkpoint_dir (configs/zoo.json or --out) is the point
     })
     run_workflow(train)
     train_seconds = time.perf_counter() - start
