@@ -25,6 +25,7 @@ from monai_medlocker.io.dicom_build import fundus_dataset
 from monai_medlocker.io.image import load_rgb
 from monai_medlocker.io.private_tags import has_medlocker_tags
 from monai_medlocker.workflows.protect import DatasetProtector
+from monai_medlocker.workflows.verify import RESTORE_DAMAGED
 from protect_outputs import public_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,8 +173,8 @@ def test_wrong_key_fails_and_writes_nothing(protected, keys, tmp_path, capsys):
     ("pixel", "watermark present, pixels modified", "do not match the certified original"),
     ("parameter", "invalid signature", "invalid signature"),
     ("signature", "invalid signature", "invalid signature"),
-    ("payload", "authentic", "wrong key, or the payload or its certificate was altered"),
-    ("sealed", "authentic", "sealed record"),
+    ("payload", RESTORE_DAMAGED, "wrong key, or the payload or its certificate was altered"),
+    ("sealed", RESTORE_DAMAGED, "sealed record"),
 ])
 def test_png_tampering_is_detected(protected, keys, tmp_path, capsys, tamper, verdict, unlock_error):
     _, out = protected
@@ -203,9 +204,99 @@ def test_png_tampering_is_detected(protected, keys, tmp_path, capsys, tamper, ve
         _rewrite_png(target, change_text=edit)
     code, report = _verify(target, folder / "owner.pub", capsys)
     assert report["results"][0]["verdict"] == verdict, report
-    assert code == (0 if verdict == "authentic" else 1)  # verify does not read the sealed payload or record
+    assert code == (3 if verdict == RESTORE_DAMAGED else 1)
     assert main(["unlock", str(target), str(tmp_path / "un"), "--key", str(folder / "owner.key"), "--quiet"]) == 1
     assert unlock_error in capsys.readouterr().err
+    assert not (tmp_path / "un").exists()
+
+
+def _blob_edit(kind: str, other: bytes):
+    """A change to an encrypted blob: flip a bit, truncate, drop it, or splice in another image's."""
+    def edit(blob: bytes | None) -> bytes | None:
+        if kind == "flip":
+            return blob[:-7] + bytes([blob[-7] ^ 0x10]) + blob[-6:]
+        if kind == "truncate":
+            return blob[: len(blob) - 32]
+        if kind == "drop":
+            return None
+        return other  # splice: a whole valid blob from another protected image
+    return edit
+
+
+@pytest.mark.parametrize("chunk", [PNG_PAYLOAD, PNG_SEALED])
+@pytest.mark.parametrize("kind", ["flip", "truncate", "drop", "splice"])
+def test_png_restore_data_damage_is_not_authentic(protected, keys, tmp_path, capsys, chunk, kind):
+    """Issue 18 item 8: the blobs as published are signed, so verify tells damaged restore data apart."""
+    _, out = protected
+    folder, _, _ = keys
+    target = _copy(out, tmp_path, ["synthetic_grade2.png"]) / "synthetic_grade2.png"
+    with Image.open(out / "synthetic_grade3.png") as img:
+        other = base64.b64decode(img.text[chunk])
+    edit = _blob_edit(kind, other)
+
+    def change(text):
+        blob = edit(base64.b64decode(text[chunk]))
+        if blob is None:
+            del text[chunk]
+        else:
+            text[chunk] = base64.b64encode(blob).decode()
+    _rewrite_png(target, change_text=change)
+    code, report = _verify(target, folder / "owner.pub", capsys)
+    row = report["results"][0]
+    assert row["verdict"] == RESTORE_DAMAGED and code == 3, report
+    assert ("restore payload" if chunk == PNG_PAYLOAD else "sealed record") in row["detail"]
+    assert main(["unlock", str(target), str(tmp_path / "un"), "--key", str(folder / "owner.key"), "--quiet"]) == 1
+    assert not (tmp_path / "un").exists()
+
+
+def test_png_public_chunk_edit_and_truncated_sidecar_are_not_authentic(protected, keys, tmp_path, capsys):
+    _, out = protected
+    folder, _, _ = keys
+    target = _copy(out, tmp_path, ["synthetic_grade2.png"]) / "synthetic_grade2.png"
+
+    def move_mark(text):
+        public = json.loads(text["medlocker:public"])
+        public["marks"][0]["x0"] += 40
+        text["medlocker:public"] = json.dumps(public)
+    _rewrite_png(target, change_text=move_mark)
+    code, report = _verify(target, folder / "owner.pub", capsys)
+    assert code == 3 and report["results"][0]["verdict"] == RESTORE_DAMAGED, report
+    assert "public record" in report["results"][0]["detail"]
+    # A copy that lost its chunks (pixels intact) and travels with a sidecar whose payload was cut short.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    Image.open(out / "synthetic_grade3.png").save(bare / "synthetic_grade3.png")
+    sidecar = json.loads((out / f"synthetic_grade3{SIDECAR_SUFFIX}").read_text())
+    sidecar["restore_payload"] = sidecar["restore_payload"][:-400]
+    (bare / f"synthetic_grade3{SIDECAR_SUFFIX}").write_text(json.dumps(sidecar))
+    code, report = _verify(bare, folder / "owner.pub", capsys)
+    assert code == 3 and report["results"][0]["verdict"] == RESTORE_DAMAGED, report
+    assert report["results"][0]["certificate_in"] == "sidecar"
+    assert main(["unlock", str(bare), str(tmp_path / "un"), "--key", str(folder / "owner.key"), "--quiet"]) == 1
+
+
+@pytest.mark.parametrize("element", [0x12, 0x14])
+@pytest.mark.parametrize("kind", ["flip", "truncate", "drop", "splice"])
+def test_dicom_restore_data_damage_is_not_authentic(protected, keys, tmp_path, capsys, element, kind):
+    """Issue 18 item 8 on DICOM: the private block's payload (0x12) or sealed record (0x14) damaged."""
+    _, out = protected
+    folder, _, _ = keys
+    copy = _copy(out, tmp_path, ["colour.dcm"])
+    (copy / ("colour" + SIDECAR_SUFFIX)).unlink()
+    other = pydicom.dcmread(out / "redfree.dcm").private_block(0x0011, "MEDLOCKER 1")
+    ds = pydicom.dcmread(copy / "colour.dcm")
+    block = ds.private_block(0x0011, "MEDLOCKER 1")
+    blob = _blob_edit(kind, bytes(other[element].value)[: other[element + 1].value])(
+        bytes(block[element].value)[: block[element + 1].value])
+    if blob is None:
+        del ds[block.get_tag(element)], ds[block.get_tag(element + 1)]
+    else:
+        block[element].value, block[element + 1].value = blob, len(blob)
+    ds.save_as(copy / "colour.dcm")
+    code, report = _verify(copy / "colour.dcm", folder / "owner.pub", capsys)
+    assert code == 3 and report["results"][0]["verdict"] == RESTORE_DAMAGED, report
+    assert main(["unlock", str(copy / "colour.dcm"), str(tmp_path / "un"), "--key", str(folder / "owner.key"),
+                 "--quiet"]) == 1
     assert not (tmp_path / "un").exists()
 
 

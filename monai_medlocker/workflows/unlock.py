@@ -4,7 +4,8 @@ For each image: read its certificate, encrypted restore payload and sealed recor
 signature (when an owner public key is known), derive or look up the image's key, decrypt both
 (the certificate is the associated data, so a changed certificate, payload or record fails
 here), put the original pixels back under the logo boxes, and check the result against the
-certified hash of the original.
+certified hash of the original. When the embedded copy fails and an intact sidecar sits beside the
+image, the sidecar is used.
 Only then is anything written. A DICOM image gets its original UIDs and header values back from
 the certificate, so that the unlocked instance is the original instance; one whose patient or
 study attributes changed after protection is refused (verify calls it "DICOM header modified").
@@ -155,7 +156,16 @@ class Unlocker:
         from monai_medlocker.io.dicom import restore_original_dataset, save_dicom
 
         pf = read_protected(path)
-        restored, record = unlock_image(pf, self.key, self.grant, self.public_key)
+        try:
+            restored, record = unlock_image(pf, self.key, self.grant, self.public_key)
+        except UnlockError as err:
+            if pf.fallback is None:
+                raise
+            try:  # the embedded copy is damaged: an intact sidecar beside the image still restores it
+                restored, record = unlock_image(pf.fallback, self.key, self.grant, self.public_key)
+            except UnlockError:
+                raise err from None
+            pf = pf.fallback
         target = self._target(path, pf.dicom is not None)
         if self.input_path.is_dir() and self.input_path.resolve() in target.resolve().parents:
             raise UnlockError(f"{path}: its output {target} would lie inside the input folder; choose another output folder")
@@ -171,7 +181,7 @@ class Unlocker:
             mode = (record.get("source") or {}).get("mode", "RGB")
             save_png(target, restored[..., 0] if mode == "L" else restored)  # a greyscale original comes back grey
         return {"image": str(path), "status": "unlocked", "output": str(target), "image_id": cert.get("image_id"),
-                "original_sha256": cert.get("original_sha256")}
+                "original_sha256": cert.get("original_sha256"), "certificate_in": pf.found_in}
 
     def run(self) -> dict:
         """Unlock every image (one run at a time per output folder); returns the summary.

@@ -2,7 +2,14 @@
 
 Verdicts:
 
-* ``authentic``: the signature is valid and the pixels are exactly the certified ones;
+* ``authentic``: authentic and restorable: the signature is valid, the pixels (and a DICOM's header)
+  are exactly the certified ones, and the encrypted restore payload and sealed record are present
+  and are the signed ones (a format 1 certificate, which signs no hashes of them, only needs them
+  present); when the embedded copy is damaged but the sidecar beside the image is intact, the image
+  is verified with the sidecar and the detail says so;
+* ``pixels authentic, restore data damaged``: as authentic, but the restore payload or the sealed
+  record is missing or is not the signed one (altered, truncated, swapped), or the embedded public
+  record differs from the certified one: the pixels can be trusted, but unlock would fail;
 * ``watermark present, pixels modified``: the signature is valid, the pixels differ (lossy
   re-encoding, a resize, an edit), but the certified logo is still visible at its certified place;
 * ``pixels modified, watermark not found``: the signature is valid, the pixels differ and the
@@ -14,7 +21,9 @@ Verdicts:
 * ``foreign owner``: the certificate was signed by another owner key;
 * ``no certificate``: the image carries no MedLocker certificate (embedded or in a sidecar).
 
-Only ``authentic`` passes: the run's exit code is 1 when any image gets another verdict.
+Exit codes: 0 when every image is ``authentic``; 3 when the others are all ``pixels authentic, restore
+data damaged`` (the images can be trusted, but not unlocked: publish the files again from the
+output folder); 1 when any image gets another verdict, or there is none.
 """
 
 from __future__ import annotations
@@ -29,14 +38,16 @@ from tqdm import tqdm
 
 from monai_medlocker.certify.certificate import pixel_sha256, verify_certificate
 from monai_medlocker.certify.keys import OwnerPublicKey, load_public_key
-from monai_medlocker.certify.seal import ProtectedFile, read_protected
+from monai_medlocker.certify.seal import ProtectedFile, read_protected, restore_data_problem
 from monai_medlocker.io.image import ImageReadError, atomic_write_bytes
 from monai_medlocker.io.outdir import check_output_file
 from monai_medlocker.watermark.logo import greyscale_logo, load_logo, logo_sha256
 
-__all__ = ["VERDICTS", "find_certified_images", "dicom_header_problem", "verify_image", "Verifier", "format_verify_summary"]
+__all__ = ["VERDICTS", "RESTORE_DAMAGED", "EXIT_RESTORE_DAMAGED", "find_certified_images", "dicom_header_problem", "verify_image", "Verifier", "format_verify_summary"]
 
-VERDICTS = ("authentic", "watermark present, pixels modified", "pixels modified, watermark not found",
+RESTORE_DAMAGED = "pixels authentic, restore data damaged"
+EXIT_RESTORE_DAMAGED = 3
+VERDICTS = ("authentic", RESTORE_DAMAGED, "watermark present, pixels modified", "pixels modified, watermark not found",
             "DICOM header modified", "invalid signature", "foreign owner", "no certificate", "unreadable image")
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".dcm", ".dicom")
 
@@ -78,7 +89,19 @@ def dicom_header_problem(pf: ProtectedFile, cert: dict) -> str | None:
 
 
 def verify_image(pf: ProtectedFile, pub: OwnerPublicKey, logo: np.ndarray) -> dict:
-    """The verdict for one image already read by :func:`read_protected`."""
+    """The verdict for one image already read by :func:`read_protected` (its sidecar too, when its embedded copy fails)."""
+    row = _verdict(pf, pub, logo)
+    if row["verdict"] != "authentic" and pf.fallback is not None:
+        alt = _verdict(pf.fallback, pub, logo)
+        rank = (lambda r: {"authentic": 0, RESTORE_DAMAGED: 1}.get(r["verdict"], 2))  # noqa: E731
+        if rank(alt) < rank(row):
+            damage = f"the embedded copy is damaged ({row['verdict']}" + (f": {row['detail']})" if row.get("detail") else ")")
+            alt["detail"] = "; ".join(x for x in (alt.get("detail"), f"verified with the sidecar; {damage}") if x)
+            return alt
+    return row
+
+
+def _verdict(pf: ProtectedFile, pub: OwnerPublicKey, logo: np.ndarray) -> dict:
     row = {"image": str(pf.path), "certificate_in": pf.found_in}
     if pf.problem:
         return {**row, "verdict": "invalid signature", "detail": pf.problem}
@@ -96,7 +119,8 @@ def verify_image(pf: ProtectedFile, pub: OwnerPublicKey, logo: np.ndarray) -> di
         if problem:
             return {**row, "verdict": "DICOM header modified", "detail": problem}
     if pixel_sha256(pf.pixels) == cert.get("watermarked_sha256"):
-        return {**row, "verdict": "authentic"}
+        damage = restore_data_problem(pf)
+        return {**row, "verdict": RESTORE_DAMAGED, "detail": damage} if damage else {**row, "verdict": "authentic"}
     params = cert.get("params") or {}
     if params.get("logo_sha256") != logo_sha256(logo):
         return {**row, "verdict": "pixels modified, watermark not found",
@@ -147,10 +171,18 @@ class Verifier:
         counts = {v: sum(r["verdict"] == v for r in rows) for v in VERDICTS if any(r["verdict"] == v for r in rows)}
         self.summary = {"input": str(self.input_path), "owner_key_id": self.public_key.key_id, "images": len(rows),
                         "verdicts": counts, "results": rows, "seconds": round(time.perf_counter() - start, 2),
-                        "exit_code": 0 if rows and all(r["verdict"] == "authentic" for r in rows) else 1}
+                        "exit_code": _exit_code(rows)}
         if self.report:
             atomic_write_bytes(self.report, json.dumps(self.summary, indent=2).encode())
         return self.summary
+
+
+def _exit_code(rows: list[dict]) -> int:
+    """0: all authentic; 3: the rest only have damaged restore data; 1: anything else (or no image)."""
+    verdicts = {r["verdict"] for r in rows}
+    if not rows or verdicts - {"authentic", RESTORE_DAMAGED}:
+        return 1
+    return EXIT_RESTORE_DAMAGED if RESTORE_DAMAGED in verdicts else 0
 
 
 def format_verify_summary(summary: dict) -> str:
