@@ -300,6 +300,72 @@ def test_dicom_restore_data_damage_is_not_authentic(protected, keys, tmp_path, c
     assert not (tmp_path / "un").exists()
 
 
+@pytest.mark.parametrize("name,damage", [("synthetic_grade3.png", "payload"), ("synthetic_grade3.png", "certificate"),
+                                         ("colour.dcm", "payload"), ("colour.dcm", "sealed")])
+def test_an_intact_sidecar_stands_in_for_a_damaged_embedded_copy(protected, keys, tmp_path, capsys, name, damage):
+    """Issue 18 item 11: verify and unlock fall back on the sidecar beside the image."""
+    src, out = protected
+    folder, _, _ = keys
+    target = _copy(out, tmp_path, [name]) / name
+    sidecar = target.with_name(target.stem + SIDECAR_SUFFIX).read_bytes()
+    if name.endswith(".png"):
+        def change(text):
+            if damage == "certificate":
+                text[PNG_CERTIFICATE] = text[PNG_CERTIFICATE][:-9]  # no longer JSON
+            else:
+                del text[PNG_PAYLOAD]
+        _rewrite_png(target, change_text=change)  # it removes the sidecar: put it back
+        target.with_name(target.stem + SIDECAR_SUFFIX).write_bytes(sidecar)
+    else:
+        ds = pydicom.dcmread(target)
+        block = ds.private_block(0x0011, "MEDLOCKER 1")
+        element = 0x12 if damage == "payload" else 0x14
+        block[element].value = bytes(block[element].value)[:-40] + bytes(40)
+        ds.save_as(target)
+    code, report = _verify(target, folder / "owner.pub", capsys)
+    row = report["results"][0]
+    assert code == 0 and row["verdict"] == "authentic" and row["certificate_in"] == "sidecar", report
+    assert "embedded copy is damaged" in row["detail"]
+    assert main(["unlock", str(target), str(tmp_path / "un"), "--key", str(folder / "owner.key"), "--quiet"]) == 0
+    if name.endswith(".png"):
+        assert np.array_equal(load_rgb(tmp_path / "un" / name), load_rgb(src / name))
+    else:
+        assert np.array_equal(read_fundus_dicom(tmp_path / "un" / name).pixels, read_fundus_dicom(src / name).pixels)
+    # Without the sidecar, the damage shows.
+    target.with_name(target.stem + SIDECAR_SUFFIX).unlink()
+    code, report = _verify(target, folder / "owner.pub", capsys)
+    assert code != 0 and report["results"][0]["verdict"] != "authentic"
+
+
+def test_format_1_certificates_still_verify_and_unlock(protected, keys, tmp_path, capsys):
+    """Outputs of the previous version sign no hashes of their blobs: still authentic when they are present."""
+    from monai_medlocker.certify.certificate import certificate_digest, sign_certificate
+    from monai_medlocker.certify.payload import decrypt_payload, derive_image_key, encrypt_payload
+    from monai_medlocker.certify.seal import _record_key
+
+    src, out = protected
+    folder, owner, _ = keys
+    target = _copy(out, tmp_path, ["synthetic_grade2.png"]) / "synthetic_grade2.png"
+
+    def to_format_1(text):
+        cert = json.loads(text[PNG_CERTIFICATE])
+        image_key = derive_image_key(owner.master_secret, owner.key_id, cert["image_id"])
+        blobs = {PNG_PAYLOAD: image_key, PNG_SEALED: _record_key(image_key)}
+        plain = {c: decrypt_payload(base64.b64decode(text[c]), k, certificate_digest(cert)) for c, k in blobs.items()}
+        del cert["published"]
+        cert["format"] = "medlocker-certificate/1"
+        for c, k in blobs.items():  # sealed under the format 1 certificate, as the previous version did
+            text[c] = base64.b64encode(encrypt_payload(plain[c], k, certificate_digest(cert))).decode()
+        signed = sign_certificate(cert, owner)
+        text[PNG_CERTIFICATE] = json.dumps(signed.certificate)
+        text[PNG_SIGNATURE] = base64.b64encode(signed.signature).decode()
+    _rewrite_png(target, change_text=to_format_1)
+    code, report = _verify(target, folder / "owner.pub", capsys)
+    assert code == 0 and report["results"][0]["verdict"] == "authentic", report
+    assert main(["unlock", str(target), str(tmp_path / "un"), "--key", str(folder / "owner.key"), "--quiet"]) == 0
+    assert np.array_equal(load_rgb(tmp_path / "un" / "synthetic_grade2.png"), load_rgb(src / "synthetic_grade2.png"))
+
+
 def test_dicom_tampering_is_detected(protected, keys, tmp_path, capsys):
     _, out = protected
     folder, _, _ = keys

@@ -43,7 +43,8 @@ from monai_medlocker.io.image import ImageReadError, atomic_write_bytes
 from monai_medlocker.io.outdir import check_output_file
 from monai_medlocker.watermark.logo import greyscale_logo, load_logo, logo_sha256
 
-__all__ = ["VERDICTS", "RESTORE_DAMAGED", "EXIT_RESTORE_DAMAGED", "find_certified_images", "dicom_header_problem", "verify_image", "Verifier", "format_verify_summary"]
+__all__ = ["VERDICTS", "RESTORE_DAMAGED", "EXIT_RESTORE_DAMAGED", "find_certified_images", "dicom_header_problem",
+           "verify_image", "Verifier", "format_verify_summary"]
 
 RESTORE_DAMAGED = "pixels authentic, restore data damaged"
 EXIT_RESTORE_DAMAGED = 3
