@@ -399,6 +399,49 @@ def test_dicom_header_swap_is_detected(protected, keys, tmp_path, capsys):
     assert code == 1 and report["results"][0]["verdict"] == "DICOM header modified", report
 
 
+@pytest.mark.parametrize("edit", ["laterality_and_modality", "image_type", "removed", "added_in_sequence"])
+def test_dicom_header_edits_are_named_and_refused(protected, keys, tmp_path, capsys, edit):
+    """Issue 18 item 9: the header as written is signed; verify names the changed attributes, unlock refuses."""
+    _, out = protected
+    folder, _, _ = keys
+    copy = _copy(out, tmp_path, ["colour.dcm"])
+    ds = pydicom.dcmread(copy / "colour.dcm")
+    assert ds.ImageLaterality == "R"
+    if edit == "laterality_and_modality":
+        ds.ImageLaterality, ds.Modality = "L", "CT"
+        named = ["Modality changed", "ImageLaterality changed"]  # in tag order
+    elif edit == "image_type":
+        ds.ImageType = ["ORIGINAL", "PRIMARY"]
+        named = ["ImageType changed"]
+    elif edit == "removed":
+        del ds.ImageLaterality
+        named = ["ImageLaterality removed"]
+    else:
+        ds.SourceImageSequence[0].ReferencedSOPInstanceUID = "1.2.3.4"
+        named = ["SourceImageSequence changed"]
+    ds.save_as(copy / "colour.dcm")
+    code, report = _verify(copy, folder / "owner.pub", capsys)
+    row = report["results"][0]
+    assert code == 1 and row["verdict"] == "DICOM header modified", report
+    assert row["header_changes"] == named and all(n in row["detail"] for n in named)
+    assert main(["unlock", str(copy), str(tmp_path / "un"), "--key", str(folder / "owner.key"), "--quiet"]) == 1
+    assert "DICOM header modified" in capsys.readouterr().err and not (tmp_path / "un").exists()
+
+
+def test_dicom_lossless_transcode_by_dcmtk_stays_authentic(protected, keys, tmp_path, capsys):
+    """dcmtk's RLE transcode (a PACS may do this) changes the pixel encoding, not the signed header or pixels."""
+    if not shutil.which("dcmcrle"):
+        if os.environ.get("MEDLOCKER_REQUIRE_DCIODVFY") == "1":
+            pytest.fail("dcmtk (dcmcrle) is required here but not installed")
+        pytest.skip("dcmtk is not installed (apt-get install dcmtk); .ci/run installs it")
+    _, out = protected
+    folder, _, _ = keys
+    subprocess.run(["dcmcrle", str(out / "colour.dcm"), str(tmp_path / "colour.dcm")], check=True)
+    assert pydicom.dcmread(tmp_path / "colour.dcm").file_meta.TransferSyntaxUID == pydicom.uid.RLELossless
+    code, report = _verify(tmp_path / "colour.dcm", folder / "owner.pub", capsys)
+    assert code == 0 and report["results"][0]["verdict"] == "authentic", report
+
+
 def _jpeg_with_sidecar(image: Path, sidecar_folder: Path, dst: Path) -> None:
     """A JPEG (q80) copy of ``image`` in ``dst``, with the protected copy's sidecar of the same stem beside it."""
     Image.open(image).convert("RGB").save(dst / f"{image.stem}.jpg", quality=80)
@@ -487,3 +530,39 @@ def test_dicom_source_without_study_uid_verifies_and_unlocks(keys, tmp_path, cap
     back = read_fundus_dicom(tmp_path / "un" / "nostudy.dcm")
     assert np.array_equal(back.pixels, read_fundus_dicom(src / "nostudy.dcm").pixels)
     assert "StudyInstanceUID" not in back.dataset  # the original had none
+
+
+def test_images_sharing_a_sop_instance_uid_get_their_own_keys_and_are_flagged(keys, tmp_path, capsys, tiny_surrogate):
+    """Issue 18 item 10: the DICOM image id binds the pixels' hash, and a shared UID is reported (a warning)."""
+    folder, owner, _ = keys
+    src = tmp_path / "in"
+    src.mkdir()
+    uid = "1.2.826.0.1.3680043.8.498.77"
+    for i, stem in enumerate(("left", "right", "later")):
+        ds = fundus_dataset(synthesize_fundus(128, seed=40 + i, grade=1).image, iod="op8")
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
+        ds.save_as((src if stem != "later" else tmp_path) / f"{stem}.dcm", enforce_file_format=True)
+        Image.fromarray(np.zeros((128, 128), np.uint8)).save((src if stem != "later" else tmp_path) / f"{stem}_lesions.png")
+    out = tmp_path / "out"
+    summary = DatasetProtector(src, out, tiny_surrogate, watermark={"max_queries": 4}, lesion_segmenter="masks",
+                               owner_key=folder / "owner.key", progress=False).run()
+    assert summary["protected"] == 2 and summary["exit_code"] == 0, summary
+    assert summary["duplicate_sop_instance_uids"] == [{"sop_instance_uid": uid, "images": ["left.dcm", "right.dcm"]}]
+    assert f"DUPLICATE SOP INSTANCE UID {uid}: left.dcm, right.dcm" in capsys.readouterr().err
+    ids = {stem: json.loads((public_dir(out) / f"{stem}{SIDECAR_SUFFIX}").read_text())["certificate"]["image_id"]
+           for stem in ("left", "right")}
+    assert ids["left"] != ids["right"] and all(i.startswith(uid + "#") for i in ids.values())
+    save_grant(tmp_path / "left.grant", make_grant(owner, [ids["left"]]))
+    grant = ["--grant", str(tmp_path / "left.grant"), "--quiet"]
+    assert main(["unlock", str(public_dir(out) / "right.dcm"), str(tmp_path / "no"), *grant]) == 1
+    assert main(["unlock", str(public_dir(out) / "left.dcm"), str(tmp_path / "ok"), *grant]) == 0
+    assert np.array_equal(read_fundus_dicom(tmp_path / "ok" / "left.dcm").pixels, read_fundus_dicom(src / "left.dcm").pixels)
+    # A later run into the same folder: its image is flagged against the earlier records.
+    later = tmp_path / "in2"
+    later.mkdir()
+    for name in ("later.dcm", "later_lesions.png"):
+        shutil.move(tmp_path / name, later / name)
+    summary = DatasetProtector(later, out, tiny_surrogate, watermark={"max_queries": 4}, lesion_segmenter="masks",
+                               owner_key=folder / "owner.key", progress=False).run()
+    assert summary["duplicate_sop_instance_uids"] == [{"sop_instance_uid": uid, "images": ["later.dcm", "left.dcm",
+                                                                                           "right.dcm"]}], summary

@@ -8,7 +8,8 @@ certified hash of the original. When the embedded copy fails and an intact sidec
 image, the sidecar is used.
 Only then is anything written. A DICOM image gets its original UIDs and header values back from
 the certificate, so that the unlocked instance is the original instance; one whose patient or
-study attributes changed after protection is refused (verify calls it "DICOM header modified").
+study attributes, or any signed header attribute (e.g. laterality, modality), changed after
+protection is refused (verify calls it "DICOM header modified").
 The signature is always checked: without the owner's public key (from the key, the grant or
 ``public_key``) nothing is unlocked. One run at a time holds the output folder, and nothing is
 written outside it (:mod:`monai_medlocker.io.outdir`).
@@ -31,7 +32,7 @@ from monai_medlocker.certify.payload import PayloadError, apply_restore_payload,
 from monai_medlocker.certify.seal import ProtectedFile, SealedRecordError, open_sealed_record, payload_sha256, read_protected
 from monai_medlocker.io.image import ImageReadError, atomic_write_bytes, save_png
 from monai_medlocker.io.outdir import OutputError, OutputLock, clean_temporaries, inside_output, output_name, prepare_output_dir
-from monai_medlocker.workflows.verify import dicom_header_problem, find_certified_images
+from monai_medlocker.workflows.verify import dicom_header_changes, dicom_header_problem, find_certified_images
 
 __all__ = ["UnlockError", "unlock_image", "Unlocker", "format_unlock_summary"]
 
@@ -67,6 +68,9 @@ def unlock_image(pf: ProtectedFile, key: OwnerKey | None = None, grant: Grant | 
         raise UnlockError(f"{where}: {status} (certificate key {key_id}, expected {pub.key_id}); nothing unlocked")
     if pf.dicom is not None:
         problem = dicom_header_problem(pf, cert)
+        changes = dicom_header_changes(pf, cert)
+        if changes and not problem:
+            problem = "not as protect wrote it: " + ", ".join(changes)
         if problem:
             raise UnlockError(f"{where}: DICOM header modified after protection: {problem}; the original pixels are "
                               "not handed back under another header (nothing unlocked)")

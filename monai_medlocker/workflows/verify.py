@@ -16,7 +16,10 @@ Verdicts:
   logo is not found where the certificate puts it;
 * ``DICOM header modified``: the signature is valid, but the instance's patient/study identity or
   the source named in its MedLocker block is not the certified one (e.g. pixels and private block
-  grafted onto another patient's instance);
+  grafted onto another patient's instance), or, with exact pixels, any attribute of its header is
+  not as protect wrote it (a format 2 certificate signs the header's digest): the detail names the
+  attributes (e.g. ImageLaterality, Modality). Pixels that differ get the verdicts below, with the
+  header's changes listed under ``header_changes`` (a lossy transcode rewrites some);
 * ``invalid signature``: the certificate or its signature was altered (or is unreadable);
 * ``foreign owner``: the certificate was signed by another owner key;
 * ``no certificate``: the image carries no MedLocker certificate (embedded or in a sidecar).
@@ -36,7 +39,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from monai_medlocker.certify.certificate import pixel_sha256, verify_certificate
+from monai_medlocker.certify.certificate import PUBLISHED, pixel_sha256, verify_certificate
 from monai_medlocker.certify.keys import OwnerPublicKey, load_public_key
 from monai_medlocker.certify.seal import ProtectedFile, read_protected, restore_data_problem
 from monai_medlocker.io.image import ImageReadError, atomic_write_bytes
@@ -44,7 +47,7 @@ from monai_medlocker.io.outdir import check_output_file
 from monai_medlocker.watermark.logo import greyscale_logo, load_logo, logo_sha256
 
 __all__ = ["VERDICTS", "RESTORE_DAMAGED", "EXIT_RESTORE_DAMAGED", "find_certified_images", "dicom_header_problem",
-           "verify_image", "Verifier", "format_verify_summary"]
+           "dicom_header_changes", "verify_image", "Verifier", "format_verify_summary"]
 
 RESTORE_DAMAGED = "pixels authentic, restore data damaged"
 EXIT_RESTORE_DAMAGED = 3
@@ -82,11 +85,28 @@ def dicom_header_problem(pf: ProtectedFile, cert: dict) -> str | None:
     # The private block's source UID, not SourceImageSequence: a PACS or dcmtk transcoding the
     # instance legitimately re-points SourceImageSequence at the instance it transcoded.
     tags = pf.tags
-    if tags is None or tags.source_sop_instance_uid != cert.get("image_id"):
-        return f"its MedLocker block does not name the certified original {cert.get('image_id')}"
+    source_uid = str(cert.get("image_id") or "").split("#", 1)[0]  # the id is the UID plus the pixels' hash
+    if tags is None or tags.source_sop_instance_uid != source_uid:
+        return f"its MedLocker block does not name the certified original {source_uid}"
     if "dicom_subject_sha256" in extra and extra["dicom_subject_sha256"] != dicom_subject_sha256(pf.dicom.dataset):
         return "its patient/study attributes are not the certified ones"
     return None
+
+
+def dicom_header_changes(pf: ProtectedFile, cert: dict) -> list[str]:
+    """The attributes of a protected DICOM's header that are not as protect wrote them (empty: none).
+
+    A format 2 certificate signs the header's digest (:mod:`monai_medlocker.io.dicom_header`); a
+    format 1 certificate signs none, so only :func:`dicom_header_problem` applies to it.
+    """
+    from monai_medlocker.io.dicom_header import file_header_digest, header_changes
+
+    if cert.get("format") == "medlocker-certificate/1":
+        return []
+    signed = (cert.get(PUBLISHED) or {}).get("dicom_header") if isinstance(cert.get(PUBLISHED), dict) else None
+    if signed is None:
+        return ["the certificate signs no digest of the header"]
+    return header_changes(signed, file_header_digest(pf.path))
 
 
 def verify_image(pf: ProtectedFile, pub: OwnerPublicKey, logo: np.ndarray) -> dict:
@@ -119,7 +139,12 @@ def _verdict(pf: ProtectedFile, pub: OwnerPublicKey, logo: np.ndarray) -> dict:
         problem = dicom_header_problem(pf, cert)
         if problem:
             return {**row, "verdict": "DICOM header modified", "detail": problem}
+    changes = dicom_header_changes(pf, cert) if pf.dicom is not None else []
+    if changes:
+        row["header_changes"] = changes
     if pixel_sha256(pf.pixels) == cert.get("watermarked_sha256"):
+        if changes:
+            return {**row, "verdict": "DICOM header modified", "detail": "not as protect wrote it: " + ", ".join(changes)}
         damage = restore_data_problem(pf)
         return {**row, "verdict": RESTORE_DAMAGED, "detail": damage} if damage else {**row, "verdict": "authentic"}
     params = cert.get("params") or {}
