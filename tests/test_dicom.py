@@ -352,8 +352,8 @@ def test_uid_named_dicom_files_and_shared_output_names(tmp_path, tiny_surrogate,
         assert [r["status"] for n, r in sorted(rows.items()) if n.startswith("eye")] == ["protected", "failed"]
         assert "same output or record name" in rows["eye.png"]["error"] and summary["exit_code"] == 1
         assert not (public_dir(out) / "eye.png").exists()
-        assert json.loads(sidecar_file(out, "eye").read_text())["certificate"]["image_id"] == \
-            pydicom.dcmread(src / "eye.dcm").SOPInstanceUID
+        assert json.loads(sidecar_file(out, "eye").read_text())["certificate"]["image_id"].startswith(
+            pydicom.dcmread(src / "eye.dcm").SOPInstanceUID + "#")
     else:  # nothing shared: both protected, each with its own record
         assert [r["status"] for n, r in sorted(rows.items()) if n.startswith("eye")] == ["protected", "protected"]
         assert summary["exit_code"] == 0
@@ -409,3 +409,25 @@ def test_garbled_private_element_is_a_clear_error(tmp_path):
     garbled = pydicom.dcmread(tmp_path / "bad.dcm")
     with pytest.raises(PrivateTagError, match=r"bad\.dcm: unreadable element in private group 0x0011"):
         read_medlocker_tags(garbled, str(tmp_path / "bad.dcm"))
+
+
+def test_header_digest_is_the_same_in_explicit_and_implicit_vr_and_names_changes(tmp_path):
+    """Issue 18 item 9: the signed header digest reads the values as stored, whatever the VR encoding."""
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    from monai_medlocker.data.synthetic import synthesize_fundus
+    from monai_medlocker.io.dicom_build import fundus_dataset
+    from monai_medlocker.io.dicom_header import dataset_header_digest, file_header_digest, header_changes
+
+    ds = fundus_dataset(synthesize_fundus(128, seed=1, grade=1).image, iod="op8")
+    signed = dataset_header_digest(ds)
+    assert {"00200062", "00080060", "00080016", "00100020"} <= set(signed["elements"])  # laterality, modality, class, patient
+    assert "7FE00010" not in signed["elements"] and "00280004" not in signed["elements"]
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    ds.save_as(tmp_path / "implicit.dcm", enforce_file_format=True)
+    assert file_header_digest(tmp_path / "implicit.dcm") == signed
+    ds.ImageLaterality = "L"
+    ds.AnatomicRegionSequence[0].CodeMeaning = "Eye"
+    ds.save_as(tmp_path / "implicit.dcm", enforce_file_format=True)
+    assert header_changes(signed, file_header_digest(tmp_path / "implicit.dcm")) == [
+        "AnatomicRegionSequence changed", "ImageLaterality changed"]

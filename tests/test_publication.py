@@ -202,8 +202,9 @@ def test_owner_and_grantee_open_the_sealed_record(releases):
 def test_a_sealed_record_that_fails_to_open_is_named_and_the_batch_goes_on(releases, tmp_path):
     copy = tmp_path / "release"
     shutil.copytree(releases["keyed"] / "public", copy)
-    # Flip a byte of one image's sealed record, in its PNG chunk (the sidecar only serves when the PNG has none).
+    # Flip a byte of one image's sealed record, in its PNG chunk, and drop its sidecar (an intact one would serve instead).
     target = copy / "eye1.png"
+    (copy / "eye1.medlocker.json").unlink()
     with Image.open(target) as img:
         img.load()
         text = dict(img.text)

@@ -25,6 +25,7 @@ from monai_medlocker.io.dicom_build import fundus_dataset
 from monai_medlocker.io.image import load_rgb
 from monai_medlocker.io.private_tags import has_medlocker_tags
 from monai_medlocker.workflows.protect import DatasetProtector
+from monai_medlocker.workflows.verify import RESTORE_DAMAGED
 from protect_outputs import public_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,8 +174,8 @@ def test_wrong_key_fails_and_writes_nothing(protected, keys, tmp_path, capsys):
     ("pixel", "watermark present, pixels modified", "do not match the certified original"),
     ("parameter", "invalid signature", "invalid signature"),
     ("signature", "invalid signature", "invalid signature"),
-    ("payload", "authentic", "wrong key, or the payload or its certificate was altered"),
-    ("sealed", "authentic", "sealed record"),
+    ("payload", RESTORE_DAMAGED, "wrong key, or the payload or its certificate was altered"),
+    ("sealed", RESTORE_DAMAGED, "sealed record"),
 ])
 def test_png_tampering_is_detected(protected, keys, tmp_path, capsys, tamper, verdict, unlock_error):
     _, out = protected
@@ -204,10 +205,168 @@ def test_png_tampering_is_detected(protected, keys, tmp_path, capsys, tamper, ve
         _rewrite_png(target, change_text=edit)
     code, report = _verify(target, folder / "owner.pub", capsys)
     assert report["results"][0]["verdict"] == verdict, report
-    assert code == (0 if verdict == "authentic" else 1)  # verify does not read the sealed payload or record
+    assert code == (3 if verdict == RESTORE_DAMAGED else 1)
     assert main(["unlock", str(target), str(tmp_path / "un"), "--key", str(folder / "owner.key"), "--quiet"]) == 1
     assert unlock_error in capsys.readouterr().out
     assert not (tmp_path / "un").exists()
+
+
+def _blob_edit(kind: str, other: bytes):
+    """A change to an encrypted blob: flip a bit, truncate, drop it, or splice in another image's."""
+    def edit(blob: bytes | None) -> bytes | None:
+        if kind == "flip":
+            return blob[:-7] + bytes([blob[-7] ^ 0x10]) + blob[-6:]
+        if kind == "truncate":
+            return blob[: len(blob) - 32]
+        if kind == "drop":
+            return None
+        return other  # splice: a whole valid blob from another protected image
+    return edit
+
+
+@pytest.mark.parametrize("chunk", [PNG_PAYLOAD, PNG_SEALED])
+@pytest.mark.parametrize("kind", ["flip", "truncate", "drop", "splice"])
+def test_png_restore_data_damage_is_not_authentic(protected, keys, tmp_path, capsys, chunk, kind):
+    """Issue 18 item 8: the blobs as published are signed, so verify tells damaged restore data apart."""
+    _, out = protected
+    folder, _, _ = keys
+    target = _copy(out, tmp_path, ["synthetic_grade2.png"]) / "synthetic_grade2.png"
+    with Image.open(out / "synthetic_grade3.png") as img:
+        other = base64.b64decode(img.text[chunk])
+    edit = _blob_edit(kind, other)
+
+    def change(text):
+        blob = edit(base64.b64decode(text[chunk]))
+        if blob is None:
+            del text[chunk]
+        else:
+            text[chunk] = base64.b64encode(blob).decode()
+    _rewrite_png(target, change_text=change)
+    code, report = _verify(target, folder / "owner.pub", capsys)
+    row = report["results"][0]
+    assert row["verdict"] == RESTORE_DAMAGED and code == 3, report
+    assert ("restore payload" if chunk == PNG_PAYLOAD else "sealed record") in row["detail"]
+    assert main(["unlock", str(target), str(tmp_path / "un"), "--key", str(folder / "owner.key"), "--quiet"]) == 1
+    assert not (tmp_path / "un").exists()
+
+
+def test_png_public_chunk_edit_and_truncated_sidecar_are_not_authentic(protected, keys, tmp_path, capsys):
+    _, out = protected
+    folder, _, _ = keys
+    target = _copy(out, tmp_path, ["synthetic_grade2.png"]) / "synthetic_grade2.png"
+
+    def move_mark(text):
+        public = json.loads(text["medlocker:public"])
+        public["marks"][0]["x0"] += 40
+        text["medlocker:public"] = json.dumps(public)
+    _rewrite_png(target, change_text=move_mark)
+    code, report = _verify(target, folder / "owner.pub", capsys)
+    assert code == 3 and report["results"][0]["verdict"] == RESTORE_DAMAGED, report
+    assert "public record" in report["results"][0]["detail"]
+    # A copy that lost its chunks (pixels intact) and travels with a sidecar whose payload was cut short.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    Image.open(out / "synthetic_grade3.png").save(bare / "synthetic_grade3.png")
+    sidecar = json.loads((out / f"synthetic_grade3{SIDECAR_SUFFIX}").read_text())
+    sidecar["restore_payload"] = sidecar["restore_payload"][:-400]
+    (bare / f"synthetic_grade3{SIDECAR_SUFFIX}").write_text(json.dumps(sidecar))
+    code, report = _verify(bare, folder / "owner.pub", capsys)
+    assert code == 3 and report["results"][0]["verdict"] == RESTORE_DAMAGED, report
+    assert report["results"][0]["certificate_in"] == "sidecar"
+    assert main(["unlock", str(bare), str(tmp_path / "un"), "--key", str(folder / "owner.key"), "--quiet"]) == 1
+
+
+@pytest.mark.parametrize("element", [0x12, 0x14])
+@pytest.mark.parametrize("kind", ["flip", "truncate", "truncate-value-only", "drop", "splice"])
+def test_dicom_restore_data_damage_is_not_authentic(protected, keys, tmp_path, capsys, element, kind):
+    """Issue 18 item 8 on DICOM: the private block's payload (0x12) or sealed record (0x14) damaged."""
+    _, out = protected
+    folder, _, _ = keys
+    copy = _copy(out, tmp_path, ["colour.dcm"])
+    (copy / ("colour" + SIDECAR_SUFFIX)).unlink()
+    other = pydicom.dcmread(out / "redfree.dcm").private_block(0x0011, "MEDLOCKER 1")
+    ds = pydicom.dcmread(copy / "colour.dcm")
+    block = ds.private_block(0x0011, "MEDLOCKER 1")
+    blob = _blob_edit(kind.split("-")[0], bytes(other[element].value)[: other[element + 1].value])(
+        bytes(block[element].value)[: block[element + 1].value])
+    if blob is None:
+        del ds[block.get_tag(element)], ds[block.get_tag(element + 1)]
+    elif kind == "truncate-value-only":  # its length element still says the old length
+        block[element].value = blob
+    else:
+        block[element].value, block[element + 1].value = blob, len(blob)
+    ds.save_as(copy / "colour.dcm")
+    code, report = _verify(copy / "colour.dcm", folder / "owner.pub", capsys)
+    assert code == 3 and report["results"][0]["verdict"] == RESTORE_DAMAGED, report
+    assert main(["unlock", str(copy / "colour.dcm"), str(tmp_path / "un"), "--key", str(folder / "owner.key"),
+                 "--quiet"]) == 1
+    assert not (tmp_path / "un").exists()
+
+
+@pytest.mark.parametrize("name,damage", [("synthetic_grade3.png", "payload"), ("synthetic_grade3.png", "certificate"),
+                                         ("colour.dcm", "payload"), ("colour.dcm", "sealed")])
+def test_an_intact_sidecar_stands_in_for_a_damaged_embedded_copy(protected, keys, tmp_path, capsys, name, damage):
+    """Issue 18 item 11: verify and unlock fall back on the sidecar beside the image."""
+    src, out = protected
+    folder, _, _ = keys
+    target = _copy(out, tmp_path, [name]) / name
+    sidecar = target.with_name(target.stem + SIDECAR_SUFFIX).read_bytes()
+    if name.endswith(".png"):
+        def change(text):
+            if damage == "certificate":
+                text[PNG_CERTIFICATE] = text[PNG_CERTIFICATE][:-9]  # no longer JSON
+            else:
+                del text[PNG_PAYLOAD]
+        _rewrite_png(target, change_text=change)  # it removes the sidecar: put it back
+        target.with_name(target.stem + SIDECAR_SUFFIX).write_bytes(sidecar)
+    else:
+        ds = pydicom.dcmread(target)
+        block = ds.private_block(0x0011, "MEDLOCKER 1")
+        element = 0x12 if damage == "payload" else 0x14
+        block[element].value = bytes(block[element].value)[:-40] + bytes(40)
+        ds.save_as(target)
+    code, report = _verify(target, folder / "owner.pub", capsys)
+    row = report["results"][0]
+    assert code == 0 and row["verdict"] == "authentic" and row["certificate_in"] == "sidecar", report
+    assert "embedded copy is damaged" in row["detail"]
+    assert main(["unlock", str(target), str(tmp_path / "un"), "--key", str(folder / "owner.key"), "--quiet"]) == 0
+    if name.endswith(".png"):
+        assert np.array_equal(load_rgb(tmp_path / "un" / name), load_rgb(src / name))
+    else:
+        assert np.array_equal(read_fundus_dicom(tmp_path / "un" / name).pixels, read_fundus_dicom(src / name).pixels)
+    # Without the sidecar, the damage shows.
+    target.with_name(target.stem + SIDECAR_SUFFIX).unlink()
+    code, report = _verify(target, folder / "owner.pub", capsys)
+    assert code != 0 and report["results"][0]["verdict"] != "authentic"
+
+
+def test_format_1_certificates_still_verify_and_unlock(protected, keys, tmp_path, capsys):
+    """Outputs of the previous version sign no hashes of their blobs: still authentic when they are present."""
+    from monai_medlocker.certify.certificate import certificate_digest, sign_certificate
+    from monai_medlocker.certify.payload import decrypt_payload, derive_image_key, encrypt_payload
+    from monai_medlocker.certify.seal import _record_key
+
+    src, out = protected
+    folder, owner, _ = keys
+    target = _copy(out, tmp_path, ["synthetic_grade2.png"]) / "synthetic_grade2.png"
+
+    def to_format_1(text):
+        cert = json.loads(text[PNG_CERTIFICATE])
+        image_key = derive_image_key(owner.master_secret, owner.key_id, cert["image_id"])
+        blobs = {PNG_PAYLOAD: image_key, PNG_SEALED: _record_key(image_key)}
+        plain = {c: decrypt_payload(base64.b64decode(text[c]), k, certificate_digest(cert)) for c, k in blobs.items()}
+        del cert["published"]
+        cert["format"] = "medlocker-certificate/1"
+        for c, k in blobs.items():  # sealed under the format 1 certificate, as the previous version did
+            text[c] = base64.b64encode(encrypt_payload(plain[c], k, certificate_digest(cert))).decode()
+        signed = sign_certificate(cert, owner)
+        text[PNG_CERTIFICATE] = json.dumps(signed.certificate)
+        text[PNG_SIGNATURE] = base64.b64encode(signed.signature).decode()
+    _rewrite_png(target, change_text=to_format_1)
+    code, report = _verify(target, folder / "owner.pub", capsys)
+    assert code == 0 and report["results"][0]["verdict"] == "authentic", report
+    assert main(["unlock", str(target), str(tmp_path / "un"), "--key", str(folder / "owner.key"), "--quiet"]) == 0
+    assert np.array_equal(load_rgb(tmp_path / "un" / "synthetic_grade2.png"), load_rgb(src / "synthetic_grade2.png"))
 
 
 def test_dicom_tampering_is_detected(protected, keys, tmp_path, capsys):
@@ -241,6 +400,49 @@ def test_dicom_header_swap_is_detected(protected, keys, tmp_path, capsys):
     ds.save_as(copy / "colour.dcm")
     code, report = _verify(copy / "colour.dcm", folder / "owner.pub", capsys)
     assert code == 1 and report["results"][0]["verdict"] == "DICOM header modified", report
+
+
+@pytest.mark.parametrize("edit", ["laterality_and_modality", "image_type", "removed", "added_in_sequence"])
+def test_dicom_header_edits_are_named_and_refused(protected, keys, tmp_path, capsys, edit):
+    """Issue 18 item 9: the header as written is signed; verify names the changed attributes, unlock refuses."""
+    _, out = protected
+    folder, _, _ = keys
+    copy = _copy(out, tmp_path, ["colour.dcm"])
+    ds = pydicom.dcmread(copy / "colour.dcm")
+    assert ds.ImageLaterality == "R"
+    if edit == "laterality_and_modality":
+        ds.ImageLaterality, ds.Modality = "L", "CT"
+        named = ["Modality changed", "ImageLaterality changed"]  # in tag order
+    elif edit == "image_type":
+        ds.ImageType = ["ORIGINAL", "PRIMARY"]
+        named = ["ImageType changed"]
+    elif edit == "removed":
+        del ds.ImageLaterality
+        named = ["ImageLaterality removed"]
+    else:
+        ds.SourceImageSequence[0].ReferencedSOPInstanceUID = "1.2.3.4"
+        named = ["SourceImageSequence changed"]
+    ds.save_as(copy / "colour.dcm")
+    code, report = _verify(copy, folder / "owner.pub", capsys)
+    row = report["results"][0]
+    assert code == 1 and row["verdict"] == "DICOM header modified", report
+    assert row["header_changes"] == named and all(n in row["detail"] for n in named)
+    assert main(["unlock", str(copy), str(tmp_path / "un"), "--key", str(folder / "owner.key"), "--quiet"]) == 1
+    assert "DICOM header modified" in capsys.readouterr().err and not (tmp_path / "un").exists()
+
+
+def test_dicom_lossless_transcode_by_dcmtk_stays_authentic(protected, keys, tmp_path, capsys):
+    """dcmtk's RLE transcode (a PACS may do this) changes the pixel encoding, not the signed header or pixels."""
+    if not shutil.which("dcmcrle"):
+        if os.environ.get("MEDLOCKER_REQUIRE_DCIODVFY") == "1":
+            pytest.fail("dcmtk (dcmcrle) is required here but not installed")
+        pytest.skip("dcmtk is not installed (apt-get install dcmtk); .ci/run installs it")
+    _, out = protected
+    folder, _, _ = keys
+    subprocess.run(["dcmcrle", str(out / "colour.dcm"), str(tmp_path / "colour.dcm")], check=True)
+    assert pydicom.dcmread(tmp_path / "colour.dcm").file_meta.TransferSyntaxUID == pydicom.uid.RLELossless
+    code, report = _verify(tmp_path / "colour.dcm", folder / "owner.pub", capsys)
+    assert code == 0 and report["results"][0]["verdict"] == "authentic", report
 
 
 def _jpeg_with_sidecar(image: Path, sidecar_folder: Path, dst: Path) -> None:
@@ -331,3 +533,39 @@ def test_dicom_source_without_study_uid_verifies_and_unlocks(keys, tmp_path, cap
     back = read_fundus_dicom(tmp_path / "un" / "nostudy.dcm")
     assert np.array_equal(back.pixels, read_fundus_dicom(src / "nostudy.dcm").pixels)
     assert "StudyInstanceUID" not in back.dataset  # the original had none
+
+
+def test_images_sharing_a_sop_instance_uid_get_their_own_keys_and_are_flagged(keys, tmp_path, capsys, tiny_surrogate):
+    """Issue 18 item 10: the DICOM image id binds the pixels' hash, and a shared UID is reported (a warning)."""
+    folder, owner, _ = keys
+    src = tmp_path / "in"
+    src.mkdir()
+    uid = "1.2.826.0.1.3680043.8.498.77"
+    for i, stem in enumerate(("left", "right", "later")):
+        ds = fundus_dataset(synthesize_fundus(128, seed=40 + i, grade=1).image, iod="op8")
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
+        ds.save_as((src if stem != "later" else tmp_path) / f"{stem}.dcm", enforce_file_format=True)
+        Image.fromarray(np.zeros((128, 128), np.uint8)).save((src if stem != "later" else tmp_path) / f"{stem}_lesions.png")
+    out = tmp_path / "out"
+    summary = DatasetProtector(src, out, tiny_surrogate, watermark={"max_queries": 4}, lesion_segmenter="masks",
+                               owner_key=folder / "owner.key", progress=False).run()
+    assert summary["protected"] == 2 and summary["exit_code"] == 0, summary
+    assert summary["duplicate_sop_instance_uids"] == [{"sop_instance_uid": uid, "images": ["left.dcm", "right.dcm"]}]
+    assert f"DUPLICATE SOP INSTANCE UID {uid}: left.dcm, right.dcm" in capsys.readouterr().err
+    ids = {stem: json.loads((public_dir(out) / f"{stem}{SIDECAR_SUFFIX}").read_text())["certificate"]["image_id"]
+           for stem in ("left", "right")}
+    assert ids["left"] != ids["right"] and all(i.startswith(uid + "#") for i in ids.values())
+    save_grant(tmp_path / "left.grant", make_grant(owner, [ids["left"]]))
+    grant = ["--grant", str(tmp_path / "left.grant"), "--quiet"]
+    assert main(["unlock", str(public_dir(out) / "right.dcm"), str(tmp_path / "no"), *grant]) == 1
+    assert main(["unlock", str(public_dir(out) / "left.dcm"), str(tmp_path / "ok"), *grant]) == 0
+    assert np.array_equal(read_fundus_dicom(tmp_path / "ok" / "left.dcm").pixels, read_fundus_dicom(src / "left.dcm").pixels)
+    # A later run into the same folder: its image is flagged against the earlier records.
+    later = tmp_path / "in2"
+    later.mkdir()
+    for name in ("later.dcm", "later_lesions.png"):
+        shutil.move(tmp_path / name, later / name)
+    summary = DatasetProtector(later, out, tiny_surrogate, watermark={"max_queries": 4}, lesion_segmenter="masks",
+                               owner_key=folder / "owner.key", progress=False).run()
+    assert summary["duplicate_sop_instance_uids"] == [{"sop_instance_uid": uid, "images": ["later.dcm", "left.dcm",
+                                                                                           "right.dcm"]}], summary

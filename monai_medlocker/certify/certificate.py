@@ -1,8 +1,14 @@
 """Signed certificates: which owner watermarked which image, where, and what the pixels were.
 
-A certificate is a JSON object (format ``medlocker-certificate/1``) signed with the owner's Ed25519
+A certificate is a JSON object (format ``medlocker-certificate/2``) signed with the owner's Ed25519
 key over its canonical bytes: JSON with sorted keys, no whitespace, ASCII only and no NaN or
 infinity, so any verifier that re-serialises the parsed object the same way gets the same bytes.
+
+Format 2 adds the ``"published"`` object: hashes of the bytes protect published beside the pixels
+(the encrypted restore payload and sealed record, and a DICOM instance's header), so that verify
+sees any change to them. Those blobs are encrypted with the certificate digest as associated data,
+so the digest (:func:`certificate_digest`) leaves ``"published"`` out: it is added after encryption.
+Format 1 certificates (no ``"published"``) are still read; their digest is unchanged.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from monai_medlocker.certify.keys import OwnerKey, OwnerPublicKey
 
 __all__ = [
     "CERT_FORMAT",
+    "PUBLISHED",
     "CertificateError",
     "SignedCertificate",
     "pixel_sha256",
@@ -33,7 +40,9 @@ __all__ = [
     "verify_certificate",
 ]
 
-CERT_FORMAT = "medlocker-certificate/1"
+CERT_FORMAT = "medlocker-certificate/2"
+# The certificate's item that holds the hashes of the published blobs and header (format 2).
+PUBLISHED = "published"
 _PIXEL_HASH_TAG = b"medlocker-pixels/1"
 
 
@@ -117,7 +126,8 @@ def build_certificate(
         params: the watermark parameter record (a JSON object).
         watermarked_sha256: :func:`pixel_sha256` of the published image.
         original_sha256: :func:`pixel_sha256` of the original image.
-        payload_sha256: hash of the encrypted restore payload, when there is one.
+        payload_sha256: hash of the packed (unencrypted) restore payload, when there is one; the
+            encrypted blobs' hashes are added under :data:`PUBLISHED` after encryption.
         created: UTC time (aware ``datetime`` or ready ISO-8601 string); defaults to now.
         extra: further items (e.g. DICOM source UIDs), stored under ``"extra"``.
 
@@ -146,8 +156,12 @@ def build_certificate(
 
 
 def certificate_digest(cert: Mapping[str, Any]) -> bytes:
-    """SHA-256 of the canonical bytes: the associated data that binds a restore payload to its certificate."""
-    return hashlib.sha256(canonical_bytes(cert)).digest()
+    """SHA-256 of the canonical bytes: the associated data that binds a restore payload to its certificate.
+
+    :data:`PUBLISHED` is left out: it holds the hashes of the encrypted blobs themselves, so it can only
+    be added after encryption (a format 1 certificate has none, so its digest is the same as before).
+    """
+    return hashlib.sha256(canonical_bytes({k: v for k, v in cert.items() if k != PUBLISHED})).digest()
 
 
 @dataclass(frozen=True)

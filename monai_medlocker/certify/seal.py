@@ -34,12 +34,13 @@ import binascii
 import hashlib
 import json
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from monai_medlocker.certify.certificate import (
+    PUBLISHED,
     CertificateError,
     SignedCertificate,
     build_certificate,
@@ -77,6 +78,8 @@ __all__ = [
     "read_protected",
     "protected_file_problem",
     "payload_sha256",
+    "blob_sha256",
+    "restore_data_problem",
     "mark_boxes",
     "open_sealed_record",
 ]
@@ -134,6 +137,11 @@ def payload_sha256(packed: bytes) -> str:
     return "sha256:" + hashlib.sha256(packed).hexdigest()
 
 
+def blob_sha256(blob: bytes) -> str:
+    """Hash of a published (encrypted) blob, as signed under the certificate's ``"published"`` item."""
+    return "sha256:" + hashlib.sha256(bytes(blob)).hexdigest()
+
+
 def mark_boxes(params: dict) -> list[tuple[int, int, int, int]]:
     """The logo boxes (xyxy, end-exclusive) of a parameter record: the restore payload's footprint."""
     return [tuple(int(v) for v in m["box_xyxy"]) for m in params.get("marks", [])]
@@ -141,11 +149,28 @@ def mark_boxes(params: dict) -> list[tuple[int, int, int, int]]:
 
 @dataclass
 class Sealed:
-    """A signed certificate and its encrypted restore payload."""
+    """A signed certificate and its encrypted restore payload.
+
+    ``key`` (the owner key that signed it) lets :meth:`with_dicom_header` sign again once the DICOM
+    instance is built: its header can only be hashed then.
+    """
 
     signed: SignedCertificate
     payload: bytes
     record: bytes
+    key: OwnerKey | None = field(default=None, repr=False)
+
+    def with_dicom_header(self, header: dict) -> "Sealed":
+        """The same blobs under a certificate that also signs the written instance's header digest.
+
+        Args:
+            header: :func:`~monai_medlocker.io.dicom_header.header_digest` of the dataset as written.
+        """
+        if self.key is None:
+            raise CertificateError("a DICOM header can only be signed with the owner key that sealed the image")
+        cert = dict(self.signed.certificate)
+        cert[PUBLISHED] = {**cert.get(PUBLISHED, {}), "dicom_header": header}
+        return Sealed(sign_certificate(cert, self.key), self.payload, self.record, self.key)
 
     def png_text(self) -> dict[str, str]:
         return {PNG_CERTIFICATE: canonical_bytes(self.signed.certificate).decode("ascii"),
@@ -194,12 +219,13 @@ class Certifier:
         cert = build_certificate(self.key.key_id, image_id, public_record(record), pixel_sha256(protected),
                                  pixel_sha256(original), payload_sha256=payload_sha256(packed), extra=extra)
         cert["sealed_record_sha256"] = "sha256:" + hashlib.sha256(salted).hexdigest()
-        signed = sign_certificate(cert, self.key)
         image_key = derive_image_key(self.key.master_secret, self.key.key_id, image_id)
         # The certificate's digest is the associated data: both blobs only open with their own certificate.
-        digest = certificate_digest(signed.certificate)
-        return Sealed(signed, encrypt_payload(packed, image_key, digest),
-                      encrypt_payload(salted, _record_key(image_key), digest))
+        digest = certificate_digest(cert)
+        payload, sealed = encrypt_payload(packed, image_key, digest), encrypt_payload(salted, _record_key(image_key), digest)
+        # The blobs as published are signed too, so that verify sees a damaged one (the digest leaves this out).
+        cert[PUBLISHED] = {"restore_payload_sha256": blob_sha256(payload), "sealed_record_sha256": blob_sha256(sealed)}
+        return Sealed(sign_certificate(cert, self.key), payload, sealed, self.key)
 
 
 class Keyring:
@@ -314,6 +340,10 @@ class ProtectedFile:
         found_in: where the certificate came from: ``"png"``, ``"dicom"``, ``"sidecar"`` or ``None``.
         problem: why a certificate that seemed present could not be read.
         tags: the DICOM MedLocker private block, when there is one.
+        public: the public record embedded beside the certificate (PNG chunk or DICOM block), if any.
+        fallback: the same image read with its sidecar, when the certificate came from the embedded
+            copy (or that copy was unreadable) and a sidecar sits beside it: used when the embedded
+            copy is damaged.
     """
 
     path: Path
@@ -326,6 +356,8 @@ class ProtectedFile:
     found_in: str | None = None
     problem: str | None = None
     tags: object | None = None
+    public: dict | None = None
+    fallback: "ProtectedFile | None" = None
 
 
 def _b64(text, source: str, what: str) -> bytes:
@@ -344,6 +376,32 @@ def _from_mapping(pf: ProtectedFile, data: dict, where: str, source: str) -> Non
     pf.sealed_record = _b64(data["sealed_record"], source, "sealed record") if data.get("sealed_record") else None
     pf.params = pf.params or pf.signed.certificate.get("params")
     pf.found_in = where
+
+
+def restore_data_problem(pf: ProtectedFile) -> str | None:
+    """What is missing or damaged in the restore data beside ``pf``'s certificate, or ``None``.
+
+    A format 2 certificate signs the hashes of the encrypted restore payload and sealed record as
+    published (:data:`~monai_medlocker.certify.certificate.PUBLISHED`): both must be present and match.
+    A format 1 certificate signs neither, so only their presence is checked. The public record
+    embedded beside the certificate must be the certified one. The signature is not checked here.
+    """
+    cert = pf.signed.certificate
+    legacy = cert.get("format") == "medlocker-certificate/1"
+    published = cert.get(PUBLISHED)
+    if not legacy and not isinstance(published, dict):
+        return "the certificate signs no hashes of its restore data"
+    problems = []
+    for what, blob, name, plain in (("restore payload", pf.payload, "restore_payload_sha256", "payload_sha256"),
+                                    ("sealed record", pf.sealed_record, "sealed_record_sha256", "sealed_record_sha256")):
+        if blob is None:
+            if not legacy or cert.get(plain):
+                problems.append(f"its {what} is missing")
+        elif not legacy and blob_sha256(blob) != published.get(name):
+            problems.append(f"its {what} is not the signed one (altered, truncated or swapped)")
+    if pf.public is not None and pf.public != cert.get("params"):
+        problems.append("its embedded public record differs from the certified one")
+    return "; ".join(problems) or None
 
 
 def protected_file_problem(path: str | Path, dicom=None) -> str | None:
@@ -369,7 +427,10 @@ def protected_file_problem(path: str | Path, dicom=None) -> str | None:
 
 
 def read_protected(path: str | Path) -> ProtectedFile:
-    """Read an image and its certification (embedded first, then the sidecar beside it).
+    """Read an image and its certification: embedded first, then the sidecar beside it.
+
+    When the image carries its own copy (or an unreadable one) and a sidecar sits beside it, the
+    sidecar's reading is kept as :attr:`ProtectedFile.fallback`, for when the embedded copy is damaged.
 
     Raises:
         ImageReadError: the image itself cannot be read.
@@ -385,6 +446,8 @@ def read_protected(path: str | Path) -> ProtectedFile:
             tags = pf.tags = read_medlocker_tags(dicom.dataset, str(path))
             if tags is not None:
                 pf.params = tags.params
+                if tags.version != "medlocker-dicom/1":  # format 1 blocks held the whole record in clear
+                    pf.public = tags.params
                 if tags.certificate is not None:
                     pf.signed = SignedCertificate(tags.certificate, tags.signature or b"")
                     pf.payload, pf.sealed_record, pf.found_in = tags.restore_payload, tags.sealed_record, "dicom"
@@ -396,18 +459,31 @@ def read_protected(path: str | Path) -> ProtectedFile:
             for name in (PNG_PUBLIC, PNG_LEGACY_PARAMS):
                 if name in text and pf.params is None:
                     pf.params = json.loads(text[name])
+                    pf.public = pf.params if name == PNG_PUBLIC else None
             if PNG_CERTIFICATE in text:
                 pf.signed = SignedCertificate(json.loads(text[PNG_CERTIFICATE]),
                                               _b64(text.get(PNG_SIGNATURE, ""), str(path), "signature"))
                 pf.payload = _b64(text[PNG_PAYLOAD], str(path), "restore payload") if text.get(PNG_PAYLOAD) else None
                 pf.sealed_record = _b64(text[PNG_SEALED], str(path), "sealed record") if text.get(PNG_SEALED) else None
                 pf.found_in = "png"
-        sidecar = path.with_name(path.stem + SIDECAR_SUFFIX)
-        if pf.signed is None and sidecar.is_file():
-            data = json.loads(sidecar.read_text(encoding="utf-8"))
-            if isinstance(data, dict):
-                _from_mapping(pf, data, "sidecar", str(sidecar))
     except (CertificateError, PrivateTagError, ValueError, KeyError, TypeError) as err:
         pf.problem = f"{path}: unreadable MedLocker certificate ({err})"
         pf.signed = None
+    sidecar = path.with_name(path.stem + SIDECAR_SUFFIX)
+    if sidecar.is_file():
+        if pf.signed is None and pf.problem is None:
+            _read_sidecar(pf, sidecar)
+        else:  # the embedded copy comes first; the sidecar stands by in case it is damaged
+            pf.fallback = ProtectedFile(path, pixels, dicom, params=pf.params, tags=pf.tags)
+            _read_sidecar(pf.fallback, sidecar)
     return pf
+
+
+def _read_sidecar(pf: ProtectedFile, sidecar: Path) -> None:
+    try:
+        data = json.loads(sidecar.read_text(encoding="utf-8"))
+        if isinstance(data, dict):
+            _from_mapping(pf, data, "sidecar", str(sidecar))
+    except (CertificateError, ValueError, KeyError, TypeError, OSError) as err:
+        pf.problem = f"{sidecar}: unreadable MedLocker certificate ({err})"
+        pf.signed = None

@@ -13,9 +13,10 @@ __all__ = ["add_subparser", "run"]
 def add_subparser(subparsers) -> None:
     p = subparsers.add_parser(
         "verify", help="check protected images' certificates against the owner's public key",
-        description="Print one verdict per image: authentic; watermark present, pixels modified; pixels modified, "
-        "watermark not found; invalid signature; foreign owner; no certificate. Exit code 1 unless every image is "
-        "authentic.",
+        description="Print one verdict per image: authentic (and restorable); pixels authentic, restore data damaged; "
+        "DICOM header modified; watermark present, pixels modified; pixels modified, watermark not found; invalid "
+        "signature; foreign owner; no certificate. Exit code 0 when every image is authentic, 3 when the others only "
+        "have damaged restore data, 1 otherwise.",
     )
     p.add_argument("input", metavar="FILE_OR_DIR", help="a protected image (PNG/DICOM, or a copy with its sidecar) or a folder")
     p.add_argument("--pub", required=True, help="the owner's public key file (OWNER.pub)")

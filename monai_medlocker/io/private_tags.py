@@ -186,7 +186,11 @@ def read_medlocker_tags(ds: Dataset, filename: str = "dataset") -> MedlockerTags
 
 
 def _blob(filename: str, block, offset: int, length_offset: int, what: str) -> bytes | None:
-    """An OB value cut to its recorded length (OB values are padded to an even length)."""
+    """An OB value cut to its recorded length (OB values are padded to an even length).
+
+    A recorded length that does not fit (a blob cut short or grown since) leaves the bytes as stored:
+    the certificate signs the blob's hash, so verify names it as damaged restore data.
+    """
     blob = _bytes(_value(filename, block, offset), filename, what)
     length = _value(filename, block, length_offset)
     if blob is None or length is None:
@@ -195,8 +199,8 @@ def _blob(filename: str, block, offset: int, length_offset: int, what: str) -> b
         length = int.from_bytes(length[:4], "little")
     try:
         length = int(length)
-    except (TypeError, ValueError) as err:
-        raise PrivateTagError(f"{filename}: MedLocker {what} length {length!r} is not an integer") from err
+    except (TypeError, ValueError):
+        return blob
     if not 0 <= length <= len(blob) or len(blob) - length > 1:
-        raise PrivateTagError(f"{filename}: MedLocker {what} length {length!r} does not fit its {len(blob)} stored bytes")
+        return blob
     return blob[: int(length)]

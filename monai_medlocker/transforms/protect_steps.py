@@ -58,8 +58,9 @@ class LoadFundusd(Transform):
     """Read ``image_path`` (PNG/JPEG/TIFF/DICOM) into ``image`` and ``original`` (3 x H x W uint8).
 
     Also sets ``dicom`` (the decoded source instance, or ``None``), ``mode`` (``"L"`` for a greyscale
-    PNG, written back grey) and ``image_id``: a DICOM's SOP Instance UID, or the relative name plus
-    the start of the original pixels' hash (a name alone would let one image's key open another's).
+    PNG, written back grey) and ``image_id``: a DICOM's SOP Instance UID or a file's relative name,
+    plus ``#`` and the start of the original pixels' hash (a name or a UID alone would let one
+    image's key open another's: two different instances may carry the same SOP Instance UID).
 
     Raises:
         ImageReadError: an unreadable file, or one that is already a MedLocker output.
@@ -74,8 +75,8 @@ class LoadFundusd(Transform):
             raise ImageReadError(f"{path}: already a MedLocker-protected {problem}; protect the original instead")
         d["dicom"] = dicom
         d["mode"] = "RGB" if dicom is not None else round_trip_mode(path)
-        d["image_id"] = (str(dicom.dataset.SOPInstanceUID) if dicom is not None
-                         else f"{portable_name(d['relative'])}#{pixel_sha256(image).split(':', 1)[1][:16]}")
+        name = str(dicom.dataset.SOPInstanceUID) if dicom is not None else portable_name(d["relative"])
+        d["image_id"] = f"{name}#{pixel_sha256(image).split(':', 1)[1][:16]}"
         d["original"] = image.transpose(2, 0, 1)
         d["image"] = d["original"]  # the watermark step replaces it with a new array
         return d
@@ -180,7 +181,8 @@ class SaveProtectedd(Transform):
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         from monai_medlocker.io.dicom import derive_protected_dataset, save_dicom
-        from monai_medlocker.io.private_tags import MedlockerTags
+        from monai_medlocker.io.dicom_header import dataset_header_digest
+        from monai_medlocker.io.private_tags import MedlockerTags, write_medlocker_tags
 
         d = dict(data)
         record, sealed, out_path = d["record"], d["sealed"], Path(d["out_path"])
@@ -192,11 +194,14 @@ class SaveProtectedd(Transform):
         if dicom is not None:
             src = dicom.dataset
             tags = MedlockerTags(params=public, source_sop_instance_uid=str(src.SOPInstanceUID))
-            if sealed is not None:
-                tags.certificate, tags.signature, tags.restore_payload, tags.sealed_record = (
-                    sealed.signed.certificate, sealed.signed.signature, sealed.payload, sealed.record)
             derived = derive_protected_dataset(src, protected, tags, encoding=self.dicom_encoding,
                                                series_uid=self.derived_series_uid(str(src.get("SeriesInstanceUID", ""))))
+            if sealed is not None:
+                # The header exactly as written is signed too, so the certificate is completed only now.
+                sealed = d["sealed"] = sealed.with_dicom_header(dataset_header_digest(derived))
+                tags.certificate, tags.signature, tags.restore_payload, tags.sealed_record = (
+                    sealed.signed.certificate, sealed.signed.signature, sealed.payload, sealed.record)
+                write_medlocker_tags(derived, tags)
             record["dicom"] = {
                 "source": {"study": str(src.get("StudyInstanceUID", "")), "series": str(src.get("SeriesInstanceUID", "")),
                            "sop_instance": str(src.SOPInstanceUID), "sop_class": str(src.SOPClassUID)},

@@ -107,6 +107,24 @@ def record_path_for(output_dir: str | Path, relative: str | Path) -> Path:
     return Path(output_dir) / PRIVATE_DIR / "records" / relative.parent / (relative.name + RECORD_SUFFIX)
 
 
+def duplicate_sop_instance_uids(output_dir: str | Path) -> list[dict]:
+    """DICOM inputs of the output folder's records (this run's and earlier runs') that share a SOP Instance UID.
+
+    Each image's key is bound to its pixels' hash, so such images never share a key; but a UID names
+    one instance, so their unlocked originals would claim one identity (a PACS merges or refuses
+    them). They are reported as a warning: ``[{"sop_instance_uid", "images": [source files]}]``.
+    """
+    files: dict[str, set[str]] = {}
+    for path in sorted((Path(output_dir) / PRIVATE_DIR / "records").rglob("*" + RECORD_SUFFIX)):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            uid = record["dicom"]["source"]["sop_instance"]
+            files.setdefault(uid, set()).add(str(record["source"]["file"]))
+        except (OSError, ValueError, KeyError, TypeError):  # not a DICOM record (or unreadable: reported elsewhere)
+            continue
+    return [{"sop_instance_uid": uid, "images": sorted(names)} for uid, names in sorted(files.items()) if len(names) > 1]
+
+
 def _sidecar_path(out_path: Path) -> Path:
     """The public sidecar beside a protected image (what :func:`~monai_medlocker.certify.seal.read_protected` reads)."""
     return out_path.with_name(out_path.stem + SIDECAR_SUFFIX)
@@ -634,6 +652,7 @@ class DatasetProtector:
             # Keyless: the marks' placements and the outcomes depend on this secret (reuse it to reproduce them).
             "render_secret": None if self.certifier else _relative_to(self.keyring.secret_path, self.output_dir),
             "render_secret_from": None if self.certifier or not self.keyring.secret_from else str(self.keyring.secret_from),
+            "duplicate_sop_instance_uids": duplicate_sop_instance_uids(self.output_dir),
             "exit_code": 1 if failures else 0,
         }
 
@@ -660,6 +679,9 @@ def format_summary(summary: dict) -> str:
         lines.append(f"  LOW-CONFIDENCE LESIONS {f['image']}: {'; '.join(f['warnings'])}")
     for message in summary.get("not_written", []):
         lines.append(f"  NOT WRITTEN: {message}")
+    for d in summary.get("duplicate_sop_instance_uids", []):
+        lines.append(f"  DUPLICATE SOP INSTANCE UID {d['sop_instance_uid']}: {', '.join(d['images'])} (each has its own "
+                     "key, but their unlocked originals would share the UID)")
     return "\n".join(lines)
 
 

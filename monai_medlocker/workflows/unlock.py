@@ -4,10 +4,12 @@ For each image: read its certificate, encrypted restore payload and sealed recor
 signature (when an owner public key is known), derive or look up the image's key, decrypt both
 (the certificate is the associated data, so a changed certificate, payload or record fails
 here), put the original pixels back under the logo boxes, and check the result against the
-certified hash of the original.
+certified hash of the original. When the embedded copy fails and an intact sidecar sits beside the
+image, the sidecar is used.
 Only then is anything written. A DICOM image gets its original UIDs and header values back from
 the certificate, so that the unlocked instance is the original instance; one whose patient or
-study attributes changed after protection is refused (verify calls it "DICOM header modified").
+study attributes, or any signed header attribute (e.g. laterality, modality), changed after
+protection is refused (verify calls it "DICOM header modified").
 The signature is always checked: without the owner's public key (from the key, the grant or
 ``public_key``) nothing is unlocked. One run at a time holds the output folder, and nothing is
 written outside it (:mod:`monai_medlocker.io.outdir`).
@@ -30,7 +32,7 @@ from monai_medlocker.certify.payload import PayloadError, apply_restore_payload,
 from monai_medlocker.certify.seal import ProtectedFile, SealedRecordError, open_sealed_record, payload_sha256, read_protected
 from monai_medlocker.io.image import ImageReadError, atomic_write_bytes, load_rgb, round_trip_mode, save_png
 from monai_medlocker.io.outdir import OutputError, OutputLock, clean_temporaries, inside_output, output_name, prepare_output_dir
-from monai_medlocker.workflows.verify import dicom_header_problem, find_certified_images
+from monai_medlocker.workflows.verify import dicom_header_changes, dicom_header_problem, find_certified_images
 
 __all__ = ["UnlockError", "unlock_image", "Unlocker", "format_unlock_summary"]
 
@@ -66,6 +68,9 @@ def unlock_image(pf: ProtectedFile, key: OwnerKey | None = None, grant: Grant | 
         raise UnlockError(f"{where}: {status} (certificate key {key_id}, expected {pub.key_id}); nothing unlocked")
     if pf.dicom is not None:
         problem = dicom_header_problem(pf, cert)
+        changes = dicom_header_changes(pf, cert)
+        if changes and not problem:
+            problem = "not as protect wrote it: " + ", ".join(changes)
         if problem:
             raise UnlockError(f"{where}: DICOM header modified after protection: {problem}; the original pixels are "
                               "not handed back under another header (nothing unlocked)")
@@ -165,7 +170,16 @@ class Unlocker:
         from monai_medlocker.io.dicom import restore_original_dataset, save_dicom
 
         pf = read_protected(path)
-        restored, record = unlock_image(pf, self.key, self.grant, self.public_key)
+        try:
+            restored, record = unlock_image(pf, self.key, self.grant, self.public_key)
+        except UnlockError as err:
+            if pf.fallback is None:
+                raise
+            try:  # the embedded copy is damaged: an intact sidecar beside the image still restores it
+                restored, record = unlock_image(pf.fallback, self.key, self.grant, self.public_key)
+            except UnlockError:
+                raise err from None
+            pf = pf.fallback
         target = self._target(path, pf.dicom is not None)
         if self.input_path.is_dir() and self.input_path.resolve() in target.resolve().parents:
             raise UnlockError(f"{path}: its output {target} would lie inside the input folder; choose another output folder")
@@ -186,7 +200,7 @@ class Unlocker:
             mode = (record.get("source") or {}).get("mode", "RGB")
             save_png(target, restored[..., 0] if mode == "L" else restored)  # a greyscale original comes back grey
         return {"image": str(path), "status": "unlocked", "output": str(target), "image_id": cert.get("image_id"),
-                "original_sha256": cert.get("original_sha256")}
+                "original_sha256": cert.get("original_sha256"), "certificate_in": pf.found_in}
 
     def run(self) -> dict:
         """Unlock every image (one run at a time per output folder); returns the summary.

@@ -2,19 +2,31 @@
 
 Verdicts:
 
-* ``authentic``: the signature is valid and the pixels are exactly the certified ones;
+* ``authentic``: authentic and restorable: the signature is valid, the pixels (and a DICOM's header)
+  are exactly the certified ones, and the encrypted restore payload and sealed record are present
+  and are the signed ones (a format 1 certificate, which signs no hashes of them, only needs them
+  present); when the embedded copy is damaged but the sidecar beside the image is intact, the image
+  is verified with the sidecar and the detail says so;
+* ``pixels authentic, restore data damaged``: as authentic, but the restore payload or the sealed
+  record is missing or is not the signed one (altered, truncated, swapped), or the embedded public
+  record differs from the certified one: the pixels can be trusted, but unlock would fail;
 * ``watermark present, pixels modified``: the signature is valid, the pixels differ (lossy
   re-encoding, a resize, an edit), but the certified logo is still visible at its certified place;
 * ``pixels modified, watermark not found``: the signature is valid, the pixels differ and the
   logo is not found where the certificate puts it;
 * ``DICOM header modified``: the signature is valid, but the instance's patient/study identity or
   the source named in its MedLocker block is not the certified one (e.g. pixels and private block
-  grafted onto another patient's instance);
+  grafted onto another patient's instance), or, with exact pixels, any attribute of its header is
+  not as protect wrote it (a format 2 certificate signs the header's digest): the detail names the
+  attributes (e.g. ImageLaterality, Modality). Pixels that differ get the verdicts below, with the
+  header's changes listed under ``header_changes`` (a lossy transcode rewrites some);
 * ``invalid signature``: the certificate or its signature was altered (or is unreadable);
 * ``foreign owner``: the certificate was signed by another owner key;
 * ``no certificate``: the image carries no MedLocker certificate (embedded or in a sidecar).
 
-Only ``authentic`` passes: the run's exit code is 1 when any image gets another verdict.
+Exit codes: 0 when every image is ``authentic``; 3 when the others are all ``pixels authentic, restore
+data damaged`` (the images can be trusted, but not unlocked: publish the files again from the
+output folder); 1 when any image gets another verdict, or there is none.
 """
 
 from __future__ import annotations
@@ -27,16 +39,19 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from monai_medlocker.certify.certificate import pixel_sha256, verify_certificate
+from monai_medlocker.certify.certificate import PUBLISHED, pixel_sha256, verify_certificate
 from monai_medlocker.certify.keys import OwnerPublicKey, load_public_key
-from monai_medlocker.certify.seal import ProtectedFile, read_protected
+from monai_medlocker.certify.seal import ProtectedFile, read_protected, restore_data_problem
 from monai_medlocker.io.image import ImageReadError, atomic_write_bytes
 from monai_medlocker.io.outdir import check_output_file
 from monai_medlocker.watermark.logo import greyscale_logo, load_logo, logo_sha256
 
-__all__ = ["VERDICTS", "find_certified_images", "dicom_header_problem", "verify_image", "Verifier", "format_verify_summary"]
+__all__ = ["VERDICTS", "RESTORE_DAMAGED", "EXIT_RESTORE_DAMAGED", "find_certified_images", "dicom_header_problem",
+           "dicom_header_changes", "verify_image", "Verifier", "format_verify_summary"]
 
-VERDICTS = ("authentic", "watermark present, pixels modified", "pixels modified, watermark not found",
+RESTORE_DAMAGED = "pixels authentic, restore data damaged"
+EXIT_RESTORE_DAMAGED = 3
+VERDICTS = ("authentic", RESTORE_DAMAGED, "watermark present, pixels modified", "pixels modified, watermark not found",
             "DICOM header modified", "invalid signature", "foreign owner", "no certificate", "unreadable image")
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".dcm", ".dicom")
 
@@ -70,15 +85,44 @@ def dicom_header_problem(pf: ProtectedFile, cert: dict) -> str | None:
     # The private block's source UID, not SourceImageSequence: a PACS or dcmtk transcoding the
     # instance legitimately re-points SourceImageSequence at the instance it transcoded.
     tags = pf.tags
-    if tags is None or tags.source_sop_instance_uid != cert.get("image_id"):
-        return f"its MedLocker block does not name the certified original {cert.get('image_id')}"
+    source_uid = str(cert.get("image_id") or "").split("#", 1)[0]  # the id is the UID plus the pixels' hash
+    if tags is None or tags.source_sop_instance_uid != source_uid:
+        return f"its MedLocker block does not name the certified original {source_uid}"
     if "dicom_subject_sha256" in extra and extra["dicom_subject_sha256"] != dicom_subject_sha256(pf.dicom.dataset):
         return "its patient/study attributes are not the certified ones"
     return None
 
 
+def dicom_header_changes(pf: ProtectedFile, cert: dict) -> list[str]:
+    """The attributes of a protected DICOM's header that are not as protect wrote them (empty: none).
+
+    A format 2 certificate signs the header's digest (:mod:`monai_medlocker.io.dicom_header`); a
+    format 1 certificate signs none, so only :func:`dicom_header_problem` applies to it.
+    """
+    from monai_medlocker.io.dicom_header import file_header_digest, header_changes
+
+    if cert.get("format") == "medlocker-certificate/1":
+        return []
+    signed = (cert.get(PUBLISHED) or {}).get("dicom_header") if isinstance(cert.get(PUBLISHED), dict) else None
+    if signed is None:
+        return ["the certificate signs no digest of the header"]
+    return header_changes(signed, file_header_digest(pf.path))
+
+
 def verify_image(pf: ProtectedFile, pub: OwnerPublicKey, logo: np.ndarray) -> dict:
-    """The verdict for one image already read by :func:`read_protected`."""
+    """The verdict for one image already read by :func:`read_protected` (its sidecar too, when its embedded copy fails)."""
+    row = _verdict(pf, pub, logo)
+    if row["verdict"] != "authentic" and pf.fallback is not None:
+        alt = _verdict(pf.fallback, pub, logo)
+        rank = (lambda r: {"authentic": 0, RESTORE_DAMAGED: 1}.get(r["verdict"], 2))  # noqa: E731
+        if rank(alt) < rank(row):
+            damage = f"the embedded copy is damaged ({row['verdict']}" + (f": {row['detail']})" if row.get("detail") else ")")
+            alt["detail"] = "; ".join(x for x in (alt.get("detail"), f"verified with the sidecar; {damage}") if x)
+            return alt
+    return row
+
+
+def _verdict(pf: ProtectedFile, pub: OwnerPublicKey, logo: np.ndarray) -> dict:
     row = {"image": str(pf.path), "certificate_in": pf.found_in}
     if pf.problem:
         return {**row, "verdict": "invalid signature", "detail": pf.problem}
@@ -95,8 +139,14 @@ def verify_image(pf: ProtectedFile, pub: OwnerPublicKey, logo: np.ndarray) -> di
         problem = dicom_header_problem(pf, cert)
         if problem:
             return {**row, "verdict": "DICOM header modified", "detail": problem}
+    changes = dicom_header_changes(pf, cert) if pf.dicom is not None else []
+    if changes:
+        row["header_changes"] = changes
     if pixel_sha256(pf.pixels) == cert.get("watermarked_sha256"):
-        return {**row, "verdict": "authentic"}
+        if changes:
+            return {**row, "verdict": "DICOM header modified", "detail": "not as protect wrote it: " + ", ".join(changes)}
+        damage = restore_data_problem(pf)
+        return {**row, "verdict": RESTORE_DAMAGED, "detail": damage} if damage else {**row, "verdict": "authentic"}
     params = cert.get("params") or {}
     if params.get("logo_sha256") != logo_sha256(logo):
         return {**row, "verdict": "pixels modified, watermark not found",
@@ -147,10 +197,18 @@ class Verifier:
         counts = {v: sum(r["verdict"] == v for r in rows) for v in VERDICTS if any(r["verdict"] == v for r in rows)}
         self.summary = {"input": str(self.input_path), "owner_key_id": self.public_key.key_id, "images": len(rows),
                         "verdicts": counts, "results": rows, "seconds": round(time.perf_counter() - start, 2),
-                        "exit_code": 0 if rows and all(r["verdict"] == "authentic" for r in rows) else 1}
+                        "exit_code": _exit_code(rows)}
         if self.report:
             atomic_write_bytes(self.report, json.dumps(self.summary, indent=2).encode())
         return self.summary
+
+
+def _exit_code(rows: list[dict]) -> int:
+    """0: all authentic; 3: the rest only have damaged restore data; 1: anything else (or no image)."""
+    verdicts = {r["verdict"] for r in rows}
+    if not rows or verdicts - {"authentic", RESTORE_DAMAGED}:
+        return 1
+    return EXIT_RESTORE_DAMAGED if RESTORE_DAMAGED in verdicts else 0
 
 
 def format_verify_summary(summary: dict) -> str:
