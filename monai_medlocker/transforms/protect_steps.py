@@ -57,13 +57,26 @@ def record_without_timings(record: dict) -> dict:
 class LoadFundusd(Transform):
     """Read ``image_path`` (PNG/JPEG/TIFF/DICOM) into ``image`` and ``original`` (3 x H x W uint8).
 
-    Also sets ``dicom`` (the decoded source instance, or ``None``), ``mode`` (``"L"`` for a greyscale
+    Also sets ``dicom`` (the decoded source instance, or ``None``), ``dicom_public`` (its header as it
+    may be published, see :mod:`monai_medlocker.io.deidentify`), ``mode`` (``"L"`` for a greyscale
     PNG, written back grey) and ``image_id``: a DICOM's SOP Instance UID, or the relative name plus
     the start of the original pixels' hash (a name alone would let one image's key open another's).
+
+    Args:
+        keep_identity: publish a DICOM source's patient, study and equipment identity (a clinic's own
+            PACS round trip); default: de-identify by DICOM PS3.15 Annex E (Basic Profile, Retain UIDs).
+        keep_free_text: publish free text that can carry findings (ImageComments, descriptions).
+        retain_dates: the Retain Longitudinal Temporal Information with Full Dates Option.
 
     Raises:
         ImageReadError: an unreadable file, or one that is already a MedLocker output.
     """
+
+    def __init__(self, keep_identity: bool = False, keep_free_text: bool = False, retain_dates: bool = False) -> None:
+        from monai_medlocker.io.deidentify import DicomPrivacy
+
+        self.privacy = DicomPrivacy(keep_identity=bool(keep_identity), keep_free_text=bool(keep_free_text),
+                                    retain_dates=bool(retain_dates))
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
@@ -73,6 +86,10 @@ class LoadFundusd(Transform):
         if problem:
             raise ImageReadError(f"{path}: already a MedLocker-protected {problem}; protect the original instead")
         d["dicom"] = dicom
+        if dicom is not None:
+            from monai_medlocker.io.deidentify import deidentify
+
+            d["dicom_public"] = deidentify(dicom.dataset, self.privacy)
         d["mode"] = "RGB" if dicom is not None else round_trip_mode(path)
         d["image_id"] = (str(dicom.dataset.SOPInstanceUID) if dicom is not None
                          else f"{portable_name(d['relative'])}#{pixel_sha256(image).split(':', 1)[1][:16]}")
@@ -119,7 +136,7 @@ class Certifyd(Transform):
         self.keyring = keyring
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
-        from monai_medlocker.io.dicom import derived_study_uid, dicom_subject_sha256, original_header
+        from monai_medlocker.io.dicom import derived_study_uid, dicom_subject_sha256, source_archive
 
         d = dict(data)
         record = dict(d["medlocker"])
@@ -135,10 +152,16 @@ class Certifyd(Transform):
         if record.get("protected") and self.keyring.certifier is not None:
             t0 = time.perf_counter()
             src = d["dicom"].dataset if d["dicom"] is not None else None
-            extra = ({"dicom_original": original_header(src), "dicom_subject_sha256": dicom_subject_sha256(src, derived_study_uid(src))}
-                     if src is not None else None)
             hwc = [np.ascontiguousarray(np.asarray(d[k]).transpose(1, 2, 0)) for k in ("original", "image")]
-            d["sealed"] = self.keyring.certifier.seal(d["image_id"], hwc[0], hwc[1], record_without_timings(record), extra)
+            extra = source_file = None
+            if src is not None:
+                # The certificate is public: it names only the published header (de-identified unless kept);
+                # the original file, identity and all, is in the encrypted restore payload.
+                public = d.get("dicom_public", src)
+                extra = {"dicom_subject_sha256": dicom_subject_sha256(public, derived_study_uid(src))}
+                source_file = source_archive(Path(d["image_path"]).read_bytes(), hwc[0])
+            d["sealed"] = self.keyring.certifier.seal(d["image_id"], hwc[0], hwc[1], record_without_timings(record), extra,
+                                                      source_file)
             record["certify_seconds"] = round(time.perf_counter() - t0, 4)
         d["record"] = record
         return d
@@ -195,7 +218,7 @@ class SaveProtectedd(Transform):
             if sealed is not None:
                 tags.certificate, tags.signature, tags.restore_payload, tags.sealed_record = (
                     sealed.signed.certificate, sealed.signed.signature, sealed.payload, sealed.record)
-            derived = derive_protected_dataset(src, protected, tags, encoding=self.dicom_encoding,
+            derived = derive_protected_dataset(d.get("dicom_public", src), protected, tags, encoding=self.dicom_encoding,
                                                series_uid=self.derived_series_uid(str(src.get("SeriesInstanceUID", ""))))
             record["dicom"] = {
                 "source": {"study": str(src.get("StudyInstanceUID", "")), "series": str(src.get("SeriesInstanceUID", "")),

@@ -5,8 +5,9 @@ signature (when an owner public key is known), derive or look up the image's key
 (the certificate is the associated data, so a changed certificate, payload or record fails
 here), put the original pixels back under the logo boxes, and check the result against the
 certified hash of the original.
-Only then is anything written. A DICOM image gets its original UIDs and header values back from
-the certificate, so that the unlocked instance is the original instance; one whose patient or
+Only then is anything written. A DICOM image comes back as its original file, byte for byte (identity,
+encoding and all, from the encrypted restore payload; outputs of earlier versions get their original
+UIDs and header values back from the certificate); one whose patient or
 study attributes changed after protection is refused (verify calls it "DICOM header modified").
 The signature is always checked: without the owner's public key (from the key, the grant or
 ``public_key``) nothing is unlocked. One run at a time holds the output folder, and nothing is
@@ -26,7 +27,13 @@ from tqdm import tqdm
 from monai_medlocker.certify.certificate import certificate_digest, pixel_sha256, verify_certificate
 from monai_medlocker.certify.grant import Grant, GrantError, load_grant
 from monai_medlocker.certify.keys import OwnerKey, OwnerPublicKey, load_owner_key, load_public_key
-from monai_medlocker.certify.payload import PayloadError, apply_restore_payload, decrypt_payload, derive_image_key
+from monai_medlocker.certify.payload import (
+    PayloadError,
+    apply_restore_payload,
+    decrypt_payload,
+    derive_image_key,
+    restore_payload_source_file,
+)
 from monai_medlocker.certify.seal import ProtectedFile, SealedRecordError, open_sealed_record, payload_sha256, read_protected
 from monai_medlocker.io.image import ImageReadError, atomic_write_bytes, save_png
 from monai_medlocker.io.outdir import OutputError, OutputLock, clean_temporaries, inside_output, output_name, prepare_output_dir
@@ -42,6 +49,17 @@ class UnlockError(ValueError):
 def unlock_image(pf: ProtectedFile, key: OwnerKey | None = None, grant: Grant | None = None,
                  pub: OwnerPublicKey | None = None) -> tuple[np.ndarray, dict]:
     """The original pixels of one protected image, checked against the certified hash, and its whole record.
+
+    Raises:
+        UnlockError: see :func:`_open_protected`.
+    """
+    restored, record, _ = _open_protected(pf, key, grant, pub)
+    return restored, record
+
+
+def _open_protected(pf: ProtectedFile, key: OwnerKey | None = None, grant: Grant | None = None,
+                    pub: OwnerPublicKey | None = None) -> tuple[np.ndarray, dict, bytes]:
+    """The original pixels, the whole record and the decrypted restore payload of one protected image.
 
     Args:
         pub: the owner's public key; default: the owner key's. Required with a grant that carries none.
@@ -96,7 +114,7 @@ def unlock_image(pf: ProtectedFile, key: OwnerKey | None = None, grant: Grant | 
     if pixel_sha256(restored) != cert.get("original_sha256"):
         raise UnlockError(f"{where}: the restored pixels do not match the certified original (the protected image was "
                           "modified after protection, outside the logo); nothing written")
-    return restored, record
+    return restored, record, packed
 
 
 class Unlocker:
@@ -152,17 +170,27 @@ class Unlocker:
             raise UnlockError(f"{path}: {err}") from err
 
     def _unlock_one(self, path: Path) -> dict:
-        from monai_medlocker.io.dicom import restore_original_dataset, save_dicom
+        from monai_medlocker.io.dicom import rebuild_source_file, restore_original_dataset, save_dicom
 
         pf = read_protected(path)
-        restored, record = unlock_image(pf, self.key, self.grant, self.public_key)
+        restored, record, packed = _open_protected(pf, self.key, self.grant, self.public_key)
         target = self._target(path, pf.dicom is not None)
         if self.input_path.is_dir() and self.input_path.resolve() in target.resolve().parents:
             raise UnlockError(f"{path}: its output {target} would lie inside the input folder; choose another output folder")
         if target.exists():
             raise UnlockError(f"{path}: {target} already exists; not overwritten")
         cert = pf.signed.certificate
-        if pf.dicom is not None:
+        try:
+            source_file = restore_payload_source_file(packed, str(path)) if pf.dicom is not None else None
+        except PayloadError as err:
+            raise UnlockError(str(err)) from err
+        if source_file is not None:
+            # The original file, every byte: identity, other vendors' data, encoding and transfer syntax.
+            try:
+                atomic_write_bytes(target, rebuild_source_file(source_file, restored, str(path)))
+            except ValueError as err:
+                raise UnlockError(str(err)) from err
+        elif pf.dicom is not None:  # written before the original file was kept: rebuilt from the certificate
             header = (cert.get("extra") or {}).get("dicom_original")
             if header is None:
                 raise UnlockError(f"{path}: the certificate holds no original DICOM header; cannot rebuild the instance")
