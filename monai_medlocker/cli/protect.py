@@ -64,7 +64,8 @@ def add_protect_options(p: argparse.ArgumentParser) -> None:
                    help="DICOM: publish the patient, study and equipment identity as it is (a clinic's own PACS round "
                    "trip); default: de-identify by DICOM PS3.15 Annex E (Basic Profile with the Retain UIDs Option)")
     p.add_argument("--keep-free-text", dest="keep_free_text", action="store_true", default=None,
-                   help="DICOM: publish ImageComments and other free text that can carry findings (default: dropped)")
+                   help="DICOM, with --keep-identity: publish ImageComments and other free text that can carry findings "
+                   "(default: dropped)")
     p.add_argument("--retain-dates", dest="retain_dates", action="store_true", default=None,
                    help="DICOM de-identification: keep dates and times (Retain Longitudinal Temporal Information "
                    "Full Dates Option)")

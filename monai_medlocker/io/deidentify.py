@@ -65,7 +65,9 @@ class DicomPrivacy:
     Attributes:
         keep_identity: publish the patient, study and equipment identity as they are (a clinic's own
             PACS round trip); default: de-identify by the Basic Application Level Confidentiality Profile.
-        keep_free_text: keep free-text attributes that can carry findings (ImageComments, descriptions).
+        keep_free_text: with ``keep_identity``, keep free-text attributes that can carry findings
+            (ImageComments, descriptions); de-identified, the profile removes them anyway (they may name
+            the patient; its Clean Descriptors Option is not offered).
         retain_uids: the Retain UIDs Option (default on); off, UIDs are replaced by a keyed hash
             (``uid_secret`` of :func:`deidentify`).
         retain_dates: the Retain Longitudinal Temporal Information with Full Dates Option.

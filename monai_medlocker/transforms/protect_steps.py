@@ -65,7 +65,7 @@ class LoadFundusd(Transform):
     Args:
         keep_identity: publish a DICOM source's patient, study and equipment identity (a clinic's own
             PACS round trip); default: de-identify by DICOM PS3.15 Annex E (Basic Profile, Retain UIDs).
-        keep_free_text: publish free text that can carry findings (ImageComments, descriptions).
+        keep_free_text: with ``keep_identity``, publish free text that can carry findings (ImageComments, descriptions).
         retain_dates: the Retain Longitudinal Temporal Information with Full Dates Option.
 
     Raises:
