@@ -250,3 +250,14 @@ def test_source_archive_cuts_out_natively_stored_pixels():
             wrong = pixels.copy()
             wrong[0, 0] ^= 1
             rebuild_source_file(archive, wrong)
+
+
+def test_resuming_with_another_identity_setting_is_refused(tmp_path, owner, tiny_surrogate):
+    """Keeping identity changes what is published: a resumed run with another setting names it (unless --redo)."""
+    from monai_medlocker.io.outdir import OutputError
+
+    rgb = synthesize_fundus(128, seed=10, grade=1).image
+    out = _protect(tmp_path, {"eye": _source(rgb)}, owner, tiny_surrogate)
+    with pytest.raises(OutputError, match="dicom_privacy"):
+        DatasetProtector(tmp_path / "in", out, tiny_surrogate, lesion_segmenter="masks", progress=False, owner_key=owner,
+                         watermark={"max_queries": 4}, keep_identity=True).run()

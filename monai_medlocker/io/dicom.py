@@ -31,6 +31,7 @@ import datetime as _dt
 import struct
 import warnings
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -192,18 +193,18 @@ def _check_pixel_module(path: Path, ds: Dataset) -> None:
         )
 
 
-def read_fundus_dicom(path: str | Path) -> FundusDicom:
-    """Read and decode one fundus DICOM file.
+def read_fundus_dicom(path: str | Path, data: bytes | None = None) -> FundusDicom:
+    """Read and decode one fundus DICOM file (or its bytes ``data``, ``path`` naming them in messages).
 
     Raises:
         DicomReadError: not a DICOM file, no pixel data, multi-frame, not 8-bit, an unsupported
             photometric interpretation, a transfer syntax that cannot be decoded, or too small.
     """
     path = Path(path)
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise DicomReadError(f"{path}: file not found")
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(path if data is None else BytesIO(data))
     except InvalidDicomError as err:
         raise DicomReadError(f"{path}: not a DICOM file ({err})") from err
     except Exception as err:  # pydicom raises many types for truncated or garbled files

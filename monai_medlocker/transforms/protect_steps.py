@@ -159,12 +159,26 @@ class Certifyd(Transform):
                 # the original file, identity and all, is in the encrypted restore payload.
                 public = d.get("dicom_public", src)
                 extra = {"dicom_subject_sha256": dicom_subject_sha256(public, derived_study_uid(src))}
-                source_file = source_archive(Path(d["image_path"]).read_bytes(), hwc[0])
+                source_file = source_archive(self._source_bytes(Path(d["image_path"]), hwc[0]), hwc[0])
             d["sealed"] = self.keyring.certifier.seal(d["image_id"], hwc[0], hwc[1], record_without_timings(record), extra,
                                                       source_file)
             record["certify_seconds"] = round(time.perf_counter() - t0, 4)
         d["record"] = record
         return d
+
+    @staticmethod
+    def _source_bytes(path: Path, pixels: np.ndarray) -> bytes:
+        """The DICOM source's bytes, checked to be the file that was protected (unlock gives them back).
+
+        Raises:
+            ImageReadError: the file changed since it was read.
+        """
+        from monai_medlocker.io.dicom import read_fundus_dicom
+
+        data = path.read_bytes()
+        if not np.array_equal(read_fundus_dicom(path, data).pixels, pixels):
+            raise ImageReadError(f"{path}: the file changed while it was being protected; protect it again")
+        return data
 
 
 class SaveProtectedd(Transform):

@@ -54,6 +54,7 @@ from tqdm import tqdm
 
 from monai_medlocker.certify.seal import SIDECAR_SUFFIX, Keyring
 from monai_medlocker.data.datalist import datalist_item_problem, read_datalist
+from monai_medlocker.io.deidentify import DicomPrivacy
 from monai_medlocker.io.dicom import is_dicom_file
 from monai_medlocker.io.image import SUPPORTED_SUFFIXES, ImageReadError, atomic_write_bytes, is_temporary_file, portable_name
 from monai_medlocker.io.outdir import OutputError, OutputLock, clean_temporaries, inside_output, output_name, prepare_output_dir
@@ -294,6 +295,9 @@ class DatasetProtector:
                     "model": models, "logo_sha256": logo_sha256(wm.logo), "seed": self.seed}
         if wm.shield is not None:  # only then: the settings of a run without a shield stay as they were
             settings["shield"] = wm.shield.to_record()
+        loads = [t for t in self.chain.transforms if isinstance(t, LoadFundusd)]
+        if loads and loads[0].privacy != DicomPrivacy():  # only then, as for the shield
+            settings["dicom_privacy"] = loads[0].privacy.to_record()
         return json.loads(json.dumps(settings, sort_keys=True))
 
     @staticmethod

@@ -170,7 +170,7 @@ class Unlocker:
             raise UnlockError(f"{path}: {err}") from err
 
     def _unlock_one(self, path: Path) -> dict:
-        from monai_medlocker.io.dicom import rebuild_source_file, restore_original_dataset, save_dicom
+        from monai_medlocker.io.dicom import read_fundus_dicom, rebuild_source_file, restore_original_dataset, save_dicom
 
         pf = read_protected(path)
         restored, record, packed = _open_protected(pf, self.key, self.grant, self.public_key)
@@ -187,9 +187,14 @@ class Unlocker:
         if source_file is not None:
             # The original file, every byte: identity, other vendors' data, encoding and transfer syntax.
             try:
-                atomic_write_bytes(target, rebuild_source_file(source_file, restored, str(path)))
+                original = rebuild_source_file(source_file, restored, str(path))
+                decoded = read_fundus_dicom(path, original).pixels
             except ValueError as err:
                 raise UnlockError(str(err)) from err
+            if pixel_sha256(decoded) != cert.get("original_sha256"):
+                raise UnlockError(f"{path}: the original DICOM file in the restore payload does not decode to the "
+                                  "certified original pixels; nothing written")
+            atomic_write_bytes(target, original)
         elif pf.dicom is not None:  # written before the original file was kept: rebuilt from the certificate
             header = (cert.get("extra") or {}).get("dicom_original")
             if header is None:
