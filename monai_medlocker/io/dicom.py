@@ -15,8 +15,9 @@ and the writer stores one channel again as MONOCHROME2. MONOCHROME1 is refused: 
 would make the protected pixels differ in meaning from the original's.
 
 Writing (:func:`derive_protected_dataset`): a new instance of the source's SOP class with a new
-SOP Instance UID and Series Instance UID, the same Study Instance UID, the patient and study
-modules copied unchanged, ImageType ``DERIVED\\SECONDARY`` (``DERIVED\\PRIMARY\\WATERMARKED`` for
+SOP Instance UID and Series Instance UID, the same Study Instance UID, the header of the dataset
+it is given (the protect chain gives it the de-identified source, :mod:`monai_medlocker.io.deidentify`)
+without private elements at any depth, ImageType ``DERIVED\\SECONDARY`` (``DERIVED\\PRIMARY\\WATERMARKED`` for
 Ophthalmic Photography, whose IOD allows only PRIMARY as Value 2), a DerivationDescription and a
 SourceImageSequence pointing at the original. Lossy-compression history is kept. Pixels are
 written Explicit VR Little Endian uncompressed by default, or RLE Lossless / JPEG-LS Lossless
