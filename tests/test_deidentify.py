@@ -261,3 +261,33 @@ def test_resuming_with_another_identity_setting_is_refused(tmp_path, owner, tiny
     with pytest.raises(OutputError, match="dicom_privacy"):
         DatasetProtector(tmp_path / "in", out, tiny_surrogate, lesion_segmenter="masks", progress=False, owner_key=owner,
                          watermark={"max_queries": 4}, keep_identity=True).run()
+
+
+def test_replaced_uids_leave_no_source_uid_in_public_and_unlock_restores_them(tmp_path, owner, tiny_surrogate, capsys):
+    """Without the Retain UIDs Option no source UID is published, not even as the image id; verify and unlock work."""
+    from monai_medlocker.certify.seal import Keyring
+    from monai_medlocker.transforms.protect_steps import LoadFundusd
+    from monai_medlocker.workflows.protect import protect_chain
+
+    rgb = synthesize_fundus(128, seed=11, grade=2).image
+    source = _source(rgb)
+    src = tmp_path / "in"
+    src.mkdir()
+    source.save_as(src / "eye.dcm", enforce_file_format=True)
+    Image.fromarray(np.zeros(rgb.shape[:2], np.uint8)).save(src / "eye_lesions.png")
+    out = tmp_path / "out"
+    keyring = Keyring(owner)
+    chain = protect_chain(out, tiny_surrogate, {"max_queries": 4}, keyring=keyring, lesion_segmenter="masks")
+    chain.transforms = (LoadFundusd(retain_uids=False, keyring=keyring),) + tuple(chain.transforms[1:])
+    summary = DatasetProtector(src, out, chain=chain, progress=False).run()
+    assert summary["protected"] == 1, summary
+    uids = [source.SOPInstanceUID, source.StudyInstanceUID, source.SeriesInstanceUID,
+            source.SynchronizationFrameOfReferenceUID]
+    for path in public_dir(out).rglob("*"):
+        data = path.read_bytes()
+        assert not [u for u in uids if u.encode() in data], path.name
+    ds = pydicom.dcmread(public_dir(out) / "eye.dcm")
+    assert ds.StudyInstanceUID.startswith("2.25.") and "113110" not in [i.CodeValue for i in ds.DeidentificationMethodCodeSequence]
+    assert main(["verify", str(public_dir(out)), "--pub", str(owner.with_suffix(".pub")), "--quiet"]) == 0
+    _unlock(out, owner, tmp_path / "un")
+    assert (tmp_path / "un" / "eye.dcm").read_bytes() == (src / "eye.dcm").read_bytes()

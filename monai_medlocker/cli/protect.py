@@ -69,6 +69,9 @@ def add_protect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retain-dates", dest="retain_dates", action="store_true", default=None,
                    help="DICOM de-identification: keep dates and times (Retain Longitudinal Temporal Information "
                    "Full Dates Option)")
+    p.add_argument("--replace-uids", dest="retain_uids", action="store_false", default=None,
+                   help="DICOM de-identification without the Retain UIDs Option: published UIDs (and image ids) are "
+                   "keyed hashes of the source's (the derived series then leaves its source study)")
     p.add_argument("--key", dest="owner_key", help="owner key (from medlocker keygen): sign a certificate and seal a "
                    "restore payload into each protected image")
     add_passphrase_options(p, "protects the --key file")
@@ -102,6 +105,7 @@ def protect_overrides(args: argparse.Namespace) -> dict:
         "keep_identity": args.keep_identity,
         "keep_free_text": args.keep_free_text,
         "retain_dates": args.retain_dates,
+        "retain_uids": args.retain_uids,
         "owner_key": args.owner_key and str(Path(args.owner_key).resolve()),
         "owner_key_passphrase": read_passphrase(args),
         "redo": args.redo,

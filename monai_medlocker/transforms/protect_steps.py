@@ -67,16 +67,30 @@ class LoadFundusd(Transform):
             PACS round trip); default: de-identify by DICOM PS3.15 Annex E (Basic Profile, Retain UIDs).
         keep_free_text: with ``keep_identity``, publish free text that can carry findings (ImageComments, descriptions).
         retain_dates: the Retain Longitudinal Temporal Information with Full Dates Option.
+        retain_uids: the Retain UIDs Option (default). Off, the published UIDs (the image id, which the
+            certificate and grants name, included) are keyed hashes of the source's, under a secret
+            that only the owner's ``keyring`` derives.
+        keyring: the run's :class:`~monai_medlocker.certify.seal.Keyring` (needed with ``retain_uids`` off).
 
     Raises:
         ImageReadError: an unreadable file, or one that is already a MedLocker output.
     """
 
-    def __init__(self, keep_identity: bool = False, keep_free_text: bool = False, retain_dates: bool = False) -> None:
+    def __init__(self, keep_identity: bool = False, keep_free_text: bool = False, retain_dates: bool = False,
+                 retain_uids: bool = True, keyring: Keyring | None = None) -> None:
         from monai_medlocker.io.deidentify import DicomPrivacy
 
         self.privacy = DicomPrivacy(keep_identity=bool(keep_identity), keep_free_text=bool(keep_free_text),
-                                    retain_dates=bool(retain_dates))
+                                    retain_dates=bool(retain_dates), retain_uids=bool(retain_uids))
+        if not self.privacy.keep_identity and not self.privacy.retain_uids and keyring is None:
+            raise ValueError("replacing UIDs (retain_uids false) needs the run's keyring, whose secret keys the UID hash")
+        self.keyring = keyring
+
+    def _uid_secret(self) -> bytes | None:
+        if self.privacy.keep_identity or self.privacy.retain_uids:
+            return None
+        # An owner-only secret (a render key: grants never hold those) for an id no image can have.
+        return self.keyring.render_key("\x00medlocker-uid-hash")
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
@@ -89,9 +103,9 @@ class LoadFundusd(Transform):
         if dicom is not None:
             from monai_medlocker.io.deidentify import deidentify
 
-            d["dicom_public"] = deidentify(dicom.dataset, self.privacy)
+            d["dicom_public"] = deidentify(dicom.dataset, self.privacy, self._uid_secret())
         d["mode"] = "RGB" if dicom is not None else round_trip_mode(path)
-        d["image_id"] = (str(dicom.dataset.SOPInstanceUID) if dicom is not None
+        d["image_id"] = (str(d["dicom_public"].SOPInstanceUID) if dicom is not None
                          else f"{portable_name(d['relative'])}#{pixel_sha256(image).split(':', 1)[1][:16]}")
         d["original"] = image.transpose(2, 0, 1)
         d["image"] = d["original"]  # the watermark step replaces it with a new array
@@ -158,7 +172,7 @@ class Certifyd(Transform):
                 # The certificate is public: it names only the published header (de-identified unless kept);
                 # the original file, identity and all, is in the encrypted restore payload.
                 public = d.get("dicom_public", src)
-                extra = {"dicom_subject_sha256": dicom_subject_sha256(public, derived_study_uid(src))}
+                extra = {"dicom_subject_sha256": dicom_subject_sha256(public, derived_study_uid(public))}
                 source_file = source_archive(self._source_bytes(Path(d["image_path"]), hwc[0]), hwc[0])
             d["sealed"] = self.keyring.certifier.seal(d["image_id"], hwc[0], hwc[1], record_without_timings(record), extra,
                                                       source_file)
@@ -228,7 +242,7 @@ class SaveProtectedd(Transform):
         dicom = d["dicom"]
         if dicom is not None:
             src = dicom.dataset
-            tags = MedlockerTags(params=public, source_sop_instance_uid=str(src.SOPInstanceUID))
+            tags = MedlockerTags(params=public, source_sop_instance_uid=str(d.get("dicom_public", src).SOPInstanceUID))
             if sealed is not None:
                 tags.certificate, tags.signature, tags.restore_payload, tags.sealed_record = (
                     sealed.signed.certificate, sealed.signed.signature, sealed.payload, sealed.record)

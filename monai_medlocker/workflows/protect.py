@@ -649,7 +649,7 @@ def protect_chain(output_dir: str | Path, surrogates: Surrogate | Sequence[Surro
                   keep_identity: bool = False) -> Compose:
     """The protect chain that ``bundle/configs/inference.json`` builds, from Python settings."""
     return Compose([
-        LoadFundusd(keep_identity=keep_identity),
+        LoadFundusd(keep_identity=keep_identity, keyring=keyring),
         LesionMapsd(lesion_segmenter, segmenter_checkpoint),
         LesionBBoxMaskd("lesion_maps", wsm_key="wsm", boxes_key="wsm_boxes", threshold=lesion_threshold,
                         min_size=lesion_min_size, margin=wsm_margin, margin_fraction=wsm_margin_fraction),
