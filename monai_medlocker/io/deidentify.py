@@ -220,6 +220,9 @@ def deidentify(source: Dataset, privacy: DicomPrivacy = DicomPrivacy(), uid_secr
         if held is not None:
             source._dict[_PIXEL_DATA] = held
     _clean(ds, privacy, uid_secret, True)
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "MediaStorageSOPInstanceUID" in meta and "SOPInstanceUID" in ds:
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID  # the file meta must not keep a replaced UID
     if not privacy.keep_identity:
         ds.PatientIdentityRemoved = "YES"
         codes = [BASIC_PROFILE] + ([RETAIN_UIDS] if privacy.retain_uids else []) + \
