@@ -291,3 +291,25 @@ def test_replaced_uids_leave_no_source_uid_in_public_and_unlock_restores_them(tm
     assert main(["verify", str(public_dir(out)), "--pub", str(owner.with_suffix(".pub")), "--quiet"]) == 0
     _unlock(out, owner, tmp_path / "un")
     assert (tmp_path / "un" / "eye.dcm").read_bytes() == (src / "eye.dcm").read_bytes()
+
+
+def test_restore_payload_version_3_carries_the_original_file():
+    from monai_medlocker.certify.payload import PayloadError, apply_restore_payload, pack_restore_payload, \
+        restore_payload_source_file
+
+    rng = np.random.default_rng(0)
+    original = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    protected = original.copy()
+    protected[5:15, 5:20] = 255
+    shielded = protected.copy()
+    shielded[30, 40] = np.clip(shielded[30, 40].astype(int) + 2, 0, 255)
+    boxes = [(5, 5, 20, 15)]
+    for marked in (protected, shielded):  # without and with a residual outside the box
+        packed = pack_restore_payload(original, boxes, marked, source_file=b"original file record")
+        assert np.array_equal(apply_restore_payload(marked, packed), original)
+        assert restore_payload_source_file(packed) == b"original file record"
+        with pytest.raises(PayloadError):
+            restore_payload_source_file(packed[:-1])
+        with pytest.raises(PayloadError):
+            apply_restore_payload(marked, packed + b"x")
+    assert restore_payload_source_file(pack_restore_payload(original, boxes, protected)) is None  # version 1
