@@ -391,8 +391,9 @@ def derive_protected_dataset(
     return ds
 
 
-# Attributes the derivation sets or replaces; their original values (or absence) go into the
-# certificate so that an unlock gives back the original instance, UIDs included.
+# Attributes the derivation sets or replaces; outputs of versions before the restore payload kept the
+# original file (source_archive) carry their original values (or absence) in the certificate, and unlock
+# of those still rebuilds the instance from them (restore_original_dataset).
 RESTORED_KEYWORDS = (
     "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "SeriesNumber", "SeriesDescription", "ImageType",
     "DerivationDescription", "SourceImageSequence", "InstanceCreationDate", "InstanceCreationTime", "ContentDate",

@@ -250,7 +250,8 @@ class DatasetProtector:
                 self.output_dir, surrogates, watermark, lesion_threshold=lesion_threshold, lesion_min_size=lesion_min_size,
                 wsm_margin=wsm_margin, wsm_margin_fraction=wsm_margin_fraction, seed=seed,
                 lesion_segmenter=lesion_segmenter, segmenter_checkpoint=segmenter_checkpoint, dicom_encoding=dicom_encoding,
-                keep_identity=keep_identity, keyring=Keyring(owner_key, owner_key_passphrase, self.output_dir / PRIVATE_DIR / RENDER_SECRET))
+                keep_identity=keep_identity,
+                keyring=Keyring(owner_key, owner_key_passphrase, self.output_dir / PRIVATE_DIR / RENDER_SECRET))
         self.chain = chain
         self.watermark = self.step(AdversarialWatermarkd).transform
         self.keyring = self.step(Certifyd).keyring
