@@ -116,8 +116,10 @@ def test_corpus_file_is_protected_or_refused_clearly(corpus_run, name, tmp_path)
     assert ds.SeriesInstanceUID != original.dataset.get("SeriesInstanceUID")
     assert ds.StudyInstanceUID == original.dataset.get("StudyInstanceUID", ds.StudyInstanceUID)  # new only when missing
     assert ds.SOPClassUID == original.dataset.SOPClassUID
+    # De-identified by default (DICOM PS3.15 Annex E): the patient and study module attributes are emptied.
     for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyID", "AccessionNumber"):
-        assert ds.get(keyword) == original.dataset.get(keyword), keyword
+        assert ds.get(keyword) in (None, ""), keyword
+    assert ds.PatientIdentityRemoved == "YES"
     assert list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"]
     assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == original.dataset.SOPInstanceUID
     assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian

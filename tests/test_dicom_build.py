@@ -244,3 +244,31 @@ def test_synth_cli_vl(tmp_path):
     ds = pydicom.dcmread(out / "dicom" / "IMG0001.dcm")
     assert ds.SOPClassUID == SOP_CLASS_UIDS["vl"] and ds.Modality == "XC"
     _assert_dciodvfy_clean(out / "dicom" / "IMG0001.dcm")
+
+
+@pytest.mark.parametrize("retain", ["uids", "dates", "none"])
+@pytest.mark.parametrize("iod", ["op8", "vl", "sc"])
+def test_deidentified_instances_stay_valid(tmp_path, images, iod, retain):
+    """What protect publishes by default (DICOM PS3.15 Annex E) is still a valid instance of its IOD.
+
+    Emptied Type 2 attributes (Patient ID, Study Date, ...) only draw dciodvfy's DICOMDIR warnings, which are
+    expected for de-identified data; errors are not.
+    """
+    from monai_medlocker.io.deidentify import DicomPrivacy, deidentify
+
+    if not HAVE_DCIODVFY:
+        pytest.skip(NO_DCIODVFY)
+    ds = fundus_dataset(images["colour"], iod=iod, patient_name="Doe^Jane", patient_id="PID-1", patient_birth_date="19500101",
+                        patient_sex="F", accession_number="ACC-1", institution_name="Eye Clinic",
+                        referring_physician_name="Who^Dr")
+    ds.ImageComments = "grader: moderate NPDR"
+    privacy = DicomPrivacy(retain_uids=retain != "none", retain_dates=retain == "dates")
+    out = deidentify(ds, privacy, uid_secret=b"s" * 32)
+    out.PixelData = ds.PixelData
+    assert out.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID
+    assert (out.SOPInstanceUID == ds.SOPInstanceUID) == (retain != "none")
+    out.save_as(tmp_path / "deid.dcm", enforce_file_format=True)
+    report = run_dciodvfy(tmp_path / "deid.dcm")
+    assert report.errors == [], f"dciodvfy errors:\n{report.output}"
+    assert all("DICOMDIR" in w for w in report.warnings), report.output
+    assert out.PatientIdentityRemoved == "YES" and "ImageComments" not in out and not out.PatientName

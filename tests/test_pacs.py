@@ -98,7 +98,7 @@ def test_pacs_protect_round_trip(orthanc, study_files, tmp_path):
     before = _series(orthanc)
     assert before == {COLOUR_SERIES: 2, REDFREE_SERIES: 1}
 
-    code, summary = _pacs_protect(orthanc, tmp_path)
+    code, summary = _pacs_protect(orthanc, tmp_path, "--keep-identity")  # the clinic's own PACS: identity kept on purpose
     assert code == 0, summary
     assert summary["status"] == "protected" and len(summary["stored"]) == 3 and summary["store_failed"] == []
     after = _series(orthanc)
@@ -129,6 +129,8 @@ def test_pacs_protect_round_trip(orthanc, study_files, tmp_path):
             assert_public_record_of(tags.params, record)
             assert tags.version == "medlocker-dicom/2" and tags.wsm_boxes == []
             assert ds.StudyInstanceUID == STUDY and ds.SOPInstanceUID not in originals
+            source_ds = pydicom.dcmread(originals[tags.source_sop_instance_uid])
+            assert ds.PatientID == source_ds.PatientID and ds.PatientName == source_ds.PatientName
             original = read_fundus_dicom(originals[tags.source_sop_instance_uid]).pixels
             local = orthanc.folder / "check.dcm"
             ds.save_as(local, enforce_file_format=True)
@@ -284,6 +286,10 @@ def test_pacs_protect_with_key_stores_by_c_store_and_unlocks_to_the_original(ort
         source = read_fundus_dicom(originals[back.dataset.SOPInstanceUID])
         assert np.array_equal(back.pixels, source.pixels)
         assert back.dataset.SeriesInstanceUID == source.dataset.SeriesInstanceUID
+        assert path.read_bytes() == originals[back.dataset.SOPInstanceUID].read_bytes()  # the original file
+    for path in pulled.glob("*.dcm"):  # without --keep-identity, what went to the PACS is de-identified
+        ds = pydicom.dcmread(path)
+        assert ds.PatientIdentityRemoved == "YES" and not ds.PatientID and not ds.PatientName
 
 
 def test_unreachable_dimse_fails_clearly(orthanc, study_files, tmp_path, capsys):

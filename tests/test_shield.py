@@ -225,8 +225,8 @@ def test_payload_with_residual_round_trips_and_version_1_stays(surrogates):
             apply_restore_payload(shielded, v2[:-cut])
     with pytest.raises(PayloadError, match="unexpected bytes"):
         apply_restore_payload(shielded, v2 + b"\0")
-    with pytest.raises(PayloadError, match="version 3"):
-        apply_restore_payload(shielded, v2[:4] + b"\x03" + v2[5:])
+    with pytest.raises(PayloadError, match="version 4"):  # version 3 carries a DICOM source's original file
+        apply_restore_payload(shielded, v2[:4] + b"\x04" + v2[5:])
     far = shielded.copy()
     far[fov & ~wsm] = 0
     far[y0:y1, x0:x1] = shielded[y0:y1, x0:x1]

@@ -21,6 +21,11 @@ The residual is stored offset by 128 as an H x W x C uint8 image (zero inside th
 values are within [-4, 4], any within [-128, 127] are accepted), encoded by the smaller of WebP
 lossless (as the boxes) and LZMA (preset 6) of its raw bytes. A payload without a residual (no
 shield) is written as version 1, byte for byte as before, and version 1 payloads stay readable.
+
+Version 3 (a DICOM source) always has the residual header (length 0: no residual) and then the
+original file's record, so that unlock gives back the original file content, not only its pixels::
+
+    ... version 2 layout with version 3 ... | length u32 | the record (:func:`~monai_medlocker.io.dicom.source_archive`)
 Measured by ``benchmarks/bench_shield.py`` (``payload_bytes`` in benchmarks/results/shield/).
 
 Codec choice, measured ad hoc during development (no benchmark in the repo repeats it) on
@@ -56,6 +61,7 @@ __all__ = [
     "derive_subkey",
     "pack_restore_payload",
     "apply_restore_payload",
+    "restore_payload_source_file",
     "footprint_bytes",
     "encrypt_payload",
     "decrypt_payload",
@@ -64,10 +70,12 @@ __all__ = [
 _MAGIC = b"MLRP"
 _PACK_VERSION = 1
 _PACK_VERSION_RESIDUAL = 2  # version 1 plus the residual outside the boxes (shield mode)
-_READ_VERSIONS = (_PACK_VERSION, _PACK_VERSION_RESIDUAL)
+_PACK_VERSION_SOURCE = 3  # version 2 (residual length 0: none) plus the original file (a DICOM source)
+_READ_VERSIONS = (_PACK_VERSION, _PACK_VERSION_RESIDUAL, _PACK_VERSION_SOURCE)
 _HEADER = struct.Struct(">4sBBIIII")
 _BOX = struct.Struct(">IIIIBI")
 _RESIDUAL = struct.Struct(">BI")
+_SOURCE_LENGTH = struct.Struct(">I")
 _RESIDUAL_OFFSET = 128
 _CODEC_RAW, _CODEC_PNG, _CODEC_WEBP, _CODEC_LZMA = 0, 1, 2, 3
 _CODEC_FORMATS = {_CODEC_PNG: "PNG", _CODEC_WEBP: "WEBP"}
@@ -211,7 +219,7 @@ def _residual(original: np.ndarray, protected: np.ndarray, boxes: list[tuple[int
 
 
 def pack_restore_payload(original: np.ndarray, boxes: Sequence[Sequence[int]],
-                         protected: np.ndarray | None = None) -> bytes:
+                         protected: np.ndarray | None = None, source_file: bytes | None = None) -> bytes:
     """Pack the original pixels inside each mark box, losslessly compressed, and any change outside them.
 
     Args:
@@ -219,6 +227,9 @@ def pack_restore_payload(original: np.ndarray, boxes: Sequence[Sequence[int]],
         boxes: non-overlapping xyxy boxes (end-exclusive) inside the image.
         protected: the protected image. Where it differs from ``original`` outside the boxes (the
             shield), the residual is stored too (version 2); ``None`` or no difference: version 1.
+        source_file: the original file's record (a DICOM source's, see
+            :func:`~monai_medlocker.io.dicom.source_archive`), stored as it is (version 3), so that unlock
+            gives back the original file content; :func:`restore_payload_source_file` reads it back.
 
     Raises:
         PayloadError: a non-uint8 image, an unsupported shape, boxes outside the image or overlapping,
@@ -249,12 +260,67 @@ def pack_restore_payload(original: np.ndarray, boxes: Sequence[Sequence[int]],
         entries.append(_BOX.pack(x0, y0, x1, y1, codec, len(data)))
         blobs.append(data)
     version = _PACK_VERSION if residual is None else _PACK_VERSION_RESIDUAL
+    if source_file is not None:
+        version = _PACK_VERSION_SOURCE
     header = _HEADER.pack(_MAGIC, version, original.ndim, height, width, channels, len(checked))
     packed = header + b"".join(entries) + b"".join(blobs)
     if residual is not None:
         codec, data = _encode((residual + _RESIDUAL_OFFSET).astype(np.uint8), try_lzma=True)
         packed += _RESIDUAL.pack(codec, len(data)) + data
+    elif version == _PACK_VERSION_SOURCE:
+        packed += _RESIDUAL.pack(_CODEC_RAW, 0)
+    if source_file is not None:
+        packed += _SOURCE_LENGTH.pack(len(source_file)) + bytes(source_file)
     return packed
+
+
+def restore_payload_source_file(packed: bytes, source: str = "restore payload") -> bytes | None:
+    """The original file's record a version 3 payload carries, or ``None`` (versions 1 and 2).
+
+    Raises:
+        PayloadError: a malformed payload.
+    """
+    packed = bytes(packed)
+    if len(packed) < _HEADER.size or _HEADER.unpack_from(packed)[0] != _MAGIC:
+        raise PayloadError(f"{source}: not a MedLocker restore payload")
+    _, version, _, _, _, _, n_boxes = _HEADER.unpack_from(packed)
+    if version != _PACK_VERSION_SOURCE:
+        return None
+    return _sections(packed, n_boxes, version, source)[2]
+
+
+def _sections(packed: bytes, n_boxes: int, version: int, source: str) -> tuple[int, tuple[int, int, int] | None, bytes | None]:
+    """Where the boxes' data end, the residual (codec, offset, length) and the original file's record."""
+    offset = _HEADER.size + n_boxes * _BOX.size
+    if len(packed) < offset:
+        raise PayloadError(f"{source}: truncated box table ({n_boxes} boxes)")
+    for i in range(n_boxes):
+        offset += _BOX.unpack_from(packed, _HEADER.size + i * _BOX.size)[5]
+    if offset > len(packed):
+        raise PayloadError(f"{source}: truncated pixel data")
+    residual = source_file = None
+    if version in (_PACK_VERSION_RESIDUAL, _PACK_VERSION_SOURCE):
+        if offset + _RESIDUAL.size > len(packed):
+            raise PayloadError(f"{source}: truncated residual header")
+        codec, length = _RESIDUAL.unpack_from(packed, offset)
+        offset += _RESIDUAL.size
+        if offset + length > len(packed):
+            raise PayloadError(f"{source}: truncated residual data")
+        if length or version == _PACK_VERSION_RESIDUAL:
+            residual = (codec, offset, length)
+        offset += length
+    if version == _PACK_VERSION_SOURCE:
+        if offset + _SOURCE_LENGTH.size > len(packed):
+            raise PayloadError(f"{source}: truncated original-file header")
+        (length,) = _SOURCE_LENGTH.unpack_from(packed, offset)
+        offset += _SOURCE_LENGTH.size
+        if offset + length != len(packed):
+            raise PayloadError(f"{source}: the original-file record does not end the payload")
+        source_file = packed[offset:offset + length]
+        offset += length
+    if offset != len(packed):
+        raise PayloadError(f"{source}: {len(packed) - offset} unexpected bytes after the pixel data")
+    return offset, residual, source_file
 
 
 def apply_restore_payload(watermarked: np.ndarray, packed: bytes, source: str = "restore payload") -> np.ndarray:
@@ -295,15 +361,10 @@ def apply_restore_payload(watermarked: np.ndarray, packed: bytes, source: str = 
             raise PayloadError(f"{source}: truncated pixel data")
         crops.append(_decode(packed[offset:offset + length], codec, (y1 - y0, x1 - x0, channels), source))
         offset += length
-    if version == _PACK_VERSION_RESIDUAL:
-        if offset + _RESIDUAL.size > len(packed):
-            raise PayloadError(f"{source}: truncated residual header")
-        codec, length = _RESIDUAL.unpack_from(packed, offset)
-        offset += _RESIDUAL.size
-        if offset + length > len(packed):
-            raise PayloadError(f"{source}: truncated residual data")
-        coded = _decode(packed[offset:offset + length], codec, (height, width, channels), source)
-        offset += length
+    _, found, _ = _sections(packed, n_boxes, version, source)
+    if found is not None:
+        codec, at, length = found
+        coded = _decode(packed[at:at + length], codec, (height, width, channels), source)
         residual = coded.astype(np.int16) - _RESIDUAL_OFFSET
         restored = out.astype(np.int16) + residual
         if restored.min() < 0 or restored.max() > 255:
@@ -311,8 +372,6 @@ def apply_restore_payload(watermarked: np.ndarray, packed: bytes, source: str = 
         out = restored.astype(np.uint8)
     for (x0, y0, x1, y1), crop in zip(checked, crops):
         out[y0:y1, x0:x1] = crop
-    if offset != len(packed):
-        raise PayloadError(f"{source}: {len(packed) - offset} unexpected bytes after the pixel data")
     return out.reshape(watermarked.shape)
 
 

@@ -204,7 +204,7 @@ class Certifier:
         return render_key(self.key.master_secret, self.key.key_id, image_id)
 
     def seal(self, image_id: str, original: np.ndarray, protected: np.ndarray, record: dict,
-             extra: dict | None = None) -> Sealed:
+             extra: dict | None = None, source_file: bytes | None = None) -> Sealed:
         """Signed public certificate, sealed record and restore payload of one image.
 
         Args:
@@ -213,8 +213,10 @@ class Certifier:
             record: the whole watermark record (its ``marks`` give the payload's footprint); only
                 :func:`public_record` of it is signed in clear, the rest is sealed.
             extra: more signed facts (e.g. the original DICOM header values).
+            source_file: the original file's record, encrypted in the restore payload (a DICOM source:
+                unlock gives back its every byte; see :func:`~monai_medlocker.io.dicom.source_archive`).
         """
-        packed = pack_restore_payload(original, mark_boxes(record), protected)
+        packed = pack_restore_payload(original, mark_boxes(record), protected, source_file)
         salted = _salted_record(record)
         cert = build_certificate(self.key.key_id, image_id, public_record(record), pixel_sha256(protected),
                                  pixel_sha256(original), payload_sha256=payload_sha256(packed), extra=extra)

@@ -64,6 +64,18 @@ def add_protect_options(p: argparse.ArgumentParser) -> None:
                    help="trained lesion segmenter state_dict for --lesion-segmenter network")
     p.add_argument("--dicom-encoding", dest="dicom_encoding", choices=("explicit", "rle", "jpeg-ls"),
                    help="transfer syntax of derived DICOM instances (lossless only; default: explicit, uncompressed)")
+    p.add_argument("--keep-identity", dest="keep_identity", action="store_true", default=None,
+                   help="DICOM: publish the patient, study and equipment identity as it is (a clinic's own PACS round "
+                   "trip); default: de-identify by DICOM PS3.15 Annex E (Basic Profile with the Retain UIDs Option)")
+    p.add_argument("--keep-free-text", dest="keep_free_text", action="store_true", default=None,
+                   help="DICOM, with --keep-identity: publish ImageComments and other free text that can carry findings "
+                   "(default: dropped)")
+    p.add_argument("--retain-dates", dest="retain_dates", action="store_true", default=None,
+                   help="DICOM de-identification: keep dates and times (Retain Longitudinal Temporal Information "
+                   "Full Dates Option)")
+    p.add_argument("--replace-uids", dest="retain_uids", action="store_false", default=None,
+                   help="DICOM de-identification without the Retain UIDs Option: published UIDs (and image ids) are "
+                   "keyed hashes of the source's (the derived series then leaves its source study)")
     p.add_argument("--key", dest="owner_key", help="owner key (from medlocker keygen): sign a certificate and seal a "
                    "restore payload into each protected image")
     add_passphrase_options(p, "protects the --key file")
@@ -98,6 +110,10 @@ def protect_overrides(args: argparse.Namespace) -> dict:
         "segmenter_checkpoint": args.segmenter_checkpoint and str(Path(args.segmenter_checkpoint).resolve()),
         "progress": False if args.quiet else None,
         "dicom_encoding": args.dicom_encoding,
+        "keep_identity": args.keep_identity,
+        "keep_free_text": args.keep_free_text,
+        "retain_dates": args.retain_dates,
+        "retain_uids": args.retain_uids,
         "owner_key": args.owner_key and str(Path(args.owner_key).resolve()),
         "owner_key_passphrase": read_passphrase(args),
         "render_secret": getattr(args, "render_secret", None) and str(Path(args.render_secret).resolve()),

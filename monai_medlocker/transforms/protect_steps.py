@@ -57,14 +57,41 @@ def record_without_timings(record: dict) -> dict:
 class LoadFundusd(Transform):
     """Read ``image_path`` (PNG/JPEG/TIFF/DICOM) into ``image`` and ``original`` (3 x H x W uint8).
 
-    Also sets ``dicom`` (the decoded source instance, or ``None``), ``mode`` (``"L"`` for a greyscale
-    PNG, written back grey) and ``image_id``: a DICOM's SOP Instance UID or a file's relative name,
-    plus ``#`` and the start of the original pixels' hash (a name or a UID alone would let one
-    image's key open another's: two different instances may carry the same SOP Instance UID).
+    Also sets ``dicom`` (the decoded source instance, or ``None``), ``dicom_public`` (its header as it
+    may be published, see :mod:`monai_medlocker.io.deidentify`), ``mode`` (``"L"`` for a greyscale
+    PNG, written back grey) and ``image_id``: a DICOM's (published) SOP Instance UID or a file's
+    relative name, plus ``#`` and the start of the original pixels' hash (a name or a UID alone would
+    let one image's key open another's: two different instances may carry the same SOP Instance UID).
+
+    Args:
+        keep_identity: publish a DICOM source's patient, study and equipment identity (a clinic's own
+            PACS round trip); default: de-identify by DICOM PS3.15 Annex E (Basic Profile, Retain UIDs).
+        keep_free_text: with ``keep_identity``, publish free text that can carry findings (ImageComments, descriptions).
+        retain_dates: the Retain Longitudinal Temporal Information with Full Dates Option.
+        retain_uids: the Retain UIDs Option (default). Off, the published UIDs (the image id, which the
+            certificate and grants name, included) are keyed hashes of the source's, under a secret
+            that only the owner's ``keyring`` derives.
+        keyring: the run's :class:`~monai_medlocker.certify.seal.Keyring` (needed with ``retain_uids`` off).
 
     Raises:
         ImageReadError: an unreadable file, or one that is already a MedLocker output.
     """
+
+    def __init__(self, keep_identity: bool = False, keep_free_text: bool = False, retain_dates: bool = False,
+                 retain_uids: bool = True, keyring: Keyring | None = None) -> None:
+        from monai_medlocker.io.deidentify import DicomPrivacy
+
+        self.privacy = DicomPrivacy(keep_identity=bool(keep_identity), keep_free_text=bool(keep_free_text),
+                                    retain_dates=bool(retain_dates), retain_uids=bool(retain_uids))
+        if not self.privacy.keep_identity and not self.privacy.retain_uids and keyring is None:
+            raise ValueError("replacing UIDs (retain_uids false) needs the run's keyring, whose secret keys the UID hash")
+        self.keyring = keyring
+
+    def _uid_secret(self) -> bytes | None:
+        if self.privacy.keep_identity or self.privacy.retain_uids:
+            return None
+        # An owner-only secret (a render key: grants never hold those) for an id no image can have.
+        return self.keyring.render_key("\x00medlocker-uid-hash")
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
@@ -74,8 +101,12 @@ class LoadFundusd(Transform):
         if problem:
             raise ImageReadError(f"{path}: already a MedLocker-protected {problem}; protect the original instead")
         d["dicom"] = dicom
+        if dicom is not None:
+            from monai_medlocker.io.deidentify import deidentify
+
+            d["dicom_public"] = deidentify(dicom.dataset, self.privacy, self._uid_secret())
         d["mode"] = "RGB" if dicom is not None else round_trip_mode(path)
-        name = str(dicom.dataset.SOPInstanceUID) if dicom is not None else portable_name(d["relative"])
+        name = str(d["dicom_public"].SOPInstanceUID) if dicom is not None else portable_name(d["relative"])
         d["image_id"] = f"{name}#{pixel_sha256(image).split(':', 1)[1][:16]}"
         d["original"] = image.transpose(2, 0, 1)
         d["image"] = d["original"]  # the watermark step replaces it with a new array
@@ -120,7 +151,7 @@ class Certifyd(Transform):
         self.keyring = keyring
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
-        from monai_medlocker.io.dicom import derived_study_uid, dicom_subject_sha256, original_header
+        from monai_medlocker.io.dicom import derived_study_uid, dicom_subject_sha256, source_archive
 
         d = dict(data)
         record = dict(d["medlocker"])
@@ -136,13 +167,33 @@ class Certifyd(Transform):
         if record.get("protected") and self.keyring.certifier is not None:
             t0 = time.perf_counter()
             src = d["dicom"].dataset if d["dicom"] is not None else None
-            extra = ({"dicom_original": original_header(src), "dicom_subject_sha256": dicom_subject_sha256(src, derived_study_uid(src))}
-                     if src is not None else None)
             hwc = [np.ascontiguousarray(np.asarray(d[k]).transpose(1, 2, 0)) for k in ("original", "image")]
-            d["sealed"] = self.keyring.certifier.seal(d["image_id"], hwc[0], hwc[1], record_without_timings(record), extra)
+            extra = source_file = None
+            if src is not None:
+                # The certificate is public: it names only the published header (de-identified unless kept);
+                # the original file, identity and all, is in the encrypted restore payload.
+                public = d.get("dicom_public", src)
+                extra = {"dicom_subject_sha256": dicom_subject_sha256(public, derived_study_uid(public))}
+                source_file = source_archive(self._source_bytes(Path(d["image_path"]), hwc[0]), hwc[0])
+            d["sealed"] = self.keyring.certifier.seal(d["image_id"], hwc[0], hwc[1], record_without_timings(record), extra,
+                                                      source_file)
             record["certify_seconds"] = round(time.perf_counter() - t0, 4)
         d["record"] = record
         return d
+
+    @staticmethod
+    def _source_bytes(path: Path, pixels: np.ndarray) -> bytes:
+        """The DICOM source's bytes, checked to be the file that was protected (unlock gives them back).
+
+        Raises:
+            ImageReadError: the file changed since it was read.
+        """
+        from monai_medlocker.io.dicom import read_fundus_dicom
+
+        data = path.read_bytes()
+        if not np.array_equal(read_fundus_dicom(path, data).pixels, pixels):
+            raise ImageReadError(f"{path}: the file changed while it was being protected; protect it again")
+        return data
 
 
 class SaveProtectedd(Transform):
@@ -193,8 +244,9 @@ class SaveProtectedd(Transform):
         dicom = d["dicom"]
         if dicom is not None:
             src = dicom.dataset
-            tags = MedlockerTags(params=public, source_sop_instance_uid=str(src.SOPInstanceUID))
-            derived = derive_protected_dataset(src, protected, tags, encoding=self.dicom_encoding,
+            public_header = d.get("dicom_public", src)
+            tags = MedlockerTags(params=public, source_sop_instance_uid=str(public_header.SOPInstanceUID))
+            derived = derive_protected_dataset(public_header, protected, tags, encoding=self.dicom_encoding,
                                                series_uid=self.derived_series_uid(str(src.get("SeriesInstanceUID", ""))))
             if sealed is not None:
                 # The header exactly as written is signed too, so the certificate is completed only now.

@@ -54,6 +54,7 @@ from tqdm import tqdm
 
 from monai_medlocker.certify.seal import SIDECAR_SUFFIX, Keyring
 from monai_medlocker.data.datalist import datalist_item_problem, datalist_sections, read_datalist
+from monai_medlocker.io.deidentify import DicomPrivacy
 from monai_medlocker.io.dicom import is_dicom_file
 from monai_medlocker.io.files import name_too_long
 from monai_medlocker.io.image import SUPPORTED_SUFFIXES, ImageReadError, atomic_write_bytes, is_temporary_file, portable_name
@@ -81,7 +82,12 @@ PUBLISH_TEXT = """MedLocker output folder
 public/   Publish this folder, and nothing else. It holds the protected images and, when an owner
           key was used, their public sidecars (*.medlocker.json: the signed certificate and the
           encrypted restore payload and record). Nothing in it reveals the grade, the predictions,
-          the opacities, the lesion boxes or the rendering secret.
+          the opacities, the lesion boxes or the rendering secret. Its DICOM instances are
+          de-identified by DICOM PS3.15 Annex E (Basic Application Level Confidentiality Profile with
+          the Retain UIDs Option; dates removed unless --retain-dates), with no private data of other
+          vendors and no free-text comments, unless protect ran with --keep-identity (or
+          --keep-free-text). The encrypted restore payload keeps the original file, so unlock gives
+          it back byte for byte.
 private/  Keep this folder. It holds each image's whole record in clear (records/), the manifest,
           the summary, the run settings and, for a run without an owner key, the rendering secret.
 """
@@ -204,6 +210,8 @@ class DatasetProtector:
         progress: show a progress bar.
         dicom_encoding: transfer syntax of derived DICOM instances: ``"explicit"`` (uncompressed,
             default), ``"rle"`` or ``"jpeg-ls"`` (lossless). Lossy output is refused.
+        keep_identity: publish DICOM sources' patient, study and equipment identity (a clinic's own PACS
+            round trip); default: de-identify by DICOM PS3.15 Annex E (:mod:`monai_medlocker.io.deidentify`).
         owner_key: the owner's ``.key`` file (or an ``OwnerKey``): when given, each protected image
             gets a signed certificate, a sealed record and an encrypted restore payload
             (:mod:`monai_medlocker.certify`), and its keyed rendering secret is derived from it.
@@ -232,6 +240,7 @@ class DatasetProtector:
         lesion_segmenter: str = "builtin",
         segmenter_checkpoint: str | None = None,
         dicom_encoding: str = "explicit",
+        keep_identity: bool = False,
         owner_key=None,
         owner_key_passphrase: str | None = None,
         redo: bool = False,
@@ -258,6 +267,7 @@ class DatasetProtector:
                 self.output_dir, surrogates, watermark, lesion_threshold=lesion_threshold, lesion_min_size=lesion_min_size,
                 wsm_margin=wsm_margin, wsm_margin_fraction=wsm_margin_fraction, seed=seed,
                 lesion_segmenter=lesion_segmenter, segmenter_checkpoint=segmenter_checkpoint, dicom_encoding=dicom_encoding,
+                keep_identity=keep_identity,
                 keyring=Keyring(owner_key, owner_key_passphrase, self.output_dir / PRIVATE_DIR / RENDER_SECRET))
         self.chain = chain
         self.watermark = self.step(AdversarialWatermarkd).transform
@@ -303,6 +313,9 @@ class DatasetProtector:
                     "model": models, "logo_sha256": logo_sha256(wm.logo), "seed": self.seed}
         if wm.shield is not None:  # only then: the settings of a run without a shield stay as they were
             settings["shield"] = wm.shield.to_record()
+        loads = [t for t in self.chain.transforms if isinstance(t, LoadFundusd)]
+        if loads and loads[0].privacy != DicomPrivacy():  # only then, as for the shield
+            settings["dicom_privacy"] = loads[0].privacy.to_record()
         return json.loads(json.dumps(settings, sort_keys=True))
 
     @staticmethod
@@ -719,10 +732,11 @@ def protect_dataset(input_path: str | Path, output_dir: str | Path, surrogates, 
 def protect_chain(output_dir: str | Path, surrogates: Surrogate | Sequence[Surrogate], watermark: dict | None = None, *,
                   keyring: Keyring, lesion_threshold: float = 0.5, lesion_min_size: int = 1, wsm_margin: int = 2,
                   wsm_margin_fraction: float = 0.0, seed: int = 0, lesion_segmenter: str = "builtin",
-                  segmenter_checkpoint: str | None = None, dicom_encoding: str = "explicit") -> Compose:
+                  segmenter_checkpoint: str | None = None, dicom_encoding: str = "explicit",
+                  keep_identity: bool = False) -> Compose:
     """The protect chain that ``bundle/configs/inference.json`` builds, from Python settings."""
     return Compose([
-        LoadFundusd(),
+        LoadFundusd(keep_identity=keep_identity, keyring=keyring),
         LesionMapsd(lesion_segmenter, segmenter_checkpoint),
         LesionBBoxMaskd("lesion_maps", wsm_key="wsm", boxes_key="wsm_boxes", threshold=lesion_threshold,
                         min_size=lesion_min_size, margin=wsm_margin, margin_fraction=wsm_margin_fraction),

@@ -6,10 +6,11 @@ signature (when an owner public key is known), derive or look up the image's key
 here), put the original pixels back under the logo boxes, and check the result against the
 certified hash of the original. When the embedded copy fails and an intact sidecar sits beside the
 image, the sidecar is used.
-Only then is anything written. A DICOM image gets its original UIDs and header values back from
-the certificate, so that the unlocked instance is the original instance; one whose patient or
-study attributes, or any signed header attribute (e.g. laterality, modality), changed after
-protection is refused (verify calls it "DICOM header modified").
+Only then is anything written. A DICOM image comes back as its original file, byte for byte (identity,
+encoding and all, from the encrypted restore payload; outputs of earlier versions get their original
+UIDs and header values back from the certificate); one whose patient or study attributes, or any
+signed header attribute (e.g. laterality, modality), changed after protection is refused (verify
+calls it "DICOM header modified").
 The signature is always checked: without the owner's public key (from the key, the grant or
 ``public_key``) nothing is unlocked. One run at a time holds the output folder, and nothing is
 written outside it (:mod:`monai_medlocker.io.outdir`).
@@ -28,7 +29,13 @@ from tqdm import tqdm
 from monai_medlocker.certify.certificate import certificate_digest, pixel_sha256, verify_certificate
 from monai_medlocker.certify.grant import Grant, GrantError, load_grant
 from monai_medlocker.certify.keys import OwnerKey, OwnerPublicKey, load_owner_key, load_public_key
-from monai_medlocker.certify.payload import PayloadError, apply_restore_payload, decrypt_payload, derive_image_key
+from monai_medlocker.certify.payload import (
+    PayloadError,
+    apply_restore_payload,
+    decrypt_payload,
+    derive_image_key,
+    restore_payload_source_file,
+)
 from monai_medlocker.certify.seal import ProtectedFile, SealedRecordError, open_sealed_record, payload_sha256, read_protected
 from monai_medlocker.io.image import ImageReadError, atomic_write_bytes, load_rgb, round_trip_mode, save_png
 from monai_medlocker.io.outdir import OutputError, OutputLock, clean_temporaries, inside_output, output_name, prepare_output_dir
@@ -44,6 +51,17 @@ class UnlockError(ValueError):
 def unlock_image(pf: ProtectedFile, key: OwnerKey | None = None, grant: Grant | None = None,
                  pub: OwnerPublicKey | None = None) -> tuple[np.ndarray, dict]:
     """The original pixels of one protected image, checked against the certified hash, and its whole record.
+
+    Raises:
+        UnlockError: see :func:`_open_protected`.
+    """
+    restored, record, _ = _open_protected(pf, key, grant, pub)
+    return restored, record
+
+
+def _open_protected(pf: ProtectedFile, key: OwnerKey | None = None, grant: Grant | None = None,
+                    pub: OwnerPublicKey | None = None) -> tuple[np.ndarray, dict, bytes]:
+    """The original pixels, the whole record and the decrypted restore payload of one protected image.
 
     Args:
         pub: the owner's public key; default: the owner key's. Required with a grant that carries none.
@@ -101,7 +119,7 @@ def unlock_image(pf: ProtectedFile, key: OwnerKey | None = None, grant: Grant | 
     if pixel_sha256(restored) != cert.get("original_sha256"):
         raise UnlockError(f"{where}: the restored pixels do not match the certified original (the protected image was "
                           "modified after protection, outside the logo); nothing written")
-    return restored, record
+    return restored, record, packed
 
 
 def _holds_original(target: Path, original_sha256: str | None, mode: str | None) -> bool:
@@ -167,16 +185,16 @@ class Unlocker:
             raise UnlockError(f"{path}: {err}") from err
 
     def _unlock_one(self, path: Path) -> dict:
-        from monai_medlocker.io.dicom import restore_original_dataset, save_dicom
+        from monai_medlocker.io.dicom import read_fundus_dicom, rebuild_source_file, restore_original_dataset, save_dicom
 
         pf = read_protected(path)
         try:
-            restored, record = unlock_image(pf, self.key, self.grant, self.public_key)
+            restored, record, packed = _open_protected(pf, self.key, self.grant, self.public_key)
         except UnlockError as err:
             if pf.fallback is None:
                 raise
             try:  # the embedded copy is damaged: an intact sidecar beside the image still restores it
-                restored, record = unlock_image(pf.fallback, self.key, self.grant, self.public_key)
+                restored, record, packed = _open_protected(pf.fallback, self.key, self.grant, self.public_key)
             except UnlockError:
                 raise err from None
             pf = pf.fallback
@@ -191,7 +209,22 @@ class Unlocker:
                 return {"image": str(path), "status": "already-restored", "output": str(target),
                         "image_id": cert.get("image_id"), "original_sha256": cert.get("original_sha256")}
             raise UnlockError(f"{path}: {target} already exists and is not the certified original; not overwritten")
-        if pf.dicom is not None:
+        try:
+            source_file = restore_payload_source_file(packed, str(path)) if pf.dicom is not None else None
+        except PayloadError as err:
+            raise UnlockError(str(err)) from err
+        if source_file is not None:
+            # The original file, every byte: identity, other vendors' data, encoding and transfer syntax.
+            try:
+                original = rebuild_source_file(source_file, restored, str(path))
+                decoded = read_fundus_dicom(path, original).pixels
+            except ValueError as err:
+                raise UnlockError(str(err)) from err
+            if pixel_sha256(decoded) != cert.get("original_sha256"):
+                raise UnlockError(f"{path}: the original DICOM file in the restore payload does not decode to the "
+                                  "certified original pixels; nothing written")
+            atomic_write_bytes(target, original)
+        elif pf.dicom is not None:  # written before the original file was kept: rebuilt from the certificate
             header = (cert.get("extra") or {}).get("dicom_original")
             if header is None:
                 raise UnlockError(f"{path}: the certificate holds no original DICOM header; cannot rebuild the instance")
