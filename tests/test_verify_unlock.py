@@ -429,7 +429,7 @@ def test_dicom_header_edits_are_named_and_refused(protected, keys, tmp_path, cap
     assert code == 1 and row["verdict"] == "DICOM header modified", report
     assert row["header_changes"] == named and all(n in row["detail"] for n in named)
     assert main(["unlock", str(copy), str(tmp_path / "un"), "--key", str(folder / "owner.key"), "--quiet"]) == 1
-    assert "DICOM header modified" in capsys.readouterr().err and not (tmp_path / "un").exists()
+    assert "DICOM header modified" in capsys.readouterr().out and not (tmp_path / "un").exists()  # FAILED lines: stdout
 
 
 def test_dicom_lossless_transcode_by_dcmtk_stays_authentic(protected, keys, tmp_path, capsys):
@@ -552,7 +552,7 @@ def test_images_sharing_a_sop_instance_uid_get_their_own_keys_and_are_flagged(ke
                                owner_key=folder / "owner.key", progress=False).run()
     assert summary["protected"] == 2 and summary["exit_code"] == 0, summary
     assert summary["duplicate_sop_instance_uids"] == [{"sop_instance_uid": uid, "images": ["left.dcm", "right.dcm"]}]
-    assert f"DUPLICATE SOP INSTANCE UID {uid}: left.dcm, right.dcm" in capsys.readouterr().err
+    assert f"DUPLICATE SOP INSTANCE UID {uid}: left.dcm, right.dcm" in capsys.readouterr().out
     ids = {stem: json.loads((public_dir(out) / f"{stem}{SIDECAR_SUFFIX}").read_text())["certificate"]["image_id"]
            for stem in ("left", "right")}
     assert ids["left"] != ids["right"] and all(i.startswith(uid + "#") for i in ids.values())
