@@ -14,6 +14,8 @@ import pytest
 from monai_medlocker.workflows.protect import ProtectItem, _partition
 
 ROOT = Path(__file__).resolve().parents[1]
+# The shipped samples by grade; their names tell nothing of it (issue 18).
+SAMPLE_STEMS = {1: "fundus_q", 2: "fundus_c", 3: "fundus_m", 4: "fundus_h"}
 CONFIGS = ROOT / "bundle" / "configs"
 # Per-run facts (timings) differ between any two runs; everything else must be equal.
 _TIMINGS = ("seconds", "certify_seconds", "total_seconds", "median_seconds_per_image")
@@ -25,7 +27,7 @@ def _inputs(tmp_path: Path) -> Path:
     (src / "sub").mkdir(parents=True)
     for grade in (1, 2, 3, 4):
         dst = src / "sub" if grade == 4 else src
-        for f in (ROOT / "bundle" / "samples").glob(f"synthetic_grade{grade}*.png"):
+        for f in (ROOT / "bundle" / "samples").glob(f"{SAMPLE_STEMS[grade]}*.png"):
             shutil.copy(f, dst / f.name)
     return src
 
@@ -94,8 +96,8 @@ def test_torchrun_two_processes_equal_one_process(one_process, tmp_path):
     for name in expected:
         assert got[name] == expected[name], name
     manifest = got["private/manifest.jsonl"]
-    assert sorted(r["image"] for r in manifest) == ["sub/synthetic_grade4.png", "synthetic_grade1.png",
-                                                    "synthetic_grade2.png", "synthetic_grade3.png"]
+    assert sorted(r["image"] for r in manifest) == ["sub/fundus_h.png", "fundus_q.png",
+                                                    "fundus_c.png", "fundus_m.png"]
     assert [r["status"] for r in manifest] == ["protected"] * 4
     assert done.stderr.count("MedLocker protect: 4/4 images protected") == 1  # rank 0 alone reports
 
