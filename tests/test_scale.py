@@ -96,8 +96,7 @@ def test_torchrun_two_processes_equal_one_process(one_process, tmp_path):
     for name in expected:
         assert got[name] == expected[name], name
     manifest = got["private/manifest.jsonl"]
-    assert sorted(r["image"] for r in manifest) == ["sub/fundus_h.png", "fundus_q.png",
-                                                    "fundus_c.png", "fundus_m.png"]
+    assert sorted(r["image"] for r in manifest) == ["fundus_c.png", "fundus_m.png", "fundus_q.png", "sub/fundus_h.png"]
     assert [r["status"] for r in manifest] == ["protected"] * 4
     assert done.stderr.count("MedLocker protect: 4/4 images protected") == 1  # rank 0 alone reports
 
@@ -124,6 +123,7 @@ def test_partition_never_repeats_and_keeps_clashing_names_together(tmp_path):
     protector = DatasetProtector.__new__(DatasetProtector)
     protector.output_dir = tmp_path / "out"
     protector.certifier = None
+    protector.public_names = "keep"  # public files named as the inputs: a.png and a.jpg clash
     groups = protector._output_groups(items)
     assert [0, 1, 6] in groups  # a.png, a.jpg, a.bmp all write public/a.png
     assert [7] in groups and [8] in groups  # f.png and f.dcm: their own images and records
