@@ -264,3 +264,26 @@ def test_class_folders_warn_and_opaque_names_hide_them_until_unlock(tmp_path):
     assert Unlocker(public_dir(opaque), restored, key=key, progress=False).run()["exit_code"] == 0
     for item in items:
         assert np.array_equal(np.asarray(Image.open(restored / item["image"])), np.asarray(Image.open(src / item["image"])))
+
+
+def test_cli_public_names_opaque_goes_through_the_bundle_config(tmp_path):
+    """``--public-names opaque`` sets the bundle's ``public_names``: the same code as above, via inference.json."""
+    from monai_medlocker.certify import save_owner_key
+    from monai_medlocker.cli import main
+
+    src, out, restored = tmp_path / "lab", tmp_path / "out", tmp_path / "restored"
+    items = _lab_batch(src, layout="classes")[:2]
+    (src / "datalist.json").unlink()
+    for p in src.rglob("*.png"):  # keep only the two images and their masks
+        if not any(p.relative_to(src).as_posix().startswith(i["image"][:-4]) for i in items):
+            p.unlink()
+    save_owner_key(tmp_path / "owner", _owner())
+    key = str(tmp_path / "owner.key")
+    assert main(["protect", str(src), str(out), "--quiet", "--max-queries", "4", "--lesion-segmenter", "masks",
+                 "--key", key, "--public-names", "opaque"]) == 0
+    published = sorted(p.name for p in public_dir(out).iterdir())
+    assert len(published) == 4 and not any("grade" in n or "/" in n for n in published)
+    assert sorted(json.loads((private_dir(out) / "names.json").read_text()).values()) == sorted(i["image"] for i in items)
+    assert main(["unlock", str(public_dir(out)), str(restored), "--key", key]) == 0
+    for item in items:
+        assert np.array_equal(np.asarray(Image.open(restored / item["image"])), np.asarray(Image.open(src / item["image"])))
