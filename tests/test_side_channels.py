@@ -54,16 +54,16 @@ def _surrogate() -> Surrogate:
     return Surrogate(TinyConv(), model_spec("resnet-tiny", 64))
 
 
-def _lab_batch(folder: Path, layout: str = "flat") -> list[dict]:
-    """PER_GRADE lab images per grade (with their lesion masks), grades interleaved; a datalist beside them.
+def _lab_batch(folder: Path, layout: str = "flat", per_grade: int = PER_GRADE, size: int = SIZE) -> list[dict]:
+    """``per_grade`` lab images per grade (with their lesion masks), grades interleaved; a datalist beside them.
 
     ``layout``: ``"flat"`` (names that tell nothing: ``eye_XX``) or ``"classes"`` (EyePACS-style class
     folders ``0/`` .. ``4/``, names that do).
     """
     items = []
-    for i in range(PER_GRADE * 5):
+    for i in range(per_grade * 5):
         grade = (i * 2) % 5  # grades not in file order
-        sample = synthesize_fundus(SIZE, seed=700 + i, grade=grade)
+        sample = synthesize_fundus(size, seed=700 + i, grade=grade)
         rel = Path(f"eye_{i:02d}.png") if layout == "flat" else Path(str(grade)) / f"grade{grade}_{i:02d}.png"
         (folder / rel.parent).mkdir(parents=True, exist_ok=True)
         Image.fromarray(sample.image).save(folder / rel)
@@ -114,8 +114,17 @@ def public_features(public: Path) -> dict[str, dict[str, float]]:
     The marks' geometry (where the logo is, how big) is published in clear on purpose, and is visible in
     the pixels: what it tells is the placement channel (:mod:`monai_medlocker.threats.placement`). Its
     encoding (more digits for a mark further right) is taken out of every length here, exactly, by
-    re-serialising each JSON text without it, so that what is measured is everything else.
+    re-serialising each JSON text without it, so that what is measured is everything else. So is the
+    restore payload's padding bucket, a function of the public mark boxes alone
+    (:func:`~monai_medlocker.certify.seal.payload_bucket`): the payload is measured by what it holds
+    beyond that bucket, and the lengths that contain it without it.
     """
+    try:
+        from monai_medlocker.certify.seal import payload_bucket
+    except ImportError:  # a version without padding: no bucket, the whole payload is measured
+        def payload_bucket(shape, params):
+            return -29
+
     public_json = functools.partial(json.dumps, sort_keys=True)
     sidecar_json = functools.partial(json.dumps, indent=2)
     features: dict[str, dict[str, float]] = {}
@@ -125,11 +134,14 @@ def public_features(public: Path) -> dict[str, dict[str, float]]:
         with Image.open(image) as img:
             img.load()
             text = dict(img.text)
+        # The encrypted payload as its public bucket makes it (version, nonce, padded plaintext, tag), in base64.
+        bucket_b64 = 4 * -(-(1 + 12 + payload_bucket((0, 0, 3), json.loads(text["medlocker:public"])) + 16) // 3)
         geometry = {"iTXt:medlocker:public": _geometry_bytes(text["medlocker:public"], public_json),
                     "iTXt:medlocker:certificate": _geometry_bytes(text["medlocker:certificate"],
-                                                                  lambda o: canonical_bytes(o).decode("ascii"))}
+                                                                  lambda o: canonical_bytes(o).decode("ascii")),
+                    "iTXt:medlocker:payload": bucket_b64}
         chunks = _png_chunks(image)
-        idat = sum(n for name, n in chunks if name == "IDAT")
+        idat = sum(12 + n for name, n in chunks if name == "IDAT")  # the pixels, split in chunks by their size
         f["png bytes beside the pixel data"] = image.stat().st_size - idat - sum(geometry.values())
         for name, n in chunks:
             if name != "IDAT":
@@ -137,13 +149,13 @@ def public_features(public: Path) -> dict[str, dict[str, float]]:
         f["png mtime"] = image.stat().st_mtime
         sidecar = image.with_name(image.stem + ".medlocker.json")
         raw = sidecar.read_text()
-        f["sidecar bytes"] = len(raw) - _geometry_bytes(raw, sidecar_json)
+        f["sidecar bytes"] = len(raw) - _geometry_bytes(raw, sidecar_json) - bucket_b64
         f["sidecar mtime"] = sidecar.stat().st_mtime
         fields = _without_geometry(json.loads(raw))
         for key, value in fields.items():
-            f[f"sidecar {key}"] = len(json.dumps(value))
+            f[f"sidecar {key}"] = len(json.dumps(value)) - (bucket_b64 if key == "restore_payload" else 0)
         f["sealed record bytes"] = len(base64.b64decode(fields["sealed_record"]))
-        f["restore payload bytes"] = len(base64.b64decode(fields["restore_payload"]))
+        f["restore payload bytes beyond its public bucket"] = len(fields["restore_payload"]) - bucket_b64
         created = fields["certificate"]["created"]
         f["certificate created"] = calendar.timegm(time.strptime(created, "%Y-%m-%dT%H:%M:%SZ"))
     return features
@@ -156,23 +168,34 @@ def _auc(values: np.ndarray, positive: np.ndarray) -> float:
     return float(wins / (len(pos) * len(neg)))
 
 
-def leaks(features: dict[str, dict[str, float]], grades: dict[str, int]) -> list[str]:
-    """The features that are neither constant nor at chance (|rho| <= 0.2, AUC 0.5 +/- 0.1), with their figures."""
+def feature_table(features: dict[str, dict[str, float]], grades: dict[str, int]) -> dict[str, str]:
+    """Each feature's figures: ``constant``, ``missing for some images``, or its rho, referable AUC and range."""
     stems = sorted(grades)
-    names = sorted({k for f in features.values() for k in f})
     grade = np.array([grades[s] for s in stems])
-    found = []
-    for name in names:
+    table = {}
+    for name in sorted({k for f in features.values() for k in f}):
         values = np.array([features[s].get(name, np.nan) for s in stems], dtype=float)
         if np.isnan(values).any():
-            found.append(f"{name}: missing for some images")
+            table[name] = "missing for some images"
+        elif np.all(values == values[0]):
+            table[name] = "constant"
+        else:
+            table[name] = (f"rho {float(spearmanr(values, grade)[0]):+.2f}, referable AUC {_auc(values, grade >= 2):.2f} "
+                           f"(range {values.min():g}-{values.max():g})")
+    return table
+
+
+def leaks(features: dict[str, dict[str, float]], grades: dict[str, int]) -> list[str]:
+    """The features that are neither constant nor at chance (|rho| <= 0.2, AUC 0.5 +/- 0.1), with their figures."""
+    found = []
+    for name, figures in feature_table(features, grades).items():
+        if figures == "constant":
             continue
-        if np.all(values == values[0]):
-            continue
-        rho = float(spearmanr(values, grade)[0])
-        auc = _auc(values, grade >= 2)
-        if abs(rho) > 0.2 or abs(auc - 0.5) > 0.1:
-            found.append(f"{name}: rho {rho:+.2f}, referable AUC {auc:.2f} (range {values.min():g}-{values.max():g})")
+        if figures.startswith("rho "):
+            rho, auc = float(figures.split()[1].rstrip(",")), float(figures.split()[4])
+            if abs(rho) <= 0.2 and abs(auc - 0.5) <= 0.1:
+                continue
+        found.append(f"{name}: {figures}")
     return found
 
 
@@ -191,7 +214,7 @@ def test_no_public_length_or_time_tells_the_grade(flat_batch):
     assert sorted(np.bincount(list(grades.values()))) == [PER_GRADE] * 5  # grade-balanced
     features = public_features(public_dir(out))
     assert sorted(features) == sorted(grades)
-    assert {"sealed record bytes", "restore payload bytes", "certificate created", "png chunk iTXt:medlocker:sealed",
+    assert {"sealed record bytes", "restore payload bytes beyond its public bucket", "certificate created", "png chunk iTXt:medlocker:sealed",
             "sidecar sealed_record"} <= set(features[next(iter(features))])
     assert leaks(features, grades) == []
     # A batch on a fast machine fits in one second, so time stamps must also be the day alone to pass here.
@@ -248,7 +271,8 @@ def test_class_folders_warn_and_opaque_names_hide_them_until_unlock(tmp_path):
     assert (public_dir(keep) / "2" / "grade2_01.png").is_file()  # kept, as warned
 
     key = _owner()
-    summary = DatasetProtector(src / "datalist.json", opaque, _surrogate(), owner_key=key, public_names="opaque", **FAST).run()
+    summary = DatasetProtector(src / "datalist.json", opaque, _surrogate(), owner_key=key, public_names="opaque",
+                               **FAST).run()
     assert summary["protected"] == 5, summary
     public = sorted(p.relative_to(public_dir(opaque)).as_posix() for p in public_dir(opaque).iterdir())
     stems = sorted({p.split(".")[0] for p in public})
