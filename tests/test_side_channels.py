@@ -214,8 +214,8 @@ def test_no_public_length_or_time_tells_the_grade(flat_batch):
     assert sorted(np.bincount(list(grades.values()))) == [PER_GRADE] * 5  # grade-balanced
     features = public_features(public_dir(out))
     assert sorted(features) == sorted(grades)
-    assert {"sealed record bytes", "restore payload bytes beyond its public bucket", "certificate created", "png chunk iTXt:medlocker:sealed",
-            "sidecar sealed_record"} <= set(features[next(iter(features))])
+    assert {"sealed record bytes", "restore payload bytes beyond its public bucket", "certificate created",
+            "png chunk iTXt:medlocker:sealed", "sidecar sealed_record"} <= set(features[next(iter(features))])
     assert leaks(features, grades) == []
     # A batch on a fast machine fits in one second, so time stamps must also be the day alone to pass here.
     for f in features.values():
