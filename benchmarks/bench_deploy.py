@@ -34,6 +34,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "bundle" / "samples"
+# The shipped samples by grade; their names tell nothing of it (issue 18).
+SAMPLE_STEMS = {1: "fundus_q", 2: "fundus_c", 3: "fundus_m", 4: "fundus_h"}
 APP = ROOT / "apps" / "medlocker_deploy"
 LESIONS = ("EX", "HE", "MA", "SE")
 
@@ -44,17 +46,17 @@ def make_input(folder: Path) -> list[str]:
 
     folder.mkdir(parents=True)
     names = []
-    for stem in ("op8_grade2", "op8_redfree_grade3"):
+    for stem in ("op8_colour", "op8_redfree"):
         for path in SAMPLES.glob(f"{stem}*"):
             shutil.copy(path, folder / path.name)
         names.append(f"{stem}.dcm")
     for grade in (1, 2, 3, 4):
-        rgb = np.asarray(Image.open(SAMPLES / f"synthetic_grade{grade}.png").convert("RGB"))
-        fundus_dataset(rgb, iod="op8", series_number=10 + grade).save_as(folder / f"synthetic_grade{grade}.dcm",
+        rgb = np.asarray(Image.open(SAMPLES / f"{SAMPLE_STEMS[grade]}.png").convert("RGB"))
+        fundus_dataset(rgb, iod="op8", series_number=10 + grade).save_as(folder / f"sample{grade}.dcm",
                                                                         enforce_file_format=True)
         for lesion in LESIONS:
-            shutil.copy(SAMPLES / f"synthetic_grade{grade}_{lesion}.png", folder / f"synthetic_grade{grade}_{lesion}.png")
-        names.append(f"synthetic_grade{grade}.dcm")
+            shutil.copy(SAMPLES / f"{SAMPLE_STEMS[grade]}_{lesion}.png", folder / f"sample{grade}_{lesion}.png")
+        names.append(f"sample{grade}.dcm")
     return names
 
 

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from label_server import APP, LabelServer  # noqa: E402
 
-IMAGES = ("synthetic_grade1", "synthetic_grade2", "synthetic_grade3", "synthetic_grade4")
+IMAGES = ("fundus_q", "fundus_c", "fundus_m", "fundus_h")
 
 
 def make_studies(root: Path) -> Path:

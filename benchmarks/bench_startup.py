@@ -91,7 +91,7 @@ def main(argv=None) -> int:
         work = Path(tmp)
         for sub in ("keys", "grants", "unlocked", "src"):
             (work / sub).mkdir()
-        for f in (ROOT / "bundle" / "samples").glob("synthetic_grade2*.png"):
+        for f in (ROOT / "bundle" / "samples").glob("fundus_c*.png"):
             shutil.copy(f, work / "src" / f.name)
         _run(ROOT, ["keygen", str(work / "owner")])
         _run(ROOT, ["protect", str(work / "src"), str(work / "protected"), "--key", str(work / "owner.key"),

@@ -2,9 +2,9 @@
 
     .venv/bin/python scripts/make_dicom_samples.py
 
-- ``op8_grade2.dcm``: Ophthalmic Photography 8 Bit, JPEG Baseline (YBR_FULL_422, lossy) of
-  ``synthetic_grade2.png``, as many fundus cameras send it;
-- ``op8_redfree_grade3.dcm``: a red-free (MONOCHROME2) JPEG Baseline view of ``synthetic_grade3.png``
+- ``op8_colour.dcm``: Ophthalmic Photography 8 Bit, JPEG Baseline (YBR_FULL_422, lossy) of
+  ``fundus_c.png``, as many fundus cameras send it;
+- ``op8_redfree.dcm``: a red-free (MONOCHROME2) JPEG Baseline view of ``fundus_m.png``
   (its green channel).
 Each gets the PNG's lesion masks under its own stem.
 """
@@ -25,8 +25,8 @@ STUDY, SERIES_COLOUR, SERIES_REDFREE = "1.2.826.0.1.3680043.8.498.2026112601", "
 
 
 def main() -> None:
-    for source, name, mono, series, number in (("synthetic_grade2", "op8_grade2", False, SERIES_COLOUR, 1),
-                                               ("synthetic_grade3", "op8_redfree_grade3", True, SERIES_REDFREE, 2)):
+    for source, name, mono, series, number in (("fundus_c", "op8_colour", False, SERIES_COLOUR, 1),
+                                               ("fundus_m", "op8_redfree", True, SERIES_REDFREE, 2)):
         rgb = np.asarray(Image.open(SAMPLES / f"{source}.png").convert("RGB"))
         ds = fundus_dataset(rgb[..., 1] if mono else rgb, iod="op8", transfer_syntax="jpeg-baseline",
                             study_uid=STUDY, series_uid=series, series_number=number, instance_number=1,

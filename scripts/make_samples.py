@@ -21,13 +21,15 @@ sys.path.insert(0, str(ROOT))
 from monai_medlocker.data.synthetic import LESION_TYPES, load_real_sample, synthesize_fundus  # noqa: E402
 
 OUT = ROOT / "bundle" / "samples"
+# Sample names that tell nothing of the grade (issue 18): grade -> stem.
+SAMPLE_STEMS = {1: "fundus_q", 2: "fundus_c", 3: "fundus_m", 4: "fundus_h"}
 
 
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     for grade in (1, 2, 3, 4):
         sample = synthesize_fundus(512, seed=90_000 + grade, grade=grade, lab_version=1)  # the shipped samples are v1
-        stem = f"synthetic_grade{grade}"
+        stem = SAMPLE_STEMS[grade]
         Image.fromarray(sample.image).save(OUT / f"{stem}.png", optimize=True)
         for t in LESION_TYPES:
             Image.fromarray((sample.masks[t] * 255).astype(np.uint8)).save(OUT / f"{stem}_{t}.png", optimize=True)

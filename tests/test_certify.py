@@ -234,7 +234,7 @@ def test_build_certificate_fields(owner, marked):
                          "payload_sha256", "created", "software", "extra"}
     assert cert["software"].startswith("monai-medlocker ")
     assert cert["extra"] == {"StudyInstanceUID": "1.2.3"}
-    assert build_certificate(owner.key_id, "x", {}, "h1", "h2")["created"].endswith("Z")
+    assert build_certificate(owner.key_id, "x", {}, "h1", "h2")["created"].endswith("T00:00:00Z")  # the day only (issue 18)
 
 
 def test_signature_valid_and_tamper_evident(owner, other_owner, marked):
@@ -320,7 +320,7 @@ def test_encrypt_decrypt(owner, other_owner, marked):
         with pytest.raises(PayloadError, match=r"sidecar\.json: cannot decrypt.*wrong key.*altered"):
             decrypt_payload(*args, source="sidecar.json")
     with pytest.raises(PayloadError, match="version"):
-        decrypt_payload(b"\x02" + blob[1:], key, aad)
+        decrypt_payload(b"\x03" + blob[1:], key, aad)
 
 
 def _hkdf_reference(secret: bytes, salt: bytes, info: bytes) -> bytes:
@@ -460,3 +460,34 @@ def test_detect_logo_absent_on_original_and_moved_boxes(marked, logo):
     result = detect_logo(watermarked, moved, logo)
     assert not result["present"] and max(result["marks"]) < 0.15, result
     assert not detect_logo(_jpeg(original, 75), params, logo)["present"]
+
+
+def test_padded_blobs_hide_the_content_length_and_old_blobs_still_open(owner, marked):
+    """Issue 18 item 1: a blob's length is public; padded (version 2) it is the bucket's, not the content's."""
+    from monai_medlocker.certify.payload import padded_length
+
+    key, aad = derive_image_key(owner.master_secret, owner.key_id, "x"), b"digest"
+    for size in (0, 1, 100, 4094, 4095):
+        blob = encrypt_payload(bytes(range(256)) * (size // 256) + bytes(size % 256), key, aad, pad_bucket=4096)
+        assert blob[0] == 2 and len(blob) == 1 + 12 + 4096 + 16
+        assert decrypt_payload(blob, key, aad) == bytes(range(256)) * (size // 256) + bytes(size % 256)
+    assert padded_length(4096, 4096) == 8192 and padded_length(9000, 4096) == 16384
+    old = encrypt_payload(b"packed\x80\x00", key, aad)  # version 1 (before padding): opens as it was written
+    assert old[0] == 1 and decrypt_payload(old, key, aad) == b"packed\x80\x00"
+    unpadded = bytearray(encrypt_payload(b"x", key, aad))
+    unpadded[0] = 2  # a version 2 blob must end in its padding (the version byte is not authenticated)
+    with pytest.raises(PayloadError, match="padding|cannot decrypt"):
+        decrypt_payload(bytes(unpadded), key, aad)
+
+
+def test_sealed_lengths_do_not_follow_the_lesion_boxes(owner, marked):
+    """The sealed record of an image with many lesion boxes is as long as one with none (it grew with the grade)."""
+    from monai_medlocker.certify.seal import Certifier, open_sealed_record
+
+    original, watermarked, params, _ = marked
+    certifier = Certifier(owner)
+    sealed = [certifier.seal("img#1", original, watermarked, {**params, "grade": g, "wsm_boxes": [[3, 3, 12, 12]] * (40 * g)})
+              for g in range(5)]
+    assert len({len(s.record) for s in sealed}) == 1 and len({len(s.payload) for s in sealed}) == 1
+    image_key = derive_image_key(owner.master_secret, owner.key_id, "img#1")
+    assert [open_sealed_record(s.signed, s.record, image_key, "t")["grade"] for s in sealed] == list(range(5))

@@ -38,7 +38,7 @@ DEPLOY_PYTHON = Path(os.environ.get("MEDLOCKER_DEPLOY_PYTHON") or REPO / ".venv-
 REQUIRED = os.environ.get("MEDLOCKER_REQUIRE_DEPLOY") == "1"
 # The settings both runs use: the seed through the app's environment variable, the budget as an argument.
 SEED, MAX_QUERIES = 5, 80
-FUNDUS = ["op8_grade2.dcm", "op8_redfree_grade3.dcm", "study2/vl_grade2.dcm", "study2/sc_grade2.dcm"]
+FUNDUS = ["op8_colour.dcm", "op8_redfree.dcm", "study2/vl_colour.dcm", "study2/sc_colour.dcm"]
 LESION_TYPES = ("EX", "HE", "MA", "SE")
 
 
@@ -64,19 +64,19 @@ def _record(out: Path, name: str) -> dict:
 def _make_input(folder: Path) -> None:
     """The DICOM folder: fundus instances of three SOP classes with their lesion masks, a CT, a truncated file."""
     folder.mkdir()
-    for name in ("op8_grade2", "op8_redfree_grade3"):
+    for name in ("op8_colour", "op8_redfree"):
         for path in SAMPLES.glob(f"{name}*"):
             shutil.copy(path, folder / path.name)
     sub = folder / "study2"
     sub.mkdir()
-    rgb = np.asarray(Image.open(SAMPLES / "synthetic_grade2.png").convert("RGB"))
+    rgb = np.asarray(Image.open(SAMPLES / "fundus_c.png").convert("RGB"))
     for iod in ("vl", "sc"):
         ds = fundus_dataset(rgb, iod=iod, series_number=2 if iod == "vl" else 3, series_description=f"{iod} fundus")
-        ds.save_as(sub / f"{iod}_grade2.dcm", enforce_file_format=True)
+        ds.save_as(sub / f"{iod}_colour.dcm", enforce_file_format=True)
         for lesion in LESION_TYPES:
-            shutil.copy(SAMPLES / f"synthetic_grade2_{lesion}.png", sub / f"{iod}_grade2_{lesion}.png")
+            shutil.copy(SAMPLES / f"fundus_c_{lesion}.png", sub / f"{iod}_colour_{lesion}.png")
     shutil.copy(get_testdata_file("CT_small.dcm"), folder / "ct_small.dcm")
-    whole = (SAMPLES / "op8_grade2.dcm").read_bytes()
+    whole = (SAMPLES / "op8_colour.dcm").read_bytes()
     (folder / "truncated.dcm").write_bytes(whole[:3000])  # the header, cut inside it
 
 
@@ -191,19 +191,19 @@ def test_deploy_app_refuses_an_output_inside_its_input(tmp_path):
     _need_deploy_env()
     source = tmp_path / "in"
     source.mkdir()
-    shutil.copy(SAMPLES / "op8_grade2.dcm", source)
+    shutil.copy(SAMPLES / "op8_colour.dcm", source)
     proc = subprocess.run([str(DEPLOY_PYTHON), str(APP), "-i", str(source), "-o", str(source / "out")],
                           env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "overlap" in proc.stderr and str(source) in proc.stderr
-    assert [p.name for p in source.iterdir()] == ["op8_grade2.dcm"]  # nothing written into the input
+    assert [p.name for p in source.iterdir()] == ["op8_colour.dcm"]  # nothing written into the input
 
 
 def test_deploy_app_names_a_missing_model(tmp_path):
     _need_deploy_env()
     source = tmp_path / "in"
     source.mkdir()
-    shutil.copy(SAMPLES / "op8_grade2.dcm", source)
+    shutil.copy(SAMPLES / "op8_colour.dcm", source)
     missing = tmp_path / "no_such_model.pt"
     proc = subprocess.run([str(DEPLOY_PYTHON), str(APP), "-i", str(source), "-o", str(tmp_path / "out"), "--model",
                            str(missing)], env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
@@ -229,7 +229,7 @@ def test_staged_map_folder_runs_with_its_own_package_and_bundle(tmp_path):
     config.write_text(config.read_text().replace('"seed": 0,', '"seed": 11,'))
     source = tmp_path / "in"
     source.mkdir()
-    for path in SAMPLES.glob("op8_grade2*"):
+    for path in SAMPLES.glob("op8_colour*"):
         shutil.copy(path, source / path.name)
     env = {k: v for k, v in os.environ.items()
            if k not in ("PYTHONPATH", "MEDLOCKER_BUNDLE", "HOLOSCAN_INPUT_PATH", "HOLOSCAN_OUTPUT_PATH")}
@@ -238,7 +238,7 @@ def test_staged_map_folder_runs_with_its_own_package_and_bundle(tmp_path):
     proc = subprocess.run([str(DEPLOY_PYTHON), str(staged), "--max-queries", "20"], env=env, capture_output=True,
                           text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert _record(tmp_path / "out", "op8_grade2.dcm")["run_settings"]["seed"] == 11
+    assert _record(tmp_path / "out", "op8_colour.dcm")["run_settings"]["seed"] == 11
 
 
 # Checks that need no deploy environment: the app's settings and its pins.

@@ -26,6 +26,8 @@ from monai_medlocker.data.synthetic import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+# The shipped samples by grade; their names tell nothing of it (issue 18).
+SAMPLE_STEMS = {1: "fundus_q", 2: "fundus_c", 3: "fundus_m", 4: "fundus_h"}
 
 # SHA-256 of image bytes + packed masks + (grade, counts), computed with the ORIGINAL one-file
 # monai_medlocker/data/synthetic.py (commit 00231e1, before lab versions existed) in the project venv.
@@ -88,10 +90,10 @@ def test_lab_v1_dataset_is_bit_identical_to_the_original_code(tmp_path):
 def test_lab_v1_reproduces_the_shipped_bundle_samples(grade):
     """scripts/make_samples.py made bundle/samples with the original code (and now pins lab_version=1)."""
     sample = synthesize_fundus(512, 90_000 + grade, grade, lab_version=1)
-    shipped = np.asarray(Image.open(ROOT / "bundle" / "samples" / f"synthetic_grade{grade}.png").convert("RGB"))
+    shipped = np.asarray(Image.open(ROOT / "bundle" / "samples" / f"{SAMPLE_STEMS[grade]}.png").convert("RGB"))
     np.testing.assert_array_equal(sample.image, shipped)
     for t in LESION_TYPES:
-        mask = np.asarray(Image.open(ROOT / "bundle" / "samples" / f"synthetic_grade{grade}_{t}.png")) > 0
+        mask = np.asarray(Image.open(ROOT / "bundle" / "samples" / f"{SAMPLE_STEMS[grade]}_{t}.png")) > 0
         np.testing.assert_array_equal(sample.masks[t], mask)
 
 

@@ -28,8 +28,8 @@ from monai_medlocker.workflows.protect import record_path_for
 from label_server import APP, LABEL_BIN, REPO, LabelServer, label_env
 
 SAMPLES = REPO / "bundle" / "samples"
-IMAGES = ("synthetic_grade2", "synthetic_grade3")
-DICOM = "op8_grade2"  # an Ophthalmic Photography instance: the task returns a derived DICOM instance
+IMAGES = ("fundus_c", "fundus_m")
+DICOM = "op8_colour"  # an Ophthalmic Photography instance: the task returns a derived DICOM instance
 # The same settings for the app (--conf KEY VALUE) and for `medlocker protect` (--key value).
 SETTINGS = {"seed": "7", "max_queries": "4", "lesion_segmenter": "masks"}
 # What the public part of a record must never hold (DESIGN invariant 6).

@@ -165,6 +165,23 @@ def test_unreachable_pacs_fails_clearly_after_bounded_retries(tmp_path, capsys):
     assert elapsed < 30  # 2 attempts with 0.5 s backoff, no hidden library retries
 
 
+def _pacs_temp_folders(folder: Path) -> list[Path]:
+    return sorted(folder.glob("medlocker-pacs-*"))
+
+
+def test_default_pacs_work_folder_is_removed_after_a_failed_run(tmp_path, monkeypatch, capsys):
+    """Issue 18 item 7: the temporary folder (pulled originals, clear records) does not outlive the run."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    url = f"http://127.0.0.1:{free_port()}/dicom-web"
+    assert main(["pacs", "protect", "--url", url, "--study", STUDY, "--retries", "1", *FAST]) == 2
+    assert _pacs_temp_folders(tmp_path) == []
+    kept = tmp_path / "mine"  # a work folder of the user's is kept
+    assert main(["pacs", "protect", "--url", url, "--study", STUDY, "--retries", "1", "--work-dir", str(kept), *FAST]) == 2
+    assert kept.is_dir()
+
+
 class _FailingStowProxy(http.server.ThreadingHTTPServer):
     """Forwards to Orthanc, but answers 503 to every STOW-RS request after the first ``allow`` ones."""
 
@@ -316,3 +333,14 @@ def test_pacs_with_http_basic_authentication(tmp_path, monkeypatch, capsys):
         code, summary = _pacs_protect(secure, tmp_path, "--auth-env", "PACS_CREDENTIALS", study=study)
         assert code == 0 and len(summary["stored"]) == 1, summary
         assert "s3cret" not in json.dumps(summary)
+
+
+def test_default_pacs_work_folder_is_removed_after_a_run(orthanc, study_files, tmp_path, monkeypatch, capsys):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert main(["pacs", "protect", "--url", orthanc.url, "--study", STUDY, "--force", "--json", *FAST]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["status"] == "protected" and summary["work_dir_removed"] is True
+    assert Path(summary["work_dir"]).parent == tmp_path and not Path(summary["work_dir"]).exists()
+    assert _pacs_temp_folders(tmp_path) == []

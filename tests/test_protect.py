@@ -32,7 +32,7 @@ def _digest(folder: Path) -> dict:
 def sample_dir(tmp_path) -> Path:
     src = tmp_path / "in"
     src.mkdir()
-    for p in SAMPLES.glob("synthetic_grade[23]*.png"):
+    for p in SAMPLES.glob("fundus_[cm]*.png"):
         shutil.copy(p, src / p.name)
     return src
 
@@ -50,12 +50,12 @@ def test_cli_protect_writes_outputs_and_never_touches_inputs(sample_dir, tmp_pat
     assert main(["protect", str(sample_dir), str(out), "--quiet", "--max-queries", "40"]) == 0
     assert _digest(sample_dir) == before
     manifest = manifest_rows(out)
-    assert sorted(r["image"] for r in manifest) == ["synthetic_grade2.png", "synthetic_grade3.png"]
+    assert sorted(r["image"] for r in manifest) == ["fundus_c.png", "fundus_m.png"]
     assert all(r["status"] == "protected" for r in manifest)
-    assert sorted(r["output"] for r in manifest) == ["public/synthetic_grade2.png", "public/synthetic_grade3.png"]
+    assert sorted(r["output"] for r in manifest) == ["public/fundus_c.png", "public/fundus_m.png"]
     summary = read_summary(out)
     assert summary["images"] == 2 and summary["protected"] == 2 and summary["failures"] == []
-    for name in ("synthetic_grade2", "synthetic_grade3"):
+    for name in ("fundus_c", "fundus_m"):
         original = load_rgb(sample_dir / f"{name}.png")
         protected = load_rgb(public_dir(out) / f"{name}.png")
         record = read_record(out, f"{name}.png")
@@ -94,7 +94,7 @@ def test_bad_inputs_are_reported_and_the_batch_goes_on(sample_dir, tmp_path, cap
 def test_builtin_detector_protects_an_unmasked_image(tmp_path):
     src = tmp_path / "in"
     src.mkdir()
-    shutil.copy(SAMPLES / "synthetic_grade3.png", src / "unmasked.png")  # its masks are not copied
+    shutil.copy(SAMPLES / "fundus_m.png", src / "unmasked.png")  # its masks are not copied
     out = tmp_path / "out"
     assert main(["protect", str(src), str(out), "--quiet", "--max-queries", "20"]) == 0
     record = read_record(out, "unmasked.png")
@@ -108,18 +108,18 @@ def test_builtin_detector_protects_an_unmasked_image(tmp_path):
     wsm = wsm_from_boxes(np.asarray(record["wsm_boxes"]), shape)
     changed = np.any(load_rgb(src / "unmasked.png") != load_rgb(public_dir(out) / "unmasked.png"), axis=-1)
     assert changed.any() and not (changed & wsm).any()
-    truth = np.stack([load_mask(SAMPLES / f"synthetic_grade3_{t}.png", shape) for t in ("MA", "HE", "EX", "SE")])
+    truth = np.stack([load_mask(SAMPLES / f"fundus_m_{t}.png", shape) for t in ("MA", "HE", "EX", "SE")])
     assert wsm[truth.any(0)].mean() > 0.98
 
 
 def test_rerun_skips_done_images_without_rewriting(sample_dir, tmp_path):
     out = tmp_path / "out"
     assert main(["protect", str(sample_dir), str(out), "--quiet", "--max-queries", "20"]) == 0
-    stamp = (public_dir(out) / "synthetic_grade2.png").stat().st_mtime_ns
+    stamp = (public_dir(out) / "fundus_c.png").stat().st_mtime_ns
     assert main(["protect", str(sample_dir), str(out), "--quiet", "--max-queries", "20"]) == 0
     manifest = manifest_rows(out)
     assert {r["status"] for r in manifest} == {"already-done"}
-    assert (public_dir(out) / "synthetic_grade2.png").stat().st_mtime_ns == stamp
+    assert (public_dir(out) / "fundus_c.png").stat().st_mtime_ns == stamp
     assert read_summary(out)["protected"] == 2
 
 
@@ -132,9 +132,9 @@ def test_output_inside_input_is_refused(sample_dir, capsys):
 def test_datalist_input_uses_its_labels_and_masks(tmp_path):
     src = tmp_path / "ds"
     (src / "img").mkdir(parents=True)
-    shutil.copy(SAMPLES / "synthetic_grade4.png", src / "img" / "a.png")
+    shutil.copy(SAMPLES / "fundus_h.png", src / "img" / "a.png")
     for t in ("MA", "HE", "EX", "SE"):
-        shutil.copy(SAMPLES / f"synthetic_grade4_{t}.png", src / "img" / f"a_{t}.png")
+        shutil.copy(SAMPLES / f"fundus_h_{t}.png", src / "img" / f"a_{t}.png")
     items = [{"image": "img/a.png", "label": 4, **{f"mask_{t}": f"img/a_{t}.png" for t in ("MA", "HE", "EX", "SE")}}]
     (src / "datalist.json").write_text(json.dumps({"test": items}))
     out = tmp_path / "out"
@@ -167,23 +167,23 @@ def test_bundle_inference_config_runs_through_monai_bundle(sample_dir, tmp_path)
 def test_absolute_datalist_path_never_overwrites_the_input(tmp_path):
     src = tmp_path / "ds"
     src.mkdir()
-    for name in ("synthetic_grade2.png", *(f"synthetic_grade2_{t}.png" for t in ("MA", "HE", "EX", "SE"))):
+    for name in ("fundus_c.png", *(f"fundus_c_{t}.png" for t in ("MA", "HE", "EX", "SE"))):
         shutil.copy(SAMPLES / name, src / name)
-    image = src / "synthetic_grade2.png"
+    image = src / "fundus_c.png"
     (src / "datalist.json").write_text(json.dumps({"test": [{"image": str(image), "label": 2}]}))
     before = _digest(src)
     out = tmp_path / "out"
     assert main(["protect", str(src / "datalist.json"), str(out), "--quiet", "--max-queries", "20"]) == 0
     assert _digest(src) == before
-    assert (public_dir(out) / "synthetic_grade2.png").is_file()
+    assert (public_dir(out) / "fundus_c.png").is_file()
 
 
 def test_two_inputs_with_one_output_name_both_reported(sample_dir, tmp_path):
-    Image.open(sample_dir / "synthetic_grade2.png").convert("RGB").save(sample_dir / "synthetic_grade2.jpg", quality=95)
+    Image.open(sample_dir / "fundus_c.png").convert("RGB").save(sample_dir / "fundus_c.jpg", quality=95)
     out = tmp_path / "out"
     assert main(["protect", str(sample_dir), str(out), "--quiet", "--max-queries", "20"]) == 1
     errors = {f["image"]: f["error"] for f in read_summary(out)["failures"]}
-    assert "same output or record name" in errors["synthetic_grade2.png"]
+    assert "same output or record name" in errors["fundus_c.png"]
 
 
 def test_rerun_still_reports_images_that_could_not_be_protected(sample_dir, tmp_path):

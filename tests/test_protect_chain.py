@@ -30,9 +30,9 @@ FAST = {"max_queries": 8, "lesion_segmenter": "masks", "progress": False, "seed"
 def inputs(tmp_path) -> Path:
     src = tmp_path / "in"
     src.mkdir()
-    for f in (BUNDLE / "samples").glob("synthetic_grade2*.png"):
+    for f in (BUNDLE / "samples").glob("fundus_c*.png"):
         shutil.copy(f, src / f.name)
-    shutil.copy(BUNDLE / "samples" / "synthetic_grade3.png", src / "unmasked.png")
+    shutil.copy(BUNDLE / "samples" / "fundus_m.png", src / "unmasked.png")
     return src
 
 
@@ -68,9 +68,9 @@ def test_python_chain_and_bundle_chain_give_the_same_outputs(inputs, tmp_path):
     surrogates = load_protect_surrogates(cfg["surrogate"]["members"], checkpoint_dir=BUNDLE / "models" / "zoo")
     DatasetProtector(inputs, b, surrogates, {"max_queries": 8, "search_space": cfg["search_space"]},
                      lesion_segmenter="masks", seed=3, progress=False).run()
-    assert np.array_equal(load_rgb(a / "public" / "synthetic_grade2.png"), load_rgb(b / "public" / "synthetic_grade2.png"))
+    assert np.array_equal(load_rgb(a / "public" / "fundus_c.png"), load_rgb(b / "public" / "fundus_c.png"))
     assert _records(a) == _records(b)
-    assert (a / "public" / "synthetic_grade2.png").read_bytes() == (b / "public" / "synthetic_grade2.png").read_bytes()
+    assert (a / "public" / "fundus_c.png").read_bytes() == (b / "public" / "fundus_c.png").read_bytes()
 
 
 def test_one_step_is_replaced_with_a_hash_path_override_file(inputs, tmp_path):
@@ -89,12 +89,12 @@ def test_one_step_is_replaced_with_a_hash_path_override_file(inputs, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     # The built-in detector now serves the unmasked image too; the wider margin is in the record.
     records = {p.name: json.loads(p.read_text()) for p in (out / "private" / "records").glob("*.record.json")}
-    assert sorted(records) == ["synthetic_grade2.png.record.json", "unmasked.png.record.json"]
+    assert sorted(records) == ["fundus_c.png.record.json", "unmasked.png.record.json"]
     assert records["unmasked.png.record.json"]["lesion_source"] == "builtin"
     plain = tmp_path / "plain"
     _run(inputs, plain, {"lesion_segmenter": "builtin"})
-    wide = records["synthetic_grade2.png.record.json"]["wsm_pixels"]
-    assert wide > json.loads(record_path_for(plain, "synthetic_grade2.png").read_text())["wsm_pixels"]
+    wide = records["fundus_c.png.record.json"]["wsm_pixels"]
+    assert wide > json.loads(record_path_for(plain, "fundus_c.png").read_text())["wsm_pixels"]
 
 
 def test_a_chain_without_a_watermark_step_is_refused(inputs, tmp_path):

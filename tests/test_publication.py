@@ -45,8 +45,8 @@ def _inputs(tmp_path: Path) -> Path:
     src = tmp_path / "in"
     src.mkdir()
     entries = []
-    for i, (name, grade) in enumerate([("synthetic_grade2", 2), ("synthetic_grade3", 3), ("synthetic_grade4", 4),
-                                       ("op8_grade2", 2)]):
+    for i, (name, grade) in enumerate([("fundus_c", 2), ("fundus_m", 3), ("fundus_h", 4),
+                                       ("op8_colour", 2)]):
         suffix = ".dcm" if name.startswith("op8") else ".png"
         stem = f"eye{i}"
         shutil.copy(SAMPLES / (name + suffix), src / (stem + suffix))

@@ -14,6 +14,8 @@ import pytest
 from monai_medlocker.workflows.protect import ProtectItem, _partition
 
 ROOT = Path(__file__).resolve().parents[1]
+# The shipped samples by grade; their names tell nothing of it (issue 18).
+SAMPLE_STEMS = {1: "fundus_q", 2: "fundus_c", 3: "fundus_m", 4: "fundus_h"}
 CONFIGS = ROOT / "bundle" / "configs"
 # Per-run facts (timings) differ between any two runs; everything else must be equal.
 _TIMINGS = ("seconds", "certify_seconds", "total_seconds", "median_seconds_per_image")
@@ -25,7 +27,7 @@ def _inputs(tmp_path: Path) -> Path:
     (src / "sub").mkdir(parents=True)
     for grade in (1, 2, 3, 4):
         dst = src / "sub" if grade == 4 else src
-        for f in (ROOT / "bundle" / "samples").glob(f"synthetic_grade{grade}*.png"):
+        for f in (ROOT / "bundle" / "samples").glob(f"{SAMPLE_STEMS[grade]}*.png"):
             shutil.copy(f, dst / f.name)
     return src
 
@@ -94,8 +96,7 @@ def test_torchrun_two_processes_equal_one_process(one_process, tmp_path):
     for name in expected:
         assert got[name] == expected[name], name
     manifest = got["private/manifest.jsonl"]
-    assert sorted(r["image"] for r in manifest) == ["sub/synthetic_grade4.png", "synthetic_grade1.png",
-                                                    "synthetic_grade2.png", "synthetic_grade3.png"]
+    assert sorted(r["image"] for r in manifest) == ["fundus_c.png", "fundus_m.png", "fundus_q.png", "sub/fundus_h.png"]
     assert [r["status"] for r in manifest] == ["protected"] * 4
     assert done.stdout.count("MedLocker protect: 4/4 images protected") == 1  # rank 0 alone reports
 
@@ -122,6 +123,7 @@ def test_partition_never_repeats_and_keeps_clashing_names_together(tmp_path):
     protector = DatasetProtector.__new__(DatasetProtector)
     protector.output_dir = tmp_path / "out"
     protector.certifier = None
+    protector.public_names = "keep"  # public files named as the inputs: a.png and a.jpg clash
     groups = protector._output_groups(items)
     assert [0, 1, 6] in groups  # a.png, a.jpg, a.bmp all write public/a.png
     assert [7] in groups and [8] in groups  # f.png and f.dcm: their own images and records

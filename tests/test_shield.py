@@ -247,11 +247,11 @@ def test_shield_protect_then_unlock_is_bit_exact(tmp_path, surrogates):
     save_owner_key(keys / "owner", generate_owner_key())
     src = tmp_path / "originals"
     src.mkdir()
-    shutil.copy(ROOT / "bundle" / "samples" / "synthetic_grade2.png", src / "synthetic_grade2.png")
+    shutil.copy(ROOT / "bundle" / "samples" / "fundus_c.png", src / "fundus_c.png")
     rgb = synthesize_fundus(256, seed=21, grade=2).image
     fundus_dataset(rgb, iod="op8", transfer_syntax="jpeg-baseline").save_as(src / "colour.dcm", enforce_file_format=True)
     fundus_dataset(rgb[..., 1], iod="op8", transfer_syntax="rle").save_as(src / "redfree.dcm", enforce_file_format=True)
-    for stem, shape in (("synthetic_grade2", (512, 512)), ("colour", (256, 256)), ("redfree", (256, 256))):
+    for stem, shape in (("fundus_c", (512, 512)), ("colour", (256, 256)), ("redfree", (256, 256))):
         Image.fromarray(np.zeros(shape, np.uint8)).save(src / f"{stem}_lesions.png")
     out = tmp_path / "protected"
     from monai_medlocker.workflows.protect import DatasetProtector
@@ -261,8 +261,8 @@ def test_shield_protect_then_unlock_is_bit_exact(tmp_path, surrogates):
     assert summary["protected"] == 3, summary
     public = out / "public"  # what is published: the shielded images; a partner unlocks that
     assert main(["unlock", str(public), str(tmp_path / "un"), "--key", str(keys / "owner.key"), "--quiet"]) == 0
-    original, protected = load_rgb(src / "synthetic_grade2.png"), load_rgb(public / "synthetic_grade2.png")
-    assert np.array_equal(load_rgb(tmp_path / "un" / "synthetic_grade2.png"), original)
+    original, protected = load_rgb(src / "fundus_c.png"), load_rgb(public / "fundus_c.png")
+    assert np.array_equal(load_rgb(tmp_path / "un" / "fundus_c.png"), original)
     diff = np.abs(protected.astype(int) - original.astype(int))
     assert 0 < diff.max() and (np.any(diff > 0, -1) & (diff.max(-1) <= 4)).sum() > 10_000  # the shield is there
     for name in ("colour", "redfree"):

@@ -57,7 +57,7 @@ def protected(tmp_path_factory):
     assert keygen == {"code": 0, "heavy": []}, keygen
     src = base / "src"
     src.mkdir()
-    shutil.copy(ROOT / "bundle" / "samples" / "synthetic_grade2.png", src / "a.png")
+    shutil.copy(ROOT / "bundle" / "samples" / "fundus_c.png", src / "a.png")
     Image.fromarray(np.zeros((512, 512), np.uint8)).save(src / "a_lesions.png")
     out = base / "out"
     surrogate = Surrogate(TinyConv(), model_spec("resnet-tiny", 64))

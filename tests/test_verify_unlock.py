@@ -49,13 +49,13 @@ def protected(tmp_path_factory, keys):
 
     folder, _, _ = keys
     src = tmp_path_factory.mktemp("originals")
-    for name in ("synthetic_grade2", "synthetic_grade3"):
+    for name in ("fundus_c", "fundus_m"):
         shutil.copy(ROOT / "bundle" / "samples" / f"{name}.png", src / f"{name}.png")
     rgb = synthesize_fundus(256, seed=21, grade=2).image
     fundus_dataset(rgb, iod="op8", transfer_syntax="jpeg-baseline").save_as(src / "colour.dcm", enforce_file_format=True)
     fundus_dataset(rgb[..., 1], iod="op8", transfer_syntax="rle").save_as(src / "redfree.dcm", enforce_file_format=True)
-    for stem in ("synthetic_grade2", "synthetic_grade3", "colour", "redfree"):  # empty masks: fast and deterministic
-        shape = (512, 512) if stem.startswith("synthetic") else (256, 256)
+    for stem in ("fundus_c", "fundus_m", "colour", "redfree"):  # empty masks: fast and deterministic
+        shape = (512, 512) if stem.startswith("fundus_") else (256, 256)
         Image.fromarray(np.zeros(shape, np.uint8)).save(src / f"{stem}_lesions.png")
     out = tmp_path_factory.mktemp("protected")
     surrogate = Surrogate(TinyConv(), model_spec("resnet-tiny", 64))
@@ -100,7 +100,7 @@ def test_verify_authentic_and_unlock_bit_exact(protected, keys, tmp_path, capsys
     code, report = _verify(out, folder / "owner.pub", capsys)
     assert code == 0 and report["verdicts"] == {"authentic": 4}, report
     assert main(["unlock", str(out), str(tmp_path / "un"), "--key", str(folder / "owner.key"), "--quiet"]) == 0
-    for name in ("synthetic_grade2", "synthetic_grade3"):
+    for name in ("fundus_c", "fundus_m"):
         assert np.array_equal(load_rgb(tmp_path / "un" / f"{name}.png"), load_rgb(src / f"{name}.png"))
         assert not np.array_equal(load_rgb(out / f"{name}.png"), load_rgb(src / f"{name}.png"))
     for name in ("colour", "redfree"):
@@ -121,26 +121,26 @@ def test_grant_unlocks_exactly_its_images(protected, keys, tmp_path):
     src, out = protected
     folder, owner, _ = keys
     grant = tmp_path / "partner.grant"
-    image_id = json.loads((out / f"synthetic_grade2{SIDECAR_SUFFIX}").read_text())["certificate"]["image_id"]
-    assert image_id.startswith("synthetic_grade2.png#")  # the file name plus the original's hash: unique
+    image_id = json.loads((out / f"fundus_c{SIDECAR_SUFFIX}").read_text())["certificate"]["image_id"]
+    assert image_id.startswith("fundus_c.png#")  # the file name plus the original's hash: unique
     save_grant(grant, make_grant(owner, [image_id]))
-    assert main(["unlock", str(out / "synthetic_grade2.png"), str(tmp_path / "ok"), "--grant", str(grant), "--quiet"]) == 0
-    assert np.array_equal(load_rgb(tmp_path / "ok" / "synthetic_grade2.png"), load_rgb(src / "synthetic_grade2.png"))
+    assert main(["unlock", str(out / "fundus_c.png"), str(tmp_path / "ok"), "--grant", str(grant), "--quiet"]) == 0
+    assert np.array_equal(load_rgb(tmp_path / "ok" / "fundus_c.png"), load_rgb(src / "fundus_c.png"))
     assert "master_secret" not in grant.read_text() and base64.b64encode(owner.master_secret).decode() not in grant.read_text()
     # A grant for other images does not open this one, and nothing is written.
-    assert main(["unlock", str(out / "synthetic_grade3.png"), str(tmp_path / "no"), "--grant", str(grant), "--quiet"]) == 1
+    assert main(["unlock", str(out / "fundus_m.png"), str(tmp_path / "no"), "--grant", str(grant), "--quiet"]) == 1
     assert not (tmp_path / "no").exists()
-    # Nor does a grant for the bare file name (another dataset's synthetic_grade2.png).
-    save_grant(tmp_path / "name.grant", make_grant(owner, ["synthetic_grade2.png"]))
-    assert main(["unlock", str(out / "synthetic_grade2.png"), str(tmp_path / "no"), "--grant",
+    # Nor does a grant for the bare file name (another dataset's fundus_c.png).
+    save_grant(tmp_path / "name.grant", make_grant(owner, ["fundus_c.png"]))
+    assert main(["unlock", str(out / "fundus_c.png"), str(tmp_path / "no"), "--grant",
                  str(tmp_path / "name.grant"), "--quiet"]) == 1
 
 
 def test_grant_holder_always_checks_the_signature(protected, keys, tmp_path, capsys):
     _, out = protected
     _, owner, _ = keys
-    target = _copy(out, tmp_path, ["synthetic_grade3.png"]) / "synthetic_grade3.png"
-    image_id = json.loads((target.parent / f"synthetic_grade3{SIDECAR_SUFFIX}").read_text())["certificate"]["image_id"]
+    target = _copy(out, tmp_path, ["fundus_m.png"]) / "fundus_m.png"
+    image_id = json.loads((target.parent / f"fundus_m{SIDECAR_SUFFIX}").read_text())["certificate"]["image_id"]
 
     def edit(text):
         sig = bytearray(base64.b64decode(text[PNG_SIGNATURE]))
@@ -181,7 +181,7 @@ def test_wrong_key_fails_and_writes_nothing(protected, keys, tmp_path, capsys):
 def test_png_tampering_is_detected(protected, keys, tmp_path, capsys, tamper, verdict, unlock_error):
     _, out = protected
     folder, _, _ = keys
-    target = _copy(out, tmp_path, ["synthetic_grade2.png"]) / "synthetic_grade2.png"
+    target = _copy(out, tmp_path, ["fundus_c.png"]) / "fundus_c.png"
     if tamper == "pixel":
         _rewrite_png(target, change_pixels=lambda a: a.__setitem__((3, 3, 0), a[3, 3, 0] ^ 1))  # far from any logo box
     elif tamper == "parameter":
@@ -457,15 +457,15 @@ def test_lossy_reencoding_is_watermark_present_pixels_modified(protected, keys, 
     folder, _, _ = keys
     copy = tmp_path / "shared"
     copy.mkdir()
-    _jpeg_with_sidecar(out / "synthetic_grade3.png", out, copy)
-    half = Image.open(out / "synthetic_grade2.png").convert("RGB").resize((256, 256), Image.Resampling.BILINEAR)
-    half.save(copy / "synthetic_grade2.png")
-    shutil.copy(out / f"synthetic_grade2{SIDECAR_SUFFIX}", copy / f"synthetic_grade2{SIDECAR_SUFFIX}")
-    shutil.copy(src / "synthetic_grade2.png", copy / "unprotected.png")
+    _jpeg_with_sidecar(out / "fundus_m.png", out, copy)
+    half = Image.open(out / "fundus_c.png").convert("RGB").resize((256, 256), Image.Resampling.BILINEAR)
+    half.save(copy / "fundus_c.png")
+    shutil.copy(out / f"fundus_c{SIDECAR_SUFFIX}", copy / f"fundus_c{SIDECAR_SUFFIX}")
+    shutil.copy(src / "fundus_c.png", copy / "unprotected.png")
     code, report = _verify(copy, folder / "owner.pub", capsys)
     verdicts = {Path(r["image"]).name: r["verdict"] for r in report["results"]}
-    assert verdicts == {"synthetic_grade3.jpg": "watermark present, pixels modified",
-                        "synthetic_grade2.png": "watermark present, pixels modified",
+    assert verdicts == {"fundus_m.jpg": "watermark present, pixels modified",
+                        "fundus_c.png": "watermark present, pixels modified",
                         "unprotected.png": "no certificate"}, report
     assert code == 1
 
@@ -476,7 +476,7 @@ def test_logo_moved_elsewhere_is_not_reported_present(protected, keys, tmp_path,
     folder, _, _ = keys
     copy = tmp_path / "c"
     copy.mkdir()
-    _jpeg_with_sidecar(src / "synthetic_grade3.png", out, copy)
+    _jpeg_with_sidecar(src / "fundus_m.png", out, copy)
     _, report = _verify(copy, folder / "owner.pub", capsys)
     assert report["results"][0]["verdict"] == "pixels modified, watermark not found"
 
@@ -494,7 +494,7 @@ def test_unlock_and_verify_bundle_configs_through_monai_bundle(protected, keys, 
     folder, _, _ = keys
     result = _bundle_run("unlock.json", dataset_dir=out, output_dir=tmp_path / "un", owner_key=folder / "owner.key")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert np.array_equal(load_rgb(tmp_path / "un" / "synthetic_grade3.png"), load_rgb(src / "synthetic_grade3.png"))
+    assert np.array_equal(load_rgb(tmp_path / "un" / "fundus_m.png"), load_rgb(src / "fundus_m.png"))
     result = _bundle_run("verify.json", dataset_dir=out, public_key=folder / "owner.pub", report=tmp_path / "verify.json")
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((tmp_path / "verify.json").read_text())["verdicts"] == {"authentic": 4}

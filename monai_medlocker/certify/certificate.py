@@ -100,7 +100,9 @@ def _plain_json(value: Any, what: str) -> Any:
 
 def _timestamp(created: datetime | str | None) -> str:
     if created is None:
-        created = datetime.now(timezone.utc)
+        # The day only: one per-image time to the second gave each image's protect time away (and with it
+        # the grade, issue 18); a batch shares its day.
+        created = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
     if isinstance(created, str):
         return created
     if created.tzinfo is None:
@@ -128,7 +130,7 @@ def build_certificate(
         original_sha256: :func:`pixel_sha256` of the original image.
         payload_sha256: hash of the packed (unencrypted) restore payload, when there is one; the
             encrypted blobs' hashes are added under :data:`PUBLISHED` after encryption.
-        created: UTC time (aware ``datetime`` or ready ISO-8601 string); defaults to now.
+        created: UTC time (aware ``datetime`` or ready ISO-8601 string); defaults to today (midnight UTC).
         extra: further items (e.g. DICOM source UIDs), stored under ``"extra"``.
 
     Raises:

@@ -38,6 +38,11 @@ synthetic image that is 15 ms for 31 KB, against 52 ms for 30 KB at method 4 / q
 certify step must stay a few percent of the protect time; benchmarks/bench_certify.py). PNG serves other channel
 counts and Pillow builds without WebP; a box that would not shrink is stored raw. Every encoded box
 is decoded again at packing time and checked bit for bit before it is accepted.
+
+Encrypted blob: version u8 | 12-byte nonce | AES-256-GCM ciphertext and tag. Version 1 encrypts the
+plaintext as it is; version 2 (written since issue 18) first pads it with 0x80 and zeros to
+:func:`padded_length`, because a blob's length is public and would otherwise follow its content.
+Both versions are read.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ __all__ = [
     "footprint_bytes",
     "encrypt_payload",
     "decrypt_payload",
+    "padded_length",
 ]
 
 _MAGIC = b"MLRP"
@@ -82,6 +88,9 @@ _CODEC_FORMATS = {_CODEC_PNG: "PNG", _CODEC_WEBP: "WEBP"}
 _WEBP_MAX_SIDE = 16383  # the WebP format's limit
 
 _BLOB_VERSION = 1
+# Version 2: the plaintext is padded (0x80 then zeros) to a bucket, so the blob's public length does
+# not follow its content (a sealed record grows with the lesion boxes, i.e. with the grade).
+_BLOB_VERSION_PADDED = 2
 _NONCE_BYTES = 12
 _TAG_BYTES = 16
 _HKDF_INFO = b"medlocker-restore/1\x00"
@@ -380,18 +389,37 @@ def apply_restore_payload(watermarked: np.ndarray, packed: bytes, source: str = 
 # --------------------------------------------------------------------------------------------------
 
 
-def encrypt_payload(packed: bytes, image_key: bytes, aad: bytes) -> bytes:
+def padded_length(length: int, bucket: int) -> int:
+    """The padded plaintext length of ``length`` bytes: the smallest ``bucket * 2**k`` above it.
+
+    Every plaintext up to ``bucket - 1`` bytes pads to ``bucket``; longer ones to coarse powers of two,
+    so the length tells at most which doubling the content falls in.
+    """
+    if bucket < 1:
+        raise ValueError(f"the padding bucket must be at least 1 byte, got {bucket}")
+    size = bucket
+    while size <= length:  # at least one padding byte (the 0x80 marker)
+        size *= 2
+    return size
+
+
+def encrypt_payload(packed: bytes, image_key: bytes, aad: bytes, pad_bucket: int | None = None) -> bytes:
     """Seal a packed payload: version byte | 12-byte random nonce | AES-256-GCM ciphertext and tag.
 
     Args:
         packed: the packed payload.
         image_key: the image's 32-byte key from :func:`derive_image_key`.
         aad: associated data, normally :func:`~monai_medlocker.certify.certificate.certificate_digest`.
+        pad_bucket: pad the plaintext to :func:`padded_length` (version 2 blob); ``None``: no padding (version 1).
     """
     if len(image_key) != 32:
         raise ValueError(f"the image key must be 32 bytes, got {len(image_key)}")
+    version, plain = _BLOB_VERSION, bytes(packed)
+    if pad_bucket is not None:
+        version = _BLOB_VERSION_PADDED
+        plain += b"\x80" + bytes(padded_length(len(plain), pad_bucket) - len(plain) - 1)
     nonce = secrets.token_bytes(_NONCE_BYTES)  # random 96-bit nonces: safe for far more payloads per key than exist
-    return bytes([_BLOB_VERSION]) + nonce + AESGCM(image_key).encrypt(nonce, bytes(packed), bytes(aad))
+    return bytes([version]) + nonce + AESGCM(image_key).encrypt(nonce, plain, bytes(aad))
 
 
 def decrypt_payload(blob: bytes, image_key: bytes, aad: bytes, source: str = "restore payload") -> bytes:
@@ -410,15 +438,22 @@ def decrypt_payload(blob: bytes, image_key: bytes, aad: bytes, source: str = "re
     blob = bytes(blob)
     if len(blob) < 1 + _NONCE_BYTES + _TAG_BYTES:
         raise PayloadError(f"{source}: too short to be an encrypted restore payload ({len(blob)} bytes)")
-    if blob[0] != _BLOB_VERSION:
-        raise PayloadError(f"{source}: unsupported encrypted payload version {blob[0]} (this version reads {_BLOB_VERSION})")
+    if blob[0] not in (_BLOB_VERSION, _BLOB_VERSION_PADDED):
+        raise PayloadError(f"{source}: unsupported encrypted payload version {blob[0]} (this version reads "
+                           f"{_BLOB_VERSION} and {_BLOB_VERSION_PADDED})")
     if len(image_key) != 32:
         raise PayloadError(f"{source}: the image key must be 32 bytes, got {len(image_key)}")
     nonce, body = blob[1:1 + _NONCE_BYTES], blob[1 + _NONCE_BYTES:]
     try:
-        return AESGCM(bytes(image_key)).decrypt(nonce, body, bytes(aad))
+        plain = AESGCM(bytes(image_key)).decrypt(nonce, body, bytes(aad))
     except InvalidTag:
         raise PayloadError(
             f"{source}: cannot decrypt the restore payload: wrong key, or the payload or its certificate was "
             "altered (AES-GCM authentication failed; these cases cannot be told apart)"
         ) from None
+    if blob[0] == _BLOB_VERSION_PADDED:
+        end = len(plain.rstrip(b"\x00"))
+        if end == 0 or plain[end - 1] != 0x80:
+            raise PayloadError(f"{source}: the decrypted data has no valid padding")
+        plain = plain[:end - 1]
+    return plain

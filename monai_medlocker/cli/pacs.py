@@ -31,7 +31,8 @@ def add_subparser(subparsers) -> None:
     pp.add_argument("--study", required=True, help="Study Instance UID")
     pp.add_argument("--force", action="store_true", help="protect again even if the study already has a MedLocker series")
     pp.add_argument("--work-dir", dest="work_dir",
-                    help="folder for the pulled and protected copies and pacs_summary.json (default: a new temporary folder)")
+                    help="folder for the pulled and protected copies and pacs_summary.json, kept after the run (default: a new "
+                    "temporary folder, removed after the run, also after an error)")
     pp.add_argument("--retries", dest="pacs_retries", type=int, help="attempts per PACS request (default: 3)")
     pp.add_argument("--timeout", dest="pacs_timeout", type=float, help="seconds per PACS request (default: 30)")
     pp.add_argument("--auth-env", dest="pacs_auth_env", metavar="VAR",

@@ -86,6 +86,10 @@ def add_protect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--redo", action="store_true", default=None,
                    help="resuming into an output folder made with other output-changing settings (key, optimizer, "
                    "search space, model, logo, seed): protect its images again with these settings instead of refusing")
+    p.add_argument("--public-names", dest="public_names", choices=("keep", "opaque"),
+                   help="names of the published files: keep the input's relative paths (default; a warning names "
+                   "those that look like labels), or opaque: a keyed hash, the originals kept in private/names.json "
+                   "and given back by unlock")
     p.add_argument("--wait", action="store_true", default=None,
                    help="if another run is writing to the output folder, wait for it instead of refusing")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -119,6 +123,7 @@ def protect_overrides(args: argparse.Namespace) -> dict:
         "render_secret": getattr(args, "render_secret", None) and str(Path(args.render_secret).resolve()),
         "redo": args.redo,
         "wait": args.wait,
+        "public_names": args.public_names,
     }
 
 

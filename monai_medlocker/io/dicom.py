@@ -319,7 +319,8 @@ def derive_protected_dataset(
         monochrome = source.get("PhotometricInterpretation") == "MONOCHROME2"
     if monochrome and not (np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 0], pixels[..., 2])):
         raise ValueError("a monochrome output needs equal R, G and B channels (the logo must be rendered in grey)")
-    now = now or _dt.datetime.now()
+    # The day only: a creation time to the second would publish each image's protect time (issue 18).
+    now = now or _dt.datetime.now().replace(hour=0, minute=0, second=0, microsecond=0)
     lossy = _lossy_history(source)
 
     ds = copy.deepcopy(source)

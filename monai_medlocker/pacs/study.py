@@ -17,14 +17,14 @@ Steps:
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import pydicom
 from tqdm import tqdm
 
-from monai_medlocker.io.image import atomic_write_bytes
-from monai_medlocker.workflows.protect import PRIVATE_DIR
+from monai_medlocker.workflows.protect import PRIVATE_DIR, write_private
 from monai_medlocker.pacs.dicomweb import DicomWebPacs, PacsError, json_has_medlocker_block, json_value
 
 __all__ = ["FUNDUS_SOP_CLASSES", "StudyProtector", "format_study_summary"]
@@ -57,11 +57,16 @@ class StudyProtector:
         progress: show progress bars.
         store: where derived instances go; ``None`` = STOW-RS to ``pacs``, or a
             :class:`~monai_medlocker.pacs.dimse.DimseStore` for C-STORE.
+        remove_work_dir: delete the work folder (the parent of ``work_dir/in`` and ``work_dir/out``)
+            after the run, also after an error: it holds the pulled originals and the owner's clear
+            records (the grades). The bundle sets it for its temporary ``medlocker-pacs-*`` folder;
+            a ``--work-dir`` of the user's is kept (private/ in it is 0700).
     """
 
     def __init__(self, pacs: DicomWebPacs | str, study_uid: str, protector, force: bool = False,
-                 progress: bool = True, store=None) -> None:
+                 progress: bool = True, store=None, remove_work_dir: bool = False) -> None:
         self.store = store
+        self.remove_work_dir = bool(remove_work_dir)
         if not study_uid or not isinstance(study_uid, str):
             raise ValueError(f"study_uid must be a Study Instance UID string, got {study_uid!r}")
         self.pacs = pacs if isinstance(pacs, DicomWebPacs) else DicomWebPacs(pacs)
@@ -170,7 +175,18 @@ class StudyProtector:
                            f"{len(summary['stored'])} instance(s) were stored before (listed in this report)")
             raise
         finally:
-            self._finish(summary)
+            try:
+                self._finish(summary)
+            finally:
+                if self.remove_work_dir:
+                    self._remove_work_dir(in_dir, out_dir)
+
+    def _remove_work_dir(self, in_dir: Path, out_dir: Path) -> None:
+        """Delete the work folder and everything in it (only the one folder that holds ``in`` and ``out``)."""
+        work = out_dir.parent
+        if in_dir.parent.resolve() != work.resolve():
+            raise ValueError(f"work folders {in_dir} and {out_dir} do not share one parent; not removing anything")
+        shutil.rmtree(work, ignore_errors=True)
 
     def _store_one(self, store_to, path: Path, summary: dict) -> None:
         ds = pydicom.dcmread(path)
@@ -192,7 +208,9 @@ class StudyProtector:
     def _finish(self, summary: dict) -> dict:
         out_dir = Path(self.protector.output_dir)
         summary["work_dir"] = str(out_dir.parent)
-        atomic_write_bytes(out_dir / PRIVATE_DIR / "pacs_summary.json", json.dumps(summary, indent=2).encode())
+        if self.remove_work_dir:
+            summary["work_dir_removed"] = True  # the pulled copies and clear records do not outlive the run
+        write_private(out_dir, out_dir / PRIVATE_DIR / "pacs_summary.json", json.dumps(summary, indent=2).encode())
         self.summary = summary
         print(format_study_summary(summary), file=sys.stderr)
         return summary

@@ -13,6 +13,7 @@ Keys of one image's dictionary, and the step that fills each:
 ``label``           its true grade, or ``None`` (the protector)
 ``seed``            its search seed (the protector)
 ``out_path``        where its protected image goes, in ``OUT/public`` (the protector)
+``public_name``     its opaque public name, when names are not published (the protector; optional)
 ``image``           C x H x W uint8, watermarked in place by :class:`~.dictionary.AdversarialWatermarkd`
 ``original``        the same pixels, never changed (:class:`LoadFundusd`)
 ``dicom``, ``mode`` the decoded DICOM source (or ``None``) and the PNG mode to write back (:class:`LoadFundusd`)
@@ -28,6 +29,7 @@ Keys of one image's dictionary, and the step that fills each:
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Hashable, Mapping
@@ -106,7 +108,9 @@ class LoadFundusd(Transform):
 
             d["dicom_public"] = deidentify(dicom.dataset, self.privacy, self._uid_secret())
         d["mode"] = "RGB" if dicom is not None else round_trip_mode(path)
-        name = str(d["dicom_public"].SOPInstanceUID) if dicom is not None else portable_name(d["relative"])
+        # The id is public: a DICOM's published SOP Instance UID, never a hidden (opaque-named) file's name.
+        name = (str(d["dicom_public"].SOPInstanceUID) if dicom is not None
+                else d.get("public_name") or portable_name(d["relative"]))
         d["image_id"] = f"{name}#{pixel_sha256(image).split(':', 1)[1][:16]}"
         d["original"] = image.transpose(2, 0, 1)
         d["image"] = d["original"]  # the watermark step replaces it with a new array
@@ -157,6 +161,8 @@ class Certifyd(Transform):
         record = dict(d["medlocker"])
         record["image_id"] = d["image_id"]
         record["source"] = {"file": portable_name(d["relative"]), "masks": [Path(m).name for m in d.get("mask_paths") or []]}
+        if d.get("public_name"):
+            record["source"]["public_name"] = d["public_name"]  # sealed: unlock gives the original name back
         if d["mode"] != "RGB":
             record["source"]["mode"] = d["mode"]  # unlock writes this mode again
         record["lesion_source"] = d["lesion_source"]
@@ -267,7 +273,12 @@ class SaveProtectedd(Transform):
             if sealed is not None:
                 text.update(sealed.png_text())
             save_png(out_path, protected[..., 0] if d["mode"] == "L" else protected, text=text)
+        published = [out_path]
         if sealed is not None:  # the public sidecar: it travels with a copy that lost its embedded data
-            atomic_write_bytes(out_path.with_name(out_path.stem + SIDECAR_SUFFIX),
-                               json.dumps(sealed.sidecar_fields(), indent=2).encode())
+            published.append(out_path.with_name(out_path.stem + SIDECAR_SUFFIX))
+            atomic_write_bytes(published[-1], json.dumps(sealed.sidecar_fields(), indent=2).encode())
+        # File times travel in archives: the day only, as the certificate's, never each image's protect time.
+        day = time.time() // 86400 * 86400
+        for path in published:
+            os.utime(path, (day, day))
         return d

@@ -63,5 +63,5 @@ def protect_montage(output_dir: str | Path, input_root: str | Path, rows: list[d
 
     buffer = BytesIO()
     sheet.save(buffer, format="PNG")
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue(), mode=0o600)  # originals: the owner's alone, as private/ is
     return f"private/{MONTAGE}"

@@ -41,10 +41,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import json
+import re
 import statistics
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -67,15 +70,21 @@ from monai_medlocker.transforms.protect_steps import Certifyd, LesionMapsd, Load
 from monai_medlocker.watermark.logo import logo_sha256
 
 __all__ = ["MASK_SUFFIXES", "LESION_SEGMENTERS", "PUBLIC_DIR", "PRIVATE_DIR", "PUBLISH_NOTE", "PUBLISH_TEXT",
-           "RECORD_SUFFIX", "RUN_SETTINGS",
+           "RECORD_SUFFIX", "RUN_SETTINGS", "NAMES_FILE", "PUBLIC_NAMES", "GRADE_WORDS", "label_like_name",
            "MissingMaskError", "ProtectItem", "find_protect_items", "record_path_for", "DatasetProtector",
-           "image_failure", "protect_chain", "protect_dataset"]
+           "image_failure", "private_folder", "protect_chain", "protect_dataset", "write_private"]
 
 PUBLIC_DIR = "public"
 PRIVATE_DIR = "private"
 RECORD_SUFFIX = ".record.json"
 RUN_SETTINGS = "run_settings.json"
 RENDER_SECRET = "render_secret"
+NAMES_FILE = "names.json"
+PUBLIC_NAMES = ("keep", "opaque")
+# Words and folders that give a grade away in a published name (ICDR grades, referable, class folders 0/ .. 4/).
+GRADE_WORDS = ("grade", "dr", "npdr", "pdr", "normal", "mild", "moderate", "severe", "proliferative", "referable")
+_GRADE_WORD = re.compile(r"(?<![a-z])(" + "|".join(GRADE_WORDS) + r")(?![a-z])")
+_NAME_TOKENS = re.compile(r"[a-z]+|[0-9]+")
 PUBLISH_NOTE = "PUBLISH.txt"
 PUBLISH_TEXT = """MedLocker output folder
 
@@ -89,7 +98,8 @@ public/   Publish this folder, and nothing else. It holds the protected images a
           --keep-free-text). The encrypted restore payload keeps the original file, so unlock gives
           it back byte for byte.
 private/  Keep this folder. It holds each image's whole record in clear (records/), the manifest,
-          the summary, the run settings and, for a run without an owner key, the rendering secret.
+          the summary, the run settings, with opaque public names the original names (names.json)
+          and, for a run without an owner key, the rendering secret.
 """
 
 
@@ -129,6 +139,44 @@ def duplicate_sop_instance_uids(output_dir: str | Path) -> list[dict]:
         except (OSError, ValueError, KeyError, TypeError):  # not a DICOM record (or unreadable: reported elsewhere)
             continue
     return [{"sop_instance_uid": uid, "images": sorted(names)} for uid, names in sorted(files.items()) if len(names) > 1]
+def private_folder(output_dir: str | Path) -> Path:
+    """``OUT/private``, made (or tightened) to 0700: it holds every image's grade in clear (issue 18)."""
+    folder = Path(output_dir) / PRIVATE_DIR
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    return folder
+
+
+def write_private(output_dir: str | Path, path: str | Path, data: bytes) -> None:
+    """Write a file of ``OUT/private`` atomically, 0600, its folders below ``private/`` 0700 (as keys are)."""
+    root, path = private_folder(output_dir), Path(path)
+    folder = root
+    for part in path.parent.relative_to(root).parts:
+        folder = folder / part
+        folder.mkdir(mode=0o700, exist_ok=True)
+    atomic_write_bytes(path, data, mode=0o600)
+
+
+def label_like_name(relative: str | Path, label: int | None = None) -> str | None:
+    """Why an input's relative path looks like it tells its grade (then publishing it would), or ``None``.
+
+    A class folder (``0/`` .. ``4/``), a grade word (:data:`GRADE_WORDS`) in a folder or file name, or
+    a number in the name equal to the image's datalist label.
+    """
+    parts = [p.lower() for p in Path(relative).parts]
+    if not parts:
+        return None
+    names = parts[:-1] + [Path(parts[-1]).stem]
+    for folder in parts[:-1]:
+        if folder in ("0", "1", "2", "3", "4"):
+            return f"class folder {folder}/"
+    for name in names:
+        found = _GRADE_WORD.search(name)
+        if found:
+            return f"grade word {found.group(1)!r}"
+    if label is not None and str(label) in (t for name in names for t in _NAME_TOKENS.findall(name)):
+        return f"its label {label}"
+    return None
 
 
 def _sidecar_path(out_path: Path) -> Path:
@@ -223,6 +271,10 @@ class DatasetProtector:
             process group (``torchrun``, ``medlocker protect --workers N``; see :meth:`run`).
         chain: the protect chain (a ``Compose`` holding one each of ``AdversarialWatermarkd``,
             ``Certifyd`` and ``SaveProtectedd``); the settings above that build a chain are then unused.
+        public_names: ``"keep"`` (default): public files keep the input's relative paths (a warning names
+            those that look like labels); ``"opaque"``: each public file is named by a keyed hash of its
+            relative path (20 hex digits, no folders), the original names are kept in
+            ``private/names.json`` and in the sealed record, and unlock gives them back.
     """
 
     def __init__(
@@ -247,7 +299,12 @@ class DatasetProtector:
         wait: bool = False,
         distributed: bool = False,
         chain: Compose | None = None,
+        public_names: str = "keep",
     ) -> None:
+        if public_names not in PUBLIC_NAMES:
+            raise ValueError(f"public_names must be one of {', '.join(PUBLIC_NAMES)}, got {public_names!r}")
+        self.public_names = public_names
+        self._names_key: bytes | None = None
         self.distributed = bool(distributed)
         self.input_path = Path(input_path)
         self.output_dir = Path(output_dir)
@@ -316,6 +373,8 @@ class DatasetProtector:
         loads = [t for t in self.chain.transforms if isinstance(t, LoadFundusd)]
         if loads and loads[0].privacy != DicomPrivacy():  # only then, as for the shield
             settings["dicom_privacy"] = loads[0].privacy.to_record()
+        if self.public_names != "keep":  # as the shield: a default run's settings stay as they were
+            settings["public_names"] = self.public_names
         return json.loads(json.dumps(settings, sort_keys=True))
 
     @staticmethod
@@ -346,16 +405,38 @@ class DatasetProtector:
                     f"output folder {self.output_dir} holds the outputs of an earlier run with other settings: "
                     + "; ".join(changes) + ". Use the earlier settings to resume, pass --redo to protect its images "
                     "again with these settings, or choose another output folder")
-        atomic_write_bytes(path, json.dumps(settings, indent=2, sort_keys=True).encode())
+        write_private(self.output_dir, path, json.dumps(settings, indent=2, sort_keys=True).encode())
 
     def _image_seed(self, relative: Path) -> int:
         digest = hashlib.sha256(f"{self.seed}:{portable_name(relative)}".encode()).digest()
         return int.from_bytes(digest[:4], "little")
 
+    def public_relative(self, item: ProtectItem) -> Path:
+        """``item``'s name in ``public/`` before its output suffix: its relative path, or an opaque name."""
+        if self.public_names == "keep":
+            return item.relative
+        if self._names_key is None:
+            # A keyed hash (the run's own secret, apart from any image's render key): stable across resumed
+            # runs, and no one without the key can test a guessed name against it.
+            self._names_key = self.keyring.render_key("\x00medlocker-public-names")
+        digest = hmac.new(self._names_key, portable_name(item.relative).encode("utf-8"), hashlib.sha256).hexdigest()
+        return Path(digest[:20])
+
     def paths(self, item: ProtectItem) -> tuple[Path, Path]:
         """Where ``item``'s protected image (in ``public/``) and its whole record (in ``private/``) go."""
-        out_path = self.output_dir / PUBLIC_DIR / output_name(item.relative, is_dicom_file(item.image))
+        out_path = self.output_dir / PUBLIC_DIR / output_name(self.public_relative(item), is_dicom_file(item.image))
         return out_path, record_path_for(self.output_dir, item.relative)
+
+    def warn_label_like_names(self, items: list[ProtectItem]) -> list[str]:
+        """Warn once, naming them, about inputs whose names would publish their label; returns them."""
+        found = [f"{portable_name(item.relative)} ({why})" for item in items if item.problem is None
+                 for why in [label_like_name(item.relative, item.label)] if why]
+        if found and self.public_names == "keep":
+            shown = ", ".join(found[:10]) + (f" and {len(found) - 10} more" if len(found) > 10 else "")
+            warnings.warn(f"{len(found)} input name(s) look like labels and would be published as they are: {shown}; "
+                          "rename them or protect with --public-names opaque (bundle: public_names)", UserWarning,
+                          stacklevel=3)
+        return found
 
     def _claimed_paths(self, out_path: Path, record_path: Path) -> list[Path]:
         """The files an item writes, which no other item may share: with an owner key, also its public sidecar
@@ -374,6 +455,8 @@ class DatasetProtector:
         """
         data = {"image_path": item.image, "relative": item.relative, "mask_paths": list(item.masks), "label": item.label,
                 "seed": self._image_seed(item.relative), "out_path": out_path}
+        if self.public_names != "keep":  # the image id and the sealed record use the public name
+            data["public_name"] = portable_name(out_path.relative_to(self.output_dir / PUBLIC_DIR))
         try:
             return (chain or self.chain)(data)
         except RuntimeError as err:
@@ -390,7 +473,7 @@ class DatasetProtector:
         if self._settings is None:  # protect_one called outside run()
             self._settings = self.run_settings()
         record = {**record, "run_settings": self._settings}
-        atomic_write_bytes(self.paths(item)[1], json.dumps(record, indent=2).encode())
+        write_private(self.output_dir, self.paths(item)[1], json.dumps(record, indent=2).encode())
 
     def run(self, protect_many: Callable[[list[tuple[ProtectItem, Path]]], list[dict]] | None = None) -> dict:
         """Protect every image (one run at a time per output folder); returns the summary.
@@ -413,11 +496,14 @@ class DatasetProtector:
         """
         items = find_protect_items(self.input_path)
         rank, world = _rank_and_world() if self.distributed else (0, 1)
+        if rank == 0:
+            self.warn_label_like_names(items)
         if world > 1:
             return self._run_distributed(items, rank, world)
         prepare_output_dir(self.output_dir)
         with OutputLock(self.output_dir, wait=self.wait, command="medlocker protect"):
             clean_temporaries(self.output_dir)  # what a killed run left; no other run is writing here now
+            private_folder(self.output_dir)
             self._settings = self.run_settings()
             self._check_resume(self._settings)
             self.keyring.render_key("")  # a keyless run's secret exists before any image (and any Ray actor) needs it
@@ -436,6 +522,7 @@ class DatasetProtector:
                     prepare_output_dir(self.output_dir)
                     stack.enter_context(OutputLock(self.output_dir, wait=self.wait, command="medlocker protect"))
                     clean_temporaries(self.output_dir)  # before any rank writes
+                    private_folder(self.output_dir)
                     self._settings = self.run_settings()
                     self._check_resume(self._settings)
                     self.keyring.render_key("")  # before any rank reads it
@@ -625,15 +712,31 @@ class DatasetProtector:
             self.summary["montage"] = _montage(self.output_dir, self._in_root, rows)
             # A full disk must not hide the summary: each file that cannot be written is named, and the run fails.
             not_written = []
-            for path, data in ((self.output_dir / PUBLISH_NOTE, lambda: PUBLISH_TEXT), (private / "manifest.jsonl", lambda: manifest),
-                               (private / "summary.json", lambda: json.dumps(self.summary, indent=2))):
+            for write_one in (lambda: atomic_write_bytes(self.output_dir / PUBLISH_NOTE, PUBLISH_TEXT.encode()),
+                              lambda: write_private(self.output_dir, private / "manifest.jsonl", manifest.encode()),
+                              lambda: self.public_names != "keep" and self._write_names(rows),
+                              lambda: write_private(self.output_dir, private / "summary.json",
+                                                    json.dumps(self.summary, indent=2).encode())):
                 try:
-                    atomic_write_bytes(path, data().encode())
+                    write_one()
                 except OSError as err:
                     not_written.append(str(err))
                     self.summary.update(not_written=not_written, exit_code=1)
             print(format_summary(self.summary))  # the run's result: stdout (progress and warnings: stderr)
         return self.summary
+
+    def _write_names(self, rows: list[dict]) -> None:
+        """``private/names.json``: public name -> original relative path, this run's added to earlier runs'."""
+        path = self.output_dir / PRIVATE_DIR / NAMES_FILE
+        names = {}
+        if path.is_file():
+            try:
+                names = dict(json.loads(path.read_text(encoding="utf-8")))
+            except (OSError, ValueError, TypeError) as err:
+                print(f"medlocker protect: {path}: unreadable names of an earlier run ({err}); written anew", file=sys.stderr)
+        prefix = PUBLIC_DIR + "/"
+        names.update({r["output"][len(prefix):]: r["image"] for r in rows if (r.get("output") or "").startswith(prefix)})
+        write_private(self.output_dir, path, json.dumps(names, indent=2, sort_keys=True).encode())
 
     def _summarise(self, rows: list[dict], seconds: float) -> dict:
         done = [r for r in rows if r["status"] in ("protected", "already-done") and r.get("protected", True)]

@@ -137,7 +137,8 @@ class Unlocker:
 
     Args:
         input_path: a protected image or a folder of them.
-        output_dir: where originals are written (same relative names; never inside the input folder).
+        output_dir: where originals are written (same relative names, or the original ones of images
+            published under opaque names; never inside the input folder).
         key: the owner's ``.key`` file (or an :class:`OwnerKey`); or
         grant: a grant file (or a :class:`Grant`) covering the images.
         passphrase: the key file's passphrase, when it has one.
@@ -177,8 +178,10 @@ class Unlocker:
         self.wait = bool(wait)
         self.summary: dict | None = None
 
-    def _target(self, path: Path, is_dicom: bool) -> Path:
+    def _target(self, path: Path, is_dicom: bool, source: dict | None = None) -> Path:
         rel = path.relative_to(self.input_path) if self.input_path.is_dir() else Path(path.name)
+        if (source or {}).get("public_name") and source.get("file"):
+            rel = Path(source["file"])  # published under an opaque name: the original relative path comes back
         try:
             return inside_output(self.output_dir, self.output_dir / output_name(rel, is_dicom))
         except OutputError as err:
@@ -198,7 +201,7 @@ class Unlocker:
             except UnlockError:
                 raise err from None
             pf = pf.fallback
-        target = self._target(path, pf.dicom is not None)
+        target = self._target(path, pf.dicom is not None, record.get("source"))
         if self.input_path.is_dir() and self.input_path.resolve() in target.resolve().parents:
             raise UnlockError(f"{path}: its output {target} would lie inside the input folder; choose another output folder")
         cert = pf.signed.certificate

@@ -1,0 +1,313 @@
+"""Nothing in ``public/`` tells the grade through a side channel (issue 18, DESIGN invariant 6).
+
+A labelled, grade-balanced lab batch is protected with an owner key; then, from ``public/`` alone,
+as a thief sees it, every length (files, PNG chunks, sidecar fields, the encrypted blobs) and every
+time stamp (certificate ``created``, file times) must be constant, or at chance: |Spearman rho| <= 0.2
+with the grade and referable (grade >= 2) AUC within 0.5 +/- 0.1. No public name may carry a label.
+
+Left out: the PNG's pixel data (IDAT), the published image itself, whose lesions any grader sees,
+and the encoding of the marks' public geometry (see :func:`public_features`); what is tested is
+every other byte MedLocker adds beside the pixels.
+"""
+
+from __future__ import annotations
+
+import base64
+import calendar
+import copy
+import functools
+import json
+import os
+import stat
+import struct
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from PIL import Image
+from scipy.stats import spearmanr
+
+from monai_medlocker.certify.certificate import canonical_bytes
+from monai_medlocker.certify.keys import OwnerKey
+from monai_medlocker.data.lab.lesions import LESION_TYPES
+from monai_medlocker.data.lab.render import synthesize_fundus
+from monai_medlocker.networks import Surrogate, model_spec
+from monai_medlocker.workflows.protect import DatasetProtector
+from monai_medlocker.workflows.unlock import Unlocker
+from protect_outputs import private_dir, public_dir
+
+PER_GRADE = 3
+SIZE = 128
+FAST = dict(lesion_segmenter="masks", progress=False, watermark={"max_queries": 4})
+
+
+def _owner() -> OwnerKey:
+    """A fixed owner key: the batch's public bytes (but for nonces and salts) are the same on every run."""
+    return OwnerKey(Ed25519PrivateKey.from_private_bytes(bytes(range(32))), bytes(range(32, 64)))
+
+
+def _surrogate() -> Surrogate:
+    from conftest import TinyConv
+
+    return Surrogate(TinyConv(), model_spec("resnet-tiny", 64))
+
+
+def _lab_batch(folder: Path, layout: str = "flat", per_grade: int = PER_GRADE, size: int = SIZE) -> list[dict]:
+    """``per_grade`` lab images per grade (with their lesion masks), grades interleaved; a datalist beside them.
+
+    ``layout``: ``"flat"`` (names that tell nothing: ``eye_XX``) or ``"classes"`` (EyePACS-style class
+    folders ``0/`` .. ``4/``, names that do).
+    """
+    items = []
+    for i in range(per_grade * 5):
+        grade = (i * 2) % 5  # grades not in file order
+        sample = synthesize_fundus(size, seed=700 + i, grade=grade)
+        rel = Path(f"eye_{i:02d}.png") if layout == "flat" else Path(str(grade)) / f"grade{grade}_{i:02d}.png"
+        (folder / rel.parent).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(sample.image).save(folder / rel)
+        item = {"image": rel.as_posix(), "label": grade}
+        for t in LESION_TYPES:
+            mask = folder / rel.parent / f"{rel.stem}_{t}.png"
+            Image.fromarray(sample.masks[t].astype(np.uint8) * 255).save(mask)
+            item[f"mask_{t}"] = mask.relative_to(folder).as_posix()
+        items.append(item)
+    (folder / "datalist.json").write_text(json.dumps({"test": items}))
+    return items
+
+
+def _png_chunks(path: Path) -> list[tuple[str, int]]:
+    """(name, data length) of each chunk; an iTXt/tEXt chunk is named by its keyword."""
+    data = path.read_bytes()
+    pos, out = 8, []
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        name = kind.decode("ascii")
+        if name in ("iTXt", "tEXt", "zTXt"):
+            name += ":" + body.split(b"\x00", 1)[0].decode("latin-1")
+        out.append((name, length))
+        pos += 12 + length
+    return out
+
+
+def _without_geometry(obj):
+    """A copy of a public record, certificate or sidecar with its marks' geometry emptied."""
+    obj = copy.deepcopy(obj)
+    for holder in (obj, obj.get("params"), (obj.get("certificate") or {}).get("params")):
+        if isinstance(holder, dict) and "marks" in holder:
+            holder["marks"] = []
+    return obj
+
+
+def _geometry_bytes(text: str, serialise) -> int:
+    """How many bytes of ``text`` (JSON written by ``serialise``) are the marks' geometry."""
+    obj = json.loads(text)
+    assert serialise(obj) == text  # the writer is reproduced exactly, so the difference is exact
+    return len(text) - len(serialise(_without_geometry(obj)))
+
+
+def public_features(public: Path) -> dict[str, dict[str, float]]:
+    """Every length and time feature of each protected image, read from ``public`` alone: stem -> feature -> value.
+
+    The marks' geometry (where the logo is, how big) is published in clear on purpose, and is visible in
+    the pixels: what it tells is the placement channel (:mod:`monai_medlocker.threats.placement`). Its
+    encoding (more digits for a mark further right) is taken out of every length here, exactly, by
+    re-serialising each JSON text without it, so that what is measured is everything else. So is the
+    restore payload's padding bucket, a function of the public mark boxes alone
+    (:func:`~monai_medlocker.certify.seal.payload_bucket`): the payload is measured by what it holds
+    beyond that bucket, and the lengths that contain it without it.
+    """
+    try:
+        from monai_medlocker.certify.seal import payload_bucket
+    except ImportError:  # a version without padding: no bucket, the whole payload is measured
+        def payload_bucket(shape, params):
+            return -29
+
+    public_json = functools.partial(json.dumps, sort_keys=True)
+    sidecar_json = functools.partial(json.dumps, indent=2)
+    features: dict[str, dict[str, float]] = {}
+    for image in sorted(public.rglob("*.png")):
+        stem = image.relative_to(public).with_suffix("").as_posix()
+        f = features.setdefault(stem, {})
+        with Image.open(image) as img:
+            img.load()
+            text = dict(img.text)
+        # The encrypted payload as its public bucket makes it (version, nonce, padded plaintext, tag), in base64.
+        bucket_b64 = 4 * -(-(1 + 12 + payload_bucket((0, 0, 3), json.loads(text["medlocker:public"])) + 16) // 3)
+        geometry = {"iTXt:medlocker:public": _geometry_bytes(text["medlocker:public"], public_json),
+                    "iTXt:medlocker:certificate": _geometry_bytes(text["medlocker:certificate"],
+                                                                  lambda o: canonical_bytes(o).decode("ascii")),
+                    "iTXt:medlocker:payload": bucket_b64}
+        chunks = _png_chunks(image)
+        idat = sum(12 + n for name, n in chunks if name == "IDAT")  # the pixels, split in chunks by their size
+        f["png bytes beside the pixel data"] = image.stat().st_size - idat - sum(geometry.values())
+        for name, n in chunks:
+            if name != "IDAT":
+                f[f"png chunk {name}"] = f.get(f"png chunk {name}", 0) + n - geometry.get(name, 0)
+        f["png mtime"] = image.stat().st_mtime
+        sidecar = image.with_name(image.stem + ".medlocker.json")
+        raw = sidecar.read_text()
+        f["sidecar bytes"] = len(raw) - _geometry_bytes(raw, sidecar_json) - bucket_b64
+        f["sidecar mtime"] = sidecar.stat().st_mtime
+        fields = _without_geometry(json.loads(raw))
+        for key, value in fields.items():
+            f[f"sidecar {key}"] = len(json.dumps(value)) - (bucket_b64 if key == "restore_payload" else 0)
+        f["sealed record bytes"] = len(base64.b64decode(fields["sealed_record"]))
+        f["restore payload bytes beyond its public bucket"] = len(fields["restore_payload"]) - bucket_b64
+        created = fields["certificate"]["created"]
+        f["certificate created"] = calendar.timegm(time.strptime(created, "%Y-%m-%dT%H:%M:%SZ"))
+    return features
+
+
+def _auc(values: np.ndarray, positive: np.ndarray) -> float:
+    """Referable AUC of a feature (Mann-Whitney, ties count one half)."""
+    pos, neg = values[positive], values[~positive]
+    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(wins / (len(pos) * len(neg)))
+
+
+def feature_table(features: dict[str, dict[str, float]], grades: dict[str, int]) -> dict[str, str]:
+    """Each feature's figures: ``constant``, ``missing for some images``, or its rho, referable AUC and range."""
+    stems = sorted(grades)
+    grade = np.array([grades[s] for s in stems])
+    table = {}
+    for name in sorted({k for f in features.values() for k in f}):
+        values = np.array([features[s].get(name, np.nan) for s in stems], dtype=float)
+        if np.isnan(values).any():
+            table[name] = "missing for some images"
+        elif np.all(values == values[0]):
+            table[name] = "constant"
+        else:
+            table[name] = (f"rho {float(spearmanr(values, grade)[0]):+.2f}, referable AUC {_auc(values, grade >= 2):.2f} "
+                           f"(range {values.min():g}-{values.max():g})")
+    return table
+
+
+def leaks(features: dict[str, dict[str, float]], grades: dict[str, int]) -> list[str]:
+    """The features that are neither constant nor at chance (|rho| <= 0.2, AUC 0.5 +/- 0.1), with their figures."""
+    found = []
+    for name, figures in feature_table(features, grades).items():
+        if figures == "constant":
+            continue
+        if figures.startswith("rho "):
+            rho, auc = float(figures.split()[1].rstrip(",")), float(figures.split()[4])
+            if abs(rho) <= 0.2 and abs(auc - 0.5) <= 0.1:
+                continue
+        found.append(f"{name}: {figures}")
+    return found
+
+
+@pytest.fixture(scope="module")
+def flat_batch(tmp_path_factory):
+    src, out = tmp_path_factory.mktemp("lab"), tmp_path_factory.mktemp("release")
+    items = _lab_batch(src)
+    summary = DatasetProtector(src / "datalist.json", out, _surrogate(), owner_key=_owner(), **FAST).run()
+    assert summary["protected"] == len(items) and summary["exit_code"] == 0, summary
+    return src, out, items
+
+
+def test_no_public_length_or_time_tells_the_grade(flat_batch):
+    _, out, items = flat_batch
+    grades = {str(Path(i["image"]).with_suffix("")): i["label"] for i in items}
+    assert sorted(np.bincount(list(grades.values()))) == [PER_GRADE] * 5  # grade-balanced
+    features = public_features(public_dir(out))
+    assert sorted(features) == sorted(grades)
+    assert {"sealed record bytes", "restore payload bytes beyond its public bucket", "certificate created",
+            "png chunk iTXt:medlocker:sealed", "sidecar sealed_record"} <= set(features[next(iter(features))])
+    assert leaks(features, grades) == []
+    # A batch on a fast machine fits in one second, so time stamps must also be the day alone to pass here.
+    for f in features.values():
+        assert f["certificate created"] % 86400 == f["png mtime"] % 86400 == f["sidecar mtime"] % 86400 == 0
+
+
+def test_the_leak_test_can_fail():
+    """A feature that follows the grade (as the unpadded sealed record did: rho +0.77) is caught."""
+    grades = {f"e{i}": i % 5 for i in range(15)}
+    features = {s: {"sealed record bytes": 2000 + 97 * g + (s == "e3"), "constant": 7} for s, g in grades.items()}
+    assert [leak.split(":")[0] for leak in leaks(features, grades)] == ["sealed record bytes"]
+
+
+def test_no_public_name_carries_a_label(flat_batch):
+    from monai_medlocker.workflows.protect import label_like_name
+
+    _, out, items = flat_batch
+    labels = {str(Path(i["image"]).with_suffix("")): i["label"] for i in items}
+    for path in public_dir(out).rglob("*"):
+        rel = path.relative_to(public_dir(out))
+        stem = str(rel).split(".")[0]
+        assert label_like_name(rel, labels.get(stem)) is None, rel
+
+
+def test_dicom_creation_time_is_the_day_only(tmp_path):
+    from monai_medlocker.io.dicom import derive_protected_dataset
+    from monai_medlocker.io.dicom_build import fundus_dataset
+    from monai_medlocker.io.private_tags import MedlockerTags
+
+    rgb = synthesize_fundus(SIZE, seed=3, grade=1).image
+    derived = derive_protected_dataset(fundus_dataset(rgb, iod="op8"), rgb, MedlockerTags(params={}))
+    assert derived.InstanceCreationTime == derived.ContentTime == "000000"
+
+
+def test_private_folder_is_the_owners_alone(flat_batch):
+    """Issue 18 item 6: every local user could read the grades in private/ (755, records 644)."""
+    _, out, _ = flat_batch
+    private = private_dir(out)
+    assert stat.S_IMODE(os.stat(private).st_mode) == 0o700
+    files = [p for p in private.rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"manifest.jsonl", "summary.json", "run_settings.json"}
+    assert any(p.name.endswith(".record.json") for p in files)
+    for p in private.rglob("*"):
+        assert stat.S_IMODE(os.stat(p).st_mode) == (0o700 if p.is_dir() else 0o600), p
+
+
+def test_class_folders_warn_and_opaque_names_hide_them_until_unlock(tmp_path):
+    src, keep, opaque = tmp_path / "lab", tmp_path / "keep", tmp_path / "opaque"
+    items = _lab_batch(src, layout="classes")[:5]
+    (src / "datalist.json").write_text(json.dumps({"test": items}))
+    with pytest.warns(UserWarning, match=r"5 input name\(s\) look like labels.*0/grade0_00\.png \(class folder 0/\)"):
+        DatasetProtector(src / "datalist.json", keep, _surrogate(), owner_key=_owner(), **FAST).run()
+    assert (public_dir(keep) / "2" / "grade2_01.png").is_file()  # kept, as warned
+
+    key = _owner()
+    summary = DatasetProtector(src / "datalist.json", opaque, _surrogate(), owner_key=key, public_names="opaque",
+                               **FAST).run()
+    assert summary["protected"] == 5, summary
+    public = sorted(p.relative_to(public_dir(opaque)).as_posix() for p in public_dir(opaque).iterdir())
+    stems = sorted({p.split(".")[0] for p in public})
+    assert len(stems) == 5 and all(len(s) == 20 and int(s, 16) >= 0 for s in stems)
+    assert sorted(public) == sorted([f"{s}.png" for s in stems] + [f"{s}.medlocker.json" for s in stems])
+    for path in public_dir(opaque).iterdir():  # nothing public names the original
+        assert not any(word in path.read_bytes() for word in (b"grade", b"eye_"))
+    names = json.loads((private_dir(opaque) / "names.json").read_text())
+    assert sorted(names.values()) == sorted(i["image"] for i in items)
+    assert stat.S_IMODE(os.stat(private_dir(opaque) / "names.json").st_mode) == 0o600
+
+    restored = tmp_path / "restored"
+    assert Unlocker(public_dir(opaque), restored, key=key, progress=False).run()["exit_code"] == 0
+    for item in items:
+        assert np.array_equal(np.asarray(Image.open(restored / item["image"])), np.asarray(Image.open(src / item["image"])))
+
+
+def test_cli_public_names_opaque_goes_through_the_bundle_config(tmp_path):
+    """``--public-names opaque`` sets the bundle's ``public_names``: the same code as above, via inference.json."""
+    from monai_medlocker.certify import save_owner_key
+    from monai_medlocker.cli import main
+
+    src, out, restored = tmp_path / "lab", tmp_path / "out", tmp_path / "restored"
+    items = _lab_batch(src, layout="classes")[:2]
+    (src / "datalist.json").unlink()
+    for p in src.rglob("*.png"):  # keep only the two images and their masks
+        if not any(p.relative_to(src).as_posix().startswith(i["image"][:-4]) for i in items):
+            p.unlink()
+    save_owner_key(tmp_path / "owner", _owner())
+    key = str(tmp_path / "owner.key")
+    assert main(["protect", str(src), str(out), "--quiet", "--max-queries", "4", "--lesion-segmenter", "masks",
+                 "--key", key, "--public-names", "opaque"]) == 0
+    published = sorted(p.name for p in public_dir(out).iterdir())
+    assert len(published) == 4 and not any("grade" in n or "/" in n for n in published)
+    assert sorted(json.loads((private_dir(out) / "names.json").read_text()).values()) == sorted(i["image"] for i in items)
+    assert main(["unlock", str(public_dir(out)), str(restored), "--key", key]) == 0
+    for item in items:
+        assert np.array_equal(np.asarray(Image.open(restored / item["image"])), np.asarray(Image.open(src / item["image"])))
