@@ -85,12 +85,12 @@ def test_inference_runs_from_another_folder(tmp_path):
     src, cwd = tmp_path / "in", tmp_path / "elsewhere"
     src.mkdir()
     cwd.mkdir()
-    for f in (BUNDLE / "samples").glob("synthetic_grade2*.png"):
+    for f in (BUNDLE / "samples").glob("fundus_c*.png"):
         shutil.copy(f, src / f.name)
     proc = bundle_run([BUNDLE / "configs" / "inference.json"], "--dataset_dir", str(src), "--output_dir", "out",
                       "--max_queries", "8", "--lesion_segmenter", "masks", "--progress", "False", cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (cwd / "out" / "public" / "synthetic_grade2.png").is_file()
+    assert (cwd / "out" / "public" / "fundus_c.png").is_file()
 
 
 # --------------------------------------------------------------------- item 8: the bundle's models stay as shipped

@@ -22,7 +22,7 @@ from protect_outputs import manifest_rows, private_dir, public_dir, read_record,
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "bundle" / "samples"
-NAMES = ("synthetic_grade2", "synthetic_grade3")
+NAMES = ("fundus_c", "fundus_m")
 # The bundle's protect settings, made fast: few queries, the given masks.
 FAST = ["--quiet", "--max-queries", "12", "--lesion-segmenter", "masks"]
 
@@ -118,7 +118,7 @@ def test_protect_json(tmp_path, capsys):
     report = json.loads(captured.out)
     assert report["command"] == "protect" and report["images"] == 3 and report["protected"] == 2
     rows = {r["image"]: r for r in report["results"]}
-    assert set(rows) == {"broken.png", "synthetic_grade2.png", "synthetic_grade3.png"}
+    assert set(rows) == {"broken.png", "fundus_c.png", "fundus_m.png"}
     for name in NAMES:
         row = rows[f"{name}.png"]
         assert row["status"] == "protected" and row["message"] is None and row["output"] == f"public/{name}.png"
@@ -132,8 +132,8 @@ def test_protect_json(tmp_path, capsys):
     left, right = sheet[18:274, 4:260], sheet[18:274, 264:520]
     assert left.any() and not np.array_equal(left, right)  # the mark shows on the right
     # the manifest names each image's id too (where the README sends the owner)
-    assert {r["image"]: r.get("image_id") for r in manifest_rows(out)}["synthetic_grade2.png"] == \
-        rows["synthetic_grade2.png"]["image_id"]
+    assert {r["image"]: r.get("image_id") for r in manifest_rows(out)}["fundus_c.png"] == \
+        rows["fundus_c.png"]["image_id"]
     # without --json the summary is the result: stdout
     assert main(["protect", str(src), str(out), *FAST]) == 1
     captured = capsys.readouterr()
@@ -160,13 +160,13 @@ def test_lesions_json(tmp_path, capsys):
     report = json.loads(captured.out)
     assert report["command"] == "lesions" and report["done"] == 2
     rows = {r["image"]: r for r in report["results"]}
-    assert rows["synthetic_grade2.png"]["status"] == "done" and rows["synthetic_grade2.png"]["message"] is None
+    assert rows["fundus_c.png"]["status"] == "done" and rows["fundus_c.png"]["message"] is None
     assert rows["grey.png"]["status"] == "failed" and "no field of view" in rows["grey.png"]["message"]
     assert all("image_id" in r for r in report["results"])
     assert "grey.png: failed" in captured.err  # the per-image lines moved aside
     assert main(["lesions", str(src), str(tmp_path / "out2"), "--ignore-masks"]) == 1
     captured = capsys.readouterr()
-    assert "synthetic_grade2.png: done" in captured.out and "FAILED grey.png" in captured.out
+    assert "fundus_c.png: done" in captured.out and "FAILED grey.png" in captured.out
 
 
 # ------------------------------------------------------------------------------------------- item 11

@@ -231,8 +231,8 @@ def test_png_restore_data_damage_is_not_authentic(protected, keys, tmp_path, cap
     """Issue 18 item 8: the blobs as published are signed, so verify tells damaged restore data apart."""
     _, out = protected
     folder, _, _ = keys
-    target = _copy(out, tmp_path, ["synthetic_grade2.png"]) / "synthetic_grade2.png"
-    with Image.open(out / "synthetic_grade3.png") as img:
+    target = _copy(out, tmp_path, ["fundus_c.png"]) / "fundus_c.png"
+    with Image.open(out / "fundus_m.png") as img:
         other = base64.b64decode(img.text[chunk])
     edit = _blob_edit(kind, other)
 
@@ -254,7 +254,7 @@ def test_png_restore_data_damage_is_not_authentic(protected, keys, tmp_path, cap
 def test_png_public_chunk_edit_and_truncated_sidecar_are_not_authentic(protected, keys, tmp_path, capsys):
     _, out = protected
     folder, _, _ = keys
-    target = _copy(out, tmp_path, ["synthetic_grade2.png"]) / "synthetic_grade2.png"
+    target = _copy(out, tmp_path, ["fundus_c.png"]) / "fundus_c.png"
 
     def move_mark(text):
         public = json.loads(text["medlocker:public"])
@@ -267,10 +267,10 @@ def test_png_public_chunk_edit_and_truncated_sidecar_are_not_authentic(protected
     # A copy that lost its chunks (pixels intact) and travels with a sidecar whose payload was cut short.
     bare = tmp_path / "bare"
     bare.mkdir()
-    Image.open(out / "synthetic_grade3.png").save(bare / "synthetic_grade3.png")
-    sidecar = json.loads((out / f"synthetic_grade3{SIDECAR_SUFFIX}").read_text())
+    Image.open(out / "fundus_m.png").save(bare / "fundus_m.png")
+    sidecar = json.loads((out / f"fundus_m{SIDECAR_SUFFIX}").read_text())
     sidecar["restore_payload"] = sidecar["restore_payload"][:-400]
-    (bare / f"synthetic_grade3{SIDECAR_SUFFIX}").write_text(json.dumps(sidecar))
+    (bare / f"fundus_m{SIDECAR_SUFFIX}").write_text(json.dumps(sidecar))
     code, report = _verify(bare, folder / "owner.pub", capsys)
     assert code == 3 and report["results"][0]["verdict"] == RESTORE_DAMAGED, report
     assert report["results"][0]["certificate_in"] == "sidecar"
@@ -304,7 +304,7 @@ def test_dicom_restore_data_damage_is_not_authentic(protected, keys, tmp_path, c
     assert not (tmp_path / "un").exists()
 
 
-@pytest.mark.parametrize("name,damage", [("synthetic_grade3.png", "payload"), ("synthetic_grade3.png", "certificate"),
+@pytest.mark.parametrize("name,damage", [("fundus_m.png", "payload"), ("fundus_m.png", "certificate"),
                                          ("colour.dcm", "payload"), ("colour.dcm", "sealed")])
 def test_an_intact_sidecar_stands_in_for_a_damaged_embedded_copy(protected, keys, tmp_path, capsys, name, damage):
     """Issue 18 item 11: verify and unlock fall back on the sidecar beside the image."""
@@ -349,7 +349,7 @@ def test_format_1_certificates_still_verify_and_unlock(protected, keys, tmp_path
 
     src, out = protected
     folder, owner, _ = keys
-    target = _copy(out, tmp_path, ["synthetic_grade2.png"]) / "synthetic_grade2.png"
+    target = _copy(out, tmp_path, ["fundus_c.png"]) / "fundus_c.png"
 
     def to_format_1(text):
         cert = json.loads(text[PNG_CERTIFICATE])
@@ -367,7 +367,7 @@ def test_format_1_certificates_still_verify_and_unlock(protected, keys, tmp_path
     code, report = _verify(target, folder / "owner.pub", capsys)
     assert code == 0 and report["results"][0]["verdict"] == "authentic", report
     assert main(["unlock", str(target), str(tmp_path / "un"), "--key", str(folder / "owner.key"), "--quiet"]) == 0
-    assert np.array_equal(load_rgb(tmp_path / "un" / "synthetic_grade2.png"), load_rgb(src / "synthetic_grade2.png"))
+    assert np.array_equal(load_rgb(tmp_path / "un" / "fundus_c.png"), load_rgb(src / "fundus_c.png"))
 
 
 def test_dicom_tampering_is_detected(protected, keys, tmp_path, capsys):
