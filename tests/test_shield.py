@@ -335,3 +335,49 @@ def test_shield_protect_then_unlock_is_bit_exact(tmp_path, surrogates, shield):
         after = read_fundus_dicom(public / f"{name}.dcm").pixels
         changed = before != after if before.ndim == 2 else np.any(before != after, axis=-1)
         assert changed.mean() > 0.3, (name, changed.mean())  # far more than a logo box: the shield is there
+
+
+# --------------------------------------------------------------------------------------------------
+# Protection levels (issue 17 item 2)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_levels_name_the_shield_and_the_explicit_shield_overrides_them():
+    import argparse
+    import json
+
+    from monai_medlocker.cli.protect import PROTECTION_LEVELS, add_protect_options, protect_overrides
+    from monai_medlocker.watermark.shield import DEFAULT_LEVEL, LEVELS, level_settings
+
+    assert PROTECTION_LEVELS == tuple(LEVELS) and DEFAULT_LEVEL == "mark"
+    assert level_settings() == ("mark", None) and level_settings("mark") == ("mark", None)
+    name, shield = level_settings("shield")
+    assert name == "shield" and shield.kind == "perceptual" and shield.linf == 12
+    strong = level_settings("strong")[1]
+    assert strong.kind == "perceptual" and strong.jnd_scale > shield.jnd_scale
+    assert level_settings("strong", False) == ("mark", None)  # --no-shield wins
+    assert level_settings(None, {}) == ("custom", ShieldSettings())  # --shield: the block shield, as before
+    assert level_settings("mark", {"kind": "perceptual"})[0] == "shield"
+    with pytest.raises(ValueError, match="unknown protection level 'max'"):
+        level_settings("max")
+    p = argparse.ArgumentParser()
+    add_protect_options(p)
+    assert protect_overrides(p.parse_args(["--level", "strong"]))["level"] == "strong"
+    assert protect_overrides(p.parse_args([]))["level"] is None  # keep the bundle's
+    with pytest.raises(SystemExit):
+        p.parse_args(["--level", "max"])
+    config = json.loads((ROOT / "bundle" / "configs" / "inference.json").read_text())
+    assert config["level"] == "mark" and config["watermark"]["level"] == "@level"
+
+
+def test_level_is_written_in_the_record(surrogates):
+    from monai_medlocker.transforms.array import AdversarialWatermark
+
+    image, fov, wsm, _ = _case(9, size=160)
+    for level, kind in (("mark", None), ("shield", "perceptual")):
+        t = AdversarialWatermark(surrogates, max_queries=8, level=level, shield=None)
+        t(image.transpose(2, 0, 1), wsm, label=1)
+        assert t.last_record["level"] == level
+        assert (t.last_record.get("shield") or {}).get("settings", {}).get("kind") == kind
+    t = AdversarialWatermark(surrogates, max_queries=8, level="strong", shield={"steps": 2})
+    assert t.level == "custom" and t.shield.kind == "block"
