@@ -43,7 +43,8 @@ from monai_medlocker.networks import Surrogate, preprocess_for_model
 from monai_medlocker.watermark.eot import _gaussian_blur
 from monai_medlocker.watermark.logo import is_greyscale
 
-__all__ = ["MAX_LINF", "BLOCK_LINF", "KINDS", "LEVELS", "DEFAULT_LEVEL", "level_settings", "ShieldSettings", "jnd_map", "shield_bound_map", "offmark_fidelity",
+__all__ = ["MAX_LINF", "BLOCK_LINF", "KINDS", "LEVELS", "DEFAULT_LEVEL", "level_settings", "ShieldSettings", "jnd_map",
+           "shield_bound_map", "offmark_fidelity",
            "block_edge_ratio", "screen_geometry", "settings_views", "field_of_view", "shield_region", "shield_image", "psnr"]
 
 MAX_LINF = 12  # grey levels of 255: the hard cap of DESIGN invariant 1's shield mode
