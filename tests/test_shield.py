@@ -225,6 +225,7 @@ def test_watermark_image_with_shield_records_it_and_keeps_the_invariants(surroga
     pf = prec["shield"]
     assert pf["applied"] and pf["settings"]["kind"] == "perceptual" and pf["linf_bound"] == 12
     assert pf["linf"] <= pf["bound_max"] <= 12 and 0 < pf["bound_mean"] < pf["bound_max"]
+    assert 0.9 < pf["offmark_ssim_luma"] < 1 and 30 < pf["offmark_psnr"] < 60  # the fidelity is stated
     assert prec["marks"] == rec["marks"]
     pdiff = np.abs(smooth.astype(int) - image.astype(int)).max(axis=-1)
     assert not pdiff[wsm].any() and not pdiff[~fov].any() and pdiff.max() > 0

@@ -21,7 +21,8 @@ from monai_medlocker.watermark.logo import logo_for_image, logo_sha256
 from monai_medlocker.watermark.optimizers import WatermarkOptimizer
 from monai_medlocker.watermark.problem import AttackProblem, SearchSpace, label_margins
 from monai_medlocker.watermark.shield import (
-    ShieldSettings, field_of_view, psnr, screen_geometry, settings_views, shield_bound_map, shield_image, shield_region,
+    ShieldSettings, field_of_view, offmark_fidelity, psnr, screen_geometry, settings_views, shield_bound_map, shield_image,
+    shield_region,
 )
 
 __all__ = ["RECORD_FORMAT", "WatermarkInvariantError", "watermark_image", "judge", "judge_views"]
@@ -104,7 +105,10 @@ def _apply_shield(image: np.ndarray, marked: np.ndarray, wsm: np.ndarray, surrog
     cell = screen_geometry(settings, image.shape, surrogates)[1]
     bound = shield_bound_map(image, wsm, fov, boxes, settings, cell)[1]  # what _check_invariants enforces
     diff = np.abs(out.astype(np.int16) - marked.astype(np.int16))
-    facts.update({"applied": True, "region_pixels": int(allowed.sum()),
+    fidelity = offmark_fidelity(image, out, allowed)  # DESIGN invariant 1: the off-mark fidelity is stated
+    facts.update({"offmark_ssim_luma": fidelity["ssim_luma"],
+                  "offmark_psnr": fidelity["psnr"] if np.isfinite(fidelity["psnr"]) else None,
+                  "applied": True, "region_pixels": int(allowed.sum()),
                   "changed_pixels": int(np.any(diff > 0, axis=-1).sum()), "linf": int(diff.max(initial=0)),
                   "block": cell, "bound_max": int(bound.max(initial=0)),
                   "bound_mean": round(float(bound[allowed].mean()), 3) if allowed.any() else 0.0,
