@@ -22,7 +22,8 @@ from monai_medlocker.watermark import SearchSpace, get_optimizer, load_logo, wat
 from monai_medlocker.watermark.blend import Placement
 from monai_medlocker.watermark.engine import WatermarkInvariantError, _check_invariants
 from monai_medlocker.watermark.shield import (
-    MAX_LINF, ShieldSettings, field_of_view, screen_geometry, shield_image, shield_region,
+    MAX_LINF, ShieldSettings, block_edge_ratio, field_of_view, jnd_map, offmark_fidelity, screen_geometry,
+    shield_bound_map, shield_image, shield_region,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,8 +71,11 @@ def _loss(image: np.ndarray, surrogates, label: int) -> float:
 
 
 def test_settings_state_and_enforce_the_bound():
-    assert MAX_LINF == 4 and ShieldSettings().linf == 4
-    for bad in ({"linf": 5}, {"linf": 0}, {"linf": 2.5}, {"step_size": 3, "linf": 2}, {"steps": 0},
+    # DESIGN invariant 1: a hard cap of 12/255; the block kind keeps its 4/255 default
+    assert MAX_LINF == 12 and ShieldSettings().linf == 4 and ShieldSettings(kind="perceptual").linf == 12
+    assert ShieldSettings(kind="perceptual", linf=6).to_record()["linf"] == 6
+    for bad in ({"linf": 13}, {"kind": "perceptual", "linf": 13}, {"kind": "jnd"}, {"jnd_scale": 0.0},
+                {"jnd_scale": 5.0}, {"luma": 1.5}, {"grid": 0}, {"linf": 0}, {"linf": 2.5}, {"step_size": 3, "linf": 2}, {"steps": 0},
                 {"momentum": -1.0}, {"views": ["jpeg75"]}, {"smoothing": 9.0}, {"smoothing": -1.0},
                 {"block": 0}, {"block": 2.0}):
         with pytest.raises(ValueError, match="shield"):
@@ -132,6 +136,50 @@ def test_shield_keeps_a_greyscale_image_grey_and_clips_at_black_and_white(surrog
     assert np.abs(out.astype(int) - grey).max() <= 4 and (out != grey).any()
 
 
+def test_jnd_budget_is_larger_in_dark_and_textured_retina():
+    flat = np.full((64, 64, 3), 128, np.uint8)
+    dark = np.full((64, 64, 3), 20, np.uint8)
+    textured = flat.copy()
+    textured[:, ::4] = 200  # stripes: texture masks change
+    j_flat, j_dark, j_tex = (float(jnd_map(a)[32, 32]) for a in (flat, dark, textured))
+    assert 2.5 < j_flat < 4 and j_dark > j_flat + 5 and j_tex > j_flat + 1
+
+
+@pytest.mark.parametrize("seed", [0, 3, 8])
+def test_perceptual_shield_honours_its_bound_map_and_is_smooth(surrogates, seed):
+    image, fov, wsm, boxes = _case(seed, size=192)
+    settings = ShieldSettings(kind="perceptual", steps=6, jnd_scale=1.5)
+    label = 1
+    out = shield_image(image, wsm, fov, surrogates, label, boxes, settings=settings, removed=[np.zeros_like(image)])
+    cell = screen_geometry(settings, image.shape, surrogates)[1]
+    budget, bound = shield_bound_map(image, wsm, fov, boxes, settings, cell)
+    region = shield_region(wsm, fov, boxes)
+    diff = np.abs(out.astype(np.int16) - image.astype(np.int16)).max(axis=-1)
+    assert (diff <= bound).all() and bound.max() <= MAX_LINF  # every pixel within its own bound
+    assert not bound[~region].any() and not diff[~region].any()  # WSM, surround and boxes untouched
+    assert diff.max() >= 3 and (diff[region] > 0).mean() > 0.3  # it changes something, so this could fail
+    assert len(np.unique(bound[region])) > 3  # a per-pixel budget, not one flat box
+    assert (diff[region] >= bound[region]).mean() < 0.9  # and not everywhere at its bound
+    assert _loss(out, surrogates, label) > _loss(image, surrogates, label)
+    # no block edges: the change steps no more across any block period's edges than elsewhere
+    assert block_edge_ratio(image, out, region) < 1.5  # bicubic between grid points: ~1.0-1.25 measured
+    blocky = shield_image(image, wsm, fov, surrogates, label, boxes, settings=ShieldSettings(steps=4, block=3))
+    assert block_edge_ratio(image, blocky, region) > 2.0  # the measure does see blocks
+    fid = offmark_fidelity(image, out, region)
+    assert fid["ssim_luma"] > 0.95 and 30 < fid["psnr"] < 60
+    # chroma before luminance: the luminance change is the smaller part of the change
+    f = out.astype(np.float64) - image
+    luma = 0.299 * f[..., 0] + 0.587 * f[..., 1] + 0.114 * f[..., 2]
+    assert np.abs(luma[region]).mean() < 0.5 * np.abs(f[region]).max(axis=-1).mean()
+
+
+def test_perceptual_shield_keeps_grey_grey(surrogates):
+    image, fov, wsm, boxes = _case(5)
+    grey = np.repeat(image[..., 1:2], 3, axis=-1)
+    out = shield_image(grey, wsm, fov, surrogates, 1, boxes, settings=ShieldSettings(kind="perceptual", steps=3))
+    assert np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 0], out[..., 2]) and (out != grey).any()
+
+
 def test_shield_rejects_misfits(surrogates):
     image, fov, wsm, boxes = _case(0)
     with pytest.raises(ValueError, match="uint8"):
@@ -171,7 +219,16 @@ def test_watermark_image_with_shield_records_it_and_keeps_the_invariants(surroga
     with pytest.raises(ValueError, match="uint8"):
         watermark_image(image.astype(np.float32) / 255, wsm, surrogates, logo, optimizer, space, shield=True)
     with pytest.raises(ValueError, match="linf"):
-        watermark_image(image, wsm, surrogates, logo, optimizer, space, shield={"linf": 8})
+        watermark_image(image, wsm, surrogates, logo, optimizer, space, shield={"linf": 13})
+    smooth, prec = watermark_image(image, wsm, surrogates, logo, optimizer, space, label=2, seed=0,
+                                   shield={"kind": "perceptual", "steps": 3})
+    pf = prec["shield"]
+    assert pf["applied"] and pf["settings"]["kind"] == "perceptual" and pf["linf_bound"] == 12
+    assert pf["linf"] <= pf["bound_max"] <= 12 and 0 < pf["bound_mean"] < pf["bound_max"]
+    assert 0.9 < pf["offmark_ssim_luma"] < 1 and 30 < pf["offmark_psnr"] < 60  # the fidelity is stated
+    assert prec["marks"] == rec["marks"]
+    pdiff = np.abs(smooth.astype(int) - image.astype(int)).max(axis=-1)
+    assert not pdiff[wsm].any() and not pdiff[~fov].any() and pdiff.max() > 0
 
 
 def test_check_invariants_allows_the_shield_only_in_its_region_and_bound():
@@ -200,6 +257,12 @@ def test_check_invariants_allows_the_shield_only_in_its_region_and_bound():
     border[38, 1] = 101
     with pytest.raises(WatermarkInvariantError, match="outside the shield region"):
         _check_invariants(before, border, wsm, marks, 4, allowed)
+    # a per-pixel bound map (the perceptual shield's): 104 is within a bound of 4 but not of 3
+    bound = np.where(allowed, 4, 0)
+    assert _check_invariants(before, after, wsm, marks, bound, allowed) == 101
+    bound[10, 10] = 3
+    with pytest.raises(WatermarkInvariantError, match="by 4 grey levels, over its bound 3"):
+        _check_invariants(before, after, wsm, marks, bound, allowed)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -241,7 +304,8 @@ def test_payload_with_residual_round_trips_and_version_1_stays(surrogates):
 # --------------------------------------------------------------------------------------------------
 
 
-def test_shield_protect_then_unlock_is_bit_exact(tmp_path, surrogates):
+@pytest.mark.parametrize("shield", [{"steps": 2}, {"kind": "perceptual", "steps": 2}])
+def test_shield_protect_then_unlock_is_bit_exact(tmp_path, surrogates, shield):
     keys = tmp_path / "keys"
     keys.mkdir()
     save_owner_key(keys / "owner", generate_owner_key())
@@ -256,7 +320,7 @@ def test_shield_protect_then_unlock_is_bit_exact(tmp_path, surrogates):
     out = tmp_path / "protected"
     from monai_medlocker.workflows.protect import DatasetProtector
 
-    summary = DatasetProtector(src, out, surrogates[:1], watermark={"max_queries": 6, "shield": {"steps": 2}},
+    summary = DatasetProtector(src, out, surrogates[:1], watermark={"max_queries": 6, "shield": shield},
                                lesion_segmenter="masks", owner_key=keys / "owner.key", progress=False).run()
     assert summary["protected"] == 3, summary
     public = out / "public"  # what is published: the shielded images; a partner unlocks that
@@ -264,10 +328,57 @@ def test_shield_protect_then_unlock_is_bit_exact(tmp_path, surrogates):
     original, protected = load_rgb(src / "fundus_c.png"), load_rgb(public / "fundus_c.png")
     assert np.array_equal(load_rgb(tmp_path / "un" / "fundus_c.png"), original)
     diff = np.abs(protected.astype(int) - original.astype(int))
-    assert 0 < diff.max() and (np.any(diff > 0, -1) & (diff.max(-1) <= 4)).sum() > 10_000  # the shield is there
+    cap = ShieldSettings(**shield).linf
+    assert 0 < diff.max() and (np.any(diff > 0, -1) & (diff.max(-1) <= cap)).sum() > 10_000  # the shield is there
     for name in ("colour", "redfree"):
         before = read_fundus_dicom(src / f"{name}.dcm").pixels
         assert np.array_equal(read_fundus_dicom(tmp_path / "un" / f"{name}.dcm").pixels, before)
         after = read_fundus_dicom(public / f"{name}.dcm").pixels
         changed = before != after if before.ndim == 2 else np.any(before != after, axis=-1)
         assert changed.mean() > 0.3, (name, changed.mean())  # far more than a logo box: the shield is there
+
+
+# --------------------------------------------------------------------------------------------------
+# Protection levels (issue 17 item 2)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_levels_name_the_shield_and_the_explicit_shield_overrides_them():
+    import argparse
+    import json
+
+    from monai_medlocker.cli.protect import PROTECTION_LEVELS, add_protect_options, protect_overrides
+    from monai_medlocker.watermark.shield import DEFAULT_LEVEL, LEVELS, level_settings
+
+    assert PROTECTION_LEVELS == tuple(LEVELS) and DEFAULT_LEVEL == "mark"
+    assert level_settings() == ("mark", None) and level_settings("mark") == ("mark", None)
+    name, shield = level_settings("shield")
+    assert name == "shield" and shield.kind == "perceptual" and shield.linf == 12
+    strong = level_settings("strong")[1]
+    assert strong.kind == "perceptual" and strong.jnd_scale > shield.jnd_scale
+    assert level_settings("strong", False) == ("mark", None)  # --no-shield wins
+    assert level_settings(None, {}) == ("custom", ShieldSettings())  # --shield: the block shield, as before
+    assert level_settings("mark", {"kind": "perceptual"})[0] == "shield"
+    with pytest.raises(ValueError, match="unknown protection level 'max'"):
+        level_settings("max")
+    p = argparse.ArgumentParser()
+    add_protect_options(p)
+    assert protect_overrides(p.parse_args(["--level", "strong"]))["level"] == "strong"
+    assert protect_overrides(p.parse_args([]))["level"] is None  # keep the bundle's
+    with pytest.raises(SystemExit):
+        p.parse_args(["--level", "max"])
+    config = json.loads((ROOT / "bundle" / "configs" / "inference.json").read_text())
+    assert config["level"] == "mark" and config["watermark"]["level"] == "@level"
+
+
+def test_level_is_written_in_the_record(surrogates):
+    from monai_medlocker.transforms.array import AdversarialWatermark
+
+    image, fov, wsm, _ = _case(9, size=160)
+    for level, kind in (("mark", None), ("shield", "perceptual")):
+        t = AdversarialWatermark(surrogates, max_queries=8, level=level, shield=None)
+        t(image.transpose(2, 0, 1), wsm, label=1)
+        assert t.last_record["level"] == level
+        assert (t.last_record.get("shield") or {}).get("settings", {}).get("kind") == kind
+    t = AdversarialWatermark(surrogates, max_queries=8, level="strong", shield={"steps": 2})
+    assert t.level == "custom" and t.shield.kind == "block"

@@ -11,6 +11,8 @@ from monai_medlocker.cli._output import json_summary, print_json, results_to_std
 from monai_medlocker.cli.keygen import add_passphrase_options, read_passphrase
 from monai_medlocker.watermark.optimizers import OPTIMIZERS
 
+PROTECTION_LEVELS = ("mark", "shield", "strong")  # shield.LEVELS, named here so that --help imports no torch
+
 
 def add_subparser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -48,10 +50,14 @@ def add_protect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=OPTIMIZERS)
     p.add_argument("--max-queries", dest="max_queries", type=int, help="query budget per mark")
     p.add_argument("--space", dest="search_space", help="'paper', 'full', or a JSON object of SearchSpace fields")
+    p.add_argument("--level", choices=PROTECTION_LEVELS, help="protection level: 'mark' (the visible mark alone, the "
+                   "default), 'shield' (mark + perceptual shield, SSIM >= 0.98 and PSNR >= 38 dB off the marks), 'strong' "
+                   "(mark + a stronger perceptual shield, more visible change); --shield/--no-shield override it")
     shield = p.add_mutually_exclusive_group()
     shield.add_argument("--shield", nargs="?", const="{}", metavar="JSON",
-                        help="also perturb the lesion-free field of view outside the logo, by at most 4/255 (the "
-                        "imperceptible shield against logo removal); optionally a JSON object of ShieldSettings fields")
+                        help="also perturb the lesion-free field of view outside the logo (the shield against logo "
+                        "removal): by default at most 4/255 in blocks; '{\"kind\": \"perceptual\"}' for a smooth field "
+                        "within a per-pixel JND budget (cap 12/255); a JSON object of ShieldSettings fields")
     shield.add_argument("--no-shield", dest="shield", action="store_const", const="off", help="no shield")
     p.add_argument("--logo", help="RGBA logo PNG (default: the shipped owner logo)")
     p.add_argument("--seed", type=int)
@@ -106,6 +112,7 @@ def protect_overrides(args: argparse.Namespace) -> dict:
         "max_queries": args.max_queries,
         "search_space": search_space_option(args.search_space),
         "shield": shield_option(getattr(args, "shield", None)),
+        "level": getattr(args, "level", None),
         "logo": args.logo and str(Path(args.logo).resolve()),
         "seed": args.seed,
         "on_infeasible": args.on_infeasible,

@@ -25,7 +25,7 @@ from monai_medlocker.watermark.feasibility import NoFeasiblePlacementError
 from monai_medlocker.watermark.logo import load_logo, logo_sha256
 from monai_medlocker.watermark.optimizers import WatermarkOptimizer, get_optimizer
 from monai_medlocker.watermark.problem import SearchSpace
-from monai_medlocker.watermark.shield import ShieldSettings
+from monai_medlocker.watermark.shield import ShieldSettings, level_settings
 
 __all__ = ["LesionBBoxMask", "AdversarialWatermark"]
 
@@ -95,7 +95,9 @@ class AdversarialWatermark(Transform):
         batch_size: candidates per forward pass.
         shield: the optional imperceptible shield: ``None`` (off), ``True`` (default settings), a dict
             of :class:`~monai_medlocker.watermark.shield.ShieldSettings` fields or the settings; it
-            perturbs the field of view outside the WSM and the logo by at most 4/255 (uint8 images).
+            perturbs the field of view outside the WSM and the logo (uint8 images); it overrides ``level``.
+        level: the protection level (``shield.LEVELS``: ``"mark"``, ``"shield"``, ``"strong"``; ``None``: the
+            default, ``"mark"``); written in each image's record.
     """
 
     backend = [TransformBackends.NUMPY, TransformBackends.TORCH]
@@ -112,6 +114,7 @@ class AdversarialWatermark(Transform):
         on_infeasible: str = "raise",
         batch_size: int = 32,
         shield: ShieldSettings | dict | bool | None = None,
+        level: str | None = None,
     ) -> None:
         self.surrogates = [surrogates] if isinstance(surrogates, Surrogate) else list(surrogates)
         if not self.surrogates or not all(isinstance(s, Surrogate) for s in self.surrogates):
@@ -134,7 +137,7 @@ class AdversarialWatermark(Transform):
         self.on_infeasible = on_infeasible
         self.seed = int(seed)
         self.batch_size = int(batch_size)
-        self.shield = ShieldSettings.from_config(shield)
+        self.level, self.shield = level_settings(level, shield)
         self.last_record: dict | None = None
 
     def __call__(
@@ -167,5 +170,6 @@ class AdversarialWatermark(Transform):
                 "protected": False, "success": False, "reason": str(err), "logo_sha256": logo_sha256(self.logo),
                 "optimizer": self.optimizer.name, "image_size": list(hwc.shape[:2]),
             }
+        record["level"] = self.level
         self.last_record = record
         return _with_meta(np.ascontiguousarray(out.transpose(2, 0, 1)), img, {"medlocker": record})

@@ -21,7 +21,8 @@ from monai_medlocker.watermark.logo import logo_for_image, logo_sha256
 from monai_medlocker.watermark.optimizers import WatermarkOptimizer
 from monai_medlocker.watermark.problem import AttackProblem, SearchSpace, label_margins
 from monai_medlocker.watermark.shield import (
-    ShieldSettings, field_of_view, psnr, screen_geometry, settings_views, shield_image, shield_region,
+    ShieldSettings, field_of_view, offmark_fidelity, psnr, screen_geometry, settings_views, shield_bound_map, shield_image,
+    shield_region,
 )
 
 __all__ = ["RECORD_FORMAT", "WatermarkInvariantError", "watermark_image", "judge", "judge_views"]
@@ -52,11 +53,12 @@ def judge(image: np.ndarray, surrogates: list[Surrogate], label: int, value_max:
 
 
 def _check_invariants(before: np.ndarray, after: np.ndarray, wsm: np.ndarray, marks: list[Placement],
-                      shield_bound: int | None = None, shield_allowed: np.ndarray | None = None) -> int:
+                      shield_bound: int | np.ndarray | None = None, shield_allowed: np.ndarray | None = None) -> int:
     """Count the changed pixels; raise if one changed that must not (DESIGN invariant 1).
 
     Without a shield only the logo boxes may change. In shield mode pixels of ``shield_allowed`` (the FOV
-    outside the WSM and the boxes) may also change, each channel by at most ``shield_bound`` grey levels.
+    outside the WSM and the boxes) may also change, each channel by at most ``shield_bound`` grey levels
+    (one bound, or an H x W map of per-pixel bounds: the perceptual shield's).
     """
     changed = np.any(before != after, axis=-1)
     if (changed & wsm).any():
@@ -70,9 +72,12 @@ def _check_invariants(before: np.ndarray, after: np.ndarray, wsm: np.ndarray, ma
         if (outside & ~shield_allowed).any():
             raise WatermarkInvariantError(
                 f"{int((outside & ~shield_allowed).sum())} pixels outside the shield region (FOV minus WSM and boxes) changed")
-        step = int(np.abs(before.astype(np.int16) - after.astype(np.int16))[outside].max(initial=0))
-        if step > shield_bound:
-            raise WatermarkInvariantError(f"the shield changed a pixel by {step} grey levels, over its bound {shield_bound}")
+        step = np.abs(before.astype(np.int16) - after.astype(np.int16)).max(axis=-1)
+        over = outside & (step > np.broadcast_to(np.asarray(shield_bound), step.shape))
+        if over.any():
+            y, x = np.argwhere(over)[0]
+            bound = int(np.broadcast_to(np.asarray(shield_bound), step.shape)[y, x])
+            raise WatermarkInvariantError(f"the shield changed a pixel by {int(step[y, x])} grey levels, over its bound {bound}")
     elif outside.any():
         raise WatermarkInvariantError(f"{int(outside.sum())} pixels outside the logo boxes changed")
     return int(changed.sum())
@@ -94,15 +99,22 @@ def _apply_shield(image: np.ndarray, marked: np.ndarray, wsm: np.ndarray, surrog
     # The thief's two ways to erase a mark: an inverse blend recovers the original boxes; inpainting fills them.
     removed = ([image, inpaint_mask(marked, logo_footprint(marked.shape, logo, marks), "telea")]
                if settings.removal_aware else [])
-    out = shield_image(marked, wsm, fov, surrogates, label, boxes, views=views, settings=settings, removed=removed)
+    out = shield_image(marked, wsm, fov, surrogates, label, boxes, views=views, settings=settings, removed=removed,
+                       reference=image)
     allowed = shield_region(wsm, fov, boxes)
+    cell = screen_geometry(settings, image.shape, surrogates)[1]
+    bound = shield_bound_map(image, wsm, fov, boxes, settings, cell)[1]  # what _check_invariants enforces
     diff = np.abs(out.astype(np.int16) - marked.astype(np.int16))
-    facts.update({"applied": True, "region_pixels": int(allowed.sum()),
+    fidelity = offmark_fidelity(image, out, allowed)  # DESIGN invariant 1: the off-mark fidelity is stated
+    facts.update({"offmark_ssim_luma": fidelity["ssim_luma"],
+                  "offmark_psnr": fidelity["psnr"] if np.isfinite(fidelity["psnr"]) else None,
+                  "applied": True, "region_pixels": int(allowed.sum()),
                   "changed_pixels": int(np.any(diff > 0, axis=-1).sum()), "linf": int(diff.max(initial=0)),
-                  "block": screen_geometry(settings, image.shape, surrogates)[1],
+                  "block": cell, "bound_max": int(bound.max(initial=0)),
+                  "bound_mean": round(float(bound[allowed].mean()), 3) if allowed.any() else 0.0,
                   "psnr_vs_marked": round(psnr(out, marked), 3), "psnr_whole_image": round(psnr(out, image), 3),
                   "seconds": round(time.perf_counter() - start, 4)})
-    return out, allowed, facts
+    return out, (allowed, bound), facts
 
 
 def watermark_image(
@@ -189,11 +201,13 @@ def watermark_image(
         current = composite(current, logo, [placement], value_max, render_key)
         x0, y0, x1, y1 = placement.box_xyxy
         forbidden[y0:y1, x0:x1] = True  # marks never overlap each other
-    shield_facts, shield_allowed = None, None
+    shield_facts, shield_allowed, shield_bound = None, None, None
     if shield is not None:
-        current, shield_allowed, shield_facts = _apply_shield(
+        current, allowed_and_bound, shield_facts = _apply_shield(
             image, current, wsm, surrogates, problem_label, logo, marks, shield, shield_views)
-    changed = _check_invariants(image, current, wsm, marks, shield.linf if shield else None, shield_allowed)
+        if allowed_and_bound is not None:
+            shield_allowed, shield_bound = allowed_and_bound
+    changed = _check_invariants(image, current, wsm, marks, shield_bound, shield_allowed)
     final = judge(current, surrogates, problem_label, value_max)
     record = {
         "format": RECORD_FORMAT,

@@ -3,20 +3,32 @@
 A visible logo on lesion-free retina can be erased: inpainting its footprint, or inverting the blend,
 gives the models back an image they grade right. The shield also changes the pixels of the field of
 view (FOV) outside the lesion boxes (the WSM) and outside the logo boxes, each channel value by at
-most ``linf`` grey levels (:data:`MAX_LINF` = 4, i.e. 4/255), so that the image still misleads the
-models once the logo is gone.
+most ``linf`` grey levels (4/255 by default for the block kind; a hard cap of :data:`MAX_LINF` = 12/255
+for any kind), so that the image still misleads the models once the logo is gone.
 
 The perturbation is found by momentum PGD (MI-FGSM, Dong et al. 2018) on the surrogate ensemble: it
 maximises the mean cross-entropy of the label over the models, over the images the thief may end up
 with (the protected image, and the same image with its logo boxes given back their original pixels,
 as an inverse blend does, or filled by inpainting), and, when views are given, over the thief's
-preprocessing views (expectation over transformation). Steps are whole grey levels (``step_size`` in
+preprocessing views (expectation over transformation). Block kind: steps are whole grey levels (``step_size`` in
 1-255 units, signed gradient), so the perturbation is an integer image and the bound is exact, not
 a rounding away.
 
 What never changes: the WSM (lesion pixels), pixels outside the FOV (the black surround), and the logo
 boxes (the marks own them); a greyscale image stays greyscale. :func:`shield_region` is that rule; ``watermark_image`` checks it again on
 the final image (``_check_invariants``).
+
+Two kinds of perturbation field (``ShieldSettings.kind``):
+
+* ``"block"`` (the first shield): a flat L-inf box of ``linf`` grey levels, constant over blocks of one
+  screen pixel. At 8/255 its block edges show in flat retina.
+* ``"perceptual"``: a smooth field, spent where the eye sees it least. The free values are a coarse grid
+  of coefficients in a luminance/chroma (YCbCr) basis, upsampled bicubically (no block edges). Each
+  pixel's budget is a just-noticeable-difference map of the original image (:func:`jnd_map`: luminance
+  adaptation plus texture masking, as in Chou & Li 1995 and Yang et al. 2005), scaled by ``jnd_scale``,
+  capped at ``linf`` (at most :data:`MAX_LINF`) and feathered to zero at the region's edges. Luminance
+  gets the share ``luma`` of it, chroma the rest, so that no RGB channel moves by more than the budget.
+  The per-pixel bound is :func:`shield_bound_map`; ``watermark_image`` enforces it on the final image.
 """
 
 from __future__ import annotations
@@ -31,9 +43,17 @@ from monai_medlocker.networks import Surrogate, preprocess_for_model
 from monai_medlocker.watermark.eot import _gaussian_blur
 from monai_medlocker.watermark.logo import is_greyscale
 
-__all__ = ["MAX_LINF", "ShieldSettings", "screen_geometry", "settings_views", "field_of_view", "shield_region", "shield_image", "psnr"]
+__all__ = ["MAX_LINF", "BLOCK_LINF", "KINDS", "LEVELS", "DEFAULT_LEVEL", "level_settings", "ShieldSettings", "jnd_map",
+           "shield_bound_map", "offmark_fidelity",
+           "block_edge_ratio", "screen_geometry", "settings_views", "field_of_view", "shield_region", "shield_image", "psnr"]
 
-MAX_LINF = 4  # grey levels of 255: the stated bound of DESIGN invariant 1's shield mode
+MAX_LINF = 12  # grey levels of 255: the hard cap of DESIGN invariant 1's shield mode
+BLOCK_LINF = 4  # the block shield's default bound: blocky to the eye above it
+PERCEPTUAL_LINF = 12  # the perceptual shield's default cap: its JND map keeps most pixels far below it
+KINDS = ("block", "perceptual")
+_FIELD_STEP = 0.25  # signed step of the perceptual field's coefficients (in units of the budget) per iteration
+# YCbCr -> RGB (BT.601): R = Y + 1.402 Cr, G = Y - 0.344 Cb - 0.714 Cr, B = Y + 1.772 Cb
+_YCC_TO_RGB = ((1.0, 0.0, 1.402), (1.0, -0.344136, -0.714136), (1.0, 1.772, 0.0))
 
 
 @dataclass(frozen=True)
@@ -42,7 +62,11 @@ class ShieldSettings:
 
     Attributes:
         enabled: ``False`` turns the shield off (same as no settings).
-        linf: the L-infinity bound in grey levels of 255 (1 to :data:`MAX_LINF`).
+        kind: ``"block"`` (flat L-inf box, blocks of constant change) or ``"perceptual"`` (smooth field,
+            per-pixel JND budget, chroma before luminance); see the module text.
+        linf: the L-infinity bound in grey levels of 255 (1 to :data:`MAX_LINF`); for the perceptual kind
+            the hard cap on its per-pixel budget. ``None``: :data:`BLOCK_LINF` for block,
+            :data:`PERCEPTUAL_LINF` for perceptual.
         steps: momentum PGD iterations.
         step_size: grey levels per step (1 to ``linf``).
         momentum: MI-FGSM decay of the accumulated gradient (0: plain signed PGD).
@@ -57,10 +81,15 @@ class ShieldSettings:
         smoothing: Gaussian sigma, in pixels of that screen frame, of the blur applied to the gradient
             before each step (translation-invariant attack, Dong et al. 2019): smoother perturbations
             transfer better to unseen models and compress better; 0 turns it off.
+        jnd_scale: perceptual only: the budget is ``jnd_scale`` times the JND map (then capped at ``linf``).
+        luma: perceptual only: the share of the budget luminance may use (0 to 1); chroma gets the rest.
+        grid: perceptual only: spacing, in native pixels, of the coarse field's control points;
+            ``None``: two screen pixels.
     """
 
     enabled: bool = True
-    linf: int = MAX_LINF
+    kind: str = "block"
+    linf: int | None = None
     steps: int = 10
     step_size: int = 1
     momentum: float = 1.0
@@ -69,11 +98,18 @@ class ShieldSettings:
     view_size: int | None = None
     smoothing: float = 1.0
     block: int | None = None
+    jnd_scale: float = 0.8
+    luma: float = 0.25
+    grid: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("linf", "steps", "step_size", "view_size", "block"):
+        if self.kind not in KINDS:
+            raise ValueError(f"shield kind must be one of {KINDS}, got {self.kind!r}.")
+        if self.linf is None:  # frozen: resolve the kind's default once, so records state the bound
+            object.__setattr__(self, "linf", BLOCK_LINF if self.kind == "block" else PERCEPTUAL_LINF)
+        for name in ("linf", "steps", "step_size", "view_size", "block", "grid"):
             value = getattr(self, name)
-            if name in ("view_size", "block") and value is None:
+            if name in ("view_size", "block", "grid") and value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise ValueError(f"shield {name} must be an integer, got {value!r}.")
@@ -81,7 +117,7 @@ class ShieldSettings:
             raise ValueError(f"shield linf must be 1 to {MAX_LINF} grey levels (of 255), got {self.linf}.")
         if self.steps < 1:
             raise ValueError(f"shield steps must be at least 1, got {self.steps}.")
-        if not 1 <= self.step_size <= self.linf:
+        if self.kind == "block" and not 1 <= self.step_size <= self.linf:
             raise ValueError(f"shield step_size must be 1 to linf={self.linf} grey levels, got {self.step_size}.")
         if not self.momentum >= 0:
             raise ValueError(f"shield momentum must be >= 0, got {self.momentum}.")
@@ -89,6 +125,12 @@ class ShieldSettings:
             raise ValueError(f"shield block must be 1 to 64 pixels, got {self.block}.")
         if not 0 <= self.smoothing <= 8:
             raise ValueError(f"shield smoothing must be 0 to 8 screen pixels, got {self.smoothing}.")
+        if not 0 < self.jnd_scale <= 4:
+            raise ValueError(f"shield jnd_scale must be in (0, 4], got {self.jnd_scale}.")
+        if not 0 <= self.luma <= 1:
+            raise ValueError(f"shield luma must be 0 to 1, got {self.luma}.")
+        if self.grid is not None and not 1 <= self.grid <= 64:
+            raise ValueError(f"shield grid must be 1 to 64 pixels, got {self.grid}.")
         if self.view_size is not None and self.view_size < 16:
             raise ValueError(f"shield view_size must be at least 16 px, got {self.view_size}.")
         if self.views is not None and not isinstance(self.views, dict):
@@ -116,12 +158,48 @@ class ShieldSettings:
         return asdict(self)
 
 
+# Protection levels (issue 17 item 2): named shield presets. "mark" is the visible mark alone (the paper's
+# method) and stays the default: the perceptual shield misses the issue's default targets (accuracy and a
+# cost of 1 s per image at 512 px), see benchmarks/results/shield/README.md.
+LEVELS: dict[str, dict | None] = {
+    "mark": None,
+    "shield": {"kind": "perceptual"},
+    "strong": {"kind": "perceptual", "jnd_scale": 2.0},
+}
+DEFAULT_LEVEL = "mark"
+
+
+def level_settings(level: str | None = None, shield: "ShieldSettings | dict | bool | None" = None
+                   ) -> tuple[str, "ShieldSettings | None"]:
+    """(level name, shield settings) of a protection level; an explicit ``shield`` overrides the level's.
+
+    ``shield`` ``False`` is the ``"mark"`` level; other explicit settings are named by the level whose
+    preset they equal, else ``"custom"``.
+
+    Raises:
+        ValueError: an unknown level name.
+    """
+    level = DEFAULT_LEVEL if level is None else level
+    if level not in LEVELS:
+        raise ValueError(f"unknown protection level {level!r}; expected one of {sorted(LEVELS)}.")
+    if shield is None:
+        return level, ShieldSettings.from_config(LEVELS[level])
+    settings = ShieldSettings.from_config(shield)
+    for name, preset in LEVELS.items():
+        if settings == ShieldSettings.from_config(preset):
+            return name, settings
+    return "custom", settings
+
+
 def screen_geometry(settings: ShieldSettings, image_shape: Sequence[int],
                     surrogates: Sequence[Surrogate]) -> tuple[int, int, float]:
-    """(view size, block side in native pixels, gradient blur sigma in native pixels) for one image."""
+    """(view size, block side (perceptual: field grid spacing) in native pixels, gradient blur sigma in native pixels)."""
     view_size = settings.view_size or max(s.spec.input_size for s in surrogates)
     native_per_screen = min(image_shape[:2]) / view_size
-    block = settings.block or max(1, round(native_per_screen))
+    if settings.kind == "perceptual":  # the "block" is the spacing of the smooth field's control points
+        block = settings.grid or max(1, round(2 * native_per_screen))
+    else:
+        block = settings.block or max(1, round(native_per_screen))
     return view_size, int(block), settings.smoothing * native_per_screen
 
 
@@ -156,6 +234,91 @@ def shield_region(wsm: np.ndarray, fov_mask: np.ndarray, logo_boxes: Sequence[Se
     return region
 
 
+def _luma(image: np.ndarray) -> np.ndarray:
+    f = np.asarray(image, dtype=np.float64)
+    return 0.299 * f[..., 0] + 0.587 * f[..., 1] + 0.114 * f[..., 2]
+
+
+def jnd_map(image: np.ndarray) -> np.ndarray:
+    """Just-noticeable difference (grey levels of 255) per pixel of an H x W x 3 uint8 image.
+
+    Luminance adaptation (Chou & Li 1995: the eye sees less change in dark and in bright surrounds)
+    plus texture masking (the local gradient hides change), combined as in Yang et al. 2005
+    (``LA + TM - 0.3 min(LA, TM)``) and smoothed so that the budget has no edges of its own.
+    """
+    from scipy.ndimage import gaussian_filter, sobel
+
+    y = _luma(image)
+    bg = gaussian_filter(y, 2.0)
+    la = np.where(bg <= 127, 17.0 * (1.0 - np.sqrt(bg / 127.0)) + 3.0, 3.0 / 128.0 * (bg - 127.0) + 3.0)
+    ys = gaussian_filter(y, 1.0)
+    grad = np.hypot(sobel(ys, 0), sobel(ys, 1)) / 8.0  # grey levels per pixel
+    mg = gaussian_filter(4.0 * grad, 2.0)  # the change across ~4 px, as Chou & Li's 5 x 5 operators
+    tm = np.maximum(mg * (0.115 + 1e-4 * bg) + 0.5 - 0.01 * bg, 0.0)
+    return gaussian_filter(la + tm - 0.3 * np.minimum(la, tm), 2.0).astype(np.float32)
+
+
+def shield_bound_map(reference: np.ndarray, wsm: np.ndarray, fov_mask: np.ndarray,
+                     logo_boxes: Sequence[Sequence[int]], settings: ShieldSettings,
+                     cell: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(budget, bound): the shield's per-pixel budget (float grey levels) and its stated integer bound.
+
+    Both are 0 outside :func:`shield_region`. Block kind: ``settings.linf`` everywhere in the region.
+    Perceptual kind: ``jnd_scale`` x :func:`jnd_map` of ``reference`` (the original image), capped at
+    ``linf`` and feathered to 0 over ``cell`` pixels at the region's edges (no step at a box or the FOV
+    rim). The bound is the budget rounded (what a rounded change within the budget can reach); no channel
+    of a pixel may change by more (``watermark_image`` checks it).
+    """
+    region = shield_region(wsm, fov_mask, logo_boxes)
+    if settings.kind == "block":
+        budget = np.where(region, float(settings.linf), 0.0).astype(np.float32)
+        return budget, np.where(region, settings.linf, 0).astype(np.int16)
+    from scipy.ndimage import distance_transform_edt
+
+    reference = _hwc_uint8(reference, "reference image")
+    if reference.shape[:2] != region.shape:
+        raise ValueError(f"the masks are {region.shape} but the image is {reference.shape[:2]}; expected the same H x W.")
+    taper = np.clip(distance_transform_edt(region) / max(1, cell), 0.0, 1.0)
+    budget = (np.minimum(settings.jnd_scale * jnd_map(reference), settings.linf) * taper).astype(np.float32)
+    return budget, np.minimum(np.rint(budget), settings.linf).astype(np.int16)
+
+
+def offmark_fidelity(original: np.ndarray, protected: np.ndarray, region: np.ndarray) -> dict:
+    """SSIM on luminance and PSNR (all channels) of ``protected`` against ``original`` over ``region``.
+
+    The region is the lesion-free field of view outside the marks (:func:`shield_region`): what the
+    shield may change. SSIM is skimage's (7 px window) on the luminance, averaged over the region.
+    """
+    from skimage.metrics import structural_similarity
+
+    region = np.asarray(region, dtype=bool)
+    if not region.any():
+        return {"ssim_luma": 1.0, "psnr": float("inf")}
+    _, smap = structural_similarity(_luma(original), _luma(protected), data_range=255, full=True)
+    diff = original.astype(np.float64)[region] - protected.astype(np.float64)[region]
+    mse = float((diff ** 2).mean())
+    return {"ssim_luma": round(float(smap[region].mean()), 6),
+            "psnr": float("inf") if mse == 0 else round(10.0 * float(np.log10(255.0 ** 2 / mse)), 4)}
+
+
+def block_edge_ratio(original: np.ndarray, protected: np.ndarray, region: np.ndarray, periods=range(2, 9)) -> float:
+    """Largest, over block periods, of the mean horizontal step of the change across block edges over its mean elsewhere.
+
+    The change is ``protected - original`` (all channels); only steps between two region pixels count. A
+    field constant over p x p blocks has all its steps on the edges (ratio >> 1); a smooth one has none (~1).
+    """
+    d = protected.astype(np.float64) - original.astype(np.float64)
+    step = np.abs(np.diff(d, axis=1)).sum(axis=-1)  # step between columns j and j + 1
+    both = region[:, 1:] & region[:, :-1]
+    ratios = []
+    for p in periods:
+        edge = (np.arange(step.shape[1]) % p) == p - 1  # steps into a new block of p columns
+        on, off = step[:, edge][both[:, edge]], step[:, ~edge][both[:, ~edge]]
+        if on.size and off.size:
+            ratios.append(float(on.mean()) / max(float(off.mean()), 1e-9))
+    return max(ratios) if ratios else 1.0
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR (dB) of two uint8 images; ``inf`` when equal."""
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
@@ -179,6 +342,7 @@ def shield_image(
     views: Callable[[torch.Tensor], torch.Tensor] | None = None,
     settings: ShieldSettings | None = None,
     removed: Sequence[np.ndarray] = (),
+    reference: np.ndarray | None = None,
 ) -> np.ndarray:
     """Perturb the shield region of a protected image so that the models mispredict with or without its logo.
 
@@ -196,10 +360,11 @@ def shield_image(
         removed: images that stand for the logo removed (only their logo-box pixels are used): e.g. the
             original image (what an inverse blend recovers) and an inpainted copy. Each is optimised on
             with the shield added, beside ``image_uint8`` itself.
+        reference: the original image the perceptual kind's JND map reads (``None``: ``image_uint8``).
 
     Returns:
         The shielded H x W x 3 uint8 image: equal to ``image_uint8`` outside :func:`shield_region`, and
-        within ``settings.linf`` grey levels of it inside.
+        within :func:`shield_bound_map`'s bound (at most ``settings.linf`` grey levels) of it inside.
     """
     settings = settings or ShieldSettings()
     image = _hwc_uint8(image_uint8, "image")
@@ -220,6 +385,9 @@ def shield_image(
             variant[y0:y1, x0:x1] = other[y0:y1, x0:x1]
         bases.append(variant)
     x = torch.from_numpy(np.stack(bases)).permute(0, 3, 1, 2).float()  # K x 3 x H x W, 0-255
+    if settings.kind == "perceptual":
+        return _perceptual(image, x, wsm, fov_mask, surrogates, label, logo_boxes, views, settings,
+                           image if reference is None else reference)
     mask = torch.from_numpy(region)[None, None].float()
     # Where x + delta would leave 0-255, those levels are out of reach: clip the bound per pixel.
     lo = torch.clamp(-x[:1], min=-settings.linf) * mask
@@ -235,16 +403,7 @@ def shield_image(
     grey = is_greyscale(image)
     for _ in range(settings.steps):
         d = delta.clone().requires_grad_(True)
-        batch = (x + d) / 255.0
-        loss = 0.0
-        for s in surrogates:
-            inp = batch
-            if views is not None:
-                inp = views(torch.nn.functional.interpolate(
-                    batch, size=(view_size, view_size), mode="bilinear", align_corners=False,
-                    antialias=True))
-            logits = s.network(preprocess_for_model(inp.to(s.device), s.spec)).float().cpu()
-            loss = loss + torch.nn.functional.cross_entropy(logits, targets.expand(logits.shape[0]))
+        loss = _ensemble_loss((x + d) / 255.0, surrogates, targets, views, view_size)
         (grad,) = torch.autograd.grad(loss, d)
         if sigma > 0:
             grad = _gaussian_blur(grad, sigma)
@@ -259,4 +418,55 @@ def shield_image(
         full = coarse.repeat_interleave(block, dim=2).repeat_interleave(block, dim=3)[..., :height, :width]
         delta = torch.minimum(torch.maximum(full, lo), hi)
     out = (x[0] + delta[0]).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    return np.ascontiguousarray(out)
+
+
+def _ensemble_loss(batch: torch.Tensor, surrogates: Sequence[Surrogate], targets: torch.Tensor, views,
+                   view_size: int) -> torch.Tensor:
+    """Sum over the models of the mean cross-entropy of ``targets`` on ``batch`` (0-1), through the views."""
+    loss = 0.0
+    for s in surrogates:
+        inp = batch
+        if views is not None:
+            inp = views(torch.nn.functional.interpolate(
+                batch, size=(view_size, view_size), mode="bilinear", align_corners=False, antialias=True))
+        logits = s.network(preprocess_for_model(inp.to(s.device), s.spec)).float().cpu()
+        loss = loss + torch.nn.functional.cross_entropy(logits, targets.expand(logits.shape[0]))
+    return loss
+
+
+def _perceptual(image, x, wsm, fov_mask, surrogates, label, logo_boxes, views, settings, reference) -> np.ndarray:
+    """The perceptual kind of :func:`shield_image`: a smooth luminance/chroma field within the JND budget."""
+    height, width = image.shape[:2]
+    view_size, cell, sigma = screen_geometry(settings, image.shape, surrogates)
+    budget, bound = shield_bound_map(reference, wsm, fov_mask, logo_boxes, settings, cell)
+    budget_t = torch.from_numpy(budget)[None, None]
+    grey = is_greyscale(image)
+    # Coefficient weights (Y, Cb, Cr) in units of the budget: luminance gets ``luma``, chroma the rest,
+    # scaled so that every RGB channel of YCbCr -> RGB stays within the budget (R: luma + 1.402 wr = 1).
+    luma = 1.0 if grey else settings.luma
+    weights = torch.tensor([luma, (1 - luma) / 1.772, (1 - luma) / 1.402]).view(1, 3, 1, 1)
+    to_rgb = torch.tensor(_YCC_TO_RGB)
+    coarse = torch.zeros(1, 3, -(-height // cell) + 1, -(-width // cell) + 1)
+    velocity = torch.zeros_like(coarse)
+    targets = torch.full((1,), int(label), dtype=torch.long)
+
+    def field(c: torch.Tensor) -> torch.Tensor:  # coarse coefficients -> smooth RGB change (grey levels)
+        smooth = torch.nn.functional.interpolate(c, size=(height, width), mode="bicubic", align_corners=False)
+        ycc = smooth.clamp(-1, 1) * weights  # bicubic overshoot clipped: still continuous
+        return torch.einsum("rc,bchw->brhw", to_rgb, ycc) * budget_t
+
+    for _ in range(settings.steps):
+        c = coarse.clone().requires_grad_(True)
+        loss = _ensemble_loss(((x + field(c)) / 255.0).clamp(0, 1), surrogates, targets, views, view_size)
+        (grad,) = torch.autograd.grad(loss, c)
+        if sigma > 0:
+            grad = _gaussian_blur(grad, sigma / cell)
+        if grey:  # a grey image stays grey: no chroma
+            grad[:, 1:] = 0
+        velocity = settings.momentum * velocity + grad / grad.abs().mean().clamp_min(1e-12)
+        coarse = (coarse + _FIELD_STEP * torch.sign(velocity)).clamp(-1, 1)
+    bound_t = torch.from_numpy(bound.astype(np.float32))[None, None]
+    delta = torch.minimum(torch.maximum(field(coarse).round(), -bound_t), bound_t)
+    out = (x[0] + delta[0]).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
     return np.ascontiguousarray(out)

@@ -370,6 +370,7 @@ class DatasetProtector:
                     "model": models, "logo_sha256": logo_sha256(wm.logo), "seed": self.seed}
         if wm.shield is not None:  # only then: the settings of a run without a shield stay as they were
             settings["shield"] = wm.shield.to_record()
+            settings["level"] = wm.level
         loads = [t for t in self.chain.transforms if isinstance(t, LoadFundusd)]
         if loads and loads[0].privacy != DicomPrivacy():  # only then, as for the shield
             settings["dicom_privacy"] = loads[0].privacy.to_record()
