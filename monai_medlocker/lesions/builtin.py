@@ -63,6 +63,11 @@ LESION_CHANNELS: tuple[str, ...] = ("MA", "HE", "EX", "SE")
 # The detection grid's longer side. 512 px costs 0.64x the pixels of the former 640 and needs no
 # upsampling of 512 px photographs (benchmarks/results/lesions_speed.json: recall before and after).
 DEFAULT_WORKING_SIZE = 512
+# Large dark regions whose edge fades over more than this many units are shading, not haemorrhage
+# (measured on lab v2 seed 777: haemorrhages 4-14, small-pupil and crescent shading 15-55).
+DEEP_MAX_EDGE_WIDTH = 18.0
+SPLIT_RED = True
+MA_MAX_AREA, MA_MAX_RIDGE, MA_THRESHOLD = 80.0, 0.6, 0.7
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 
@@ -351,6 +356,25 @@ def _compact_dark(z: np.ndarray, core: np.ndarray, unit: float, levels=(2.5, 4.0
     return mask, reach, strength
 
 
+def _sharp_regions(mask: np.ndarray, resid: np.ndarray, unit: float, max_width: float) -> np.ndarray:
+    """Keep the components of ``mask`` whose edge is sharp: depth over mean edge slope <= ``max_width`` units.
+
+    A haemorrhage ends within a few px; shading (a small pupil, a dark crescent, the macula) fades
+    over tens of units, so its outline at any level has a shallow slope for its depth.
+    """
+    labels, n = ndimage.label(mask, structure=_EIGHT)
+    if n == 0:
+        return mask
+    depth = _label_max(-resid, labels, n)
+    grad = ndimage.gaussian_gradient_magnitude(resid, 1.5 * unit)
+    rim = mask & ~ndimage.binary_erosion(mask, structure=_EIGHT)
+    rim_n = np.bincount(labels[rim], minlength=n + 1)[1:]
+    slope = np.bincount(labels[rim], weights=grad[rim], minlength=n + 1)[1:] / np.maximum(rim_n, 1)
+    keep = np.zeros(n + 1, bool)
+    keep[1:] = depth <= max_width * unit * slope
+    return keep[labels]
+
+
 def _components(mask_labels: np.ndarray, score: np.ndarray) -> tuple[list[tuple[slice, slice]], np.ndarray, np.ndarray]:
     n = int(mask_labels.max())
     if n == 0:
@@ -446,6 +470,7 @@ def detect_lesions(
             if step == 1 and sigma == fine_sigmas[-1]:
                 # Dark ridges (vessels) for the optic-disc finder: the larger eigenvalue, clearly positive.
                 vessels = hi > 4.0 * _robust_scale(hi[sample])
+                ridge = vessels & (lo < 0.35 * hi)  # line-like: curved across, flat along
             if step != 1:
                 lo = _resize(lo.astype(np.float32), work_shape)
                 hi = _resize(hi.astype(np.float32), work_shape)
@@ -475,6 +500,7 @@ def detect_lesions(
     opened = ndimage.binary_opening((big_resid < -0.18) & core, iterations=max(1, round(6 * unit)))
     # Back to the region's edge (the opening rounds corners off): half its depth, near the opened core.
     deep_dark = ndimage.binary_dilation(opened, iterations=max(1, round(8 * unit))) & (big_resid < -0.08) & core
+    deep_dark = _sharp_regions(deep_dark, big_resid, unit, DEEP_MAX_EDGE_WIDTH)
 
     results = {}
     for kind, score, sc, polarity, thr in (
@@ -499,6 +525,12 @@ def detect_lesions(
         else:
             peak_map = np.maximum(score, z / 3.0)
         sl, peak, area = _components(grown, peak_map)
+        if kind == "red" and len(sl):
+            on = grown > 0
+            n_c = len(sl)
+            ridge_frac = np.bincount(grown[on], weights=ridge[on], minlength=n_c + 1)[1:] / np.maximum(area, 1)
+            dot = (area <= MA_MAX_AREA * unit * unit) & (ridge_frac < MA_MAX_RIDGE) & (peak >= MA_THRESHOLD * thr)
+            peak = np.where(dot, np.maximum(peak, 1.01 * thr), peak)
         if kind == "bright" and exclude_disc and len(sl):
             com = ndimage.center_of_mass(np.ones(work_shape), grown, np.arange(1, len(sl) + 1))
             # Only disc-sized bright regions centred on the disc go: a small exudate beside the disc
@@ -522,6 +554,11 @@ def detect_lesions(
         # merge them, with the strongest one's probability.
         lut = np.concatenate([[0.0], prob]).astype(np.float32)
         painted = lut[grown]
+        if kind == "red" and SPLIT_RED:
+            # Dark candidates stay apart: a chain of vessel pieces touching a haemorrhage would
+            # otherwise become one box around a curved vessel. A one-px seam keeps them 8-disconnected.
+            live = np.where(painted > 0, grown, 0)
+            painted[(live > 0) & (ndimage.maximum_filter(live, size=3) > live)] = 0.0
         grown, n = ndimage.label(painted > 0, structure=_EIGHT)
         if n == 0:
             continue
