@@ -123,6 +123,56 @@ def overlay(image: np.ndarray, boxes: np.ndarray, channels: np.ndarray, path: Pa
     im.save(path)
 
 
+def paint_lesions(image: np.ndarray, seed: int = 0, per_kind: int = 6) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Lab lesions (same drawing code, sizes and colours as lab v2) painted onto a real photograph.
+
+    ``per_kind`` of each of microaneurysm, blot and flame haemorrhage, hard exudate and cotton-wool spot,
+    at random places inside the field of view (30-85 % of its radius, off the optic disc found by the
+    detector, apart from each other). Returns the painted uint8 image, one mask per lesion and its kind.
+    """
+    from monai_medlocker.data.lab.lesions import MASK_ALPHA_THRESHOLD, _draw_lesion
+    from monai_medlocker.data.lab.raster import _harmonics
+
+    rng = np.random.default_rng(seed)
+    size = image.shape[0]
+    _, rep = detect_lesions(image)
+    (cx, cy), fr = rep["fov_center"], rep["fov_radius"]
+    (dx, dy), dr = rep["disc_center"], rep["disc_radius"]
+    img = image.astype(np.float32) / 255.0
+    # The lab's illumination field (exudate colours are scaled by it): the local brightness of the red
+    # channel (the fundus's brightest), grey, as in the lab.
+    small = np.asarray(Image.fromarray(image).resize((32, 32), Image.BOX), np.float32)[..., 0] / 255.0
+    illum = np.repeat(ndimage.gaussian_filter(small, 2)[None], 3, axis=0)
+    placed, masks, kinds = [], [], []
+    for kind in ("microaneurysm", "blot", "flame", "hard_exudate", "cotton_wool") * per_kind:
+        r = {"microaneurysm": (1 / 600, 1 / 280), "blot": (1 / 120, 1 / 50), "flame": (1 / 150, 1 / 62),
+             "hard_exudate": (1 / 450, 1 / 130), "cotton_wool": (1 / 60, 1 / 30)}[kind]
+        les = {"kind": kind, "r": float(rng.uniform(*r)), "strength": float(rng.uniform(0.7, 0.95)),
+               "aspect": float(rng.uniform(2.5, 5.0) if kind == "flame" else rng.uniform(1.0, 1.5)),
+               "angle": float(rng.uniform(0, np.pi)), "harm": _harmonics(rng, 0.1, 5),
+               "taper": float(rng.uniform(0.2, 0.6)) if kind == "flame" else 0.0, "phase": float(rng.uniform(0, 6.28)),
+               "puffs": [(rng.normal(0, 0.45), rng.normal(0, 0.45), rng.uniform(0.3, 0.6)) for _ in range(3)]}
+        if kind == "microaneurysm":
+            les["strength"] = float(rng.uniform(0.85, 1.0))
+        for _ in range(200):
+            rho, phi = fr * np.sqrt(rng.uniform(0.09, 0.72)), rng.uniform(0, 2 * np.pi)
+            x, y = cx + rho * np.cos(phi), cy + rho * np.sin(phi)
+            keep = 3.0 * les["r"] * size * np.sqrt(les["aspect"]) + 12
+            if np.hypot(x - dx, y - dy) > 1.5 * dr + keep and all(np.hypot(x - px, y - py) > keep + pk for px, py, pk in placed):
+                break
+        placed.append((x, y, keep))
+        les["x"], les["y"] = (x + 0.5) / size, (y + 0.5) / size
+        drawn = _draw_lesion(les, img, illum, size)
+        if drawn is None:
+            continue
+        sl, alpha = drawn
+        m = np.zeros(image.shape[:2], bool)
+        m[sl] = alpha > MASK_ALPHA_THRESHOLD
+        masks.append(m)
+        kinds.append(kind)
+    return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8), np.stack(masks), kinds
+
+
 def run_watermark(samples, settings, k: int, max_queries: int) -> dict:
     from monai_medlocker.networks import load_surrogate
     from monai_medlocker.transforms.array import AdversarialWatermark
@@ -166,6 +216,7 @@ def main(argv=None) -> int:
                     help="the built-in detector's grid (default: its DEFAULT_WORKING_SIZE; 640 = before issue 13 A4)")
     ap.add_argument("--watermark", type=int, default=0, help="also protect K images under GT vs builtin WSMs")
     ap.add_argument("--max-queries", type=int, default=300)
+    ap.add_argument("--paint-seed", type=int, default=0, help="placement of the lesions painted on the real photograph")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lesions.json"))
     ap.add_argument("--overlay", default=str(ROOT / "benchmarks" / "results" / "lesions_retina_overlay.png"))
     args = ap.parse_args(argv)
@@ -212,7 +263,8 @@ def main(argv=None) -> int:
         "builtin_working_size": args.working_size or DEFAULT_WORKING_SIZE,
         "loadavg": os.getloadavg(),
         "wsm_settings": settings,
-        "targets": {"object_recall": ">= 0.98", "wsm_area_fraction": "<= 0.35", "seconds_per_image_at_1024": "<= 1"},
+        "targets": {"object_recall": ">= 0.99 (issue 19; MA >= 0.97)", "wsm_area_fraction": "mean <= 0.20, max <= 0.50",
+                    "seconds_per_image_at_1024": "<= 0.3", "real_image": "WSM <= 0.20, every painted lesion found"},
         "sources": {name: summarise(r) for name, r in rows.items()},
     }
     if args.watermark:
@@ -230,6 +282,24 @@ def main(argv=None) -> int:
         "wsm_area_fraction": round(float(wsm.mean()), 4), "seconds": round(seconds, 3), "report": report,
         "overlay": str(Path(args.overlay).relative_to(ROOT)) if Path(args.overlay).is_relative_to(ROOT) else args.overlay,
     }
+    # Every painted lesion must lie wholly inside the WSM of the painted photograph.
+    painted, masks, kinds = paint_lesions(real, seed=args.paint_seed)
+    t0 = time.perf_counter()
+    maps, _ = detect_lesions(painted, **detector_kwargs)
+    seconds = time.perf_counter() - t0
+    wsm, boxes, channels = build_wsm(maps, settings)
+    found = [bool(wsm[m].all()) for m in masks]
+    overlay(painted, boxes, channels, Path(args.overlay).with_name(Path(args.overlay).stem + "_painted.png"),
+            gt_boxes=np.array([[xs.start, ys.start, xs.stop, ys.stop] for ys, xs in
+                               (ndimage.find_objects(m.astype(np.uint8))[0] for m in masks)]))
+    result["real_image_painted"] = {
+        "lesions": len(masks), "found": int(sum(found)), "paint_seed": args.paint_seed,
+        "missed": [k for k, f in zip(kinds, found) if not f],
+        "wsm_area_fraction": round(float(wsm.mean()), 4), "seconds": round(seconds, 3),
+        "note": "lab lesions (bench_lesions.paint_lesions) painted on the real photograph; found = wholly inside the WSM",
+    }
+    print(f"real photograph: WSM {result['real_image']['wsm_area_fraction']}; painted: "
+          f"{sum(found)}/{len(masks)} lesions found, WSM {result['real_image_painted']['wsm_area_fraction']}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
