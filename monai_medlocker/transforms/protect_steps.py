@@ -145,24 +145,26 @@ class AnatomyZonesd(Transform):
         enabled: ``False`` keeps only the lesion boxes (not for images a grader reads).
         on_missing: ``"fallback"`` (default: a conservative central zone, said in the record and the summary)
             or ``"refuse"`` (the image fails with a message naming it and is not published).
-        disc_scale, macula_radius_dd, locator_margin: as :func:`~monai_medlocker.lesions.anatomy.anatomy_zones`.
+        disc_scale, macula_radius_dd, disc_margin, macula_margin: as :func:`~monai_medlocker.lesions.anatomy.anatomy_zones`.
     """
 
     def __init__(self, enabled: bool = True, on_missing: str = "fallback", disc_scale: float = 1.5,
-                 macula_radius_dd: float = 1.0, locator_margin: float = 1.0) -> None:
+                 macula_radius_dd: float = 1.0, disc_margin: float = 1.0, macula_margin: float = 1.5) -> None:
         from monai_medlocker.lesions.anatomy import ON_MISSING_ANATOMY
 
         if on_missing not in ON_MISSING_ANATOMY:
             raise ValueError(f"on_missing_anatomy must be one of {ON_MISSING_ANATOMY}, got {on_missing!r}")
-        if disc_scale < 1.0 or macula_radius_dd <= 0 or locator_margin < 0:
-            raise ValueError(f"anatomy zones need disc_scale >= 1, macula_radius_dd > 0 and locator_margin >= 0, got "
-                             f"{disc_scale}, {macula_radius_dd}, {locator_margin}")
+        if disc_scale < 1.0 or macula_radius_dd <= 0 or disc_margin < 0 or macula_margin < 0:
+            raise ValueError(f"anatomy zones need disc_scale >= 1, macula_radius_dd > 0 and margins >= 0, got "
+                             f"{disc_scale}, {macula_radius_dd}, {disc_margin}, {macula_margin}")
         self.enabled, self.on_missing = bool(enabled), on_missing
-        self.disc_scale, self.macula_radius_dd, self.locator_margin = float(disc_scale), float(macula_radius_dd), float(locator_margin)
+        self.disc_scale, self.macula_radius_dd = float(disc_scale), float(macula_radius_dd)
+        self.disc_margin, self.macula_margin = float(disc_margin), float(macula_margin)
 
     def to_record(self) -> dict:
         return {"enabled": self.enabled, "on_missing": self.on_missing, "disc_scale": self.disc_scale,
-                "macula_radius_dd": self.macula_radius_dd, "locator_margin": self.locator_margin}
+                "macula_radius_dd": self.macula_radius_dd, "disc_margin": self.disc_margin,
+                "macula_margin": self.macula_margin}
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         from monai_medlocker.lesions.anatomy import AnatomyNotFoundError, anatomy_zones, zone_boxes
@@ -174,7 +176,7 @@ class AnatomyZonesd(Transform):
         image = np.ascontiguousarray(np.asarray(d["original"]).transpose(1, 2, 0))
         try:
             zones, record = anatomy_zones(image, d.get("optic_disc"), d.get("fovea"), self.disc_scale,
-                                          self.macula_radius_dd, self.on_missing, self.locator_margin)
+                                          self.macula_radius_dd, self.on_missing, self.disc_margin, self.macula_margin)
         except AnatomyNotFoundError as err:
             raise AnatomyNotFoundError(f"{d['image_path']}: {err}") from None
         except ValueError as err:
