@@ -92,3 +92,27 @@ def test_the_summary_names_the_images_that_were_not_fooled(tmp_path, policy):
         assert summary["failures"][0]["image"] == "synthetic_grade2.png"
     else:
         assert published.exists() and summary["protected"] == 1 and summary["exit_code"] == 0
+
+
+@pytest.mark.parametrize("policy", ["cap", "mark"])
+def test_a_capped_or_plain_mark_verifies_and_unlocks_bit_exact(tmp_path, policy, capsys):
+    from monai_medlocker.certify import generate_owner_key, save_owner_key
+    from monai_medlocker.cli import main
+    from monai_medlocker.io.image import load_rgb
+
+    save_owner_key(tmp_path / "owner", generate_owner_key())
+    src = tmp_path / "in"
+    src.mkdir()
+    for f in (ROOT / "bundle" / "samples").glob("synthetic_grade2*.png"):
+        shutil.copy(f, src / f.name)
+    out = tmp_path / "out"
+    summary = DatasetProtector(src, out, _unfoolable(), {"max_queries": 8, "on_failure": policy}, lesion_segmenter="masks",
+                               owner_key=tmp_path / "owner.key", progress=False).run()
+    assert summary["not_fooled"] == [{"image": "synthetic_grade2.png", "action": policy}]
+    capsys.readouterr()
+    assert main(["verify", str(out / "public"), "--pub", str(tmp_path / "owner.pub"), "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["verdicts"] == {"authentic": 1}
+    assert main(["unlock", str(out / "public"), str(tmp_path / "un"), "--key", str(tmp_path / "owner.key"), "--quiet"]) == 0
+    original = load_rgb(src / "synthetic_grade2.png")
+    assert np.array_equal(load_rgb(tmp_path / "un" / "synthetic_grade2.png"), original)
+    assert not np.array_equal(load_rgb(out / "public" / "synthetic_grade2.png"), original)
