@@ -10,7 +10,8 @@ has won), so publishing it as it is hides the most of the image for no protectio
 - ``"withhold"``: publish nothing for the image (``public/`` does not get it); it is reported;
 - ``"best"``: publish the best attempt as it is (the behaviour before this setting).
 
-The shield is not applied to a capped or plain mark (the pixels around a mark stay the original's).
+A shielded attempt keeps its shield: it never touches a mark's box, so only the boxes are rendered again
+(a dropped mark's box gets its original pixels back).
 Every case is named in the record (``on_failure``) and the summary lists the images that were not fooled.
 """
 
@@ -70,12 +71,21 @@ def apply_failure_policy(
         marks = [replace(m, alpha=min(m.alpha, float(failure_opacity))) for m in marks]
     value_max = 255.0 if image.dtype == np.uint8 or float(np.max(image)) > 1.0 else 1.0
     logo, _ = logo_for_image(owner_logo, image)
-    published = composite(image, logo, marks, value_max, render_key)
-    changed = _check_invariants(image, published, np.asarray(wsm, dtype=bool), marks)
+    remarked = composite(image, logo, marks, value_max, render_key)
+    # Outside the attempt's boxes the attempt stands (the shield, if any); inside them, the new marks or the original.
+    published = np.array(out, copy=True)
+    for m in record["marks"]:
+        x0, y0, x1, y1 = m["box_xyxy"]
+        published[y0:y1, x0:x1] = remarked[y0:y1, x0:x1]
+    wsm = np.asarray(wsm, dtype=bool)
+    _check_invariants(out, published, wsm, [Placement.from_record(m) for m in record["marks"]])
+    if "shield" not in record:
+        _check_invariants(image, published, wsm, marks)
+    changed = int(np.any(published != image, axis=-1).sum())
     final = judge(published, surrogates, int(record["label"]), value_max)
     height, width = image.shape[:2]
     facts = {"policy": on_failure, "opacity": float(failure_opacity), "attempt": attempt}
-    dropped = [k for k in ("shield", "eot") if k in record]
+    dropped = [k for k in ("eot",) if k in record]  # the thief views judged the attempt, not this
     if dropped:
         facts["dropped"] = dropped
     record = {k: v for k, v in record.items() if k not in dropped}
