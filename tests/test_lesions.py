@@ -314,10 +314,14 @@ def test_cli_lesions_writes_masks_and_wsm(tmp_path, samples, capsys):
     assert main(["lesions", str(src), str(out), "--quiet"]) == 1  # grey.png fails, eye.png is done
     wsm = load_mask(out / "eye_wsm.png", s.image.shape[:2])
     f, t = _object_recall(_gt(s), wsm)
-    assert f / t >= 0.95 and wsm.mean() <= 0.35
+    record = json.loads((out / "eye_lesions.json").read_text())
+    lesion_boxes = [b for b, k in zip(record["wsm_boxes"], record["wsm_box_types"]) if k != "anatomy"]
+    assert f / t >= 0.95 and wsm_from_boxes(np.asarray(lesion_boxes), s.image.shape[:2]).mean() <= 0.35
+    # The WSM protect would use: the disc and macula zones too.
+    assert [z["name"] for z in record["anatomy"]["zones"]] == ["optic_disc", "macula"]
+    assert record["wsm_box_types"].count("anatomy") == 2
     for typ in LESION_TYPES:
         assert (out / f"eye_{typ}.png").is_file()
-    record = json.loads((out / "eye_lesions.json").read_text())
     assert record["lesion_source"] == "builtin" and record["settings"]["wsm_margin"] == 2  # inference.json's
     summary = json.loads((out / "lesions_summary.json").read_text())
     assert summary["failures"][0]["image"] == "grey.png" and "grey.png" in summary["failures"][0]["error"]
@@ -332,7 +336,9 @@ def test_cli_lesions_writes_masks_and_wsm(tmp_path, samples, capsys):
     record = json.loads((out2 / "eye_lesions.json").read_text())
     assert record["lesion_source"] == "masks"
     boxes, _ = lesion_bboxes(_gt(s), margin=0)
-    assert np.array_equal(load_mask(out2 / "eye_wsm.png"), wsm_from_boxes(boxes, s.image.shape[:2]))
+    zones = [b for b, k in zip(record["wsm_boxes"], record["wsm_box_types"]) if k == "anatomy"]
+    assert len(zones) == 2
+    assert np.array_equal(load_mask(out2 / "eye_wsm.png"), wsm_from_boxes(np.concatenate([boxes, zones]), s.image.shape[:2]))
 
 
 # --------------------------------------------------------------------------------------- layouts

@@ -20,7 +20,7 @@ from monai_medlocker.workflows.protect import DatasetProtector, record_path_for
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundle"
 CHAIN = ["monai_medlocker.transforms.protect_steps.LoadFundusd", "monai_medlocker.transforms.protect_steps.LesionMapsd",
-         "monai_medlocker.transforms.dictionary.LesionBBoxMaskd", "monai_medlocker.transforms.protect_steps.RenderKeyd",
+         "monai_medlocker.transforms.protect_steps.AnatomyZonesd", "monai_medlocker.transforms.dictionary.LesionBBoxMaskd", "monai_medlocker.transforms.protect_steps.RenderKeyd",
          "monai_medlocker.transforms.dictionary.AdversarialWatermarkd", "monai_medlocker.transforms.protect_steps.Certifyd",
          "monai_medlocker.transforms.protect_steps.SaveProtectedd"]
 FAST = {"max_queries": 8, "lesion_segmenter": "masks", "progress": False, "seed": 3}

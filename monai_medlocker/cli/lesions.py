@@ -84,15 +84,16 @@ def run(args: argparse.Namespace) -> int:
     lesions = LesionSource(segmenter, checkpoint)
     wsm_tf = LesionBBoxMask(settings["lesion_threshold"], settings["lesion_min_size"], settings["wsm_margin"],
                             settings["wsm_margin_fraction"])
+    zones = parser.get_parsed_content("anatomy")  # the disc and macula zones protect adds
 
     items = _items(source)
     prepare_output_dir(out_dir)
     with OutputLock(out_dir, command="medlocker lesions"):
         clean_temporaries(out_dir)
-        return _run(args, items, out_dir, source, settings, lesions, wsm_tf)
+        return _run(args, items, out_dir, source, settings, lesions, wsm_tf, zones)
 
 
-def _run(args, items, out_dir: Path, source: Path, settings: dict, lesions, wsm_tf) -> int:
+def _run(args, items, out_dir: Path, source: Path, settings: dict, lesions, wsm_tf, zones) -> int:
     from monai_medlocker.io.image import ImageReadError, atomic_write_bytes, load_rgb, portable_name, save_png
     from monai_medlocker.io.files import name_too_long
     from monai_medlocker.io.outdir import inside_output
@@ -114,8 +115,9 @@ def _run(args, items, out_dir: Path, source: Path, settings: dict, lesions, wsm_
                     raise ImageReadError(f"{item.image}: its output {too_long}")
             image = load_rgb(item.image)
             maps, lesion_source, report = lesions(item.image, image, [] if args.ignore_masks else item.masks)
-            boxes, channels = wsm_tf.boxes(maps)
-            wsm = np.asarray(wsm_tf(maps))[0]
+            anatomy = zones({"image_path": item.image, "original": image.transpose(2, 0, 1), **item.anatomy})
+            boxes, channels = wsm_tf.boxes(maps, anatomy["anatomy_boxes"])
+            wsm = np.asarray(wsm_tf(maps, anatomy["anatomy_boxes"]))[0]
             for c, t in enumerate(LESION_CHANNELS):
                 save_png(stem_path.with_name(f"{stem_path.name}_{t}.png"),
                          ((maps[c] > settings["lesion_threshold"]) * 255).astype(np.uint8))
@@ -123,7 +125,9 @@ def _run(args, items, out_dir: Path, source: Path, settings: dict, lesions, wsm_
             record = {
                 "image": item.relative.as_posix(), "lesion_source": lesion_source,
                 "masks": [m.name for m in item.masks] if lesion_source == "masks" else [],
-                "wsm_boxes": boxes.tolist(), "wsm_box_types": [LESION_CHANNELS[c] for c in channels.tolist()],
+                "wsm_boxes": boxes.tolist(),
+                "wsm_box_types": [LESION_CHANNELS[c] if c >= 0 else "anatomy" for c in channels.tolist()],
+                "anatomy": anatomy["anatomy"],
                 "wsm_area_fraction": round(float(wsm.mean()), 5), "settings": settings, "lesion_report": report,
             }
             atomic_write_bytes(stem_path.with_name(f"{stem_path.name}_lesions.json"),

@@ -62,7 +62,15 @@ def add_protect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--logo", help="RGBA logo PNG (default: the shipped owner logo)")
     p.add_argument("--seed", type=int)
     p.add_argument("--on-infeasible", dest="on_infeasible", choices=("raise", "skip"))
+    p.add_argument("--on-failure", dest="on_failure", choices=("cap", "mark", "withhold", "best"),
+                   help="an image the surrogates were not fooled on: publish the best attempt with its opacity capped at "
+                   "--failure-opacity (cap, default), a plain visible mark at that opacity (mark), nothing (withhold: "
+                   "reported, exit code 1) or the attempt as it is (best); the summary names every such image")
+    p.add_argument("--failure-opacity", dest="failure_opacity", type=float, help="opacity of cap and mark (default 0.5)")
     p.add_argument("--wsm-margin", dest="wsm_margin", type=int, help="pixels added around each lesion box")
+    p.add_argument("--on-missing-anatomy", dest="on_missing_anatomy", choices=("fallback", "refuse"),
+                   help="when the optic disc or the fovea cannot be located (nor is given in the datalist as optic_disc / "
+                   "fovea): keep a conservative central zone clear instead (fallback, default) or refuse the image")
     p.add_argument("--lesion-segmenter", dest="lesion_segmenter", choices=("builtin", "masks", "network"),
                    help="lesion source for images without mask files: the built-in detector (default), a trained "
                    "segmenter (--segmenter-checkpoint), or 'masks' to require masks")
@@ -116,7 +124,10 @@ def protect_overrides(args: argparse.Namespace) -> dict:
         "logo": args.logo and str(Path(args.logo).resolve()),
         "seed": args.seed,
         "on_infeasible": args.on_infeasible,
+        "on_failure": args.on_failure,
+        "failure_opacity": args.failure_opacity,
         "wsm_margin": args.wsm_margin,
+        "on_missing_anatomy": args.on_missing_anatomy,
         "lesion_segmenter": args.lesion_segmenter,
         "segmenter_checkpoint": args.segmenter_checkpoint and str(Path(args.segmenter_checkpoint).resolve()),
         "progress": False if args.quiet else None,

@@ -21,6 +21,7 @@ from monai.utils.type_conversion import convert_to_dst_type, convert_to_numpy
 from monai_medlocker.lesions import lesion_bboxes, wsm_from_boxes
 from monai_medlocker.networks import Surrogate
 from monai_medlocker.watermark.engine import watermark_image
+from monai_medlocker.watermark.failure import apply_failure_policy, check_failure_policy
 from monai_medlocker.watermark.feasibility import NoFeasiblePlacementError
 from monai_medlocker.watermark.logo import load_logo, logo_sha256
 from monai_medlocker.watermark.optimizers import WatermarkOptimizer, get_optimizer
@@ -44,7 +45,8 @@ class LesionBBoxMask(Transform):
 
     The WSM is the union of the bounding boxes of the lesion components (8-connected, per
     channel), each grown by a margin. Boxes go into the meta as ``wsm_boxes`` (MONAI xyxy,
-    end-exclusive) with ``wsm_box_channels``.
+    end-exclusive) with ``wsm_box_channels``. ``zone_boxes`` (the anatomy's no-go zones, see
+    :mod:`monai_medlocker.lesions.anatomy`) join the WSM as they are, with channel -1.
 
     Args:
         threshold: probability threshold for float maps (bool/integer masks use non-zero).
@@ -65,11 +67,13 @@ class LesionBBoxMask(Transform):
         self.margin = margin
         self.margin_fraction = margin_fraction
 
-    def boxes(self, mask: NdarrayOrTensor) -> tuple[np.ndarray, np.ndarray]:
-        return lesion_bboxes(convert_to_numpy(mask), self.threshold, self.min_size, self.margin, self.margin_fraction)
+    def boxes(self, mask: NdarrayOrTensor, zone_boxes=None) -> tuple[np.ndarray, np.ndarray]:
+        boxes, channels = lesion_bboxes(convert_to_numpy(mask), self.threshold, self.min_size, self.margin, self.margin_fraction)
+        zones = np.asarray(zone_boxes if zone_boxes is not None else [], dtype=np.int64).reshape(-1, 4)
+        return np.concatenate([boxes, zones]), np.concatenate([channels, np.full(len(zones), -1, np.int64)])
 
-    def __call__(self, mask: NdarrayOrTensor) -> NdarrayOrTensor:
-        boxes, channels = self.boxes(mask)
+    def __call__(self, mask: NdarrayOrTensor, zone_boxes=None) -> NdarrayOrTensor:
+        boxes, channels = self.boxes(mask, zone_boxes)
         wsm = wsm_from_boxes(boxes, tuple(mask.shape[1:]))[None]
         extra = {"wsm_boxes": boxes.tolist(), "wsm_box_channels": channels.tolist()}
         if isinstance(mask, torch.Tensor) and not isinstance(mask, MetaTensor):
@@ -98,6 +102,11 @@ class AdversarialWatermark(Transform):
             perturbs the field of view outside the WSM and the logo (uint8 images); it overrides ``level``.
         level: the protection level (``shield.LEVELS``: ``"mark"``, ``"shield"``, ``"strong"``; ``None``: the
             default, ``"mark"``); written in each image's record.
+        on_failure: what an image the surrogates were not fooled on gets: ``"cap"`` (default: the best
+            attempt, its marks' opacity capped at ``failure_opacity``), ``"mark"`` (a plain visible mark at
+            ``failure_opacity``), ``"withhold"`` (not protected, not published; reported) or ``"best"`` (the best
+            attempt as it is); see :mod:`monai_medlocker.watermark.failure`.
+        failure_opacity: the cap or the plain mark's opacity, in (0, 1] (default 0.5).
     """
 
     backend = [TransformBackends.NUMPY, TransformBackends.TORCH]
@@ -115,6 +124,8 @@ class AdversarialWatermark(Transform):
         batch_size: int = 32,
         shield: ShieldSettings | dict | bool | None = None,
         level: str | None = None,
+        on_failure: str = "cap",
+        failure_opacity: float = 0.5,
     ) -> None:
         self.surrogates = [surrogates] if isinstance(surrogates, Surrogate) else list(surrogates)
         if not self.surrogates or not all(isinstance(s, Surrogate) for s in self.surrogates):
@@ -138,6 +149,8 @@ class AdversarialWatermark(Transform):
         self.seed = int(seed)
         self.batch_size = int(batch_size)
         self.level, self.shield = level_settings(level, shield)
+        check_failure_policy(on_failure, failure_opacity)
+        self.on_failure, self.failure_opacity = on_failure, float(failure_opacity)
         self.last_record: dict | None = None
 
     def __call__(
@@ -163,6 +176,8 @@ class AdversarialWatermark(Transform):
                 shield=self.shield,
                 render_key=render_key,
             )
+            out, record = apply_failure_policy(hwc, out, record, forbidden, self.logo, self.surrogates, self.on_failure,
+                                               self.failure_opacity, render_key)
         except NoFeasiblePlacementError as err:
             if self.on_infeasible == "raise":
                 raise

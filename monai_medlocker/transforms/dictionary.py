@@ -27,6 +27,8 @@ class LesionBBoxMaskd(MapTransform):
         keys: keys of the C x H x W lesion masks.
         wsm_key: where to write the WSM; ``None`` replaces the mask in place.
         boxes_key: where to write the WSM's boxes (xyxy, end-exclusive) as a list; ``None``: nowhere.
+        zones_key: a key holding the anatomy's no-go boxes (:class:`~monai_medlocker.transforms.protect_steps.AnatomyZonesd`),
+            joined to the WSM; missing or ``None``: lesion boxes only.
         other arguments: as :class:`LesionBBoxMask`.
     """
 
@@ -42,18 +44,21 @@ class LesionBBoxMaskd(MapTransform):
         margin_fraction: float = 0.0,
         boxes_key: str | None = None,
         allow_missing_keys: bool = False,
+        zones_key: str | None = None,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.wsm_key = wsm_key
         self.boxes_key = boxes_key
+        self.zones_key = zones_key
         self.transform = LesionBBoxMask(threshold, min_size, margin, margin_fraction)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
+        zones = d.get(self.zones_key) if self.zones_key else None
         for key in self.key_iterator(d):
             if self.boxes_key:
-                d[self.boxes_key] = self.transform.boxes(d[key])[0].tolist()
-            d[self.wsm_key or key] = self.transform(d[key])
+                d[self.boxes_key] = self.transform.boxes(d[key], zones)[0].tolist()
+            d[self.wsm_key or key] = self.transform(d[key], zones)
         return d
 
 

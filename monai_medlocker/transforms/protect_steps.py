@@ -19,6 +19,9 @@ Keys of one image's dictionary, and the step that fills each:
 ``dicom``, ``mode`` the decoded DICOM source (or ``None``) and the PNG mode to write back (:class:`LoadFundusd`)
 ``image_id``        the id its certificate and keys use (:class:`LoadFundusd`)
 ``lesion_maps``     4 x H x W lesion maps, with ``lesion_source`` and ``lesion_report`` (:class:`LesionMapsd`)
+``optic_disc``,     the datalist's disc and fovea ``{"x", "y", "r"}`` (pixels), when it gives them (the protector)
+``fovea``
+``anatomy``         the no-go zones of the disc and macula and how each was found, with ``anatomy_boxes`` (:class:`AnatomyZonesd`)
 ``wsm``             the forbidden mask, with ``wsm_boxes`` (:class:`~.dictionary.LesionBBoxMaskd`)
 ``render_key``      the secret of its keyed rendering (:class:`RenderKeyd`)
 ``medlocker``       the watermark record (:class:`~.dictionary.AdversarialWatermarkd`)
@@ -42,7 +45,7 @@ from monai_medlocker.certify.seal import PNG_PUBLIC, SIDECAR_SUFFIX, Keyring, pr
 from monai_medlocker.io.image import ImageReadError, atomic_write_bytes, load_fundus, portable_name, round_trip_mode, save_png
 from monai_medlocker.lesions.source import LesionSource
 
-__all__ = ["LoadFundusd", "LesionMapsd", "RenderKeyd", "Certifyd", "SaveProtectedd", "record_without_timings"]
+__all__ = ["LoadFundusd", "LesionMapsd", "AnatomyZonesd", "RenderKeyd", "Certifyd", "SaveProtectedd", "record_without_timings"]
 
 # Per-run facts of a record: not embedded in the published image, so that reruns give the same bytes.
 _TIMINGS = ("seconds", "certify_seconds")
@@ -136,6 +139,57 @@ class LesionMapsd(Transform):
         return d
 
 
+class AnatomyZonesd(Transform):
+    """``anatomy`` and ``anatomy_boxes``: the optic disc and macula no-go zones that the WSM holds (DESIGN invariant 1).
+
+    The datalist's ``optic_disc`` / ``fovea`` (``{"x", "y", "r"}`` in pixels) win; otherwise the built-in
+    locator finds them (:func:`~monai_medlocker.lesions.anatomy.anatomy_zones` says how, and what the zones are).
+
+    Args:
+        enabled: ``False`` keeps only the lesion boxes (not for images a grader reads).
+        on_missing: ``"fallback"`` (default: a conservative central zone, said in the record and the summary)
+            or ``"refuse"`` (the image fails with a message naming it and is not published).
+        disc_scale, macula_radius_dd, disc_margin, macula_margin: as :func:`~monai_medlocker.lesions.anatomy.anatomy_zones`.
+    """
+
+    def __init__(self, enabled: bool = True, on_missing: str = "fallback", disc_scale: float = 1.5,
+                 macula_radius_dd: float = 1.0, disc_margin: float = 1.0, macula_margin: float = 1.5) -> None:
+        from monai_medlocker.lesions.anatomy import ON_MISSING_ANATOMY
+
+        if on_missing not in ON_MISSING_ANATOMY:
+            raise ValueError(f"on_missing_anatomy must be one of {ON_MISSING_ANATOMY}, got {on_missing!r}")
+        if disc_scale < 1.0 or macula_radius_dd <= 0 or disc_margin < 0 or macula_margin < 0:
+            raise ValueError(f"anatomy zones need disc_scale >= 1, macula_radius_dd > 0 and margins >= 0, got "
+                             f"{disc_scale}, {macula_radius_dd}, {disc_margin}, {macula_margin}")
+        self.enabled, self.on_missing = bool(enabled), on_missing
+        self.disc_scale, self.macula_radius_dd = float(disc_scale), float(macula_radius_dd)
+        self.disc_margin, self.macula_margin = float(disc_margin), float(macula_margin)
+
+    def to_record(self) -> dict:
+        return {"enabled": self.enabled, "on_missing": self.on_missing, "disc_scale": self.disc_scale,
+                "macula_radius_dd": self.macula_radius_dd, "disc_margin": self.disc_margin,
+                "macula_margin": self.macula_margin}
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        from monai_medlocker.lesions.anatomy import AnatomyNotFoundError, anatomy_zones, zone_boxes
+
+        d = dict(data)
+        if not self.enabled:
+            d["anatomy"], d["anatomy_boxes"] = {"enabled": False}, []
+            return d
+        image = np.ascontiguousarray(np.asarray(d["original"]).transpose(1, 2, 0))
+        try:
+            zones, record = anatomy_zones(image, d.get("optic_disc"), d.get("fovea"), self.disc_scale,
+                                          self.macula_radius_dd, self.on_missing, self.disc_margin, self.macula_margin)
+        except AnatomyNotFoundError as err:
+            raise AnatomyNotFoundError(f"{d['image_path']}: {err}") from None
+        except ValueError as err:
+            raise ValueError(f"{d['image_path']}: {err}") from None
+        d["anatomy"] = record
+        d["anatomy_boxes"] = zone_boxes(zones, image.shape[:2]).tolist()
+        return d
+
+
 class RenderKeyd(Transform):
     """``render_key``: the secret of the image's keyed rendering, from the run's :class:`~monai_medlocker.certify.seal.Keyring`."""
 
@@ -169,6 +223,8 @@ class Certifyd(Transform):
         if d.get("lesion_report") is not None:
             record["lesion_report"] = d["lesion_report"]
         record["wsm_boxes"] = [list(b) for b in d["wsm_boxes"]]
+        if d.get("anatomy") is not None:
+            record["anatomy"] = d["anatomy"]
         d["sealed"] = None
         if record.get("protected") and self.keyring.certifier is not None:
             t0 = time.perf_counter()

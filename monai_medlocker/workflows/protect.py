@@ -66,7 +66,7 @@ from monai_medlocker.lesions.masks import MASK_SUFFIXES, find_mask_files, is_mas
 from monai_medlocker.lesions.source import LESION_SEGMENTERS, MissingMaskError
 from monai_medlocker.networks import Surrogate
 from monai_medlocker.transforms.dictionary import AdversarialWatermarkd, LesionBBoxMaskd
-from monai_medlocker.transforms.protect_steps import Certifyd, LesionMapsd, LoadFundusd, RenderKeyd, SaveProtectedd
+from monai_medlocker.transforms.protect_steps import AnatomyZonesd, Certifyd, LesionMapsd, LoadFundusd, RenderKeyd, SaveProtectedd
 from monai_medlocker.watermark.logo import logo_sha256
 
 __all__ = ["MASK_SUFFIXES", "LESION_SEGMENTERS", "PUBLIC_DIR", "PRIVATE_DIR", "PUBLISH_NOTE", "PUBLISH_TEXT",
@@ -115,6 +115,7 @@ class ProtectItem:
     masks: list[Path] = field(default_factory=list)
     label: int | None = None
     problem: str | None = None
+    anatomy: dict = field(default_factory=dict)  # the datalist's optic_disc / fovea, when given
 
 
 def record_path_for(output_dir: str | Path, relative: str | Path) -> Path:
@@ -224,7 +225,8 @@ def find_protect_items(source: str | Path) -> list[ProtectItem]:
                 if relative.is_absolute() or ".." in relative.parts:
                     relative = Path(relative.name)  # keep outputs inside the output folder
                 items.append(ProtectItem(image, relative, masks or find_mask_files(image),
-                                         None if label is None else int(label)))
+                                         None if label is None else int(label),
+                                         anatomy={k: entry[k] for k in ("optic_disc", "fovea") if entry.get(k) is not None}))
     elif source.is_dir():
         for image in sorted(p for p in source.rglob("*") if _is_image_file(p)):
             if is_mask_file(image) or "masks" in image.relative_to(source).parts[:-1]:
@@ -269,6 +271,7 @@ class DatasetProtector:
         wait: wait for another run that holds ``output_dir`` instead of refusing.
         distributed: split the images across the ranks of the initialised ``torch.distributed``
             process group (``torchrun``, ``medlocker protect --workers N``; see :meth:`run`).
+        anatomy: settings of :class:`~monai_medlocker.transforms.protect_steps.AnatomyZonesd` (only without ``chain``).
         chain: the protect chain (a ``Compose`` holding one each of ``AdversarialWatermarkd``,
             ``Certifyd`` and ``SaveProtectedd``); the settings above that build a chain are then unused.
         public_names: ``"keep"`` (default): public files keep the input's relative paths (a warning names
@@ -300,6 +303,7 @@ class DatasetProtector:
         distributed: bool = False,
         chain: Compose | None = None,
         public_names: str = "keep",
+        anatomy: dict | None = None,
     ) -> None:
         if public_names not in PUBLIC_NAMES:
             raise ValueError(f"public_names must be one of {', '.join(PUBLIC_NAMES)}, got {public_names!r}")
@@ -324,7 +328,7 @@ class DatasetProtector:
                 self.output_dir, surrogates, watermark, lesion_threshold=lesion_threshold, lesion_min_size=lesion_min_size,
                 wsm_margin=wsm_margin, wsm_margin_fraction=wsm_margin_fraction, seed=seed,
                 lesion_segmenter=lesion_segmenter, segmenter_checkpoint=segmenter_checkpoint, dicom_encoding=dicom_encoding,
-                keep_identity=keep_identity,
+                keep_identity=keep_identity, anatomy=anatomy,
                 keyring=Keyring(owner_key, owner_key_passphrase, self.output_dir / PRIVATE_DIR / RENDER_SECRET))
         self.chain = chain
         self.watermark = self.step(AdversarialWatermarkd).transform
@@ -368,9 +372,13 @@ class DatasetProtector:
         settings = {"key_id": self.certifier.key_id if self.certifier else None, "optimizer": wm.optimizer.name,
                     "optimizer_settings": wm.optimizer.settings(), "search_space": wm.search_space.to_record(),
                     "model": models, "logo_sha256": logo_sha256(wm.logo), "seed": self.seed}
+        settings["on_failure"] = {"policy": wm.on_failure, "opacity": wm.failure_opacity}
         if wm.shield is not None:  # only then: the settings of a run without a shield stay as they were
             settings["shield"] = wm.shield.to_record()
             settings["level"] = wm.level
+        zones = [t for t in self.chain.transforms if isinstance(t, AnatomyZonesd)]
+        if zones:
+            settings["anatomy"] = zones[0].to_record()
         loads = [t for t in self.chain.transforms if isinstance(t, LoadFundusd)]
         if loads and loads[0].privacy != DicomPrivacy():  # only then, as for the shield
             settings["dicom_privacy"] = loads[0].privacy.to_record()
@@ -455,7 +463,7 @@ class DatasetProtector:
             the error the failing step raised (its message names the file), not MONAI's wrapper.
         """
         data = {"image_path": item.image, "relative": item.relative, "mask_paths": list(item.masks), "label": item.label,
-                "seed": self._image_seed(item.relative), "out_path": out_path}
+                "seed": self._image_seed(item.relative), "out_path": out_path, **item.anatomy}
         if self.public_names != "keep":  # the image id and the sealed record use the public name
             data["public_name"] = portable_name(out_path.relative_to(self.output_dir / PUBLIC_DIR))
         try:
@@ -649,6 +657,11 @@ class DatasetProtector:
                 reason=record.get("reason"), lesion_source=record.get("lesion_source"), image_id=record.get("image_id"),
             )
             lesion_report = record.get("lesion_report") or {}
+            if record.get("on_failure"):
+                row["on_failure"] = record["on_failure"]["policy"]
+            missing = (record.get("anatomy") or {}).get("missing")
+            if missing:
+                row["anatomy_missing"] = missing
             if lesion_report.get("warnings"):
                 row["lesion_warnings"] = lesion_report["warnings"]
                 row["lesion_confidence"] = lesion_report.get("confidence")
@@ -701,6 +714,8 @@ class DatasetProtector:
             if not changes:
                 row.update(status="already-done", output=portable_name(out_path.relative_to(self.output_dir)))
                 row.update({k: previous.get(k) for k in ("success", "queries", "seconds", "protected", "reason", "image_id")})
+                if previous.get("on_failure"):
+                    row["on_failure"] = previous["on_failure"]["policy"]
                 return row, None
         return row, out_path
 
@@ -764,6 +779,12 @@ class DatasetProtector:
             # Detector results it doubts (odd field of view, disc not found, noisy image): check these WSMs.
             "low_confidence_lesions": [{"image": r["image"], "confidence": r.get("lesion_confidence"),
                                         "warnings": r["lesion_warnings"]} for r in rows if r.get("lesion_warnings")],
+            # Disc or fovea not found: a conservative central zone stands in for it (on_missing_anatomy: fallback).
+            # Images the surrogates were not fooled on, and what was published for each (on_failure).
+            "not_fooled": [{"image": r["image"], "action": r["on_failure"]} for r in rows if r.get("on_failure")
+                           and not r.get("success")],
+            "anatomy_not_found": [{"image": r["image"], "missing": r["anatomy_missing"]}
+                                  for r in rows if r.get("anatomy_missing")],
             "optimizer": self.watermark.optimizer.name,
             "certified_by": self.certifier.key_id if self.certifier else None,
             # Keyless: the marks' placements and the outcomes depend on this secret (reuse it to reproduce them).
@@ -790,6 +811,11 @@ def format_summary(summary: dict) -> str:
                      "protect --render-secret FILE reuses it")
     if summary.get("montage"):
         lines.append(f"  look before publishing: {summary['montage']} (originals beside their protected copies)")
+    for a in summary.get("anatomy_not_found") or []:
+        lines.append(f"  {a['image']}: {' and '.join(a['missing'])} not found; a conservative central zone kept clear instead")
+    if summary.get("not_fooled"):
+        lines.append(f"  not fooled ({len(summary['not_fooled'])}): " + ", ".join(
+            f"{n['image']} ({n['action']})" for n in summary["not_fooled"]))
     for f in summary["failures"]:
         lines.append(f"  FAILED {f['image']}: {f['error']}")
     for f in summary.get("low_confidence_lesions", []):
@@ -837,12 +863,13 @@ def protect_chain(output_dir: str | Path, surrogates: Surrogate | Sequence[Surro
                   keyring: Keyring, lesion_threshold: float = 0.5, lesion_min_size: int = 1, wsm_margin: int = 2,
                   wsm_margin_fraction: float = 0.0, seed: int = 0, lesion_segmenter: str = "builtin",
                   segmenter_checkpoint: str | None = None, dicom_encoding: str = "explicit",
-                  keep_identity: bool = False) -> Compose:
+                  keep_identity: bool = False, anatomy: dict | None = None) -> Compose:
     """The protect chain that ``bundle/configs/inference.json`` builds, from Python settings."""
     return Compose([
         LoadFundusd(keep_identity=keep_identity, keyring=keyring),
         LesionMapsd(lesion_segmenter, segmenter_checkpoint),
-        LesionBBoxMaskd("lesion_maps", wsm_key="wsm", boxes_key="wsm_boxes", threshold=lesion_threshold,
+        AnatomyZonesd(**(anatomy or {})),
+        LesionBBoxMaskd("lesion_maps", wsm_key="wsm", boxes_key="wsm_boxes", zones_key="anatomy_boxes", threshold=lesion_threshold,
                         min_size=lesion_min_size, margin=wsm_margin, margin_fraction=wsm_margin_fraction),
         RenderKeyd(keyring),
         AdversarialWatermarkd("image", wsm_key="wsm", label_key="label", record_key="medlocker", seed_key="seed",

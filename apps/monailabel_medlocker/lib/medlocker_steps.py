@@ -24,7 +24,7 @@ from monai_medlocker.io.image import load_fundus, load_rgb, portable_name
 from monai_medlocker.io.outdir import OutputLock, clean_temporaries, prepare_output_dir
 from monai_medlocker.lesions.masks import MASK_CHANNELS, find_mask_files, is_mask_file
 from monai_medlocker.transforms.dictionary import LesionBBoxMaskd
-from monai_medlocker.transforms.protect_steps import LesionMapsd
+from monai_medlocker.transforms.protect_steps import AnatomyZonesd, LesionMapsd
 from monai_medlocker.workflows.protect import ProtectItem
 
 __all__ = ["OUTPUT_CONF", "WSM_LABEL", "LESION_LABELS", "MedLockerSteps", "RefusedImage", "protect_overrides_from_conf",
@@ -179,15 +179,19 @@ class MedLockerSteps:
         pixels = load_rgb(item.image)
         wsm_step = self.protector.step(LesionBBoxMaskd).transform
         maps, source, report = self.protector.step(LesionMapsd).source(item.image, pixels, item.masks)
-        wsm = np.asarray(wsm_step(maps))[0] > 0
-        boxes, channels = wsm_step.boxes(maps)
+        # The disc and macula zones, as protect adds them.
+        anatomy = self.protector.step(AnatomyZonesd)({"image_path": item.image, "original": pixels.transpose(2, 0, 1),
+                                                      **item.anatomy})
+        wsm = np.asarray(wsm_step(maps, anatomy["anatomy_boxes"]))[0] > 0
+        boxes, channels = wsm_step.boxes(maps, anatomy["anatomy_boxes"])
         label = np.where(wsm, WSM_LABEL, 0).astype(np.uint8)
         for channel, value in enumerate(LESION_LABELS.values()):
             lesion = maps[channel]  # as lesion_bboxes reads a map: float maps above the threshold, else non-zero
             label[lesion > wsm_step.threshold if np.issubdtype(lesion.dtype, np.floating) else lesion != 0] = value
         info = {"image": portable_name(item.relative), "lesion_source": source,
                 "wsm_boxes": np.asarray(boxes).tolist(),
-                "wsm_box_types": [MASK_CHANNELS[int(c)] for c in np.asarray(channels)],
+                "wsm_box_types": [MASK_CHANNELS[int(c)] if c >= 0 else "anatomy" for c in np.asarray(channels)],
+                "anatomy": anatomy["anatomy"],
                 "wsm_pixels": int(wsm.sum()), "labels": {"wsm_box": WSM_LABEL, **LESION_LABELS}}
         if report is not None:
             info["lesion_report"] = json.loads(json.dumps(report, default=str))

@@ -102,6 +102,11 @@ def _write_one(task: tuple[str, int, int, int, int, int]) -> dict[str, Any]:
         item[f"mask_{t}"] = f"masks/{stem}_{t}.png"
     item["seed"] = int(seed_i)
     item["eye"] = sample.meta["eye"]
+    # Where the anatomy a grader reads lies (pixels): protect keeps both clear (monai_medlocker.lesions.anatomy).
+    # optic_disc r: the disc's radius; fovea r: the macular zone's, one disc diameter.
+    (dx, dy), rd, (fx, fy) = sample.meta["disc_center"], sample.meta["disc_radius"], sample.meta["fovea_center"]
+    item["optic_disc"] = {"x": round(float(dx), 1), "y": round(float(dy), 1), "r": round(float(rd), 1)}
+    item["fovea"] = {"x": round(float(fx), 1), "y": round(float(fy), 1), "r": round(2.0 * float(rd), 1)}
     item["counts"] = {k: (list(v) if isinstance(v, list) else int(v)) for k, v in sample.counts.items()}
     return item
 
@@ -127,7 +132,8 @@ def generate_dataset(
         out_dir/datalist.json                   {"training": [...], "validation": [...], "test": [...], ...}
 
     Each item is ``{"image", "label" (grade), "referable" (0/1), "mask_MA", "mask_HE", "mask_EX", "mask_SE",
-    "seed", "eye", "counts"}``. Grades are allotted by quota (largest remainder of ``n * grade_weights``) and
+    "seed", "eye", "counts", "optic_disc", "fovea"}`` (the last two ``{"x", "y", "r"}`` in pixels: the disc's centre and
+    radius, the fovea and the macular zone's radius, one disc diameter). Grades are allotted by quota (largest remainder of ``n * grade_weights``) and
     shuffled; splits are stratified by grade so that every split gets every grade when there are enough
     images. Image ``i`` is ``synthesize_fundus(size, sample_seed(seed, i), label, lab_version)``; the whole dataset
     is a pure function of ``(n, size, seed, split, grade_weights, lab_version)``. The datalist records
