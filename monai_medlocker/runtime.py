@@ -146,6 +146,11 @@ class ProtectRuntime:
     def __post_init__(self) -> None:
         self.device = select_device(self.device, self.local_rank)
         self.threads, self.thread_source = configure_threads(self.threads, self.processes)
+        cpus, processes = available_cpus(), max(1, int(self.processes))
+        if self.threads * processes > cpus:  # only a user's setting can do this: say what it costs
+            print(f"medlocker: warning: {self.threads} thread(s) x {processes} process(es) on {cpus} available CPU(s) "
+                  f"({self.thread_source}): threads will wait for each other and per-image times vary; fewer threads "
+                  "(--threads) are faster", file=sys.stderr)
         if self.verbose:
             print(f"medlocker: device {self.device}, {self.threads} thread(s) per process ({self.thread_source})",
                   file=sys.stderr)

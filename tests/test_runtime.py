@@ -142,3 +142,13 @@ def test_cpu_device_default_threads_and_workers_config(tmp_path, no_omp_env, mon
     parser.get_parsed_content("surrogate")
     assert seen["device"] == torch.device("cpu") and torch.get_num_threads() == 1
     assert parser.get_parsed_content("backend") == "gloo"
+
+
+def test_oversubscribed_threads_warn(no_omp_env, monkeypatch, capsys):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    runtime.ProtectRuntime(threads=1, device="cpu", processes=2)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    rt = runtime.ProtectRuntime(device="cpu", processes=2)
+    err = capsys.readouterr().err
+    assert rt.threads == 2 and err.count("\n") == 1 and "warning: 2 thread(s) x 2 process(es) on 2 available CPU(s)" in err
