@@ -157,12 +157,12 @@ def test_a_datalist_given_zone_is_honoured(tmp_path):
     """A user-given disc and fovea (here, deliberately not where the image has them) are the zones that count."""
     src = tmp_path / "in"
     src.mkdir()
-    for f in (ROOT / "bundle" / "samples").glob("synthetic_grade2*.png"):
+    for f in (ROOT / "bundle" / "samples").glob("fundus_c*.png"):
         shutil.copy(f, src / f.name)
     disc, fovea = {"x": 60, "y": 60, "r": 20}, {"x": 190, "y": 200, "r": 50}
     (src / "datalist.json").write_text(json.dumps({"test": [{
-        "image": "synthetic_grade2.png", "optic_disc": disc, "fovea": fovea,
-        **{f"mask_{t}": f"synthetic_grade2_{t}.png" for t in ("MA", "HE", "EX", "SE")}}]}))
+        "image": "fundus_c.png", "optic_disc": disc, "fovea": fovea,
+        **{f"mask_{t}": f"fundus_c_{t}.png" for t in ("MA", "HE", "EX", "SE")}}]}))
     out = tmp_path / "out"
     DatasetProtector(src / "datalist.json", out, _tiny(), FAST, lesion_segmenter="masks", progress=False).run()
     (rec,) = _records(out)

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "monai_medlocker"
 
 # Sub-packages ordered bottom to top: a module may import its own layer and the layers before it.
 LAYERS = [
-    {"_lazy", "assets", "bundle_config"},
+    {"_lazy", "assets", "bundle_config", "runtime"},
     {"io", "data", "networks", "lesions"},
     {"watermark"},
     {"certify", "transforms", "threats"},

@@ -77,19 +77,19 @@ def test_bad_failure_settings_are_refused():
 def test_the_summary_names_the_images_that_were_not_fooled(tmp_path, policy):
     src = tmp_path / "in"
     src.mkdir()
-    for f in (ROOT / "bundle" / "samples").glob("synthetic_grade2*.png"):
+    for f in (ROOT / "bundle" / "samples").glob("fundus_c*.png"):
         shutil.copy(f, src / f.name)
     out = tmp_path / "out"
     summary = DatasetProtector(src, out, _unfoolable(), {"max_queries": 8, "on_failure": policy},
                                lesion_segmenter="masks", progress=False).run()
-    assert summary["not_fooled"] == [{"image": "synthetic_grade2.png", "action": policy}]
-    assert "not fooled (1): synthetic_grade2.png (" + policy + ")" in format_summary(summary)
-    published = out / "public" / "synthetic_grade2.png"
+    assert summary["not_fooled"] == [{"image": "fundus_c.png", "action": policy}]
+    assert "not fooled (1): fundus_c.png (" + policy + ")" in format_summary(summary)
+    published = out / "public" / "fundus_c.png"
     record = json.loads(next((out / "private" / "records").rglob("*.record.json")).read_text())
     assert record["on_failure"]["policy"] == policy
     if policy == "withhold":
         assert not published.exists() and summary["protected"] == 0 and summary["exit_code"] == 1
-        assert summary["failures"][0]["image"] == "synthetic_grade2.png"
+        assert summary["failures"][0]["image"] == "fundus_c.png"
     else:
         assert published.exists() and summary["protected"] == 1 and summary["exit_code"] == 0
 
@@ -103,16 +103,16 @@ def test_a_capped_or_plain_mark_verifies_and_unlocks_bit_exact(tmp_path, policy,
     save_owner_key(tmp_path / "owner", generate_owner_key())
     src = tmp_path / "in"
     src.mkdir()
-    for f in (ROOT / "bundle" / "samples").glob("synthetic_grade2*.png"):
+    for f in (ROOT / "bundle" / "samples").glob("fundus_c*.png"):
         shutil.copy(f, src / f.name)
     out = tmp_path / "out"
     summary = DatasetProtector(src, out, _unfoolable(), {"max_queries": 8, "on_failure": policy}, lesion_segmenter="masks",
                                owner_key=tmp_path / "owner.key", progress=False).run()
-    assert summary["not_fooled"] == [{"image": "synthetic_grade2.png", "action": policy}]
+    assert summary["not_fooled"] == [{"image": "fundus_c.png", "action": policy}]
     capsys.readouterr()
     assert main(["verify", str(out / "public"), "--pub", str(tmp_path / "owner.pub"), "--json", "--quiet"]) == 0
     assert json.loads(capsys.readouterr().out)["verdicts"] == {"authentic": 1}
     assert main(["unlock", str(out / "public"), str(tmp_path / "un"), "--key", str(tmp_path / "owner.key"), "--quiet"]) == 0
-    original = load_rgb(src / "synthetic_grade2.png")
-    assert np.array_equal(load_rgb(tmp_path / "un" / "synthetic_grade2.png"), original)
-    assert not np.array_equal(load_rgb(out / "public" / "synthetic_grade2.png"), original)
+    original = load_rgb(src / "fundus_c.png")
+    assert np.array_equal(load_rgb(tmp_path / "un" / "fundus_c.png"), original)
+    assert not np.array_equal(load_rgb(out / "public" / "fundus_c.png"), original)

@@ -13,6 +13,10 @@ from typing import Sequence
 
 from monai_medlocker import __version__
 from monai_medlocker.bundle_config import user_error as _user_error
+from monai_medlocker.runtime import prepare_environment
+
+# Before any subcommand imports torch: OpenMP reads its wait policy once, when it loads (monai_medlocker.runtime).
+prepare_environment()
 
 __all__ = ["main", "SUBCOMMANDS"]
 

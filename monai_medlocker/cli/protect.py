@@ -106,6 +106,11 @@ def add_protect_options(p: argparse.ArgumentParser) -> None:
                    "and given back by unlock")
     p.add_argument("--wait", action="store_true", default=None,
                    help="if another run is writing to the output folder, wait for it instead of refusing")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch/OpenMP threads per process (default: OMP_NUM_THREADS if set, else 1 per process with "
+                   "--workers, else half the CPUs this process may use, 1 to 4); idle threads never busy-wait")
+    p.add_argument("--device", help="where the surrogates run: auto (default: cuda when available, else cpu), cpu, "
+                   "cuda or cuda:N")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -131,6 +136,8 @@ def protect_overrides(args: argparse.Namespace) -> dict:
         "lesion_segmenter": args.lesion_segmenter,
         "segmenter_checkpoint": args.segmenter_checkpoint and str(Path(args.segmenter_checkpoint).resolve()),
         "progress": False if args.quiet else None,
+        "threads": args.threads,
+        "device": args.device,
         "dicom_encoding": args.dicom_encoding,
         "keep_identity": args.keep_identity,
         "keep_free_text": args.keep_free_text,
@@ -276,10 +283,6 @@ def _worker(rank: int, env: dict, root: str, overrides: dict, workers: int, json
         sys.stdout.flush()
         os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     os.environ.update(env, RANK=str(rank), LOCAL_RANK=str(rank))
-    if "OMP_NUM_THREADS" not in os.environ:  # the processes share the cores
-        import torch
-
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     from monai_medlocker.cli import _user_error
 
     try:

@@ -22,14 +22,12 @@ class _ProtectActor:
     """One protector built from the bundle config, kept for every image this actor is given."""
 
     def __init__(self, root: str, configs: Sequence[str], overrides: dict, gpu: bool) -> None:
-        import torch
-
         from monai_medlocker.bundle_config import parse_bundle_config
 
-        torch.set_num_threads(1)  # one CPU per actor (its Ray resource request)
         parser = parse_bundle_config(list(configs), Path(root), overrides)
+        parser["threads"] = overrides.get("threads") or 1  # its Ray resource request (runtime.ProtectRuntime sets it)
         if gpu:
-            parser["surrogate#device"] = "cuda"  # Ray gives each GPU actor its own device as cuda:0
+            parser["device"] = "cuda"  # Ray gives each GPU actor its own device as cuda:0
         self.protector = parser.get_parsed_content("protector")
 
     def protect(self, item, out_path: Path) -> dict:
@@ -45,7 +43,8 @@ class RayProtect:
         bundle_root: the bundle folder the actors read ``configs`` from.
         overrides: the config settings of this run (as the CLI gives them).
         configs: the bundle configs, merged in order (default ``inference.json``).
-        actors: how many actors (default: one per GPU of the cluster, else one per CPU).
+        actors: how many actors (default: one per GPU of the cluster unless ``overrides`` say ``device: cpu``, else
+            one per CPU, or per ``threads`` CPUs: each actor runs ``threads`` torch threads, default 1).
         max_retries: restarts of a dead actor, and retries of its task.
         init_kwargs: more ``ray.init`` arguments (e.g. ``_temp_dir``, ``num_cpus`` for ``"local"``).
     """
@@ -69,17 +68,18 @@ class RayProtect:
             return
         started = not ray.is_initialized()
         if started:
-            # The actors import this package and run one thread each, as the local run does.
+            # The actors import this package; they run one thread each (runtime.ProtectRuntime), never busy-waiting.
             env = {"PYTHONPATH": os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[2]),
                                                              os.environ.get("PYTHONPATH")) if p),
-                   "OMP_NUM_THREADS": "1"}
+                   "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
             ray.init(address=None if self.address == "local" else self.address, runtime_env={"env_vars": env},
                      include_dashboard=False, log_to_driver=False, **self.init_kwargs)
         try:
             resources = ray.cluster_resources()
-            gpus = int(resources.get("GPU", 0))
-            count = min(len(jobs), self.actors or gpus or max(1, int(resources.get("CPU", 1))))
-            actor_class = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0, max_restarts=self.max_retries,
+            gpus = int(resources.get("GPU", 0)) if str(self.overrides.get("device", "auto")) != "cpu" else 0
+            threads = int(self.overrides.get("threads") or 1)
+            count = min(len(jobs), self.actors or gpus or max(1, int(resources.get("CPU", 1)) // threads))
+            actor_class = ray.remote(num_cpus=threads, num_gpus=1 if gpus else 0, max_restarts=self.max_retries,
                                      max_task_retries=self.max_retries)(_ProtectActor)
             pool = [actor_class.remote(self.root, self.configs, self.overrides, bool(gpus)) for _ in range(count)]
             self.used = {"actors": count, "gpus_per_actor": 1 if gpus else 0, "cluster_cpus": resources.get("CPU", 0)}
