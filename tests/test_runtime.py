@@ -97,7 +97,7 @@ def test_protect_device_cuda_without_cuda_fails_with_one_line(tmp_path, monkeypa
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     src = tmp_path / "in"
     src.mkdir()
-    (src / "a.png").write_bytes((ROOT / "bundle" / "samples" / "synthetic_grade1.png").read_bytes())
+    (src / "a.png").write_bytes((ROOT / "bundle" / "samples" / "fundus_q.png").read_bytes())
     code = main(["protect", str(src), str(tmp_path / "out"), "--device", "cuda", "--quiet"])
     err = capsys.readouterr().err.strip()
     assert code == 2
