@@ -376,7 +376,10 @@ class AttackProblem:
             for start in range(0, screen.shape[0], self.batch_size):
                 with torch.set_grad_enabled(grad):
                     batch = screen[start : start + self.batch_size]
-                    chunks.append(s.network(preprocess_for_model(batch.to(s.device), s.spec)).to(batch.device))
+                    x = preprocess_for_model(batch.to(s.device), s.spec)
+                    if not grad:  # channels-last convolutions: a quarter to a third faster on CPU, same values to ~1e-6
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    chunks.append(s.network(x).to(batch.device))
             outs.append(torch.cat(chunks))
         if len({o.shape[-1] for o in outs}) > 1:
             counts = ", ".join(f"{s.spec.name}: {o.shape[-1]}" for s, o in zip(self.surrogates, outs))
