@@ -101,8 +101,10 @@ def stage_seconds(stats: pstats.Stats) -> dict[str, float]:
 
 
 def protect_run(in_dir: Path, out_dir: Path, optimizer: str, profile: bool) -> tuple[dict, pstats.Stats | None, float]:
+    """``medlocker protect`` with ``optimizer`` (``name`` or ``name@Q``: ``--max-queries Q``); manifest rows by image stem."""
     shutil.rmtree(out_dir, ignore_errors=True)
-    cli = ["protect", str(in_dir), str(out_dir), "--quiet", "--optimizer", optimizer]
+    name, _, budget = optimizer.partition("@")
+    cli = ["protect", str(in_dir), str(out_dir), "--quiet", "--optimizer", name] + (["--max-queries", budget] if budget else [])
     prof = cProfile.Profile() if profile else None
     start = time.perf_counter()
     code = prof.runcall(medlocker, cli) if prof else medlocker(cli)
@@ -122,7 +124,8 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=20)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--seed", type=int, default=31)
-    p.add_argument("--optimizers", default="medlocker,bhe", help="the first is the default protect")
+    p.add_argument("--optimizers", default="medlocker,bhe",
+                   help="the first is the default protect; NAME@Q runs NAME with --max-queries Q (not profiled)")
     p.add_argument("--work", default="/tmp/medlocker_bench_cost")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/cost/cost.json"))
     p.add_argument("--no-profile", action="store_true", help="skip the profiled pass")
@@ -165,7 +168,7 @@ def main(argv=None) -> int:
             "held_out_asr": round(statistics.mean(m["asr"] for m in metrics.values() if m["asr"] is not None), 4),
             "held_out": {m: {k: v[k] for k in ("clean_accuracy", "watermarked_accuracy", "asr")} for m, v in metrics.items()},
         }
-        if not args.no_profile:
+        if not args.no_profile and "@" not in name:
             _, stats, pwall = protect_run(in_dir, work / f"{name}-profiled", name, profile=True)
             stages = stage_seconds(stats)
             entry["profile"] = {"wall_seconds": round(pwall, 2),

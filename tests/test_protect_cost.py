@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -95,11 +94,36 @@ def test_later_marks_reuse_the_first_linearisation(monkeypatch, tiny_surrogate, 
 
 @pytest.mark.parametrize("config", ["inference.json", "evaluate_protection.json"])
 def test_default_protect_uses_the_cheap_search(config):
-    kwargs = json.loads((ROOT / "bundle/configs" / config).read_text())["optimizer_kwargs"]
-    opt = get_optimizer("medlocker", **kwargs)
+    from monai.bundle import ConfigParser
+
+    def kwargs(optimizer):
+        parser = ConfigParser()
+        parser.read_config(str(ROOT / "bundle/configs" / config))
+        parser["optimizer"] = optimizer
+        return parser.get_parsed_content("optimizer_kwargs")
+
+    opt = get_optimizer("medlocker", **kwargs("medlocker"))
     assert opt.verify_chunk == 3 and opt.reuse_linearization and opt.confidence == 0
+    for other in ("bhe", "random"):  # --optimizer bhe must not get medlocker's settings
+        assert kwargs(other) == {} and get_optimizer(other, **kwargs(other)).name == other
 
 
 def test_verify_chunk_is_validated():
     with pytest.raises(ValueError, match="verify_chunk"):
         MedLockerOptimizer(verify_chunk=0)
+
+
+def test_one_summed_area_table_serves_every_box_size(monkeypatch, tiny_surrogate, dark_image):
+    import monai_medlocker.watermark.problem as problem_module
+    from monai_medlocker.watermark.feasibility import feasible_top_left, summed_area_table
+
+    rng = np.random.default_rng(4)
+    wsm = rng.random((160, 160)) < 0.002
+    sat = summed_area_table(wsm)
+    for h, w in ((1, 1), (9, 23), (40, 17), (160, 160)):
+        brute = np.array([[not wsm[y:y + h, x:x + w].any() for x in range(161 - w)] for y in range(161 - h)])
+        assert np.array_equal(feasible_top_left(wsm, h, w, sat), brute)
+    tables = []
+    monkeypatch.setattr(problem_module, "summed_area_table", lambda m: tables.append(1) or summed_area_table(m))
+    problem = AttackProblem(dark_image, wsm, [tiny_surrogate], load_logo(), SearchSpace(n_scales=4))
+    assert len(problem.configs) == 4 and len(tables) == 1

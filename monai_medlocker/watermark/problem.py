@@ -19,7 +19,7 @@ import torch
 from monai_medlocker.networks import Surrogate, preprocess_for_model
 from monai_medlocker.watermark.blend import Placement, mark_opacity
 from monai_medlocker.watermark.eot import ThiefViews
-from monai_medlocker.watermark.feasibility import NoFeasiblePlacementError, feasible_top_left
+from monai_medlocker.watermark.feasibility import NoFeasiblePlacementError, feasible_top_left, summed_area_table
 from monai_medlocker.watermark.keyed import check_render_key
 
 __all__ = [
@@ -298,7 +298,9 @@ class AttackProblem:
         key = (cfg.height, cfg.width)
         cache = self.__dict__.setdefault("_feasible_cache", {})
         if key not in cache:
-            cache[key] = feasible_top_left(self.wsm, cfg.height, cfg.width)
+            if "sat" not in cache:  # one summed-area table for every box size
+                cache["sat"] = summed_area_table(self.wsm)
+            cache[key] = feasible_top_left(self.wsm, cfg.height, cfg.width, cache["sat"])
         return cache[key]
 
     def screen_to_native(self, cfg: MarkConfig, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
