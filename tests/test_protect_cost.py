@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -92,20 +93,23 @@ def test_later_marks_reuse_the_first_linearisation(monkeypatch, tiny_surrogate, 
     assert rec["optimizer_settings"]["reuse_linearization"] and rec["optimizer_settings"]["verify_chunk"] == 3
 
 
-@pytest.mark.parametrize("config", ["inference.json", "evaluate_protection.json"])
-def test_default_protect_uses_the_cheap_search(config):
-    from monai.bundle import ConfigParser
+def test_default_protect_uses_the_cheap_search(tiny_surrogate):
+    """One place holds protect's defaults: the transform (bundle and Python chains) and the threat study use them."""
+    from monai_medlocker.transforms import AdversarialWatermark
+    from monai_medlocker.workflows.study_tools import protect_tools
+    from monai_medlocker.workflows.threat_study import V1_SETTINGS
 
-    def kwargs(optimizer):
-        parser = ConfigParser()
-        parser.read_config(str(ROOT / "bundle/configs" / config))
-        parser["optimizer"] = optimizer
-        return parser.get_parsed_content("optimizer_kwargs")
-
-    opt = get_optimizer("medlocker", **kwargs("medlocker"))
+    opt = AdversarialWatermark(tiny_surrogate).optimizer
     assert opt.verify_chunk == 3 and opt.reuse_linearization and opt.confidence == 0
-    for other in ("bhe", "random"):  # --optimizer bhe must not get medlocker's settings
-        assert kwargs(other) == {} and get_optimizer(other, **kwargs(other)).name == other
+    mine = AdversarialWatermark(tiny_surrogate, optimizer_kwargs={"verify_chunk": None, "confidence": 1.0}).optimizer
+    assert mine.verify_chunk is None and mine.reuse_linearization and mine.confidence == 1.0
+    assert AdversarialWatermark(tiny_surrogate, optimizer="bhe").optimizer.name == "bhe"  # no medlocker settings
+    study, _, _ = protect_tools({"optimizer": "medlocker"})
+    assert study.verify_chunk == 3 and study.reuse_linearization
+    v1, _, _ = protect_tools({**V1_SETTINGS, "logo": None})
+    assert v1.settings() == get_optimizer("medlocker").settings()  # the old default stays the old default
+    for config in ("inference.json", "evaluate_protection.json"):  # the configs add nothing of their own
+        assert json.loads((ROOT / "bundle/configs" / config).read_text())["optimizer_kwargs"] == {}
 
 
 def test_verify_chunk_is_validated():
