@@ -10,7 +10,8 @@ study does; held-out ASR and accuracy are their means over the held-out members)
 
     OMP_NUM_THREADS=1 python benchmarks/bench_cost.py --n 20     # -> benchmarks/results/cost/cost.json
 
-The machine may be shared: compare the ratios (bhe / default), which are measured in the same run.
+The machine may be shared: compare the ratios (bhe / default), measured in the same run, and the per-image CPU
+seconds (process time of the one-thread protect step), which the neighbours' load moves far less than wall time.
 """
 
 from __future__ import annotations
@@ -100,9 +101,29 @@ def stage_seconds(stats: pstats.Stats) -> dict[str, float]:
     return out
 
 
+CPU_SECONDS: dict[str, float] = {}  # image stem -> CPU seconds of its protect step, the last run's
+
+
+def _count_cpu_seconds() -> None:
+    """Record each image's process CPU time beside the manifest's wall time: on a machine shared with other
+    work the wall time follows the neighbours' load, the CPU time of this one-thread process much less."""
+    from monai_medlocker.workflows.protect import DatasetProtector
+
+    timed = DatasetProtector.protect_timed
+
+    def protect_timed(self, item, out_path):
+        start = time.process_time()
+        outcome = timed(self, item, out_path)
+        CPU_SECONDS[Path(str(item.relative)).stem] = time.process_time() - start
+        return outcome
+
+    DatasetProtector.protect_timed = protect_timed
+
+
 def protect_run(in_dir: Path, out_dir: Path, optimizer: str, profile: bool) -> tuple[dict, pstats.Stats | None, float]:
     """``medlocker protect`` with ``optimizer`` (``name`` or ``name@Q``: ``--max-queries Q``); manifest rows by image stem."""
     shutil.rmtree(out_dir, ignore_errors=True)
+    CPU_SECONDS.clear()
     name, _, budget = optimizer.partition("@")
     cli = ["protect", str(in_dir), str(out_dir), "--quiet", "--optimizer", name] + (["--max-queries", budget] if budget else [])
     prof = cProfile.Profile() if profile else None
@@ -131,6 +152,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-profile", action="store_true", help="skip the profiled pass")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    _count_cpu_seconds()
     from PIL import Image
 
     work = Path(args.work)
@@ -149,6 +171,7 @@ def main(argv=None) -> int:
     for name in args.optimizers.split(","):
         rows, _, wall = protect_run(in_dir, work / name, name, profile=False)
         seconds = [r["seconds"] for r in rows.values()]
+        cpu = [CPU_SECONDS[stem] for stem in rows if stem in CPU_SECONDS]
         queries = [r.get("queries") or 0 for r in rows.values()]
         protected = []
         for s in images:
@@ -160,6 +183,7 @@ def main(argv=None) -> int:
         entry = {
             "wall_seconds": round(wall, 2),
             "seconds_per_image": {"median": _pct(seconds, 50), "p90": _pct(seconds, 90), "mean": round(statistics.mean(seconds), 4)},
+            "cpu_seconds_per_image": {"median": _pct(cpu, 50), "p90": _pct(cpu, 90), "mean": round(statistics.mean(cpu), 4)},
             "queries": {"median": _pct(queries, 50), "p90": _pct(queries, 90), "mean": round(statistics.mean(queries), 1)},
             "fooled_ensemble": sum(bool(r.get("success")) for r in rows.values()),
             "failed": [r.get("error") for r in rows.values() if r.get("status") == "failed"],
@@ -176,15 +200,15 @@ def main(argv=None) -> int:
                                 "stage_share_of_wall": {k: round(v / pwall, 3) for k, v in stages.items()},
                                 "top_functions_tottime": _top(stats)}
         results[name] = entry
-        print(f"{name:>10}: {entry['seconds_per_image']} s/img, queries {entry['queries']}, held-out acc "
+        print(f"{name:>10}: {entry['seconds_per_image']} s/img, CPU {entry['cpu_seconds_per_image']} s/img, queries {entry['queries']}, held-out acc "
               f"{entry['held_out_clean_accuracy']} -> {entry['held_out_accuracy']} (ASR {entry['held_out_asr']})", flush=True)
         if "profile" in entry:
             print(f"{'':>10}  stage s/img {entry['profile']['stage_seconds_per_image']}", flush=True)
 
     names = list(results)
     base = names[0]
-    ratios = {other: {"median": round(results[other]["seconds_per_image"]["median"] / results[base]["seconds_per_image"]["median"], 2),
-                      "mean": round(results[other]["seconds_per_image"]["mean"] / results[base]["seconds_per_image"]["mean"], 2)}
+    ratios = {other: {f"{kind}_{stat}": round(results[other][kind][stat] / results[base][kind][stat], 2)
+                      for kind in ("seconds_per_image", "cpu_seconds_per_image", "queries") for stat in ("median", "mean")}
               for other in names[1:]}
     summary = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
