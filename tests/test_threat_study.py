@@ -252,8 +252,9 @@ def test_study_of_a_real_release_scores_its_marks(tmp_path):
     attacked = results["removal"]["informed_inverse"]["release"]
     assert attacked["images_attacked"] == 4
     # The owner's record inverts its marks far better than leaving them in place. Not exactly: where the
-    # opacity reaches 1 the pixels under the logo are destroyed and can only be inpainted (measured: 7.4 -> 21.8 dB).
-    assert attacked["box_psnr_median"] > attacked["protected_box_psnr_median"] + 10
+    # opacity reaches 1 the pixels under the logo are destroyed and can only be inpainted (measured: 7.4 -> 21.8 dB
+    # with the search before issue 19 item 5; 12.1 -> 20.7 dB with the chunked checks, whose marks differ).
+    assert attacked["box_psnr_median"] > 18 and attacked["box_psnr_median"] > attacked["protected_box_psnr_median"] + 6
 
 
 def test_zoo_train_cli_trains_a_member_on_the_given_device_and_refuses_a_bad_one(tmp_path, capsys):

@@ -24,7 +24,7 @@ from monai_medlocker.watermark.engine import watermark_image
 from monai_medlocker.watermark.failure import apply_failure_policy, check_failure_policy
 from monai_medlocker.watermark.feasibility import NoFeasiblePlacementError
 from monai_medlocker.watermark.logo import load_logo, logo_sha256
-from monai_medlocker.watermark.optimizers import WatermarkOptimizer, get_optimizer
+from monai_medlocker.watermark.optimizers import WatermarkOptimizer, protect_optimizer
 from monai_medlocker.watermark.problem import SearchSpace
 from monai_medlocker.watermark.shield import ShieldSettings, level_settings
 
@@ -89,7 +89,8 @@ class AdversarialWatermark(Transform):
             success then means every one mispredicts).
         logo: RGBA logo array or path; ``None`` uses the shipped owner logo.
         optimizer: ``"medlocker"`` (default), ``"bhe"``, ``"random"`` or an optimizer instance.
-        optimizer_kwargs: settings for a named optimizer (e.g. ``confidence``).
+        optimizer_kwargs: settings for a named optimizer (e.g. ``confidence``), over protect's defaults
+            (:data:`~monai_medlocker.watermark.optimizers.PROTECT_DEFAULTS`).
         search_space: a :class:`SearchSpace`, a dict of its fields, ``"paper"`` (position and
             alpha only, as in MedLocker) or ``"full"``/``None`` (default space).
         max_queries: query budget per mark; ``None`` keeps the optimizer's default.
@@ -136,7 +137,7 @@ class AdversarialWatermark(Transform):
         kwargs = dict(optimizer_kwargs or {})
         if max_queries is not None:
             kwargs["max_queries"] = max_queries
-        self.optimizer = get_optimizer(optimizer, **kwargs)
+        self.optimizer = protect_optimizer(optimizer, **kwargs)
         least = self.optimizer.min_queries(len(self.surrogates))
         if self.optimizer.max_queries is not None and self.optimizer.max_queries < least:
             raise ValueError(f"max_queries {self.optimizer.max_queries} is below {least}, the least that works with "

@@ -175,6 +175,7 @@ def watermark_image(
     queries, problem_label, clean = 0, label, None
     height, width = image.shape[:2]
     views = optimizer.thief_views(min(height, width))
+    inherited = None  # the first mark's linearisation, which later marks may reuse (the optimizer decides)
     for mark in range(space.n_marks):
         mark_space = _space_left(space, marks, height * width)
         if mark_space is None:
@@ -182,7 +183,7 @@ def watermark_image(
         problem = AttackProblem(
             current, forbidden, surrogates, logo, mark_space, label=problem_label, value_max=value_max,
             seed=seed + 7919 * mark, batch_size=batch_size, max_queries=optimizer.max_queries,
-            render_key=render_key, views=views, view_fraction=optimizer.eot_fraction,
+            render_key=render_key, views=views, view_fraction=optimizer.eot_fraction, inherited=inherited,
         )
         if clean is None:
             clean = {"preds": problem.clean_preds, "margin": float(problem.clean_eval.margins[0])}
@@ -195,6 +196,7 @@ def watermark_image(
             break  # later marks are optional: keep the ones placed
         placement = optimizer.search(problem)
         queries += problem.queries
+        inherited = inherited or problem.clean_linearization
         if not problem.is_feasible(placement):
             raise WatermarkInvariantError(f"optimizer {optimizer.name} returned an infeasible placement {placement}")
         marks.append(placement)

@@ -4,25 +4,31 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["NoFeasiblePlacementError", "feasible_top_left", "box_is_feasible"]
+__all__ = ["NoFeasiblePlacementError", "feasible_top_left", "box_is_feasible", "summed_area_table"]
 
 
 class NoFeasiblePlacementError(ValueError):
     """Every placement of the logo would touch a lesion box (the WSM) or leave the image."""
 
 
-def feasible_top_left(wsm: np.ndarray, box_h: int, box_w: int) -> np.ndarray:
+def summed_area_table(wsm: np.ndarray) -> np.ndarray:
+    """The (H+1) x (W+1) summed-area table of a WSM (int32: exact up to 2**31 forbidden pixels, half the cost)."""
+    forbidden = np.asarray(wsm, dtype=bool)
+    sat = np.zeros((forbidden.shape[0] + 1, forbidden.shape[1] + 1), dtype=np.int32)
+    sat[1:, 1:] = forbidden.cumsum(0, dtype=np.int32).cumsum(1, dtype=np.int32)
+    return sat
+
+
+def feasible_top_left(wsm: np.ndarray, box_h: int, box_w: int, sat: np.ndarray | None = None) -> np.ndarray:
     """Boolean map over top-left corners (rows 0..H-box_h, cols 0..W-box_w): True where the box is lesion-free.
 
-    Uses a summed-area table, so it costs O(H x W) for any box size.
+    Uses a summed-area table, so it costs O(H x W) for any box size; pass ``sat``
+    (:func:`summed_area_table` of ``wsm``) to share one table between box sizes.
     """
-    forbidden = np.asarray(wsm, dtype=bool)
-    height, width = forbidden.shape
+    height, width = np.shape(wsm)
     if box_h > height or box_w > width or box_h < 1 or box_w < 1:
         return np.zeros((max(height - box_h + 1, 0), max(width - box_w + 1, 0)), dtype=bool)
-    # int32 is exact up to 2**31 forbidden pixels and halves the cost of the cumulative sums.
-    sat = np.zeros((height + 1, width + 1), dtype=np.int32)
-    sat[1:, 1:] = forbidden.cumsum(0, dtype=np.int32).cumsum(1, dtype=np.int32)
+    sat = summed_area_table(wsm) if sat is None else sat
     inside = sat[box_h:, box_w:] - sat[:-box_h, box_w:] - sat[box_h:, :-box_w] + sat[:-box_h, :-box_w]
     return inside == 0
 

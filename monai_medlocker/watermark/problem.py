@@ -19,7 +19,7 @@ import torch
 from monai_medlocker.networks import Surrogate, preprocess_for_model
 from monai_medlocker.watermark.blend import Placement, mark_opacity
 from monai_medlocker.watermark.eot import ThiefViews
-from monai_medlocker.watermark.feasibility import NoFeasiblePlacementError, feasible_top_left
+from monai_medlocker.watermark.feasibility import NoFeasiblePlacementError, feasible_top_left, summed_area_table
 from monai_medlocker.watermark.keyed import check_render_key
 
 __all__ = [
@@ -202,6 +202,8 @@ class AttackProblem:
             fraction of the views (besides the plain composite). Candidates that fail on the plain
             composite are not run through the views (their margin is the plain one), so the views cost
             queries only where they can change the outcome.
+        inherited: the mark-free linearisation of an earlier problem on the same image (the earlier marks'
+            problem), which an optimizer may :meth:`reanchor` here instead of paying for a new one.
     """
 
     def __init__(
@@ -219,6 +221,7 @@ class AttackProblem:
         render_key: bytes | None = None,
         views: "ThiefViews | None" = None,
         view_fraction: float = 1.0,
+        inherited: "Linearization | None" = None,
     ) -> None:
         if not 0 <= view_fraction <= 1:
             raise ValueError(f"view_fraction must be in [0, 1], got {view_fraction}.")
@@ -241,6 +244,8 @@ class AttackProblem:
         self.queries = 0
         self.views = views
         self.view_fraction = float(view_fraction)
+        self.inherited = inherited
+        self.clean_linearization: Linearization | None = None  # set by linearize(None), for later marks
         self.height, self.width = image.shape[:2]
         self.screen_size = self.surrogates[0].spec.input_size
         self._ry = resize_matrix(self.height, self.screen_size)
@@ -253,6 +258,7 @@ class AttackProblem:
         self._row_band = _band(self._ry)
         self._col_band = _band(self._rx)
         clean = self._forward(self.clean_screen[None])
+        self._clean_logits = clean.detach()
         self.clean_preds = [int(c) for c in clean[0].argmax(-1)]
         self.label = int(self.clean_preds[0] if label is None else label)
         n_classes = clean.shape[-1]
@@ -292,7 +298,9 @@ class AttackProblem:
         key = (cfg.height, cfg.width)
         cache = self.__dict__.setdefault("_feasible_cache", {})
         if key not in cache:
-            cache[key] = feasible_top_left(self.wsm, cfg.height, cfg.width)
+            if "sat" not in cache:  # one summed-area table for every box size
+                cache["sat"] = summed_area_table(self.wsm)
+            cache[key] = feasible_top_left(self.wsm, cfg.height, cfg.width, cache["sat"])
         return cache[key]
 
     def screen_to_native(self, cfg: MarkConfig, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -370,7 +378,10 @@ class AttackProblem:
             for start in range(0, screen.shape[0], self.batch_size):
                 with torch.set_grad_enabled(grad):
                     batch = screen[start : start + self.batch_size]
-                    chunks.append(s.network(preprocess_for_model(batch.to(s.device), s.spec)).to(batch.device))
+                    x = preprocess_for_model(batch.to(s.device), s.spec)
+                    if not grad:  # channels-last convolutions: a quarter to a third faster on CPU, same values to ~1e-6
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    chunks.append(s.network(x).to(batch.device))
             outs.append(torch.cat(chunks))
         if len({o.shape[-1] for o in outs}) > 1:
             counts = ", ".join(f"{s.spec.name}: {o.shape[-1]}" for s, o in zip(self.surrogates, outs))
@@ -420,6 +431,21 @@ class AttackProblem:
             return np.full(per_view.shape[0], -np.inf)
         return np.sort(per_view, axis=1)[:, k - 1]
 
+    def reanchor(self, lin: "Linearization") -> "Linearization | None":
+        """A linearisation of another problem on this image's mark-free ancestors, moved to this problem's image.
+
+        The gradients are kept (no query); the offsets become this image's exact pairwise margins, from
+        the clean check already paid for, so the first-order model is exact at this image. ``None`` with
+        views (the EOT linearisation averages over them) or when the screen frames differ.
+        """
+        if self.views is not None or lin.grads.shape[-3:] != self.clean_screen.shape:
+            return None
+        z = self._clean_logits[0].sum(0)  # (n_classes,), summed over surrogates, as in linearize()
+        others = [k for k in range(z.shape[0]) if k != self.label]
+        if lin.grads.shape[0] != len(others):
+            return None
+        return Linearization(grads=lin.grads, offsets=(z[self.label] - z[others]), evaluation=self.clean_eval)
+
     def linearize(self, placement: Placement | None = None) -> "Linearization":
         """First-order model of every pairwise margin z_label - z_k around the image with ``placement``.
 
@@ -449,9 +475,12 @@ class AttackProblem:
         ev = self._evaluation(logits.detach())
         if self.views is not None and ev.success[0]:
             ev.margins[0] = max(ev.margins[0], float(self._view_margins(all_logits[1:].detach())[0]))
+        lin = Linearization(grads=grads, offsets=offsets, evaluation=ev)
         if placement is not None:
             self._track([placement], ev)
-        return Linearization(grads=grads, offsets=offsets, evaluation=ev)
+        elif self.views is None:
+            self.clean_linearization = lin
+        return lin
 
 
 @dataclass

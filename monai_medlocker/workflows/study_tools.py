@@ -23,7 +23,8 @@ def protect_tools(settings: dict, optimizer_name: str | None = None) -> tuple:
     random rows) gets its own defaults, since the settings' optimizer_kwargs and max_queries belong to
     the configured one.
     """
-    from monai_medlocker.watermark import SearchSpace, get_optimizer, load_logo
+    from monai_medlocker.watermark import SearchSpace, load_logo
+    from monai_medlocker.watermark.optimizers import protect_optimizer
 
     name = optimizer_name or settings.get("optimizer", "medlocker")
     kwargs = {}
@@ -32,7 +33,7 @@ def protect_tools(settings: dict, optimizer_name: str | None = None) -> tuple:
         if settings.get("max_queries") is not None:
             kwargs["max_queries"] = settings["max_queries"]
     space = SearchSpace.from_config(settings.get("search_space", "full"))
-    return get_optimizer(name, **kwargs), space, load_logo(settings.get("logo"))
+    return protect_optimizer(name, **kwargs), space, load_logo(settings.get("logo"))
 
 
 def wsm_from_masks(masks: np.ndarray, shape: tuple[int, int], margin: int = 2) -> np.ndarray:

@@ -9,7 +9,8 @@ from monai_medlocker._lazy import lazy_exports
 if TYPE_CHECKING:
     from monai_medlocker.watermark.optimizers.base import WatermarkOptimizer
 
-__all__ = ["OPTIMIZERS", "WatermarkOptimizer", "MedLockerOptimizer", "RandomPlacement", "get_optimizer"]
+__all__ = ["OPTIMIZERS", "PROTECT_DEFAULTS", "WatermarkOptimizer", "MedLockerOptimizer", "RandomPlacement", "get_optimizer",
+           "protect_optimizer"]
 
 # The classes need torch: imported on first use, so that the CLI can offer the names without it.
 __getattr__, __dir__ = lazy_exports(__name__, {
@@ -17,6 +18,10 @@ __getattr__, __dir__ = lazy_exports(__name__, {
 })
 
 OPTIMIZERS = ("random", "bhe", "medlocker")
+
+# Protect's settings where they differ from the class defaults (which the paper/bhe goldens pin): medlocker checks
+# its ranked candidates 3 at a time and later marks reuse the first mark's gradients (issue 19: benchmarks/results/cost).
+PROTECT_DEFAULTS: dict[str, dict] = {"medlocker": {"verify_chunk": 3, "reuse_linearization": True}}
 
 
 def _registry() -> dict[str, type[WatermarkOptimizer]]:
@@ -37,3 +42,10 @@ def get_optimizer(name: str | WatermarkOptimizer = "medlocker", **kwargs) -> Wat
     if name not in registry:
         raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}.")
     return registry[name](**kwargs)
+
+
+def protect_optimizer(name: str | WatermarkOptimizer = "medlocker", **kwargs) -> WatermarkOptimizer:
+    """:func:`get_optimizer` with protect's defaults (:data:`PROTECT_DEFAULTS`) under the given settings."""
+    if isinstance(name, str):
+        kwargs = {**PROTECT_DEFAULTS.get(name, {}), **kwargs}
+    return get_optimizer(name, **kwargs)

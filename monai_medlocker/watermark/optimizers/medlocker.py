@@ -58,6 +58,10 @@ class MedLockerOptimizer(WatermarkOptimizer):
         alpha_levels: opacities checked per screened position, evenly spaced over the alpha range.
             The screen ranks positions (its ranking does not depend on opacity), but the network is
             not linear: a half-transparent logo tints the retina and often misleads it more.
+        verify_chunk: candidates per checking pass, best-ranked first; the round stops at the first pass
+            that fools every surrogate with the ``confidence`` margin (``None``: the whole round in one pass).
+        reuse_linearization: a later mark reuses the first mark's gradients, re-anchored at the image that
+            carries the earlier marks (exact margins from its clean check), instead of a new linearisation.
         eot_views, eot_fraction, eot_seed: expectation over the thief's preprocessing (see
             :class:`WatermarkOptimizer`): the screen is linearised through the views and a candidate
             succeeds only when it also fools ``eot_fraction`` of them.
@@ -77,6 +81,8 @@ class MedLockerOptimizer(WatermarkOptimizer):
         eot_views: Sequence[str] | None = None,
         eot_fraction: float = 1.0,
         eot_seed: int = 0,
+        verify_chunk: int | None = None,
+        reuse_linearization: bool = False,
     ) -> None:
         super().__init__(max_queries=max_queries, confidence=confidence, eot_views=eot_views,
                          eot_fraction=eot_fraction, eot_seed=eot_seed)
@@ -89,9 +95,13 @@ class MedLockerOptimizer(WatermarkOptimizer):
         if alpha_levels < 1:
             raise ValueError(f"alpha_levels must be >= 1, got {alpha_levels}.")
         self.alpha_levels = int(alpha_levels)
+        if verify_chunk is not None and verify_chunk < 1:
+            raise ValueError(f"verify_chunk must be >= 1 or None, got {verify_chunk}.")
+        self.verify_chunk = None if verify_chunk is None else int(verify_chunk)
+        self.reuse_linearization = bool(reuse_linearization)
 
     def settings(self) -> dict:
-        return {
+        out = {
             **super().settings(),
             "candidates_per_round": self.candidates_per_round,
             "gradient": self.gradient,
@@ -99,6 +109,12 @@ class MedLockerOptimizer(WatermarkOptimizer):
             "spread": self.spread,
             "alpha_levels": self.alpha_levels,
         }
+        # Absent at their defaults, so the records (and resume checks) of earlier runs are unchanged.
+        if self.verify_chunk is not None:
+            out["verify_chunk"] = self.verify_chunk
+        if self.reuse_linearization:
+            out["reuse_linearization"] = True
+        return out
 
     # ------------------------------------------------------------------------------------------
     def search(self, problem: AttackProblem) -> Placement:
@@ -124,7 +140,11 @@ class MedLockerOptimizer(WatermarkOptimizer):
 
     def _gradient_search(self, problem: AttackProblem, tried: set) -> None:
         per_image = len(problem.surrogates)
-        lin = problem.linearize(None)
+        lin = None
+        if self.reuse_linearization and problem.inherited is not None:
+            lin = problem.reanchor(problem.inherited)  # no query: the clean check gave its margins
+        if lin is None:
+            lin = problem.linearize(None)
         anchor: Placement | None = None
         while not self.done(problem):
             k = self._batch(problem)
@@ -133,9 +153,11 @@ class MedLockerOptimizer(WatermarkOptimizer):
             candidates = self._screen(problem, lin, k, tried)
             if not candidates:
                 return
-            problem.evaluate(candidates)
-            if self.done(problem):
-                return
+            step = self.verify_chunk or len(candidates)
+            for start in range(0, len(candidates), step):
+                problem.evaluate(candidates[start : start + step])
+                if self.done(problem):
+                    return
             left = problem.budget_left()
             if problem.best[1] is not anchor and (left is None or left >= 2 * per_image):
                 # A better composite: re-linearise there (it already carries the logo). Otherwise the
