@@ -491,3 +491,21 @@ def test_sealed_lengths_do_not_follow_the_lesion_boxes(owner, marked):
     assert len({len(s.record) for s in sealed}) == 1 and len({len(s.payload) for s in sealed}) == 1
     image_key = derive_image_key(owner.master_secret, owner.key_id, "img#1")
     assert [open_sealed_record(s.signed, s.record, image_key, "t")["grade"] for s in sealed] == list(range(5))
+
+
+def test_payload_length_does_not_follow_a_dicom_header_or_the_shield_extent(owner, marked):
+    """A DICOM source's archive (its header, with the removed identity and free text) and a shield's residual
+    (whose extent follows the WSM) travel in the restore payload: neither may set its public length."""
+    from monai_medlocker.certify.seal import SOURCE_ARCHIVE_ALLOWANCE, Certifier, payload_bucket
+
+    original, watermarked, params, _ = marked
+    certifier = Certifier(owner)
+    rng = np.random.default_rng(0)
+    headers = [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in (300, 4000, SOURCE_ARCHIVE_ALLOWANCE // 2)]
+    sealed = [certifier.seal("img#1", original, watermarked, params, source_file=h) for h in headers]
+    assert len({len(s.payload) for s in sealed}) == 1
+    plain = payload_bucket(original.shape, params)
+    assert payload_bucket(original.shape, params, source_file=True) > plain
+    # A shield's residual: its room is set by the image shape alone, whatever the shield covered.
+    shielded = {**params, "shield": {"kind": "perceptual"}}
+    assert payload_bucket(original.shape, shielded) >= plain + int(np.prod(original.shape)) // 4

@@ -155,10 +155,26 @@ def mark_boxes(params: dict) -> list[tuple[int, int, int, int]]:
     return [tuple(int(v) for v in m["box_xyxy"]) for m in params.get("marks", [])]
 
 
-def payload_bucket(shape: tuple[int, ...], params: dict) -> int:
-    """The restore payload's padding bucket: a power of two from public facts only (image shape, mark boxes)."""
-    half = footprint_bytes(shape, mark_boxes(params)) // 2
-    return max(PAYLOAD_MIN_BUCKET, 1 << max(half - 1, 0).bit_length())
+# Room in the restore payload's bucket for what is not under the marks, so that its size does not show:
+# a DICOM source's archive (its header with the removed identity and free text, and a compressed original's
+# pixel stream), and a shield's residual (whose extent follows the WSM, and so the lesions).
+SOURCE_ARCHIVE_ALLOWANCE = 64 * 1024
+
+
+def payload_bucket(shape: tuple[int, ...], params: dict, source_file: bool = False) -> int:
+    """The restore payload's padding bucket: a power of two from facts that are public or the same for the whole run.
+
+    The marks' footprint (half its raw size); with a shield, a quarter of the image's raw size for its
+    residual; with a DICOM source archive, :data:`SOURCE_ARCHIVE_ALLOWANCE` (a natively stored original's
+    archive is its header, which fits; a compressed original's pixel stream may not, and then the length
+    tells which doubling its compressed size falls in, which follows the published pixels).
+    """
+    room = footprint_bytes(shape, mark_boxes(params)) // 2
+    if params.get("shield"):
+        room += int(np.prod(shape)) // 4
+    if source_file:
+        room += SOURCE_ARCHIVE_ALLOWANCE
+    return max(PAYLOAD_MIN_BUCKET, 1 << max(room - 1, 0).bit_length())
 
 
 @dataclass
@@ -226,7 +242,7 @@ class Certifier:
             original, protected: H x W x 3 uint8 pixels before and after the watermark.
             record: the whole watermark record (its ``marks`` give the payload's footprint); only
                 :func:`public_record` of it is signed in clear, the rest is sealed.
-            extra: more signed facts (e.g. the original DICOM header values).
+            extra: more signed facts (e.g. the DICOM source UIDs as published).
             source_file: the original file's record, encrypted in the restore payload (a DICOM source:
                 unlock gives back its every byte; see :func:`~monai_medlocker.io.dicom.source_archive`).
         """
@@ -238,7 +254,7 @@ class Certifier:
         image_key = derive_image_key(self.key.master_secret, self.key.key_id, image_id)
         # The certificate's digest is the associated data: both blobs only open with their own certificate.
         digest = certificate_digest(cert)
-        payload = encrypt_payload(packed, image_key, digest, pad_bucket=payload_bucket(original.shape, record))
+        payload = encrypt_payload(packed, image_key, digest, pad_bucket=payload_bucket(original.shape, record, source_file is not None))
         sealed = encrypt_payload(salted, _record_key(image_key), digest, pad_bucket=SEALED_RECORD_BUCKET)
         # The blobs as published are signed too, so that verify sees a damaged one (the digest leaves this out).
         cert[PUBLISHED] = {"restore_payload_sha256": blob_sha256(payload), "sealed_record_sha256": blob_sha256(sealed)}
