@@ -570,3 +570,26 @@ def test_images_sharing_a_sop_instance_uid_get_their_own_keys_and_are_flagged(ke
                                owner_key=folder / "owner.key", progress=False).run()
     assert summary["duplicate_sop_instance_uids"] == [{"sop_instance_uid": uid, "images": ["later.dcm", "left.dcm",
                                                                                            "right.dcm"]}], summary
+
+
+def test_unlock_resume_takes_a_dicom_target_only_when_it_is_the_original_file(protected, keys, tmp_path, capsys):
+    """A rerun skips an unlocked DICOM that is the original file byte for byte; one with the same pixels under
+    another header is not the original (unlock gives back the file, not only its pixels), and stays untouched."""
+    src, out = protected
+    folder, _, _ = keys
+    copy = _copy(out, tmp_path, ["colour.dcm"])
+    target_dir = tmp_path / "un"
+    args = ["unlock", str(copy), str(target_dir), "--key", str(folder / "owner.key"), "--quiet", "--json"]
+    assert main(args) == 0
+    [target] = list(target_dir.rglob("colour.dcm"))
+    assert target.read_bytes() == (src / "colour.dcm").read_bytes()
+    capsys.readouterr()
+    assert main(args) == 0
+    assert [r["status"] for r in json.loads(capsys.readouterr().out)["results"]] == ["already-restored"]
+    ds = pydicom.dcmread(target)
+    ds.PatientName = "Someone^Else"  # same pixels, another header
+    ds.save_as(target)
+    edited = target.read_bytes()
+    capsys.readouterr()
+    assert main(args) == 1
+    assert "not the certified original" in capsys.readouterr().out and target.read_bytes() == edited

@@ -122,6 +122,14 @@ def _open_protected(pf: ProtectedFile, key: OwnerKey | None = None, grant: Grant
     return restored, record, packed
 
 
+def _holds_file(target: Path, content: bytes) -> bool:
+    """Whether the existing ``target`` is ``content``, byte for byte."""
+    try:
+        return target.stat().st_size == len(content) and target.read_bytes() == content
+    except OSError:
+        return False
+
+
 def _holds_original(target: Path, original_sha256: str | None, mode: str | None) -> bool:
     """Whether the existing ``target`` decodes to the certified original pixels (and, for a PNG, in its ``mode``)."""
     try:
@@ -205,17 +213,11 @@ class Unlocker:
         if self.input_path.is_dir() and self.input_path.resolve() in target.resolve().parents:
             raise UnlockError(f"{path}: its output {target} would lie inside the input folder; choose another output folder")
         cert = pf.signed.certificate
-        if target.exists():
-            # An earlier (perhaps killed) run's output: done when it holds the certified original, else never replaced.
-            if _holds_original(target, cert.get("original_sha256"), None if pf.dicom is not None else
-                               (record.get("source") or {}).get("mode", "RGB")):
-                return {"image": str(path), "status": "already-restored", "output": str(target),
-                        "image_id": cert.get("image_id"), "original_sha256": cert.get("original_sha256")}
-            raise UnlockError(f"{path}: {target} already exists and is not the certified original; not overwritten")
         try:
             source_file = restore_payload_source_file(packed, str(path)) if pf.dicom is not None else None
         except PayloadError as err:
             raise UnlockError(str(err)) from err
+        original = None
         if source_file is not None:
             # The original file, every byte: identity, other vendors' data, encoding and transfer syntax.
             try:
@@ -226,6 +228,16 @@ class Unlocker:
             if pixel_sha256(decoded) != cert.get("original_sha256"):
                 raise UnlockError(f"{path}: the original DICOM file in the restore payload does not decode to the "
                                   "certified original pixels; nothing written")
+        if target.exists():
+            # An earlier (perhaps killed) run's output: done when it holds the original (for a kept original file,
+            # byte for byte), else never replaced.
+            if (_holds_file(target, original) if original is not None else
+                    _holds_original(target, cert.get("original_sha256"), None if pf.dicom is not None else
+                                    (record.get("source") or {}).get("mode", "RGB"))):
+                return {"image": str(path), "status": "already-restored", "output": str(target),
+                        "image_id": cert.get("image_id"), "original_sha256": cert.get("original_sha256")}
+            raise UnlockError(f"{path}: {target} already exists and is not the certified original; not overwritten")
+        if original is not None:
             atomic_write_bytes(target, original)
         elif pf.dicom is not None:  # written before the original file was kept: rebuilt from the certificate
             header = (cert.get("extra") or {}).get("dicom_original")
