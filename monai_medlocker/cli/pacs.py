@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from monai_medlocker.bundle_config import bundle_root, parse_bundle_config
+from monai_medlocker.cli._output import results_to_stderr
 from monai_medlocker.cli.protect import add_protect_options, protect_overrides
 
 __all__ = ["add_subparser", "run_protect"]
@@ -62,7 +63,8 @@ def run_protect(args: argparse.Namespace) -> int:
     if args.work_dir:
         overrides["work_dir"] = str(Path(args.work_dir).resolve())  # StudyProtector refuses a non-empty one
     parser = parse_bundle_config(["inference.json", "pacs_protect.json"], root, overrides)
-    summary = parser.get_parsed_content("study_protector").run()
+    with results_to_stderr(args.json):  # --json: stdout holds the JSON summary alone
+        summary = parser.get_parsed_content("study_protector").run()
     if args.json:
         print(json.dumps(summary, indent=2), file=sys.stdout)
     return int(summary["exit_code"])
