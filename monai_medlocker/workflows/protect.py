@@ -15,8 +15,10 @@ The output folder has two parts (DESIGN invariant 6), and ``PUBLISH.txt`` in it 
   rendering secret in clear (:func:`monai_medlocker.certify.seal.public_record`).
 * ``private/``: the owner's: each image's whole record in clear (``records/<stem>.record.json``),
   ``manifest.jsonl`` (one line per image, with its status), ``summary.json``,
-  ``run_settings.json`` and, for a run without an owner key, ``render_secret`` (the secret of
-  that folder's keyed renderings; with a key, each image's secret is derived from the key).
+  ``run_settings.json``, ``montage.png`` (originals beside their protected copies), ``names.json``
+  (with opaque public names) and, for a run without an owner key, ``render_secret`` (the secret of
+  that folder's keyed renderings; with a key, each image's secret is derived from the key). The
+  folder is 0700 and its files 0600.
 
 One run at a time holds the output folder (:class:`~monai_medlocker.io.outdir.OutputLock`). The
 settings that change an output (owner key, optimizer and its settings, search space, model, logo,
@@ -94,12 +96,13 @@ public/   Publish this folder, and nothing else. It holds the protected images a
           the opacities, the lesion boxes or the rendering secret. Its DICOM instances are
           de-identified by DICOM PS3.15 Annex E (Basic Application Level Confidentiality Profile with
           the Retain UIDs Option; dates removed unless --retain-dates), with no private data of other
-          vendors and no free-text comments, unless protect ran with --keep-identity (or
-          --keep-free-text). The encrypted restore payload keeps the original file, so unlock gives
+          vendors and no free-text comments, unless protect ran with --keep-identity (free text:
+          --keep-identity --keep-free-text). The encrypted restore payload keeps the original file, so unlock gives
           it back byte for byte.
 private/  Keep this folder. It holds each image's whole record in clear (records/), the manifest,
-          the summary, the run settings, with opaque public names the original names (names.json)
-          and, for a run without an owner key, the rendering secret.
+          the summary, the run settings, a montage of originals beside their protected copies
+          (montage.png), with opaque public names the original names (names.json) and, for a run
+          without an owner key, the rendering secret.
 """
 
 
@@ -140,6 +143,8 @@ def duplicate_sop_instance_uids(output_dir: str | Path) -> list[dict]:
         except (OSError, ValueError, KeyError, TypeError):  # not a DICOM record (or unreadable: reported elsewhere)
             continue
     return [{"sop_instance_uid": uid, "images": sorted(names)} for uid, names in sorted(files.items()) if len(names) > 1]
+
+
 def private_folder(output_dir: str | Path) -> Path:
     """``OUT/private``, made (or tightened) to 0700: it holds every image's grade in clear (issue 18)."""
     folder = Path(output_dir) / PRIVATE_DIR
@@ -577,6 +582,7 @@ class DatasetProtector:
                 groups[g].append(i)
             group_of.update({k: g for k in keys})
         return [sorted(g) for g in groups if g]
+
     def _output_problem(self, item: ProtectItem, out_path: Path, record_path: Path, inputs: set[Path]) -> str | None:
         """Why writing ``item``'s outputs would leave the output folder or replace an input; ``None`` when safe."""
         out_root = self.output_dir.resolve()
@@ -712,7 +718,9 @@ class DatasetProtector:
                            f"settings: {'; '.join(changes)}; pass --redo to protect it again")
                 return row, None
             if not changes:
-                row.update(status="already-done", output=portable_name(out_path.relative_to(self.output_dir)))
+                row.update(status="already-done")
+                if previous.get("protected", True):  # a withheld image has no public output
+                    row["output"] = portable_name(out_path.relative_to(self.output_dir))
                 row.update({k: previous.get(k) for k in ("success", "queries", "seconds", "protected", "reason", "image_id")})
                 if previous.get("on_failure"):
                     row["on_failure"] = previous["on_failure"]["policy"]
@@ -779,10 +787,10 @@ class DatasetProtector:
             # Detector results it doubts (odd field of view, disc not found, noisy image): check these WSMs.
             "low_confidence_lesions": [{"image": r["image"], "confidence": r.get("lesion_confidence"),
                                         "warnings": r["lesion_warnings"]} for r in rows if r.get("lesion_warnings")],
-            # Disc or fovea not found: a conservative central zone stands in for it (on_missing_anatomy: fallback).
             # Images the surrogates were not fooled on, and what was published for each (on_failure).
             "not_fooled": [{"image": r["image"], "action": r["on_failure"]} for r in rows if r.get("on_failure")
                            and not r.get("success")],
+            # Disc or fovea not found: a conservative central zone stands in for it (on_missing_anatomy: fallback).
             "anatomy_not_found": [{"image": r["image"], "missing": r["anatomy_missing"]}
                                   for r in rows if r.get("anatomy_missing")],
             "optimizer": self.watermark.optimizer.name,
