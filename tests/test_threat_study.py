@@ -271,3 +271,46 @@ def test_zoo_train_cli_trains_a_member_on_the_given_device_and_refuses_a_bad_one
     assert medlocker(["zoo", "train", "--zoo", str(zoo), "--device", "cpu"]) == 0
     report = json.loads((tmp_path / "ckpt" / "zoo_report.json").read_text())
     assert [r["member"] for r in report["members"]] == ["v"] and report["members"][0]["eval_mode"] is True
+
+
+def _box_meets_zone(box, zone) -> bool:
+    """Whether an xyxy (end-exclusive) mark box shares a pixel with a zone (a circle, or a fallback box)."""
+    import math
+
+    x0, y0, x1, y1 = box
+    if zone.get("box") is not None:
+        zx0, zy0, zx1, zy1 = zone["box"]
+        return x0 <= zx1 and zx0 < x1 and y0 <= zy1 and zy0 < y1
+    nx, ny = min(max(zone["x"], x0), x1 - 1), min(max(zone["y"], y0), y1 - 1)
+    return math.hypot(nx - zone["x"], ny - zone["y"]) < zone["r"]
+
+
+def test_study_rows_keep_every_mark_off_the_disc_and_macula(tmp_path):
+    """Issue 19: the study's WSM is protect's (lesions + anatomy zones), so no mark of any row meets a zone."""
+    import numpy as np
+
+    from monai_medlocker.workflows.threat_study import ThreatStudy, lab_study_images
+
+    lesions_only = lab_study_images(4, 128, seed=17, anatomy={"enabled": False})
+    zoo = _tiny_zoo(tmp_path, {"held": ("vgg-tiny", 64, "held_out")})
+    study = ThreatStudy(tmp_path / "out", _surrogate(tmp_path), zoo=zoo, n=4, size=128, seed=17,
+                        rows=["none", "random", "bhe", "medlocker"], preprocessing=["none"], attacks=[],
+                        transfer_matrix=False, max_queries=40, progress=False)
+    study.run()
+    images = study._load_images()
+    assert [s.image_id for s in images] == [s.image_id for s in lesions_only]
+    marks = 0
+    for i, s in enumerate(images):
+        assert {z["name"] for z in s.zones} == {"optic_disc", "macula"}
+        assert all(z["source"] == "given" for z in s.zones)  # the lab's own disc and fovea
+        # the zones are in the WSM, and they add to the lesion boxes (the lesion-only WSM leaves them open)
+        assert s.wsm.sum() > lesions_only[i].wsm.sum() and (s.wsm | lesions_only[i].wsm == s.wsm).all()
+        for name, row in study.protected_rows.items():
+            rec = row.records[i]
+            for m in (rec or {}).get("marks", []):
+                marks += 1
+                hits = [z["name"] for z in s.zones if _box_meets_zone(m["box_xyxy"], z)]
+                assert not hits, f"{name}, {s.image_id}: mark {m['box_xyxy']} meets {hits}"
+                x0, y0, x1, y1 = m["box_xyxy"]
+                assert not np.asarray(s.wsm)[y0:y1, x0:x1].any()
+    assert marks >= 12  # every protected row placed marks on most images

@@ -13,7 +13,7 @@ import torch
 
 from monai_medlocker.networks import Surrogate, preprocess_for_model
 
-__all__ = ["protect_tools", "wsm_from_masks", "predict", "study_render_key"]
+__all__ = ["protect_tools", "study_wsm", "predict", "study_render_key"]
 
 
 def protect_tools(settings: dict, optimizer_name: str | None = None) -> tuple:
@@ -36,12 +36,37 @@ def protect_tools(settings: dict, optimizer_name: str | None = None) -> tuple:
     return protect_optimizer(name, **kwargs), space, load_logo(settings.get("logo"))
 
 
-def wsm_from_masks(masks: np.ndarray, shape: tuple[int, int], margin: int = 2) -> np.ndarray:
-    """The WSM of lesion masks (C x H x W bool): their bounding boxes grown by ``margin`` px, as protect builds it."""
-    from monai_medlocker.lesions import lesion_bboxes, wsm_from_boxes
+def study_wsm(image: np.ndarray, masks: np.ndarray, optic_disc: dict | None = None, fovea: dict | None = None,
+              anatomy: dict | None = None, name: str = "image", margin: int = 2) -> tuple[np.ndarray, list[dict]]:
+    """The WSM that protect's chain builds for one image: lesion boxes plus the anatomy's no-go zones.
 
-    boxes, _ = lesion_bboxes(masks, margin=margin)
-    return wsm_from_boxes(boxes, shape)
+    It runs protect's own steps (``protect_chain``): :class:`~monai_medlocker.transforms.protect_steps.AnatomyZonesd`
+    (the given ``optic_disc`` / ``fovea``, ``{"x", "y", "r"}`` in pixels, win; otherwise the built-in locator), then
+    :class:`~monai_medlocker.transforms.array.LesionBBoxMask` (threshold 0.5, ``margin`` px: protect's defaults)
+    with the zones' boxes joined.
+
+    Args:
+        image: H x W x 3 uint8 image.
+        masks: C x H x W lesion masks (bool) or probability maps.
+        optic_disc, fovea: the datalist's anatomy, or ``None`` to locate it.
+        anatomy: :class:`AnatomyZonesd` settings (``None``: protect's defaults, zones on).
+        name: the image's name, for error messages.
+        margin: the lesion boxes' margin in pixels (``wsm_margin``).
+
+    Returns:
+        the H x W bool WSM and the zones (``anatomy_zones``'s form; empty when the zones are off).
+
+    Raises:
+        ValueError: a malformed given position, or (``on_missing="refuse"``) anatomy that cannot be found.
+    """
+    from monai_medlocker.lesions import wsm_from_boxes
+    from monai_medlocker.transforms.array import LesionBBoxMask
+    from monai_medlocker.transforms.protect_steps import AnatomyZonesd
+
+    d = AnatomyZonesd(**(anatomy or {}))({"original": np.asarray(image).transpose(2, 0, 1), "image_path": name,
+                                          "optic_disc": optic_disc, "fovea": fovea})
+    boxes, _ = LesionBBoxMask(margin=margin).boxes(np.asarray(masks), d["anatomy_boxes"])
+    return wsm_from_boxes(boxes, np.shape(image)[:2]), list(d["anatomy"].get("zones", []))
 
 
 def predict(models: dict[str, Surrogate], images: Sequence[np.ndarray], batch_size: int = 16) -> dict[str, np.ndarray]:

@@ -38,7 +38,7 @@ from monai_medlocker.networks import Surrogate
 from monai_medlocker.threats.placement import placement_leak
 from monai_medlocker.workflows.handlers import write_json_atomic
 from monai_medlocker.workflows.metrics import protection_metrics
-from monai_medlocker.workflows.study_tools import predict, protect_tools, study_render_key, wsm_from_masks
+from monai_medlocker.workflows.study_tools import predict, protect_tools, study_render_key, study_wsm
 
 __all__ = ["ROWS", "StudyImage", "ThreatStudy", "lab_study_images", "datalist_study_images", "release_study_images",
            "predict", "protect_tools"]
@@ -56,12 +56,17 @@ FITTED_ATTACKS = ("learned_remover", "collection")
 
 @dataclass
 class StudyImage:
-    """One test image: the original pixels, its WSM (forbidden boxes) and its true grade."""
+    """One test image: the original pixels, its WSM (forbidden boxes), its true grade and the anatomy's no-go zones.
+
+    The WSM is protect's (:func:`~monai_medlocker.workflows.study_tools.study_wsm`): the lesion boxes and the
+    ``zones`` (optic disc and macula, ``anatomy_zones``'s form).
+    """
 
     image_id: str
     original: np.ndarray
     wsm: np.ndarray
     grade: int
+    zones: list = field(default_factory=list)
 
 
 @dataclass
@@ -82,11 +87,13 @@ class _Row:
 
 
 def lab_study_images(n: int, size: int = 512, seed: int = 31, lab_version: int | None = None,
-                     grade_weights: Sequence[float] | None = None) -> list[StudyImage]:
+                     grade_weights: Sequence[float] | None = None, anatomy: dict | None = None) -> list[StudyImage]:
     """Fresh synthetic test images (seeds far from any training lab), grades balanced unless weights are given.
 
-    The WSM comes from the lab's exact lesion masks (margin 2 px), as ``bench_optimizers.py`` does.
+    The WSM is protect's on a lab datalist: the lab's exact lesion masks (margin 2 px) and the no-go zones of
+    the lab's own optic disc and fovea (``anatomy``: ``AnatomyZonesd`` settings, ``None`` for protect's).
     """
+    from monai_medlocker.data.lab.dataset import lab_anatomy
     from monai_medlocker.data.synthetic import LESION_TYPES, synthesize_fundus
 
     if n < 1:
@@ -102,16 +109,20 @@ def lab_study_images(n: int, size: int = 512, seed: int = 31, lab_version: int |
     for i, grade in enumerate(grades):
         sample = synthesize_fundus(size, seed=seed * 100_003 + i, grade=int(grade), **kwargs)
         masks = np.stack([sample.masks[t] for t in LESION_TYPES])
-        out.append(StudyImage(f"lab{i:04d}", sample.image, wsm_from_masks(masks, sample.image.shape[:2]), sample.grade))
+        where = lab_anatomy(sample)
+        wsm, zones = study_wsm(sample.image, masks, where["optic_disc"], where["fovea"], anatomy, f"lab{i:04d}")
+        out.append(StudyImage(f"lab{i:04d}", sample.image, wsm, sample.grade, zones))
     return out
 
 
 def datalist_study_images(path: str | Path, section: str = "test", num_classes: int = 5,
-                          errors: list[dict] | None = None) -> list[StudyImage]:
-    """A user's labelled images from a MONAI datalist (``image``, ``label``, optional ``mask_*`` keys).
+                          errors: list[dict] | None = None, anatomy: dict | None = None) -> list[StudyImage]:
+    """A user's labelled images from a MONAI datalist (``image``, ``label``, optional ``mask_*``, ``optic_disc``
+    and ``fovea`` keys).
 
-    Without masks the built-in lesion detector builds the WSM, as ``medlocker protect`` does. Unreadable
-    items are appended to ``errors`` (file and reason) and skipped.
+    The WSM is protect's: without masks the built-in lesion detector finds the lesions, without ``optic_disc`` /
+    ``fovea`` the locator finds the anatomy (``anatomy``: ``AnatomyZonesd`` settings). Unreadable items are
+    appended to ``errors`` (file and reason) and skipped.
     """
     from monai_medlocker.data.datalist import load_datalist
     from monai_medlocker.io.image import load_rgb
@@ -125,15 +136,15 @@ def datalist_study_images(path: str | Path, section: str = "test", num_classes: 
             image = load_rgb(item["image"])
             mask_paths = [Path(v) for k, v in item.items() if k.startswith("mask_") and v]
             maps, _, _ = lesions(Path(item["image"]), image, mask_paths)
-            out.append(StudyImage(Path(item["image"]).name, image, wsm_from_masks(maps > 0.5, image.shape[:2]),
-                                  int(item["label"])))
+            wsm, zones = study_wsm(image, maps, item.get("optic_disc"), item.get("fovea"), anatomy, str(item["image"]))
+            out.append(StudyImage(Path(item["image"]).name, image, wsm, int(item["label"]), zones))
         except (OSError, ValueError) as err:
             errors.append({"file": str(item.get("image")), "error": str(err)})
     return out
 
 
 def release_study_images(release_dir: str | Path, originals_dir: str | Path,
-                         errors: list[dict] | None = None) -> tuple[list[StudyImage], _Row]:
+                         errors: list[dict] | None = None, anatomy: dict | None = None) -> tuple[list[StudyImage], _Row]:
     """An existing protected release and its originals: the owner checks what they are about to publish.
 
     ``release_dir`` is a protect output folder. Each of its owner's records (``private/records``) is matched
@@ -181,10 +192,14 @@ def release_study_images(release_dir: str | Path, originals_dir: str | Path,
         except (OSError, ValueError) as err:
             errors.append({"file": str(protected), "error": str(err)})
             continue
-        # The rows made afresh from the originals obey the lesion boxes as protect does (built-in detector).
+        # The rows made afresh from the originals obey protect's WSM (built-in detector and anatomy locator).
         maps, _, _ = lesions(candidates[0], original, [])
-        wsm = wsm_from_masks(maps > 0.5, original.shape[:2])
-        images.append(StudyImage(str(rel.parent / stem), original, wsm, int(record["label"])))
+        try:
+            wsm, zones = study_wsm(original, maps, anatomy=anatomy, name=str(candidates[0]))
+        except ValueError as err:
+            errors.append({"file": str(protected), "error": str(err)})
+            continue
+        images.append(StudyImage(str(rel.parent / stem), original, wsm, int(record["label"]), zones))
         row.images.append(wm)
         row.records.append(record)
     if not images:
@@ -259,6 +274,7 @@ class ThreatStudy:
             ``n_train``, ``size``, ``seed``, ``epochs``.
         quick: a small, fast configuration (CI); the settings above still apply where given.
         progress: tqdm progress bars.
+        anatomy: settings of the anatomy's no-go zones in the WSM (``AnatomyZonesd``'s; ``None``: protect's defaults).
     """
 
     def __init__(
@@ -290,6 +306,7 @@ class ThreatStudy:
         quick: bool = False,
         progress: bool = True,
         num_classes: int = 5,
+        anatomy: dict | None = None,
     ) -> None:
         from monai_medlocker.networks.zoo import Zoo, load_zoo_config
         from monai_medlocker.threats import THIEF_PREPROCESSING
@@ -337,6 +354,7 @@ class ThreatStudy:
         self.bundle_root = bundle_root
         self.progress = progress
         self.num_classes = num_classes
+        self.anatomy = dict(anatomy or {})
         self.errors: list[dict] = []
         self.timings: dict[str, float] = {}
         self._source = {"n": n, "size": size, "seed": seed, "lab_version": lab_version, "datalist": datalist,
@@ -345,6 +363,7 @@ class ThreatStudy:
         self.release_row: _Row | None = None
         self.remover_stats: dict | None = None
         self.results: dict | None = None
+        self.protected_rows: dict[str, _Row] | None = None  # set by run(): the images and records of every row
 
     # -- set-up ---------------------------------------------------------------------------------------
     def _load_images(self) -> list[StudyImage]:
@@ -354,11 +373,13 @@ class ThreatStudy:
         if src["release_dir"] or src["originals_dir"]:
             if not (src["release_dir"] and src["originals_dir"]):
                 raise ValueError("studying a release needs both release_dir and originals_dir.")
-            images, self.release_row = release_study_images(src["release_dir"], src["originals_dir"], self.errors)
+            images, self.release_row = release_study_images(src["release_dir"], src["originals_dir"], self.errors,
+                                                            self.anatomy)
             return images
         if src["datalist"]:
-            return datalist_study_images(src["datalist"], errors=self.errors, num_classes=self.num_classes)
-        return lab_study_images(src["n"], src["size"], src["seed"], src["lab_version"])
+            return datalist_study_images(src["datalist"], errors=self.errors, num_classes=self.num_classes,
+                                         anatomy=self.anatomy)
+        return lab_study_images(src["n"], src["size"], src["seed"], src["lab_version"], anatomy=self.anatomy)
 
     def _load_models(self) -> tuple[dict[str, Surrogate], dict[str, str]]:
         models, roles = {WHITE_BOX: self.surrogate}, {WHITE_BOX: "white_box"}
@@ -542,6 +563,7 @@ class ThreatStudy:
             self.timings[f"protect_{name}"] = round(time.perf_counter() - stage, 1)
         if self.release_row is not None:
             rows["release"] = self.release_row
+        self.protected_rows = rows
         stage = time.perf_counter()
         evaluation = self._evaluate(models, images, rows)
         self.timings["evaluate_preprocessing"] = round(time.perf_counter() - stage, 1)
@@ -622,7 +644,7 @@ class ThreatStudy:
             "machine": {"platform": platform.platform(), "torch_threads": torch.get_num_threads()},
             "settings": {"images": len(images), "source": {k: v for k, v in self._source.items() if v is not None},
                          "rows": list(rows), "preprocessing": self.preprocessing, "attacks": self.attacks,
-                         "protect": self.protect_settings, "quick": self.quick, "remover": self.remover,
+                         "protect": self.protect_settings, "anatomy": self.anatomy, "quick": self.quick, "remover": self.remover,
                          "remover_training": self.remover_stats,
                          "unauthorised_training": self.unauthorised_training,
                          "zoo": str(self.zoo.path), "surrogate": self.surrogate.spec.name,

@@ -33,7 +33,7 @@ def protect_lab_split(clean_dir: Path, out_dir: Path, surrogate: Surrogate | lis
     from monai_medlocker.io.image import load_mask, load_rgb, save_png
     from monai_medlocker.watermark import watermark_image
     from monai_medlocker.watermark.feasibility import NoFeasiblePlacementError
-    from monai_medlocker.workflows.study_tools import protect_tools, study_render_key, wsm_from_masks
+    from monai_medlocker.workflows.study_tools import protect_tools, study_render_key, study_wsm
 
     data = json.loads((clean_dir / "datalist.json").read_text())
     surrogates = list(surrogate) if isinstance(surrogate, (list, tuple)) else [surrogate]
@@ -51,7 +51,9 @@ def protect_lab_split(clean_dir: Path, out_dir: Path, surrogate: Surrogate | lis
         masks = np.stack([load_mask(item[k], image.shape[:2]) for k in sorted(item) if k.startswith("mask_") and item[k]])
         rel = data[section][i]["image"]
         try:
-            out, _ = watermark_image(image, wsm_from_masks(masks, image.shape[:2]), surrogates, logo, optimizer, space,
+            # protect's WSM: the lesion boxes and the zones of the lab's optic disc and fovea
+            wsm, _ = study_wsm(image, masks, item.get("optic_disc"), item.get("fovea"), name=str(item["image"]))
+            out, _ = watermark_image(image, wsm, surrogates, logo, optimizer, space,
                                      label=int(item["label"]), seed=i, render_key=study_render_key(rel, i))
         except NoFeasiblePlacementError:
             out, unprotected = image, unprotected + 1

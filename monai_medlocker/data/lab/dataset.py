@@ -18,7 +18,7 @@ from monai_medlocker.data.lab.lesions import GRADE_NAMES, LESION_NAMES, LESION_T
 from monai_medlocker.data.lab.render import DEFAULT_LAB_VERSION, _check_lab_version, _check_seed, _check_size, \
     synthesize_fundus
 
-__all__ = ["REAL_SAMPLE_PATH", "GRADE_WEIGHT_PRESETS", "sample_seed", "generate_dataset", "write_real_sample",
+__all__ = ["REAL_SAMPLE_PATH", "GRADE_WEIGHT_PRESETS", "sample_seed", "generate_dataset", "lab_anatomy", "write_real_sample",
            "load_real_sample"]
 
 #: Named grade mixes for :func:`generate_dataset`: balanced, or the real-world imbalance of EyePACS
@@ -87,6 +87,18 @@ def _assign(n: int, seed: int, split: np.ndarray, weights: np.ndarray) -> tuple[
     return grades, which
 
 
+def lab_anatomy(sample) -> dict[str, dict[str, float]]:
+    """Where the anatomy a grader reads lies in a lab sample (pixels): ``{"optic_disc", "fovea"}``, each ``{"x", "y", "r"}``.
+
+    Protect keeps both clear (:mod:`monai_medlocker.lesions.anatomy`). ``optic_disc`` r: the disc's radius;
+    ``fovea`` r: the macular zone's, one disc diameter. The datalist items and the threat study's lab images
+    carry the same values.
+    """
+    (dx, dy), rd, (fx, fy) = sample.meta["disc_center"], sample.meta["disc_radius"], sample.meta["fovea_center"]
+    return {"optic_disc": {"x": round(float(dx), 1), "y": round(float(dy), 1), "r": round(float(rd), 1)},
+            "fovea": {"x": round(float(fx), 1), "y": round(float(fy), 1), "r": round(2.0 * float(rd), 1)}}
+
+
 def _write_one(task: tuple[str, int, int, int, int, int]) -> dict[str, Any]:
     """Generate and save image ``i`` (worker function; top level so that it pickles)."""
     out_dir, i, size, seed_i, grade, lab_version = task
@@ -102,11 +114,7 @@ def _write_one(task: tuple[str, int, int, int, int, int]) -> dict[str, Any]:
         item[f"mask_{t}"] = f"masks/{stem}_{t}.png"
     item["seed"] = int(seed_i)
     item["eye"] = sample.meta["eye"]
-    # Where the anatomy a grader reads lies (pixels): protect keeps both clear (monai_medlocker.lesions.anatomy).
-    # optic_disc r: the disc's radius; fovea r: the macular zone's, one disc diameter.
-    (dx, dy), rd, (fx, fy) = sample.meta["disc_center"], sample.meta["disc_radius"], sample.meta["fovea_center"]
-    item["optic_disc"] = {"x": round(float(dx), 1), "y": round(float(dy), 1), "r": round(float(rd), 1)}
-    item["fovea"] = {"x": round(float(fx), 1), "y": round(float(fy), 1), "r": round(2.0 * float(rd), 1)}
+    item.update(lab_anatomy(sample))
     item["counts"] = {k: (list(v) if isinstance(v, list) else int(v)) for k, v in sample.counts.items()}
     return item
 
