@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["placement_features", "placement_leak"]
+__all__ = ["placement_features", "placement_leak", "feature_leak"]
 
 _MAX_MARKS = 3
 
@@ -65,13 +65,21 @@ def placement_leak(records: Sequence[dict], grades: Sequence[int], k: int = 5) -
         ``centroid_accuracy`` (leave-one-out), or ``None`` values with fewer than ``k + 2`` images.
     """
     keep = [i for i, r in enumerate(records) if r.get("protected") and r.get("marks")]
-    out: dict = {"images": len(keep)}
     if len(keep) < k + 2:
-        return {**out, "grade": None, "referable": None}
+        return {"images": len(keep), "grade": None, "referable": None}
     # Features are already fractions of the image (rotation of a half turn): no rescaling, which would
     # blow a feature that barely varies (pure noise) up to the weight of one that carries the grade.
     x = np.stack([placement_features(records[i]) for i in keep])
-    g = np.asarray([int(grades[i]) for i in keep])
+    return feature_leak(x, [int(grades[i]) for i in keep], k)
+
+
+def feature_leak(x: np.ndarray, grades: Sequence[int], k: int = 5) -> dict:
+    """:func:`placement_leak` on any N x F feature matrix (e.g. one feature of :func:`placement_features` alone)."""
+    x = np.asarray(x, dtype=np.float64).reshape(len(grades), -1)
+    out: dict = {"images": len(grades)}
+    if len(grades) < k + 2:
+        return {**out, "grade": None, "referable": None}
+    g = np.asarray([int(v) for v in grades])
     for name, y in (("grade", g), ("referable", (g >= 2).astype(int))):
         knn, centroid = _loo_predictions(x, y, k)
         majority = max(np.mean(y == c) for c in np.unique(y))

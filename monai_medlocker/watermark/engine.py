@@ -184,6 +184,7 @@ def watermark_image(
             current, forbidden, surrogates, logo, mark_space, label=problem_label, value_max=value_max,
             seed=seed + 7919 * mark, batch_size=batch_size, max_queries=optimizer.max_queries,
             render_key=render_key, views=views, view_fraction=optimizer.eot_fraction, inherited=inherited,
+            sites=getattr(optimizer, "keyed_sites", None),
         )
         if clean is None:
             clean = {"preds": problem.clean_preds, "margin": float(problem.clean_eval.margins[0])}

@@ -10,6 +10,7 @@ full-size final artefact through ``preprocess_for_model`` (DESIGN invariant 2).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 from functools import cached_property, lru_cache
 
@@ -24,8 +25,12 @@ from monai_medlocker.watermark.keyed import check_render_key
 
 __all__ = [
     "SearchSpace", "MarkConfig", "AttackProblem", "Evaluation", "Linearization", "QueryBudgetExceeded",
-    "label_margins", "resize_matrix", "logo_box_size",
+    "label_margins", "resize_matrix", "logo_box_size", "SITE_ROUNDS",
 ]
+
+#: Keyed layout: at most this many rounds of ``sites`` keyed sites are opened, one after the other, until one
+#: of them is lesion-free; past them the free feasible set is searched (an image that the keyed prior cannot fit).
+SITE_ROUNDS = 16
 
 
 @dataclass(frozen=True)
@@ -204,6 +209,12 @@ class AttackProblem:
             queries only where they can change the outcome.
         inherited: the mark-free linearisation of an earlier problem on the same image (the earlier marks'
             problem), which an optimizer may :meth:`reanchor` here instead of paying for a new one.
+        sites: the keyed layout (``None``: every lesion-free box may be searched). The optimizer may use only
+            ``sites`` boxes (scale, rotation and position) drawn from a prior that knows nothing of the image:
+            uniform over the search space's scales and rotations and over the image, from a generator keyed by
+            ``render_key`` (when given) and ``seed``. Sites that touch the WSM are dropped; while none is left,
+            the next round of ``sites`` is opened (:data:`SITE_ROUNDS` at most, then the free set). So where a
+            mark may go follows the key, not the lesions or the grade, up to the WSM's own rejection.
     """
 
     def __init__(
@@ -222,9 +233,12 @@ class AttackProblem:
         views: "ThiefViews | None" = None,
         view_fraction: float = 1.0,
         inherited: "Linearization | None" = None,
+        sites: int | None = None,
     ) -> None:
         if not 0 <= view_fraction <= 1:
             raise ValueError(f"view_fraction must be in [0, 1], got {view_fraction}.")
+        if sites is not None and (isinstance(sites, bool) or not isinstance(sites, int) or sites < 1):
+            raise ValueError(f"sites must be an integer >= 1 or None, got {sites!r}.")
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an H x W x 3 image, got shape {image.shape}.")
         if wsm.shape != image.shape[:2]:
@@ -245,6 +259,8 @@ class AttackProblem:
         self.views = views
         self.view_fraction = float(view_fraction)
         self.inherited = inherited
+        self.sites = sites
+        self._seed = int(seed)
         self.clean_linearization: Linearization | None = None  # set by linearize(None), for later marks
         self.height, self.width = image.shape[:2]
         self.screen_size = self.surrogates[0].spec.input_size
@@ -269,8 +285,8 @@ class AttackProblem:
 
     # ----------------------------------------------------------------------------------- geometry
     @cached_property
-    def configs(self) -> list[MarkConfig]:
-        """Every (scale, rotation) whose box fits the area cap and has a feasible position."""
+    def _sized_configs(self) -> list[MarkConfig]:
+        """Every (scale, rotation) whose box fits the area cap, feasible or not."""
         configs = []
         short = min(self.height, self.width)
         for rotation in self.space.rotations:
@@ -280,9 +296,13 @@ class AttackProblem:
                     continue
                 sh = max(1, round(h * self.screen_size / self.height))
                 sw = max(1, round(w * self.screen_size / self.width))
-                cfg = MarkConfig(float(scale), float(rotation), h, w, sh, sw)
-                if self.native_feasible(cfg).any():
-                    configs.append(cfg)
+                configs.append(MarkConfig(float(scale), float(rotation), h, w, sh, sw))
+        return configs
+
+    @cached_property
+    def configs(self) -> list[MarkConfig]:
+        """Every (scale, rotation) whose box fits the area cap and has a feasible position."""
+        configs = [cfg for cfg in self._sized_configs if self.native_feasible(cfg).any()]
         if not configs:
             raise NoFeasiblePlacementError(
                 f"no feasible logo placement: every box of the allowed sizes ({self.space.scale_range} of the "
@@ -294,7 +314,8 @@ class AttackProblem:
     def _box_size(self, scale: float, rotation: float, short: int) -> tuple[int, int]:
         return logo_box_size(self.logo.shape, scale, rotation, short)
 
-    def native_feasible(self, cfg: MarkConfig) -> np.ndarray:
+    def _free_feasible(self, cfg: MarkConfig) -> np.ndarray:
+        """Lesion-free top-left corners of ``cfg``'s box (every position, keyed layout or not)."""
         key = (cfg.height, cfg.width)
         cache = self.__dict__.setdefault("_feasible_cache", {})
         if key not in cache:
@@ -302,6 +323,65 @@ class AttackProblem:
                 cache["sat"] = summed_area_table(self.wsm)
             cache[key] = feasible_top_left(self.wsm, cfg.height, cfg.width, cache["sat"])
         return cache[key]
+
+    def native_feasible(self, cfg: MarkConfig) -> np.ndarray:
+        """Top-left corners where ``cfg``'s box may go: lesion-free, and one of the open keyed sites (``sites``)."""
+        free = self._free_feasible(cfg)
+        sites = self._open_sites
+        if sites is None:
+            return free
+        key = ("sites", cfg.height, cfg.width, cfg.rotation)
+        cache = self.__dict__.setdefault("_feasible_cache", {})
+        if key not in cache:
+            mask = np.zeros_like(free)
+            for scale, rotation, x0, y0 in sites:
+                if (scale, rotation) == (cfg.scale, cfg.rotation):
+                    mask[y0, x0] = free[y0, x0]
+            cache[key] = mask
+        return cache[key]
+
+    def _keyed_sites(self) -> list[tuple[float, float, int, int]]:
+        """The keyed draw of ``sites * SITE_ROUNDS`` boxes (scale, rotation, native x0, y0), image-blind.
+
+        Each site is a scale and a rotation of the search space and a top-left corner uniform over the
+        box's range, on the screen frame's grid (so that the optimizers' screen sees it) mapped to native
+        pixels. Only the key, the seed, the image size and the search space go in; never a pixel or a label.
+        """
+        scales, rotations = self.space.scales(), list(self.space.rotations)
+        material = np.array([self._seed, self.height, self.width, self.screen_size], dtype=np.int64).tobytes()
+        digest = hashlib.blake2b(material, key=self.render_key or b"", person=b"medlocker-lay/1").digest()
+        rng = np.random.Generator(np.random.PCG64(int.from_bytes(digest, "little")))
+        n = self.sites * SITE_ROUNDS
+        si, ri = rng.integers(len(scales), size=n), rng.integers(len(rotations), size=n)
+        fu, fv = rng.random(n), rng.random(n)
+        short = min(self.height, self.width)
+        out = []
+        for j in range(n):
+            scale, rotation = float(scales[si[j]]), float(rotations[ri[j]])
+            h, w = self._box_size(scale, rotation, short)
+            sh = max(1, round(h * self.screen_size / self.height))
+            sw = max(1, round(w * self.screen_size / self.width))
+            cfg = MarkConfig(scale, rotation, h, w, sh, sw)
+            u = int(np.floor(fu[j] * (max(self.screen_size - sw, 0) + 1)))
+            v = int(np.floor(fv[j] * (max(self.screen_size - sh, 0) + 1)))
+            x0, y0 = self.screen_to_native(cfg, u, v)
+            out.append((scale, rotation, int(x0), int(y0)))
+        return out
+
+    @cached_property
+    def _open_sites(self) -> list[tuple[float, float, int, int]] | None:
+        """The keyed sites the search may use: the first rounds up to the one that holds a lesion-free site
+        of a size the area cap allows; ``None`` (the free set) without ``sites`` or when no round does."""
+        if self.sites is None:
+            return None
+        sites = self._keyed_sites()
+        sized = {(c.scale, c.rotation): c for c in self._sized_configs}
+        for r in range(SITE_ROUNDS):
+            for scale, rotation, x0, y0 in sites[r * self.sites : (r + 1) * self.sites]:
+                cfg = sized.get((scale, rotation))
+                if cfg is not None and self._free_feasible(cfg)[y0, x0]:
+                    return sites[: (r + 1) * self.sites]
+        return None
 
     def screen_to_native(self, cfg: MarkConfig, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Map screen-frame top-left corners (column u, row v) to native ones, clipped inside the image."""
@@ -327,7 +407,12 @@ class AttackProblem:
 
     def is_feasible(self, p: Placement) -> bool:
         cfg_ok = 0 <= p.x0 <= self.width - p.width and 0 <= p.y0 <= self.height - p.height
-        return cfg_ok and not self.wsm[p.y0 : p.y0 + p.height, p.x0 : p.x0 + p.width].any()
+        ok = cfg_ok and not self.wsm[p.y0 : p.y0 + p.height, p.x0 : p.x0 + p.width].any()
+        if ok and self._open_sites is not None:  # the keyed layout: one of its open sites, nowhere else
+            cfg = next((c for c in self._sized_configs
+                        if (c.width, c.height, c.rotation) == (p.width, p.height, p.rotation)), None)
+            ok = cfg is not None and bool(self.native_feasible(cfg)[p.y0, p.x0])
+        return bool(ok)
 
     def random_placement(self, cfg: MarkConfig | None = None, alpha: float | None = None) -> Placement:
         """A uniformly random feasible placement (config, position, alpha)."""

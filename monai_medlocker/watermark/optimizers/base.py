@@ -22,12 +22,16 @@ class WatermarkOptimizer(ABC):
             (expectation over transformation); ``None`` judges the plain composite only.
         eot_fraction: the fraction of ``eot_views`` that every surrogate must mispredict.
         eot_seed: seed of the views' random draws (colour jitter).
+        keyed_sites: the keyed layout (``AttackProblem``'s ``sites``): the search may use only this many boxes
+            per round, drawn from a grade-blind prior keyed by the render key, so that where the marks lie does
+            not tell the grade (issue 17 item 5); ``None``: every lesion-free box.
     """
 
     name = "base"
 
     def __init__(self, max_queries: int | None = None, confidence: float = 0.0,
-                 eot_views: Sequence[str] | None = None, eot_fraction: float = 1.0, eot_seed: int = 0) -> None:
+                 eot_views: Sequence[str] | None = None, eot_fraction: float = 1.0, eot_seed: int = 0,
+                 keyed_sites: int | None = None) -> None:
         if max_queries is not None and max_queries < 1:
             raise ValueError(f"max_queries must be >= 1 or None, got {max_queries}.")
         if confidence < 0:
@@ -41,6 +45,9 @@ class WatermarkOptimizer(ABC):
             ThiefViews(self.eot_views)  # validates the names up front
         self.eot_fraction = float(eot_fraction)
         self.eot_seed = int(eot_seed)
+        if keyed_sites is not None and (isinstance(keyed_sites, bool) or not isinstance(keyed_sites, int) or keyed_sites < 1):
+            raise ValueError(f"keyed_sites must be an integer >= 1 or None, got {keyed_sites!r}.")
+        self.keyed_sites = keyed_sites
 
     def thief_views(self, native_size: int) -> ThiefViews | None:
         """The EOT views for an image whose shorter side is ``native_size`` (``None`` without EOT)."""
@@ -66,4 +73,6 @@ class WatermarkOptimizer(ABC):
         out = {"max_queries": self.max_queries, "confidence": self.confidence}
         if self.eot_views:  # absent without EOT, so the records of bhe, random and paper runs are unchanged
             out["eot"] = {"views": list(self.eot_views), "fraction": self.eot_fraction, "seed": self.eot_seed}
+        if self.keyed_sites is not None:  # absent without the keyed layout: earlier records are unchanged
+            out["keyed_sites"] = self.keyed_sites
         return out

@@ -65,6 +65,7 @@ class MedLockerOptimizer(WatermarkOptimizer):
         eot_views, eot_fraction, eot_seed: expectation over the thief's preprocessing (see
             :class:`WatermarkOptimizer`): the screen is linearised through the views and a candidate
             succeeds only when it also fools ``eot_fraction`` of them.
+        keyed_sites: the keyed layout (see :class:`WatermarkOptimizer`): the screen ranks only the keyed sites.
     """
 
     name = "medlocker"
@@ -83,9 +84,10 @@ class MedLockerOptimizer(WatermarkOptimizer):
         eot_seed: int = 0,
         verify_chunk: int | None = None,
         reuse_linearization: bool = False,
+        keyed_sites: int | None = None,
     ) -> None:
         super().__init__(max_queries=max_queries, confidence=confidence, eot_views=eot_views,
-                         eot_fraction=eot_fraction, eot_seed=eot_seed)
+                         eot_fraction=eot_fraction, eot_seed=eot_seed, keyed_sites=keyed_sites)
         if candidates_per_round < 1:
             raise ValueError(f"candidates_per_round must be >= 1, got {candidates_per_round}.")
         self.candidates_per_round = int(candidates_per_round)
