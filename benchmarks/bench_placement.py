@@ -51,6 +51,19 @@ def _features(records: list[dict]) -> dict[str, np.ndarray]:
             "largest_centre": full[:, 0:2], "largest_size": full[:, 2:4]}
 
 
+def _commit() -> str | None:
+    """The commit the benchmark ran on (``+dirty`` with uncommitted changes), for the figures' provenance."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                               text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=80)
@@ -115,6 +128,7 @@ def main(argv=None) -> int:
         "targets": {"grade": "<= chance (0.20) + 0.05, k-NN and centroid", "referable": "<= majority + 0.05"},
         "variants": variants,
         "machine": {"platform": platform.platform(), "torch_threads": torch.get_num_threads()},
+        "code": _commit(),
         "wall_seconds": round(time.perf_counter() - start, 1),
     }
     name = f"placement_n{args.n}_s{args.size}_seed{args.seed}_sites-{args.sites.replace(',', '-')}.json"
