@@ -7,7 +7,7 @@ import pytest
 
 from monai_medlocker.watermark import SearchSpace, load_logo, watermark_image
 from monai_medlocker.watermark.optimizers import get_optimizer
-from monai_medlocker.watermark.problem import SITE_ROUNDS, AttackProblem, field_circle
+from monai_medlocker.watermark.problem import SITE_ROUNDS, AttackProblem
 
 KEY_A, KEY_B = bytes(range(32)), bytes(range(1, 33))
 SPACE = SearchSpace(scale_range=(0.12, 0.3), n_scales=4, n_marks=3, max_total_area_fraction=0.1)
@@ -67,7 +67,7 @@ def test_every_mark_is_a_keyed_site_and_the_run_is_deterministic(dark_image, les
     current = wsm.copy()
     for i, m in enumerate(rec["marks"]):  # each mark one of its own problem's sites (seed + 7919 * mark)
         p = AttackProblem(dark_image, current, [tiny_surrogate], load_logo(None), SPACE, label=2, seed=3 + 7919 * i,
-                          render_key=KEY_A, sites=4, field=field_circle(dark_image))
+                          render_key=KEY_A, sites=4)
         assert (m["scale"], m["x0"], m["y0"]) in {(s, x, y) for s, _, x, y in p._open_sites}
         x0, y0, x1, y1 = m["box_xyxy"]
         assert not wsm[y0:y1, x0:x1].any()

@@ -19,7 +19,7 @@ from monai_medlocker.watermark.inpaint import inpaint_mask, logo_footprint
 from monai_medlocker.watermark.keyed import check_render_key, rendering_record
 from monai_medlocker.watermark.logo import logo_for_image, logo_sha256
 from monai_medlocker.watermark.optimizers import WatermarkOptimizer
-from monai_medlocker.watermark.problem import AttackProblem, SearchSpace, field_circle, label_margins
+from monai_medlocker.watermark.problem import AttackProblem, SearchSpace, label_margins
 from monai_medlocker.watermark.shield import (
     ShieldSettings, field_of_view, offmark_fidelity, psnr, screen_geometry, settings_views, shield_bound_map, shield_image,
     shield_region,
@@ -176,8 +176,6 @@ def watermark_image(
     height, width = image.shape[:2]
     views = optimizer.thief_views(min(height, width))
     inherited = None  # the first mark's linearisation, which later marks may reuse (the optimizer decides)
-    sites = getattr(optimizer, "keyed_sites", None)
-    field = field_circle(image, value_max) if sites else None  # the keyed layout's field: the mark-free image's
     for mark in range(space.n_marks):
         mark_space = _space_left(space, marks, height * width)
         if mark_space is None:
@@ -186,7 +184,7 @@ def watermark_image(
             current, forbidden, surrogates, logo, mark_space, label=problem_label, value_max=value_max,
             seed=seed + 7919 * mark, batch_size=batch_size, max_queries=optimizer.max_queries,
             render_key=render_key, views=views, view_fraction=optimizer.eot_fraction, inherited=inherited,
-            sites=sites, field=field,
+            sites=getattr(optimizer, "keyed_sites", None),
         )
         if clean is None:
             clean = {"preds": problem.clean_preds, "margin": float(problem.clean_eval.margins[0])}

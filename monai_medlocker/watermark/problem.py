@@ -25,7 +25,7 @@ from monai_medlocker.watermark.keyed import check_render_key
 
 __all__ = [
     "SearchSpace", "MarkConfig", "AttackProblem", "Evaluation", "Linearization", "QueryBudgetExceeded",
-    "label_margins", "resize_matrix", "logo_box_size", "SITE_ROUNDS", "field_circle",
+    "label_margins", "resize_matrix", "logo_box_size", "SITE_ROUNDS",
 ]
 
 #: Keyed layout: at most this many rounds of ``sites`` keyed sites are opened, one after the other, until one
@@ -184,26 +184,6 @@ def label_margins(logits: torch.Tensor, label: int) -> torch.Tensor:
     return logits[:, label] - others.max(dim=1).values
 
 
-def field_circle(image: np.ndarray, value_max: float = 255.0) -> tuple[float, float, float]:
-    """Centre x, y and radius (native pixels) of an image's field of view: where the keyed sites are drawn.
-
-    The built-in detector's FOV (``detect_fov``: the camera's round field on black, which no lesion moves):
-    its bounding box's centre and half its larger side. An image without one: the circle round the image.
-    """
-    from monai_medlocker.lesions.builtin import LesionDetectionError, detect_fov
-
-    height, width = image.shape[:2]
-    rgb = image if image.dtype == np.uint8 else np.clip(np.asarray(image) * (255.0 / value_max), 0, 255).astype(np.uint8)
-    try:
-        ys, xs = np.nonzero(detect_fov(rgb)[0])
-    except LesionDetectionError:
-        ys = xs = np.empty(0, dtype=np.int64)
-    if ys.size == 0:
-        return (width - 1) / 2.0, (height - 1) / 2.0, float(np.hypot(width, height)) / 2.0
-    return (float(xs.min() + xs.max()) / 2.0, float(ys.min() + ys.max()) / 2.0,
-            float(max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)) / 2.0)
-
-
 class AttackProblem:
     """One image to protect: candidate evaluation, gradients, geometry and the query count.
 
@@ -230,13 +210,11 @@ class AttackProblem:
         inherited: the mark-free linearisation of an earlier problem on the same image (the earlier marks'
             problem), which an optimizer may :meth:`reanchor` here instead of paying for a new one.
         sites: the keyed layout (``None``: every lesion-free box may be searched). The optimizer may use only
-            ``sites`` boxes (scale, rotation and position) drawn from a prior that knows nothing of the grade:
-            uniform over the search space's scales and rotations and over the field of view, from a generator keyed by
+            ``sites`` boxes (scale, rotation and position) drawn from a prior that knows nothing of the image:
+            uniform over the search space's scales and rotations and over the image, from a generator keyed by
             ``render_key`` (when given) and ``seed``. Sites that touch the WSM are dropped; while none is left,
             the next round of ``sites`` is opened (:data:`SITE_ROUNDS` at most, then the free set). So where a
             mark may go follows the key, not the lesions or the grade, up to the WSM's own rejection.
-        field: the circle (centre x, y and radius, native pixels) the keyed sites are drawn in: the mark-free
-            image's :func:`field_circle` (``watermark_image`` passes it to every mark); ``None``: this image's.
     """
 
     def __init__(
@@ -256,7 +234,6 @@ class AttackProblem:
         view_fraction: float = 1.0,
         inherited: "Linearization | None" = None,
         sites: int | None = None,
-        field: tuple[float, float, float] | None = None,
     ) -> None:
         if not 0 <= view_fraction <= 1:
             raise ValueError(f"view_fraction must be in [0, 1], got {view_fraction}.")
@@ -283,7 +260,6 @@ class AttackProblem:
         self.view_fraction = float(view_fraction)
         self.inherited = inherited
         self.sites = sites
-        self.field = field
         self._seed = int(seed)
         self.clean_linearization: Linearization | None = None  # set by linearize(None), for later marks
         self.height, self.width = image.shape[:2]
@@ -365,12 +341,11 @@ class AttackProblem:
         return cache[key]
 
     def _keyed_sites(self) -> list[tuple[float, float, int, int]]:
-        """The keyed draw of ``sites * SITE_ROUNDS`` boxes (scale, rotation, native x0, y0), blind to the grade.
+        """The keyed draw of ``sites * SITE_ROUNDS`` boxes (scale, rotation, native x0, y0), image-blind.
 
-        Each site is a scale and a rotation of the search space and a box centre uniform over the field of
-        view (``field``: the camera's round field, :func:`field_circle`), on the screen frame's grid (so that the optimizers'
-        screen sees it) mapped to native pixels. Only the key, the seed, the image size, the search space and
-        the field's circle go in; never a lesion, a label or the models.
+        Each site is a scale and a rotation of the search space and a top-left corner uniform over the
+        box's range, on the screen frame's grid (so that the optimizers' screen sees it) mapped to native
+        pixels. Only the key, the seed, the image size and the search space go in; never a pixel or a label.
         """
         scales, rotations = self.space.scales(), list(self.space.rotations)
         material = np.array([self._seed, self.height, self.width, self.screen_size], dtype=np.int64).tobytes()
@@ -378,10 +353,7 @@ class AttackProblem:
         rng = np.random.Generator(np.random.PCG64(int.from_bytes(digest, "little")))
         n = self.sites * SITE_ROUNDS
         si, ri = rng.integers(len(scales), size=n), rng.integers(len(rotations), size=n)
-        rho, theta = np.sqrt(rng.random(n)), 2.0 * np.pi * rng.random(n)
-        if self.field is None:
-            self.field = field_circle(self.image, self.value_max)
-        cx, cy, radius = self.field
+        fu, fv = rng.random(n), rng.random(n)
         short = min(self.height, self.width)
         out = []
         for j in range(n):
@@ -390,10 +362,8 @@ class AttackProblem:
             sh = max(1, round(h * self.screen_size / self.height))
             sw = max(1, round(w * self.screen_size / self.width))
             cfg = MarkConfig(scale, rotation, h, w, sh, sw)
-            x = cx + radius * rho[j] * np.cos(theta[j]) - w / 2.0  # the box's centre uniform over the field
-            y = cy + radius * rho[j] * np.sin(theta[j]) - h / 2.0
-            u = int(np.clip(np.rint(x * self.screen_size / self.width), 0, max(self.screen_size - sw, 0)))
-            v = int(np.clip(np.rint(y * self.screen_size / self.height), 0, max(self.screen_size - sh, 0)))
+            u = int(np.floor(fu[j] * (max(self.screen_size - sw, 0) + 1)))
+            v = int(np.floor(fv[j] * (max(self.screen_size - sh, 0) + 1)))
             x0, y0 = self.screen_to_native(cfg, u, v)
             out.append((scale, rotation, int(x0), int(y0)))
         return out
