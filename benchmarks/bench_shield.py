@@ -12,7 +12,15 @@ held-out members (seresnet, vit, vgg, resnet-indep) are never queried by the opt
 count as transfer. Each row is then attacked by every removal attack of
 :mod:`monai_medlocker.threats.removal` that needs no training (informed and blind inverse blends,
 Telea, Navier-Stokes and biharmonic inpainting of the traced footprint) and by the collection attack
-fitted on the row's own release. The learned remover is left out (it needs a training run).
+fitted on the row's own release. The learned remover needs a training run: ``--remover PT`` adds it with the
+thief's checkpoint (``benchmarks/bench_removal.py --preset thief --remover-out PT``, the thief's lab seed), applied
+blind (it locates the mark itself). Issue 17 item 4 (removal in the objective, before and after):
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_shield.py --n 20 --size 384 --seed 7 \
+        --shield 'shield_before={"kind": "perceptual", "removals": ["inverse", "telea"]}' \
+        --shield 'shield={"kind": "perceptual"}' --attacks inpaint_telea,inpaint_biharmonic \
+        --remover runs/removers/thief_384.pt --no-collection \
+        --out benchmarks/results/shield/removal_objective_seed7.json
 
 Per row: accuracy of each model (and the held-out and source means) on the protected images and after
 each attack, the median and p90 seconds per image, the packed restore payload (bytes, median and mean,
@@ -136,7 +144,8 @@ def _accuracy(models, roles, grades, clean, images) -> dict:
 
 
 def run(n: int = 40, size: int = 512, seed: int = 31, shields: dict | None = None, collection: bool = True,
-        zoo_path: str | None = None, attacks=ATTACKS, montage: str | None = None) -> dict:
+        zoo_path: str | None = None, attacks=ATTACKS, montage: str | None = None, remover: str | None = None,
+        rows: list[str] | None = None) -> dict:
     shields = shields if shields is not None else {"medlocker+shield": {}}
     zoo = load_zoo_config(zoo_path)
     models = {name: member.load(zoo.num_classes) for name, member in zoo.members.items()}
@@ -159,8 +168,16 @@ def run(n: int = 40, size: int = 512, seed: int = 31, shields: dict | None = Non
         "clean": _accuracy(models, roles, grades, clean, [s.original for s in images]),
         "rows": {},
     }
+    thief = None
+    if remover:  # the thief's learned remover (trained on the thief's lab seed, never the objective's)
+        thief = rm.LearnedRemover.from_checkpoint(remover)
+        result["settings"]["attacks"].append("learned_remover")
+        result["settings"]["remover"] = {"checkpoint": remover, "config": thief.config,
+                                         "held_out": thief.report.get("held_out")}
     first_images = {}
     for name, shield in {"medlocker": None, **shields}.items():
+        if rows is not None and name not in rows:
+            continue
         start = time.perf_counter()
         row = _protect(images, surrogates, settings, shield)
         if shield is not None:
@@ -208,6 +225,14 @@ def run(n: int = 40, size: int = 512, seed: int = 31, shields: dict | None = Non
                 seconds.append(time.perf_counter() - t0)
             entry["removal"][attack] = {**_accuracy(models, roles, grades, clean, restored),
                                         "seconds_per_image_median": _median(seconds)}
+        if thief is not None:  # blind: the remover locates the mark itself
+            restored, seconds = [], []
+            for img in row["images"]:
+                t0 = time.perf_counter()
+                restored.append(thief(img, logo))
+                seconds.append(time.perf_counter() - t0)
+            entry["removal"]["learned_remover"] = {**_accuracy(models, roles, grades, clean, restored),
+                                                   "seconds_per_image_median": _median(seconds)}
         if collection:
             t0 = time.perf_counter()
             try:
@@ -244,6 +269,9 @@ def main(argv=None) -> int:
     p.add_argument("--attacks", default=",".join(ATTACKS), help=f"comma-separated removal attacks (default {','.join(ATTACKS)})")
     p.add_argument("--montage", default=None, metavar="PNG", help="write a zoomed montage of the first two shield rows")
     p.add_argument("--zoo", default=None, help="zoo config (default configs/zoo.json)")
+    p.add_argument("--remover", default=None, metavar="PT", help="the thief's learned-remover checkpoint "
+                   "(benchmarks/bench_removal.py --remover-out): adds the learned_remover attack (blind, located)")
+    p.add_argument("--rows", default=None, help="comma-separated rows to run (default all; 'medlocker' is the mark alone)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     shields = None
@@ -257,7 +285,8 @@ def main(argv=None) -> int:
     unknown = sorted(set(attacks) - set(ATTACKS))
     if unknown:
         p.error(f"--attacks: unknown {unknown}; expected among {list(ATTACKS)}")
-    result = run(args.n, args.size, args.seed, shields, not args.no_collection, args.zoo, attacks, args.montage)
+    result = run(args.n, args.size, args.seed, shields, not args.no_collection, args.zoo, attacks, args.montage,
+                 args.remover, args.rows.split(",") if args.rows else None)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
