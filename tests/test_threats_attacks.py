@@ -222,6 +222,10 @@ def test_remover_presets_train_on_different_seeds():
     # The thief's remover (study) and the owner's (the shield's objective) never share their training images.
     assert rm.OWNER_REMOVER_SEED != rm.THIEF_LAB_SEED
     assert rm.THIEF_REMOVER["n_pairs"] * rm.THIEF_REMOVER["epochs"] // 8 >= 500  # several hundred Adam steps
+    import inspect
+
+    defaults = {k: v.default for k, v in inspect.signature(rm.train_remover).parameters.items()}
+    assert all(defaults[k] == v for k, v in rm.THIEF_REMOVER.items() if k in ("n_pairs", "epochs", "channels", "n_val"))
 
 
 def test_remover_checkpoint_errors_name_the_file(tmp_path):
