@@ -12,7 +12,15 @@ held-out members (seresnet, vit, vgg, resnet-indep) are never queried by the opt
 count as transfer. Each row is then attacked by every removal attack of
 :mod:`monai_medlocker.threats.removal` that needs no training (informed and blind inverse blends,
 Telea, Navier-Stokes and biharmonic inpainting of the traced footprint) and by the collection attack
-fitted on the row's own release. The learned remover is left out (it needs a training run).
+fitted on the row's own release. The learned remover needs a training run: ``--remover PT`` adds it with the
+thief's checkpoint (``benchmarks/bench_removal.py --preset thief --remover-out PT``, the thief's lab seed), applied
+blind (it locates the mark itself). Issue 17 item 4 (removal in the objective, before and after):
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_shield.py --n 20 --size 384 --seed 7 \
+        --shield 'shield_before={"kind": "perceptual", "removals": ["inverse", "telea"]}' \
+        --shield 'shield={"kind": "perceptual"}' --attacks inpaint_telea,inpaint_biharmonic \
+        --remover runs/removers/thief_384.pt --no-collection \
+        --out benchmarks/results/shield/removal_objective_seed7.json
 
 Per row: accuracy of each model (and the held-out and source means) on the protected images and after
 each attack, the median and p90 seconds per image, the packed restore payload (bytes, median and mean,
@@ -108,13 +116,14 @@ def write_montage(path: Path, original: np.ndarray, rows: dict, region: np.ndarr
 
 def _protect(images, surrogates, settings: dict, shield: dict | None) -> dict:
     optimizer, space, logo = protect_tools(settings)
-    out = {"images": [], "records": [], "seconds": [], "payload_bytes": [], "payload_version": [], "psnr": [],
+    out = {"images": [], "records": [], "seconds": [], "cpu_seconds": [], "payload_bytes": [], "payload_version": [], "psnr": [],
            "fidelity": [], "block_edge": []}
     for i, s in enumerate(images):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         img, rec = watermark_image(s.original, s.wsm, surrogates, logo, optimizer, space, label=s.grade, seed=i,
                                    shield=shield)
         out["seconds"].append(time.perf_counter() - start)
+        out["cpu_seconds"].append(time.process_time() - cpu)  # one thread: the wall time of an idle machine
         packed = pack_restore_payload(s.original, [m["box_xyxy"] for m in rec["marks"]], img)
         out["payload_bytes"].append(len(packed))
         out["payload_version"].append(packed[4])
@@ -136,7 +145,8 @@ def _accuracy(models, roles, grades, clean, images) -> dict:
 
 
 def run(n: int = 40, size: int = 512, seed: int = 31, shields: dict | None = None, collection: bool = True,
-        zoo_path: str | None = None, attacks=ATTACKS, montage: str | None = None) -> dict:
+        zoo_path: str | None = None, attacks=ATTACKS, montage: str | None = None, remover: str | None = None,
+        rows: list[str] | None = None) -> dict:
     shields = shields if shields is not None else {"medlocker+shield": {}}
     zoo = load_zoo_config(zoo_path)
     models = {name: member.load(zoo.num_classes) for name, member in zoo.members.items()}
@@ -159,8 +169,16 @@ def run(n: int = 40, size: int = 512, seed: int = 31, shields: dict | None = Non
         "clean": _accuracy(models, roles, grades, clean, [s.original for s in images]),
         "rows": {},
     }
+    thief = None
+    if remover:  # the thief's learned remover (trained on the thief's lab seed, never the objective's)
+        thief = rm.LearnedRemover.from_checkpoint(remover)
+        result["settings"]["attacks"].append("learned_remover")
+        result["settings"]["remover"] = {"checkpoint": remover, "config": thief.config,
+                                         "held_out": thief.report.get("held_out")}
     first_images = {}
     for name, shield in {"medlocker": None, **shields}.items():
+        if rows is not None and name not in rows:
+            continue
         start = time.perf_counter()
         row = _protect(images, surrogates, settings, shield)
         if shield is not None:
@@ -170,6 +188,7 @@ def run(n: int = 40, size: int = 512, seed: int = 31, shields: dict | None = Non
         entry = {
             "shield": shield,
             "protect_seconds_median": _median(row["seconds"]), "protect_seconds_p90": _p90(row["seconds"]),
+            "protect_cpu_seconds_median": _median(row["cpu_seconds"]), "protect_cpu_seconds_p90": _p90(row["cpu_seconds"]),
             "payload_bytes_median": _median(row["payload_bytes"]),
             "payload_bytes_mean": round(float(np.mean(row["payload_bytes"])), 1),
             "payload_versions": sorted(set(row["payload_version"])),
@@ -208,6 +227,14 @@ def run(n: int = 40, size: int = 512, seed: int = 31, shields: dict | None = Non
                 seconds.append(time.perf_counter() - t0)
             entry["removal"][attack] = {**_accuracy(models, roles, grades, clean, restored),
                                         "seconds_per_image_median": _median(seconds)}
+        if thief is not None:  # blind: the remover locates the mark itself
+            restored, seconds = [], []
+            for img in row["images"]:
+                t0 = time.perf_counter()
+                restored.append(thief(img, logo))
+                seconds.append(time.perf_counter() - t0)
+            entry["removal"]["learned_remover"] = {**_accuracy(models, roles, grades, clean, restored),
+                                                   "seconds_per_image_median": _median(seconds)}
         if collection:
             t0 = time.perf_counter()
             try:
@@ -221,7 +248,7 @@ def run(n: int = 40, size: int = 512, seed: int = 31, shields: dict | None = Non
         result["rows"][name] = entry
         print(f"{name}: protected held-out {entry['protected']['held_out_accuracy']}, after removal "
               + ", ".join(f"{a} {v.get('held_out_accuracy')}" for a, v in entry["removal"].items())
-              + f"; {entry['protect_seconds_median']} s/image, payload {entry['payload_bytes_median']} B, "
+              + f"; {entry['protect_seconds_median']} s/image ({entry['protect_cpu_seconds_median']} CPU s), payload {entry['payload_bytes_median']} B, "
               f"PSNR {entry['psnr_whole_image_median']} dB; off-mark SSIM {entry['offmark_ssim_luma_median']}, "
               f"PSNR {entry['offmark_psnr_median']} dB, block-edge ratio {entry['block_edge_ratio_median']}", flush=True)
     if montage and first_images:
@@ -244,6 +271,9 @@ def main(argv=None) -> int:
     p.add_argument("--attacks", default=",".join(ATTACKS), help=f"comma-separated removal attacks (default {','.join(ATTACKS)})")
     p.add_argument("--montage", default=None, metavar="PNG", help="write a zoomed montage of the first two shield rows")
     p.add_argument("--zoo", default=None, help="zoo config (default configs/zoo.json)")
+    p.add_argument("--remover", default=None, metavar="PT", help="the thief's learned-remover checkpoint "
+                   "(benchmarks/bench_removal.py --remover-out): adds the learned_remover attack (blind, located)")
+    p.add_argument("--rows", default=None, help="comma-separated rows to run (default all; 'medlocker' is the mark alone)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     shields = None
@@ -257,7 +287,8 @@ def main(argv=None) -> int:
     unknown = sorted(set(attacks) - set(ATTACKS))
     if unknown:
         p.error(f"--attacks: unknown {unknown}; expected among {list(ATTACKS)}")
-    result = run(args.n, args.size, args.seed, shields, not args.no_collection, args.zoo, attacks, args.montage)
+    result = run(args.n, args.size, args.seed, shields, not args.no_collection, args.zoo, attacks, args.montage,
+                 args.remover, args.rows.split(",") if args.rows else None)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

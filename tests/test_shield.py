@@ -21,9 +21,12 @@ from monai_medlocker.networks import Surrogate, model_spec, preprocess_for_model
 from monai_medlocker.watermark import SearchSpace, get_optimizer, load_logo, watermark_image
 from monai_medlocker.watermark.blend import Placement
 from monai_medlocker.watermark.engine import WatermarkInvariantError, _check_invariants
+from monai_medlocker.watermark.blend import composite
+from monai_medlocker.watermark.inpaint import inpaint_mask, logo_footprint
+from monai_medlocker.watermark.logo import logo_for_image
 from monai_medlocker.watermark.shield import (
-    MAX_LINF, ShieldSettings, block_edge_ratio, field_of_view, jnd_map, offmark_fidelity, screen_geometry,
-    shield_bound_map, shield_image, shield_region,
+    MAX_LINF, ShieldSettings, block_edge_ratio, field_of_view, jnd_map, offmark_fidelity, owner_remover,
+    removal_images, screen_geometry, shield_bound_map, shield_image, shield_region,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -382,3 +385,98 @@ def test_level_is_written_in_the_record(surrogates):
         assert (t.last_record.get("shield") or {}).get("settings", {}).get("kind") == kind
     t = AdversarialWatermark(surrogates, max_queries=8, level="strong", shield={"steps": 2})
     assert t.level == "custom" and t.shield.kind == "block"
+
+
+# --------------------------------------------------------------------------------------------------
+# Removal in the objective (issue 17 item 4)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_removal_settings_are_checked():
+    assert ShieldSettings(removals=["inverse", "telea"]).removals == ("inverse", "telea")
+    assert ShieldSettings().removals == ("inverse", "telea", "biharmonic", "learned")
+    with pytest.raises(ValueError, match="unknown shield removal"):
+        ShieldSettings(removals=["inverse", "lama"])
+    with pytest.raises(ValueError, match="removals must be a list"):
+        ShieldSettings(removals="telea")
+    with pytest.raises(ValueError, match="fills_per_step"):
+        ShieldSettings(fills_per_step=0)
+    with pytest.raises(ValueError, match="nowhere.pt"):
+        owner_remover("/nowhere.pt")
+    assert removal_images(None, None, None, [], ShieldSettings(removal_aware=False)) == ([], [])
+    # The shipped remover of the objective is the owner's, trained on another lab seed than the study's thief.
+    from monai_medlocker.threats.removal import OWNER_REMOVER_SEED, THIEF_LAB_SEED
+
+    assert owner_remover().config["seed"] == OWNER_REMOVER_SEED != THIEF_LAB_SEED
+
+
+def _marked_case(size: int = 192):
+    image = synthesize_fundus(size, seed=4, grade=2).image
+    logo = logo_for_image(load_logo(), image)[0]
+    p = Placement(60, 70, 52, 44, 0.8, 0.0, 0.27)
+    return image, logo, p, composite(image, logo, [p])
+
+
+def test_removal_images_fill_the_footprint_only_and_hold_under_the_shield(surrogates):
+    image, logo, p, marked = _marked_case()
+    removed, fills = removal_images(image, marked, logo, [p], ShieldSettings(kind="perceptual"), native_per_screen=3)
+    assert len(removed) == 1 and removed[0] is image and len(fills) == 3
+    foot = logo_footprint(marked.shape, logo, [p])
+    x0, y0, x1, y1 = p.box_xyxy
+    box = np.zeros(foot.shape, bool)
+    box[y0:y1, x0:x1] = True
+    for fill, where in zip(fills, (foot, foot, box)):  # Telea, biharmonic: the footprint; learned: the box
+        changed = np.any(fill != marked, axis=-1)
+        assert changed.any() and not (changed & ~where).any()
+    # At the models' scale (64 px here), the shrunk biharmonic fill is closer to the native one than Telea's is.
+    import cv2
+
+    small = lambda a: cv2.resize(a, (64, 64), interpolation=cv2.INTER_AREA).astype(float)  # noqa: E731
+    hole = cv2.resize(foot.astype(np.float32), (64, 64), interpolation=cv2.INTER_AREA) > 0
+    native = small(inpaint_mask(marked, foot, "biharmonic"))
+    err = lambda a: np.abs(small(a) - native)[hole].mean()  # noqa: E731
+    assert err(fills[1]) < min(err(fills[0]), 0.15 * err(marked))
+    # The fills are held constant while the shield is optimised: fills recomputed on the shielded image
+    # move by a fraction of the shield's own change (measured: Telea 0.6 grey levels, the shield 2.1 on average).
+    fov, wsm = field_of_view(image), np.zeros(foot.shape, bool)
+    shielded = shield_image(marked, wsm, fov, surrogates, 2, [p.box_xyxy], removed=removed, fills=fills,
+                            settings=ShieldSettings(kind="perceptual", steps=3), reference=image)
+    change = np.abs(shielded.astype(float) - marked.astype(float))
+    assert change.max() > 2
+    again = removal_images(image, shielded, logo, [p], ShieldSettings(removals=["telea", "biharmonic"]), 3)[1]
+    for old, new in zip(fills[:2], again):
+        drift = np.abs(new.astype(float) - old.astype(float))[foot]
+        assert drift.mean() < 0.4 * change[change > 0].mean()
+
+
+class _Recording(torch.nn.Module):
+    """A network that records the batch size and the mean of its last image per call."""
+
+    def __init__(self):
+        super().__init__()
+        from conftest import TinyConv
+
+        self.net, self.calls = TinyConv(), []
+
+    def forward(self, x):
+        self.calls.append((x.shape[0], float(x[-1].detach().mean())))
+        return self.net(x)
+
+
+@pytest.mark.parametrize("per_step,batch", [(1, 3), (2, 4), (5, 5)])
+def test_fills_take_turns_in_the_objective(per_step, batch):
+    image, fov, wsm, boxes = _case(3)
+    x0, y0, x1, y1 = boxes[0]
+    fills = []
+    for level in (0, 128, 255):  # three fills told apart by their box
+        f = image.copy()
+        f[y0:y1, x0:x1] = level
+        fills.append(f)
+    net = _Recording()
+    s = Surrogate(net, model_spec("resnet-tiny", 64))
+    shield_image(image, wsm, fov, [s], 1, boxes, removed=[image], fills=fills,
+                 settings=ShieldSettings(kind="perceptual", steps=6, fills_per_step=per_step))
+    assert [c[0] for c in net.calls] == [batch] * 6  # marked, inverse, then per_step fills (at most all 3)
+    if per_step == 1:  # the last image of each step's batch cycles through the fills
+        means = [c[1] for c in net.calls]
+        assert means[0] < means[1] < means[2] and abs(means[3] - means[0]) < 0.01 and abs(means[5] - means[2]) < 0.01

@@ -208,6 +208,24 @@ def test_learned_remover_improves_held_out_box_psnr(quick_remover):
     assert rm.box_fidelity(out, image, [p])["psnr"] > rm.box_fidelity(marked, image, [p])["psnr"]
     full = rm.LearnedRemover.from_checkpoint(path, region="full")(marked, LOGO)
     assert full.shape == marked.shape and np.any(full[~inside] != marked[~inside])
+    # The owner's use (the shield's objective): the given boxes, not located; the same result where they agree.
+    at = loaded.remove_at(marked, [p])
+    at_changed = np.any(at != marked, axis=-1)
+    assert at_changed[inside].mean() > 0.5 and not (at_changed & ~inside).any()
+    shifted = Placement(p.x0 + 7, p.y0 + 5, p.width, p.height, p.alpha, p.rotation, p.scale)
+    moved = np.any(loaded.remove_at(marked, [shifted]) != marked, axis=-1)
+    x0, y0, x1, y1 = shifted.box_xyxy
+    assert moved[y0:y1, x0:x1].any() and not moved[:y0].any() and not moved[:, :x0].any()
+
+
+def test_remover_presets_train_on_different_seeds():
+    # The thief's remover (study) and the owner's (the shield's objective) never share their training images.
+    assert rm.OWNER_REMOVER_SEED != rm.THIEF_LAB_SEED
+    assert rm.THIEF_REMOVER["n_pairs"] * rm.THIEF_REMOVER["epochs"] // 8 >= 500  # several hundred Adam steps
+    import inspect
+
+    defaults = {k: v.default for k, v in inspect.signature(rm.train_remover).parameters.items()}
+    assert all(defaults[k] == v for k, v in rm.THIEF_REMOVER.items() if k in ("n_pairs", "epochs", "channels", "n_val"))
 
 
 def test_remover_checkpoint_errors_name_the_file(tmp_path):

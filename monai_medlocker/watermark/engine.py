@@ -15,14 +15,13 @@ from monai_medlocker import __version__
 from monai_medlocker.networks import Surrogate, preprocess_for_model
 from monai_medlocker.watermark.blend import Placement, composite
 from monai_medlocker.watermark.feasibility import NoFeasiblePlacementError
-from monai_medlocker.watermark.inpaint import inpaint_mask, logo_footprint
 from monai_medlocker.watermark.keyed import check_render_key, rendering_record
 from monai_medlocker.watermark.logo import logo_for_image, logo_sha256
 from monai_medlocker.watermark.optimizers import WatermarkOptimizer
 from monai_medlocker.watermark.problem import AttackProblem, SearchSpace, label_margins
 from monai_medlocker.watermark.shield import (
-    ShieldSettings, field_of_view, offmark_fidelity, psnr, screen_geometry, settings_views, shield_bound_map, shield_image,
-    shield_region,
+    ShieldSettings, field_of_view, offmark_fidelity, psnr, removal_images, screen_geometry, settings_views, shield_bound_map,
+    shield_image, shield_region,
 )
 
 __all__ = ["RECORD_FORMAT", "WatermarkInvariantError", "watermark_image", "judge", "judge_views"]
@@ -96,11 +95,12 @@ def _apply_shield(image: np.ndarray, marked: np.ndarray, wsm: np.ndarray, surrog
     except LesionDetectionError as err:  # no round field on black: nothing the shield may touch
         return marked, None, {**facts, "applied": False, "reason": f"no field of view: {err}"}
     boxes = [p.box_xyxy for p in marks]
-    # The thief's two ways to erase a mark: an inverse blend recovers the original boxes; inpainting fills them.
-    removed = ([image, inpaint_mask(marked, logo_footprint(marked.shape, logo, marks), "telea")]
-               if settings.removal_aware else [])
+    # The thief's ways to erase a mark: an inverse blend recovers the original boxes; inpainting (Telea,
+    # biharmonic) or a learned remover fills them. The objective covers each (settings.removals).
+    view_size = screen_geometry(settings, image.shape, surrogates)[0]
+    removed, fills = removal_images(image, marked, logo, marks, settings, min(image.shape[:2]) / view_size)
     out = shield_image(marked, wsm, fov, surrogates, label, boxes, views=views, settings=settings, removed=removed,
-                       reference=image)
+                       reference=image, fills=fills)
     allowed = shield_region(wsm, fov, boxes)
     cell = screen_geometry(settings, image.shape, surrogates)[1]
     bound = shield_bound_map(image, wsm, fov, boxes, settings, cell)[1]  # what _check_invariants enforces

@@ -9,7 +9,9 @@ for any kind), so that the image still misleads the models once the logo is gone
 The perturbation is found by momentum PGD (MI-FGSM, Dong et al. 2018) on the surrogate ensemble: it
 maximises the mean cross-entropy of the label over the models, over the images the thief may end up
 with (the protected image, and the same image with its logo boxes given back their original pixels,
-as an inverse blend does, or filled by inpainting), and, when views are given, over the thief's
+as an inverse blend does, or with the marks' footprint filled by Telea or biharmonic inpainting or by
+a learned remover: :func:`removal_images`; the fills take turns, one per step by default, so the cost
+of a step does not grow with their number), and, when views are given, over the thief's
 preprocessing views (expectation over transformation). Block kind: steps are whole grey levels (``step_size`` in
 1-255 units, signed gradient), so the perturbation is an integer image and the bound is exact, not
 a rounding away.
@@ -43,7 +45,7 @@ from monai_medlocker.networks import Surrogate, preprocess_for_model
 from monai_medlocker.watermark.eot import _gaussian_blur
 from monai_medlocker.watermark.logo import is_greyscale
 
-__all__ = ["MAX_LINF", "BLOCK_LINF", "KINDS", "LEVELS", "DEFAULT_LEVEL", "level_settings", "ShieldSettings", "jnd_map",
+__all__ = ["MAX_LINF", "BLOCK_LINF", "KINDS", "REMOVALS", "removal_images", "owner_remover", "LEVELS", "DEFAULT_LEVEL", "level_settings", "ShieldSettings", "jnd_map",
            "shield_bound_map", "offmark_fidelity",
            "block_edge_ratio", "screen_geometry", "settings_views", "field_of_view", "shield_region", "shield_image", "psnr"]
 
@@ -51,6 +53,10 @@ MAX_LINF = 12  # grey levels of 255: the hard cap of DESIGN invariant 1's shield
 BLOCK_LINF = 4  # the block shield's default bound: blocky to the eye above it
 PERCEPTUAL_LINF = 12  # the perceptual shield's default cap: its JND map keeps most pixels far below it
 KINDS = ("block", "perceptual")
+# The removals the objective can cover (issue 17 item 4): "inverse" gives the boxes back their original
+# pixels; the others are fills of the marks' footprint (OpenCV Telea, scikit-image biharmonic, the owner's
+# learned remover), each computed once on the marked image and held constant during the steps.
+REMOVALS = ("inverse", "telea", "biharmonic", "learned")
 _FIELD_STEP = 0.25  # signed step of the perceptual field's coefficients (in units of the budget) per iteration
 # YCbCr -> RGB (BT.601): R = Y + 1.402 Cr, G = Y - 0.344 Cb - 0.714 Cr, B = Y + 1.772 Cb
 _YCC_TO_RGB = ((1.0, 0.0, 1.402), (1.0, -0.344136, -0.714136), (1.0, 1.772, 0.0))
@@ -70,7 +76,14 @@ class ShieldSettings:
         steps: momentum PGD iterations.
         step_size: grey levels per step (1 to ``linf``).
         momentum: MI-FGSM decay of the accumulated gradient (0: plain signed PGD).
-        removal_aware: also optimise on the image with its logo boxes restored and inpainted.
+        removal_aware: also optimise on the image with its logo boxes removed, as :data:`REMOVALS` says.
+        removals: the removals the objective covers (expectation over removals), among :data:`REMOVALS`:
+            ``"inverse"`` (the boxes given back their original pixels, as an inverse blend does) is in
+            every step; the fills (``"telea"``, ``"biharmonic"``, ``"learned"``) take turns, ``fills_per_step``
+            of them per step, so that the cost per step does not grow with their number.
+        fills_per_step: how many of the fills each step optimises on (they cycle); at least 1.
+        remover: checkpoint of the owner's learned remover for ``"learned"`` (``None``: the bundle's
+            ``models/shield_remover.pt``, trained on another lab seed than the threat study's thief).
         views: keyword arguments of :class:`monai_medlocker.watermark.eot.ThiefViews` (the thief's
             preprocessing views of EOT; ``{}`` for its default set, ``native_size`` defaults to the
             image's shorter side), or ``None`` for the models' own preprocessing only.
@@ -94,6 +107,9 @@ class ShieldSettings:
     step_size: int = 1
     momentum: float = 1.0
     removal_aware: bool = True
+    removals: tuple = ("inverse", "telea", "biharmonic", "learned")
+    fills_per_step: int = 1
+    remover: str | None = None
     views: dict | None = None
     view_size: int | None = None
     smoothing: float = 1.0
@@ -107,7 +123,13 @@ class ShieldSettings:
             raise ValueError(f"shield kind must be one of {KINDS}, got {self.kind!r}.")
         if self.linf is None:  # frozen: resolve the kind's default once, so records state the bound
             object.__setattr__(self, "linf", BLOCK_LINF if self.kind == "block" else PERCEPTUAL_LINF)
-        for name in ("linf", "steps", "step_size", "view_size", "block", "grid"):
+        if isinstance(self.removals, str) or not all(isinstance(r, str) for r in self.removals):
+            raise ValueError(f"shield removals must be a list of names among {REMOVALS}, got {self.removals!r}.")
+        object.__setattr__(self, "removals", tuple(self.removals))  # a JSON list becomes a tuple
+        bad = sorted(set(self.removals) - set(REMOVALS))
+        if bad:
+            raise ValueError(f"unknown shield removal(s) {bad}; expected among {REMOVALS}.")
+        for name in ("linf", "steps", "step_size", "view_size", "block", "grid", "fills_per_step"):
             value = getattr(self, name)
             if name in ("view_size", "block", "grid") and value is None:
                 continue
@@ -115,6 +137,8 @@ class ShieldSettings:
                 raise ValueError(f"shield {name} must be an integer, got {value!r}.")
         if not 1 <= self.linf <= MAX_LINF:
             raise ValueError(f"shield linf must be 1 to {MAX_LINF} grey levels (of 255), got {self.linf}.")
+        if self.fills_per_step < 1:
+            raise ValueError(f"shield fills_per_step must be at least 1, got {self.fills_per_step}.")
         if self.steps < 1:
             raise ValueError(f"shield steps must be at least 1, got {self.steps}.")
         if self.kind == "block" and not 1 <= self.step_size <= self.linf:
@@ -332,6 +356,89 @@ def _hwc_uint8(image: np.ndarray, name: str) -> np.ndarray:
     return image
 
 
+def _coarse_inpaint(marked: np.ndarray, footprint: np.ndarray, factor: int, method: str) -> np.ndarray:
+    """Inpaint ``footprint`` on a copy shrunk ``factor`` times, then enlarge the fill into the footprint.
+
+    The surrogates read the image at their input size (a few native pixels per screen pixel), so the fill's
+    detail below that scale barely reaches the loss; biharmonic inpainting at native size costs far more.
+    A shrunk pixel is a hole when it is mostly footprint.
+    """
+    from monai_medlocker.watermark.inpaint import crop_around, inpaint_mask, opencv
+
+    if factor <= 1 or not footprint.any():
+        return inpaint_mask(marked, footprint, method)
+    cv2 = opencv()
+    sl = crop_around(footprint, 16)
+    crop, hole = marked[sl], footprint[sl]
+    h, w = hole.shape
+    sh, sw = max(8, -(-h // factor)), max(8, -(-w // factor))
+    small = cv2.resize(crop, (sw, sh), interpolation=cv2.INTER_AREA)
+    small_hole = cv2.resize(hole.astype(np.float32), (sw, sh), interpolation=cv2.INTER_AREA) > 0.5  # mostly logo
+    up = cv2.resize(inpaint_mask(small, small_hole, method), (w, h), interpolation=cv2.INTER_CUBIC)
+    out = marked.copy()
+    out[sl] = np.where(hole[..., None], up, crop)
+    return out
+
+
+_REMOVERS: dict = {}
+
+
+def owner_remover(path: str | None = None):
+    """The owner's learned remover of the objective (cached per path); ``None``: the bundle's ``models/shield_remover.pt``.
+
+    Raises:
+        ValueError: the checkpoint is missing or is not a remover checkpoint (the message names the file).
+    """
+    from monai_medlocker.threats.removal import LearnedRemover
+
+    if path is None:
+        from monai_medlocker.bundle_config import bundle_root
+
+        try:
+            path = str(bundle_root() / "models" / "shield_remover.pt")
+        except FileNotFoundError as err:
+            raise ValueError(f"the shield's learned remover: {err}; or set the shield's 'remover' checkpoint, "
+                             "or leave 'learned' out of its 'removals'") from None
+    if path not in _REMOVERS:
+        _REMOVERS[path] = LearnedRemover.from_checkpoint(path)
+    return _REMOVERS[path]
+
+
+def removal_images(image: np.ndarray, marked: np.ndarray, logo: np.ndarray, marks, settings: ShieldSettings,
+                   native_per_screen: float = 1.0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(removed, fills) for :func:`shield_image`: the images that stand for the marks removed, per ``settings.removals``.
+
+    ``removed``: the original ``image`` for ``"inverse"`` (what an inverse blend recovers). ``fills``: the
+    marks' footprint (``logo_footprint``, grown 2 px as the attacks' traced footprint) inpainted on the
+    marked image by Telea (native size), biharmonic (on a copy half the models' scale, ``native_per_screen / 2``
+    times smaller than native: :func:`_coarse_inpaint`; at the models' scale it differs from the native fill by
+    less than Telea does, at a fifth of the cost) and the owner's learned remover (:func:`owner_remover`, on the true
+    boxes). Each fill is computed once, on the marked image, and held constant while the shield is
+    optimised: inpainting is not differentiable, and the fill reads the footprint's surround, which lies
+    in the mark's box (the shield never changes it) or where the shield's budget is feathered to zero at
+    the box's edge, so the shield moves it by a fraction of its own change (a recomputed fill differs by about
+    a third of the shield's mean change: tests/test_shield.py). A straight-through gradient through the fill
+    would add little for that reason; the fills cost one inpainting each per image, not one per step.
+    """
+    if not settings.removal_aware:
+        return [], []
+    from monai_medlocker.watermark.inpaint import inpaint_mask, logo_footprint
+
+    removed = [image] if "inverse" in settings.removals else []
+    fills = []
+    footprint = None
+    for name in settings.removals:
+        if name in ("telea", "biharmonic") and footprint is None:
+            footprint = logo_footprint(marked.shape, logo, marks)
+        if name == "telea":
+            fills.append(inpaint_mask(marked, footprint, "telea"))
+        elif name == "biharmonic":
+            fills.append(_coarse_inpaint(marked, footprint, max(1, int(round(native_per_screen / 2))), "biharmonic"))
+        elif name == "learned":
+            fills.append(owner_remover(settings.remover).remove_at(marked, marks))
+    return removed, fills
+
+
 def shield_image(
     image_uint8: np.ndarray,
     wsm: np.ndarray,
@@ -343,6 +450,7 @@ def shield_image(
     settings: ShieldSettings | None = None,
     removed: Sequence[np.ndarray] = (),
     reference: np.ndarray | None = None,
+    fills: Sequence[np.ndarray] = (),
 ) -> np.ndarray:
     """Perturb the shield region of a protected image so that the models mispredict with or without its logo.
 
@@ -361,6 +469,8 @@ def shield_image(
             original image (what an inverse blend recovers) and an inpainted copy. Each is optimised on
             with the shield added, beside ``image_uint8`` itself.
         reference: the original image the perceptual kind's JND map reads (``None``: ``image_uint8``).
+        fills: more logo-removed images (inpainted footprints, :func:`removal_images`), used as ``removed``
+            but in turns: ``settings.fills_per_step`` of them per step, cycling, beside ``removed``.
 
     Returns:
         The shielded H x W x 3 uint8 image: equal to ``image_uint8`` outside :func:`shield_region`, and
@@ -375,18 +485,30 @@ def shield_image(
         raise ValueError("the shield needs at least one surrogate model.")
     if not region.any():
         return image.copy()
-    bases = [image]
-    for other in removed:
-        other = _hwc_uint8(other, "logo-removed image")
-        if other.shape != image.shape:
-            raise ValueError(f"a logo-removed image is {other.shape}, expected {image.shape}.")
-        variant = image.copy()
-        for x0, y0, x1, y1 in logo_boxes:
-            variant[y0:y1, x0:x1] = other[y0:y1, x0:x1]
-        bases.append(variant)
-    x = torch.from_numpy(np.stack(bases)).permute(0, 3, 1, 2).float()  # K x 3 x H x W, 0-255
+    def variants(others) -> list[np.ndarray]:
+        out = []
+        for other in others:
+            other = _hwc_uint8(other, "logo-removed image")
+            if other.shape != image.shape:
+                raise ValueError(f"a logo-removed image is {other.shape}, expected {image.shape}.")
+            variant = image.copy()
+            for x0, y0, x1, y1 in logo_boxes:
+                variant[y0:y1, x0:x1] = other[y0:y1, x0:x1]
+            out.append(variant)
+        return out
+
+    x = torch.from_numpy(np.stack([image] + variants(removed))).permute(0, 3, 1, 2).float()  # K x 3 x H x W, 0-255
+    x_fills = [torch.from_numpy(v).permute(2, 0, 1).float() for v in variants(fills)]
+    per_step = min(settings.fills_per_step, len(x_fills))
+
+    def batch(step: int) -> torch.Tensor:
+        """The images of one step: the fixed ones and ``per_step`` fills, in turns (expectation over removals)."""
+        if not per_step:
+            return x
+        return torch.cat([x, torch.stack([x_fills[(step * per_step + j) % len(x_fills)] for j in range(per_step)])])
+
     if settings.kind == "perceptual":
-        return _perceptual(image, x, wsm, fov_mask, surrogates, label, logo_boxes, views, settings,
+        return _perceptual(image, x, batch, wsm, fov_mask, surrogates, label, logo_boxes, views, settings,
                            image if reference is None else reference)
     mask = torch.from_numpy(region)[None, None].float()
     # Where x + delta would leave 0-255, those levels are out of reach: clip the bound per pixel.
@@ -401,9 +523,9 @@ def shield_image(
     targets = torch.full((1,), int(label), dtype=torch.long)
     # A greyscale image (red-free, stored grey) stays greyscale: one perturbation for all three channels.
     grey = is_greyscale(image)
-    for _ in range(settings.steps):
+    for step in range(settings.steps):
         d = delta.clone().requires_grad_(True)
-        loss = _ensemble_loss((x + d) / 255.0, surrogates, targets, views, view_size)
+        loss = _ensemble_loss((batch(step) + d) / 255.0, surrogates, targets, views, view_size)
         (grad,) = torch.autograd.grad(loss, d)
         if sigma > 0:
             grad = _gaussian_blur(grad, sigma)
@@ -435,7 +557,7 @@ def _ensemble_loss(batch: torch.Tensor, surrogates: Sequence[Surrogate], targets
     return loss
 
 
-def _perceptual(image, x, wsm, fov_mask, surrogates, label, logo_boxes, views, settings, reference) -> np.ndarray:
+def _perceptual(image, x, batch, wsm, fov_mask, surrogates, label, logo_boxes, views, settings, reference) -> np.ndarray:
     """The perceptual kind of :func:`shield_image`: a smooth luminance/chroma field within the JND budget."""
     height, width = image.shape[:2]
     view_size, cell, sigma = screen_geometry(settings, image.shape, surrogates)
@@ -456,9 +578,9 @@ def _perceptual(image, x, wsm, fov_mask, surrogates, label, logo_boxes, views, s
         ycc = smooth.clamp(-1, 1) * weights  # bicubic overshoot clipped: still continuous
         return torch.einsum("rc,bchw->brhw", to_rgb, ycc) * budget_t
 
-    for _ in range(settings.steps):
+    for step in range(settings.steps):
         c = coarse.clone().requires_grad_(True)
-        loss = _ensemble_loss(((x + field(c)) / 255.0).clamp(0, 1), surrogates, targets, views, view_size)
+        loss = _ensemble_loss(((batch(step) + field(c)) / 255.0).clamp(0, 1), surrogates, targets, views, view_size)
         (grad,) = torch.autograd.grad(loss, c)
         if sigma > 0:
             grad = _gaussian_blur(grad, sigma / cell)
