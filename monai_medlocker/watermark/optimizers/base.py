@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from typing import Sequence
 
 from monai_medlocker.watermark.blend import Placement
-from monai_medlocker.watermark.eot import ThiefViews
+from monai_medlocker.watermark.eot import InputDiversity, ThiefViews
 from monai_medlocker.watermark.problem import AttackProblem
 
 __all__ = ["WatermarkOptimizer"]
@@ -22,12 +22,17 @@ class WatermarkOptimizer(ABC):
             (expectation over transformation); ``None`` judges the plain composite only.
         eot_fraction: the fraction of ``eot_views`` that every surrogate must mispredict.
         eot_seed: seed of the views' random draws (colour jitter).
+        input_diversity: number of input-diversity views (random resize-and-pad and colour,
+            :class:`~monai_medlocker.watermark.eot.InputDiversity`) that a gradient optimizer's linearisation
+            averages over; 0 for none. They shape the ranking only, never the success test.
+        grad_sigma: Gaussian smoothing of the linearisation's gradients, in screen pixels; 0 for none.
     """
 
     name = "base"
 
     def __init__(self, max_queries: int | None = None, confidence: float = 0.0,
-                 eot_views: Sequence[str] | None = None, eot_fraction: float = 1.0, eot_seed: int = 0) -> None:
+                 eot_views: Sequence[str] | None = None, eot_fraction: float = 1.0, eot_seed: int = 0,
+                 input_diversity: int = 0, grad_sigma: float = 0.0) -> None:
         if max_queries is not None and max_queries < 1:
             raise ValueError(f"max_queries must be >= 1 or None, got {max_queries}.")
         if confidence < 0:
@@ -41,12 +46,22 @@ class WatermarkOptimizer(ABC):
             ThiefViews(self.eot_views)  # validates the names up front
         self.eot_fraction = float(eot_fraction)
         self.eot_seed = int(eot_seed)
+        if not isinstance(input_diversity, int) or input_diversity < 0:
+            raise ValueError(f"input_diversity must be an integer >= 0, got {input_diversity!r}.")
+        if grad_sigma < 0:
+            raise ValueError(f"grad_sigma must be >= 0, got {grad_sigma}.")
+        self.input_diversity = input_diversity
+        self.grad_sigma = float(grad_sigma)
 
     def thief_views(self, native_size: int) -> ThiefViews | None:
         """The EOT views for an image whose shorter side is ``native_size`` (``None`` without EOT)."""
         if not self.eot_views:
             return None
         return ThiefViews(self.eot_views, native_size=native_size, seed=self.eot_seed)
+
+    def diversity_views(self) -> InputDiversity | None:
+        """The input-diversity views of the linearisation (``None`` without them)."""
+        return InputDiversity(self.input_diversity, seed=self.eot_seed) if self.input_diversity else None
 
     @staticmethod
     def min_queries(n_models: int) -> int:
@@ -66,4 +81,8 @@ class WatermarkOptimizer(ABC):
         out = {"max_queries": self.max_queries, "confidence": self.confidence}
         if self.eot_views:  # absent without EOT, so the records of bhe, random and paper runs are unchanged
             out["eot"] = {"views": list(self.eot_views), "fraction": self.eot_fraction, "seed": self.eot_seed}
+        if self.input_diversity:  # absent at their defaults, so earlier records (and resume checks) are unchanged
+            out["input_diversity"] = self.input_diversity
+        if self.grad_sigma:
+            out["grad_sigma"] = self.grad_sigma
         return out

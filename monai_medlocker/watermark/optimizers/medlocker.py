@@ -65,6 +65,8 @@ class MedLockerOptimizer(WatermarkOptimizer):
         eot_views, eot_fraction, eot_seed: expectation over the thief's preprocessing (see
             :class:`WatermarkOptimizer`): the screen is linearised through the views and a candidate
             succeeds only when it also fools ``eot_fraction`` of them.
+        input_diversity, grad_sigma: the screen's gradients are averaged over that many input-diversity views
+            and smoothed (see :class:`WatermarkOptimizer`), for transfer to models the search never queries.
     """
 
     name = "medlocker"
@@ -83,9 +85,12 @@ class MedLockerOptimizer(WatermarkOptimizer):
         eot_seed: int = 0,
         verify_chunk: int | None = None,
         reuse_linearization: bool = False,
+        input_diversity: int = 0,
+        grad_sigma: float = 0.0,
     ) -> None:
         super().__init__(max_queries=max_queries, confidence=confidence, eot_views=eot_views,
-                         eot_fraction=eot_fraction, eot_seed=eot_seed)
+                         eot_fraction=eot_fraction, eot_seed=eot_seed, input_diversity=input_diversity,
+                         grad_sigma=grad_sigma)
         if candidates_per_round < 1:
             raise ValueError(f"candidates_per_round must be >= 1, got {candidates_per_round}.")
         self.candidates_per_round = int(candidates_per_round)
