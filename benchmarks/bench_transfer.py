@@ -127,6 +127,9 @@ def main(argv=None) -> int:
     for name in names:
         result = run_variant({"name": name, **cfg["variants"][name]}, images, Path(args.work) / args.run_set, run["attacks"],
                              run.get("cost_n", 0))
+        result["command"] = summary["command"]  # a file filled by several partial runs keeps each one's command
+        if "cost" in summary["variants"].get(name, {}):
+            result.setdefault("cost", summary["variants"][name]["cost"])
         summary["variants"][name] = result
         for row, r in result["rows"].items():
             held = {m: v["accuracy"] for m, v in r["per_model"].items() if v["role"] == "held_out"}
