@@ -195,3 +195,55 @@ def test_inference_config_surrogate_is_the_zoo_source_ensemble():
     parser["bundle_root"] = str(root / "bundle")
     surrogates = parser.get_parsed_content("surrogate")
     assert [s.spec.name for s in surrogates] == ["resnet-tiny", "densenet-tiny"]
+
+
+# ------------------------------------------------------------------------------ input diversity, smoothing
+def test_input_diversity_views_are_deterministic_and_differentiable():
+    from monai_medlocker.watermark.eot import InputDiversity
+
+    x = _fundus_batch(2).requires_grad_(True)
+    div = InputDiversity(3, seed=4)
+    out = div(x)
+    assert out.shape == (6, 3, 64, 64) and torch.isfinite(out).all()
+    assert torch.equal(out, InputDiversity(3, seed=4)(x))
+    assert not torch.equal(out, InputDiversity(3, seed=5)(x))
+    assert not torch.equal(out.view(2, 3, 3, 64, 64)[:, 0], x)  # a view is not the input
+    out.sum().backward()
+    assert x.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="n_views"):
+        InputDiversity(0)
+    with pytest.raises(ValueError, match="scale_range"):
+        InputDiversity(2, scale_range=(0.2, 1.0))
+
+
+def test_diversity_shapes_the_gradient_not_the_margins(tiny_surrogate, dark_image):
+    """The linearisation's margins stay the plain image's; its gradients change; the queries count the views."""
+    from monai_medlocker.watermark.eot import InputDiversity
+
+    def problem(**kw):
+        return AttackProblem(dark_image, np.zeros((160, 160), bool), [tiny_surrogate], load_logo(), SearchSpace(),
+                             label=0, max_queries=200, **kw)
+
+    plain, div, smooth = problem(), problem(grad_views=InputDiversity(4, seed=1)), problem(grad_sigma=2.0)
+    lp, ld, ls = plain.linearize(None), div.linearize(None), smooth.linearize(None)
+    assert torch.allclose(lp.offsets, ld.offsets, atol=1e-5) and torch.allclose(lp.offsets, ls.offsets, atol=1e-5)
+    assert not torch.allclose(lp.grads, ld.grads)
+    assert div.queries - plain.queries == 4  # one more image per view, one surrogate
+    assert smooth.queries == plain.queries
+    # smoothing lowers the gradient's pixel-to-pixel variation
+    tv = lambda g: float((g[..., 1:, :] - g[..., :-1, :]).abs().mean())  # noqa: E731
+    assert tv(ls.grads) < 0.7 * tv(lp.grads)
+
+
+def test_diversity_settings_are_recorded_and_validated(tiny_surrogate, dark_image):
+    opt = get_optimizer("medlocker", max_queries=80, input_diversity=2, grad_sigma=1.5)
+    _, rec = watermark_image(dark_image, np.zeros((160, 160), bool), [tiny_surrogate], load_logo(), opt,
+                             SearchSpace(), label=0, seed=1)
+    assert rec["optimizer_settings"]["input_diversity"] == 2 and rec["optimizer_settings"]["grad_sigma"] == 1.5
+    assert rec["queries"] <= 80
+    plain = get_optimizer("medlocker", max_queries=80).settings()
+    assert "input_diversity" not in plain and "grad_sigma" not in plain  # earlier records unchanged
+    with pytest.raises(ValueError, match="input_diversity"):
+        get_optimizer("medlocker", input_diversity=-1)
+    with pytest.raises(ValueError, match="grad_sigma"):
+        get_optimizer("medlocker", grad_sigma=-0.5)

@@ -175,6 +175,7 @@ def watermark_image(
     queries, problem_label, clean = 0, label, None
     height, width = image.shape[:2]
     views = optimizer.thief_views(min(height, width))
+    grad_views = optimizer.diversity_views() if hasattr(optimizer, "diversity_views") else None
     inherited = None  # the first mark's linearisation, which later marks may reuse (the optimizer decides)
     for mark in range(space.n_marks):
         mark_space = _space_left(space, marks, height * width)
@@ -185,6 +186,7 @@ def watermark_image(
             seed=seed + 7919 * mark, batch_size=batch_size, max_queries=optimizer.max_queries,
             render_key=render_key, views=views, view_fraction=optimizer.eot_fraction, inherited=inherited,
             sites=getattr(optimizer, "keyed_sites", None),
+            grad_views=grad_views, grad_sigma=getattr(optimizer, "grad_sigma", 0.0),
         )
         if clean is None:
             clean = {"preds": problem.clean_preds, "margin": float(problem.clean_eval.margins[0])}

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-__all__ = ["VIEW_NAMES", "DEFAULT_VIEWS", "ThiefViews"]
+__all__ = ["VIEW_NAMES", "DEFAULT_VIEWS", "ThiefViews", "InputDiversity"]
 
 VIEW_NAMES = (
     "none", "disc_crop", "jpeg75", "downscale50", "center_crop90", "hflip", "color_jitter", "gaussian_blur",
@@ -192,3 +192,66 @@ class ThiefViews:
             inside = ((yy - s / 2) ** 2 + (xx - s / 2) ** 2 <= (0.9 * r) ** 2).to(x.dtype)
             out.append((y * inside + 0.5 * (1 - inside)).clamp(0, 1)[0])
         return torch.stack(out)
+
+
+class InputDiversity:
+    """Random resize-and-pad and colour views of a screen-frame batch, for the surrogates' gradient only.
+
+    Input diversity (Xie et al., CVPR 2019): a gradient averaged over randomly rescaled, shifted and
+    recoloured copies of the input depends less on one network's exact receptive-field alignment and
+    colour response, so what it ranks highest fools other networks more often. Each view shrinks the
+    image to a random fraction of its side in ``scale_range``, pads it back to ``S`` at a random offset
+    (black, as the fundus surround) and scales brightness, contrast and saturation by random factors in
+    ``1 +- jitter``. The draws are fixed at construction from ``seed``, so a search is reproducible.
+
+    Unlike :class:`ThiefViews`, these views never judge success: ``AttackProblem`` averages the pairwise
+    margins' gradients over the plain image and these views, and keeps the plain image's margins.
+
+    Args:
+        n_views: number of random views.
+        scale_range: (min, max) fraction of the side the image is shrunk to.
+        jitter: largest relative change of brightness, contrast and saturation.
+        seed: seed of the draws.
+    """
+
+    def __init__(self, n_views: int = 4, scale_range: tuple[float, float] = (0.85, 1.0), jitter: float = 0.15,
+                 seed: int = 0) -> None:
+        if not isinstance(n_views, int) or n_views < 1:
+            raise ValueError(f"InputDiversity: n_views must be an integer >= 1, got {n_views!r}.")
+        lo, hi = scale_range
+        if not 0.5 <= lo <= hi <= 1:
+            raise ValueError(f"InputDiversity: scale_range must satisfy 0.5 <= min <= max <= 1, got {scale_range}.")
+        if not 0 <= jitter < 1:
+            raise ValueError(f"InputDiversity: jitter must be in [0, 1), got {jitter}.")
+        rng = np.random.default_rng(seed)
+        self.n_views = n_views
+        self.seed = int(seed)
+        self.scale_range = (float(lo), float(hi))
+        self.jitter = float(jitter)
+        self.scales = rng.uniform(lo, hi, n_views)
+        self.offsets = rng.uniform(0, 1, (n_views, 2))  # where the shrunk image sits in the padding, per axis
+        self.colour = rng.uniform(1 - jitter, 1 + jitter, (n_views, 3))  # brightness, contrast, saturation
+
+    def __len__(self) -> int:
+        return self.n_views
+
+    def to_record(self) -> dict:
+        return {"n_views": self.n_views, "scale_range": list(self.scale_range), "jitter": self.jitter, "seed": self.seed}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``B * n_views`` views of ``x`` (B x 3 x S x S, 0-1), image-major as :class:`ThiefViews`."""
+        if x.ndim != 4 or x.shape[1] != 3 or x.shape[-1] != x.shape[-2]:
+            raise ValueError(f"InputDiversity: expected a B x 3 x S x S batch, got shape {tuple(x.shape)}.")
+        s = x.shape[-1]
+        views = []
+        for scale, (oy, ox), (fb, fc, fs) in zip(self.scales, self.offsets, self.colour):
+            m = max(1, int(round(s * scale)))
+            small = _resize(x, m)
+            top, left = int(round(oy * (s - m))), int(round(ox * (s - m)))
+            v = F.pad(small, (left, s - m - left, top, s - m - top))
+            v = (v * fb).clamp(0, 1)
+            mean = _grey(v).mean(dim=(1, 2, 3), keepdim=True)
+            v = ((v - mean) * fc + mean).clamp(0, 1)
+            g = _grey(v)
+            views.append(((v - g) * fs + g).clamp(0, 1))
+        return torch.stack(views, dim=1).reshape(-1, *x.shape[1:])

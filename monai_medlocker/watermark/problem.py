@@ -19,7 +19,7 @@ import torch
 
 from monai_medlocker.networks import Surrogate, preprocess_for_model
 from monai_medlocker.watermark.blend import Placement, mark_opacity
-from monai_medlocker.watermark.eot import ThiefViews
+from monai_medlocker.watermark.eot import InputDiversity, ThiefViews, _gaussian_blur
 from monai_medlocker.watermark.feasibility import NoFeasiblePlacementError, feasible_top_left, summed_area_table
 from monai_medlocker.watermark.keyed import check_render_key
 
@@ -215,6 +215,11 @@ class AttackProblem:
             ``render_key`` (when given) and ``seed``. Sites that touch the WSM are dropped; while none is left,
             the next round of ``sites`` is opened (:data:`SITE_ROUNDS` at most, then the free set). So where a
             mark may go follows the key, not the lesions or the grade, up to the WSM's own rejection.
+        grad_views: input-diversity views (:class:`~monai_medlocker.watermark.eot.InputDiversity`) that the
+            linearisation's gradients are averaged over (one more query per surrogate and view); they never
+            judge success, and the linearisation's margins stay those of the plain composite (or its EOT mean).
+        grad_sigma: with ``> 0``, the linearisation's gradients are smoothed by a Gaussian of this sigma in
+            screen pixels (translation invariance, Dong et al. 2019): no query.
     """
 
     def __init__(
@@ -234,7 +239,11 @@ class AttackProblem:
         view_fraction: float = 1.0,
         inherited: "Linearization | None" = None,
         sites: int | None = None,
+        grad_views: "InputDiversity | None" = None,
+        grad_sigma: float = 0.0,
     ) -> None:
+        if grad_sigma < 0:
+            raise ValueError(f"grad_sigma must be >= 0, got {grad_sigma}.")
         if not 0 <= view_fraction <= 1:
             raise ValueError(f"view_fraction must be in [0, 1], got {view_fraction}.")
         if sites is not None and (isinstance(sites, bool) or not isinstance(sites, int) or sites < 1):
@@ -261,6 +270,8 @@ class AttackProblem:
         self.inherited = inherited
         self.sites = sites
         self._seed = int(seed)
+        self.grad_views = grad_views
+        self.grad_sigma = float(grad_sigma)
         self.clean_linearization: Linearization | None = None  # set by linearize(None), for later marks
         self.height, self.width = image.shape[:2]
         self.screen_size = self.surrogates[0].spec.input_size
@@ -541,25 +552,26 @@ class AttackProblem:
         """
         base = self.screen_image([placement] if placement else [])
         x = base.clone().requires_grad_(True)
-        if self.views is None:
-            logits = self._forward(x[None], grad=True)
-            z = logits[0].sum(0)  # (n_classes,), summed over surrogates
-        else:
-            batch = torch.cat([x[None], self.views(x[None])])
-            all_logits = self._forward(batch, grad=True)
-            logits = all_logits[:1]
-            z = all_logits.sum(1).mean(0)  # summed over surrogates, averaged over the views
+        judged = [x[None]] if self.views is None else [x[None], self.views(x[None])]
+        n_judged = 1 if self.views is None else 1 + len(self.views)
+        batch = torch.cat(judged + ([self.grad_views(x[None])] if self.grad_views is not None else []))
+        all_logits = self._forward(batch, grad=True)
+        logits = all_logits[:1]
+        z = all_logits[:n_judged].sum(1).mean(0)  # summed over surrogates, averaged over the judged views
+        zg = all_logits.sum(1).mean(0) if self.grad_views is not None else z  # ... and the diversity views
         others = [k for k in range(z.shape[0]) if k != self.label]
         grads = torch.stack([
-            torch.autograd.grad(z[self.label] - z[k], x, retain_graph=i < len(others) - 1)[0]
+            torch.autograd.grad(zg[self.label] - zg[k], x, retain_graph=i < len(others) - 1)[0]
             for i, k in enumerate(others)
         ])
+        if self.grad_sigma > 0:
+            grads = _gaussian_blur(grads, self.grad_sigma)
         margins = (z[self.label] - z[others]).detach()
         # Predicted margin of a composite X: offsets + g . (X - clean), exact at X = base.
         offsets = margins - (grads * (base - self.clean_screen)).sum(dim=(1, 2, 3))
         ev = self._evaluation(logits.detach())
         if self.views is not None and ev.success[0]:
-            ev.margins[0] = max(ev.margins[0], float(self._view_margins(all_logits[1:].detach())[0]))
+            ev.margins[0] = max(ev.margins[0], float(self._view_margins(all_logits[1:n_judged].detach())[0]))
         lin = Linearization(grads=grads, offsets=offsets, evaluation=ev)
         if placement is not None:
             self._track([placement], ev)

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from typing import Sequence
 
 from monai_medlocker.watermark.blend import Placement
-from monai_medlocker.watermark.eot import ThiefViews
+from monai_medlocker.watermark.eot import InputDiversity, ThiefViews
 from monai_medlocker.watermark.problem import AttackProblem
 
 __all__ = ["WatermarkOptimizer"]
@@ -25,13 +25,17 @@ class WatermarkOptimizer(ABC):
         keyed_sites: the keyed layout (``AttackProblem``'s ``sites``): the search may use only this many boxes
             per round, drawn from a grade-blind prior keyed by the render key, so that where the marks lie does
             not tell the grade (issue 17 item 5); ``None``: every lesion-free box.
+        input_diversity: number of input-diversity views (random resize-and-pad and colour,
+            :class:`~monai_medlocker.watermark.eot.InputDiversity`) that a gradient optimizer's linearisation
+            averages over; 0 for none. They shape the ranking only, never the success test.
+        grad_sigma: Gaussian smoothing of the linearisation's gradients, in screen pixels; 0 for none.
     """
 
     name = "base"
 
     def __init__(self, max_queries: int | None = None, confidence: float = 0.0,
                  eot_views: Sequence[str] | None = None, eot_fraction: float = 1.0, eot_seed: int = 0,
-                 keyed_sites: int | None = None) -> None:
+                 keyed_sites: int | None = None, input_diversity: int = 0, grad_sigma: float = 0.0) -> None:
         if max_queries is not None and max_queries < 1:
             raise ValueError(f"max_queries must be >= 1 or None, got {max_queries}.")
         if confidence < 0:
@@ -48,12 +52,22 @@ class WatermarkOptimizer(ABC):
         if keyed_sites is not None and (isinstance(keyed_sites, bool) or not isinstance(keyed_sites, int) or keyed_sites < 1):
             raise ValueError(f"keyed_sites must be an integer >= 1 or None, got {keyed_sites!r}.")
         self.keyed_sites = keyed_sites
+        if not isinstance(input_diversity, int) or input_diversity < 0:
+            raise ValueError(f"input_diversity must be an integer >= 0, got {input_diversity!r}.")
+        if grad_sigma < 0:
+            raise ValueError(f"grad_sigma must be >= 0, got {grad_sigma}.")
+        self.input_diversity = input_diversity
+        self.grad_sigma = float(grad_sigma)
 
     def thief_views(self, native_size: int) -> ThiefViews | None:
         """The EOT views for an image whose shorter side is ``native_size`` (``None`` without EOT)."""
         if not self.eot_views:
             return None
         return ThiefViews(self.eot_views, native_size=native_size, seed=self.eot_seed)
+
+    def diversity_views(self) -> InputDiversity | None:
+        """The input-diversity views of the linearisation (``None`` without them)."""
+        return InputDiversity(self.input_diversity, seed=self.eot_seed) if self.input_diversity else None
 
     @staticmethod
     def min_queries(n_models: int) -> int:
@@ -75,4 +89,8 @@ class WatermarkOptimizer(ABC):
             out["eot"] = {"views": list(self.eot_views), "fraction": self.eot_fraction, "seed": self.eot_seed}
         if self.keyed_sites is not None:  # absent without the keyed layout: earlier records are unchanged
             out["keyed_sites"] = self.keyed_sites
+        if self.input_diversity:  # absent at their defaults, so earlier records (and resume checks) are unchanged
+            out["input_diversity"] = self.input_diversity
+        if self.grad_sigma:
+            out["grad_sigma"] = self.grad_sigma
         return out

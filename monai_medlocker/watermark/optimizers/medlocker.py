@@ -66,6 +66,8 @@ class MedLockerOptimizer(WatermarkOptimizer):
             :class:`WatermarkOptimizer`): the screen is linearised through the views and a candidate
             succeeds only when it also fools ``eot_fraction`` of them.
         keyed_sites: the keyed layout (see :class:`WatermarkOptimizer`): the screen ranks only the keyed sites.
+        input_diversity, grad_sigma: the screen's gradients are averaged over that many input-diversity views
+            and smoothed (see :class:`WatermarkOptimizer`), for transfer to models the search never queries.
     """
 
     name = "medlocker"
@@ -85,9 +87,12 @@ class MedLockerOptimizer(WatermarkOptimizer):
         verify_chunk: int | None = None,
         reuse_linearization: bool = False,
         keyed_sites: int | None = None,
+        input_diversity: int = 0,
+        grad_sigma: float = 0.0,
     ) -> None:
         super().__init__(max_queries=max_queries, confidence=confidence, eot_views=eot_views,
-                         eot_fraction=eot_fraction, eot_seed=eot_seed, keyed_sites=keyed_sites)
+                         eot_fraction=eot_fraction, eot_seed=eot_seed, keyed_sites=keyed_sites,
+                         input_diversity=input_diversity, grad_sigma=grad_sigma)
         if candidates_per_round < 1:
             raise ValueError(f"candidates_per_round must be >= 1, got {candidates_per_round}.")
         self.candidates_per_round = int(candidates_per_round)
