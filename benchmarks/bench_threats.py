@@ -63,6 +63,8 @@ def main(argv=None) -> int:
     cli = ["evaluate", str(out), "--quiet"] + (["--quick"] if args.quick else [])
     if isinstance(mode.get("model"), list):  # an ensemble of zoo source members (the protect default)
         cli += ["--zoo-members", ",".join(mode["model"])]
+    if mode.get("rows"):
+        cli += ["--rows", ",".join(mode["rows"])]
     for key in ("n", "size", "seed", "lab_version", "model", "network", "input_size"):
         if mode.get(key) is not None and not (key == "model" and isinstance(mode[key], list)):
             cli += [f"--{key.replace('_', '-')}", str(ROOT / mode[key]) if key == "model" else str(mode[key])]

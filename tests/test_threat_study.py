@@ -161,13 +161,15 @@ def test_bundle_config_runs_end_to_end(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "threats.json").read_text())
-    assert list(results["headline"]) == ["none", "random", "bhe", "medlocker", "medlocker+shield", "medlocker-v1"]
+    assert list(results["headline"]) == ["none", "random", "bhe", "medlocker", "medlocker@shield", "medlocker@strong",
+                                         "medlocker+shield", "medlocker-v1"]
     assert set(results["removal_summary"]) >= {"informed_inverse", "blind_inverse", "inpaint_telea", "inpaint_ns",
                                                "inpaint_biharmonic", "learned_remover", "collection"}
     assert set(results["preprocessing"]) >= {"none", "disc_crop", "ben_graham", "jpeg75", "downscale50",
                                              "center_crop90", "hflip", "color_jitter", "gaussian_blur"}
     assert results["transfer_matrix"]["src"]["held"] is not None
-    assert [r["trained_on"] for r in results["unauthorised_training"]["rows"]] == ["clean", "protected"]
+    assert [r["trained_on"] for r in results["unauthorised_training"]["rows"]] == ["clean", "protected", "cleaned"]
+    assert set(results["unauthorised_training"]["ratios"]["src"]) == {"protected", "cleaned"}
     for png in ("transfer_matrix.png", "preprocessing.png", "removal.png", "montage.png"):
         assert (out / png).stat().st_size > 1000
     assert "threat study: 3 images" in proc.stdout

@@ -31,7 +31,9 @@ def add_subparser(subparsers) -> None:
     p.add_argument("--datalist", help="a labelled datalist (its 'test' section) instead of lab images")
     p.add_argument("--release", dest="release_dir", help="an existing protected release (medlocker protect output)")
     p.add_argument("--originals", dest="originals_dir", help="the originals of --release")
-    p.add_argument("--rows", help="comma-separated rows among none, random, bhe, medlocker")
+    p.add_argument("--rows", help="comma-separated rows among none, random, bhe, medlocker (the default "
+                   "level), medlocker@shield, medlocker@strong (the other levels), medlocker+shield (the block "
+                   "shield before issue 17), medlocker-v1 (the default before issue 11)")
     p.add_argument("--preprocessing", help="comma-separated thief preprocessing names (default: all)")
     p.add_argument("--attacks", help="comma-separated removal attacks (default: all; 'none' for no removal)")
     p.add_argument("--no-training", action="store_true", help="skip the unauthorised-training experiment")

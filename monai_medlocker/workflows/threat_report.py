@@ -116,6 +116,13 @@ def markdown(results: dict) -> str:
                         [[r["family"], r["trained_on"], f"{_f(r['clean_peak'])} / {_f(r['clean_last'])}",
                           f"{_f(r.get('protected_peak'))} / {_f(r.get('protected_last'))}", str(r["epochs"])]
                          for r in training["rows"]])
+        ratios = training.get("ratios") or {}
+        if ratios:
+            lines += ["", "Clean-test accuracy (last epoch) of each thief over the same recipe trained on clean "
+                      "images (target for the cleaned release: <= 0.6):", ""]
+            kinds = sorted({k for v in ratios.values() for k in v})
+            lines += _table(["family"] + [f"trained on {k}" for k in kinds],
+                            [[fam] + [_f(v.get(k)) for k in kinds] for fam, v in ratios.items()])
     lines += ["", "## Cost (seconds on this machine)", ""]
     lines += _table(["stage", "seconds"], [[k, _f(v, 1)] for k, v in results["timings_seconds"].items()])
     if results["errors"]:

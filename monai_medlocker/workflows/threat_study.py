@@ -43,8 +43,11 @@ from monai_medlocker.workflows.study_tools import predict, protect_tools, study_
 __all__ = ["ROWS", "StudyImage", "ThreatStudy", "lab_study_images", "datalist_study_images", "release_study_images",
            "predict", "protect_tools"]
 
-ROWS = ("none", "random", "bhe", "medlocker", "medlocker+shield", "medlocker-v1")
-PROTECTED_ROWS = ("random", "bhe", "medlocker", "medlocker+shield", "medlocker-v1")
+# "medlocker" is the default level ("mark"); "medlocker@<level>" rows are the other protection levels
+# (shield.LEVELS); "medlocker+shield" is the block shield of before issue 17 (4/255 L-inf boxes).
+LEVEL_ROWS = ("medlocker@shield", "medlocker@strong")
+ROWS = ("none", "random", "bhe", "medlocker", *LEVEL_ROWS, "medlocker+shield", "medlocker-v1")
+PROTECTED_ROWS = ROWS[1:]
 # The protect default before issue 11 (one surrogate, one mark in the full space, plain rendering): the
 # "old default" row, measured in the same run as the new one.
 V1_SETTINGS = {"optimizer": "medlocker", "optimizer_kwargs": {"verify_chunk": None, "reuse_linearization": False,
@@ -268,7 +271,8 @@ class ThreatStudy:
         optimizer, optimizer_kwargs, max_queries, search_space, logo, shield: the protect settings (defaults
             of ``bundle/configs/inference.json``), used for every protected row; the ``medlocker+shield``
             row adds the shield (with ``shield``'s settings, or the defaults when the protect default has
-            none), and ``medlocker-v1`` is the protect default before issue 11 (:data:`V1_SETTINGS`).
+            none), the ``medlocker@shield`` / ``medlocker@strong`` rows are those protection levels, and
+            ``medlocker-v1`` is the protect default before issue 11 (:data:`V1_SETTINGS`).
         transfer_matrix: also protect with each source model alone (source x target matrix).
         remover: settings of the thief's learned remover (``train_remover`` keyword arguments).
         unauthorised_training: ``None`` to skip, or a dict with ``families`` (zoo member names),
@@ -409,6 +413,7 @@ class ThreatStudy:
     # -- protection -------------------------------------------------------------------------------------
     def _protect_row(self, name: str, images: list[StudyImage], surrogates: list[Surrogate]) -> _Row:
         from monai_medlocker.watermark import ShieldSettings, watermark_image
+        from monai_medlocker.watermark.shield import level_settings
         from monai_medlocker.watermark.feasibility import NoFeasiblePlacementError
 
         if name == "none":
@@ -420,6 +425,9 @@ class ThreatStudy:
         elif name == "medlocker+shield":
             optimizer, space, logo = protect_tools(self.protect_settings, "medlocker")
             shield = ShieldSettings.from_config(self.shield or True)
+        elif name in LEVEL_ROWS:
+            optimizer, space, logo = protect_tools(self.protect_settings, "medlocker")
+            shield = level_settings(name.split("@", 1)[1])[1]
         else:
             optimizer, space, logo = protect_tools(self.protect_settings, name)
             shield = ShieldSettings.from_config(self.protect_settings.get("shield")) \
