@@ -47,7 +47,8 @@ ROWS = ("none", "random", "bhe", "medlocker", "medlocker+shield", "medlocker-v1"
 PROTECTED_ROWS = ("random", "bhe", "medlocker", "medlocker+shield", "medlocker-v1")
 # The protect default before issue 11 (one surrogate, one mark in the full space, plain rendering): the
 # "old default" row, measured in the same run as the new one.
-V1_SETTINGS = {"optimizer": "medlocker", "optimizer_kwargs": {"verify_chunk": None, "reuse_linearization": False},
+V1_SETTINGS = {"optimizer": "medlocker",
+               "optimizer_kwargs": {"verify_chunk": None, "reuse_linearization": False, "give_up": None},
                "max_queries": None, "search_space": "full"}
 WHITE_BOX = "white-box"
 # Removal attacks that must first be fitted (trained / estimated) before they can be applied.
