@@ -128,14 +128,25 @@ def protect_run(in_dir: Path, out_dir: Path, optimizer: str, profile: bool, secr
     Every run uses the render secret ``secret``: a keyless run otherwise draws a new one, and the keyed rendering
     (hence the outcomes) would differ from run to run and between the optimizers.
     """
+    from monai_medlocker.watermark.optimizers import PROTECT_DEFAULTS
+
     shutil.rmtree(out_dir, ignore_errors=True)
     CPU_SECONDS.clear()
+    optimizer, *changes = optimizer.split(":")
     name, _, budget = optimizer.partition("@")
     cli = ["protect", str(in_dir), str(out_dir), "--quiet", "--optimizer", name, "--render-secret", str(secret)] + (
         ["--max-queries", budget] if budget else [])
+    saved = dict(PROTECT_DEFAULTS.get(name, {}))
+    # NAME:key=value (JSON value) changes one of protect's optimizer defaults for this run, e.g. medlocker:give_up=null
+    if changes:
+        PROTECT_DEFAULTS[name] = {**saved, **{k: json.loads(v) for k, _, v in (c.partition("=") for c in changes)}}
     prof = cProfile.Profile() if profile else None
     start = time.perf_counter()
-    code = prof.runcall(medlocker, cli) if prof else medlocker(cli)
+    try:
+        code = prof.runcall(medlocker, cli) if prof else medlocker(cli)
+    finally:
+        if changes:
+            PROTECT_DEFAULTS[name] = saved
     wall = time.perf_counter() - start
     if code != 0:
         raise SystemExit(f"bench_cost: protect --optimizer {optimizer} exited {code}")
@@ -153,7 +164,8 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--seed", type=int, default=31)
     p.add_argument("--optimizers", default="medlocker,bhe",
-                   help="the first is the default protect; NAME@Q runs NAME with --max-queries Q (not profiled)")
+                   help="the first is the default protect; NAME@Q runs NAME with --max-queries Q, NAME:key=value with one of "
+                   "protect's optimizer defaults changed (JSON value, e.g. medlocker:give_up=null); those are not profiled")
     p.add_argument("--work", default="/tmp/medlocker_bench_cost")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/cost/cost.json"))
     p.add_argument("--no-profile", action="store_true", help="skip the profiled pass")
@@ -201,7 +213,7 @@ def main(argv=None) -> int:
             "held_out_asr": round(statistics.mean(m["asr"] for m in metrics.values() if m["asr"] is not None), 4),
             "held_out": {m: {k: v[k] for k in ("clean_accuracy", "watermarked_accuracy", "asr")} for m, v in metrics.items()},
         }
-        if not args.no_profile and "@" not in name:
+        if not args.no_profile and "@" not in name and ":" not in name:
             _, stats, pwall = protect_run(in_dir, work / f"{name}-profiled", name, profile=True, secret=secret)
             stages = stage_seconds(stats)
             chain = sum(stages[k] for k in ("load", "lesions", "anatomy", "wsm", "render_key", "watermark", "certify", "write"))
