@@ -129,7 +129,7 @@ def test_give_up_ends_a_hopeless_search_early(region_model, dark_image):
     opt.search(short)
     # clean + gradient, then half a round of candidates (8 = 3 passes of 3) before the rate is judged
     assert short.queries == 2 + 9
-    assert short.best[1] is not None and short.best[0] == pytest.approx(full.best[0]) or short.best[0] >= full.best[0]
+    assert short.best[1] is not None and short.best[0] >= full.best[0]  # it keeps its best placement
     assert opt.settings()["give_up"] == 2.0 and "give_up" not in MedLockerOptimizer().settings()
 
 
