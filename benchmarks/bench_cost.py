@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import hashlib
 import json
 import os
 import platform
@@ -46,6 +47,7 @@ from monai_medlocker.workflows.threat_study import lab_study_images  # noqa: E40
 STAGES = {
     "load": ("transforms/protect_steps.py", "__call__", "LoadFundusd"),
     "lesions": ("transforms/protect_steps.py", "__call__", "LesionMapsd"),
+    "anatomy": ("transforms/protect_steps.py", "__call__", "AnatomyZonesd"),
     "wsm": ("transforms/dictionary.py", "__call__", "LesionBBoxMaskd"),
     "render_key": ("transforms/protect_steps.py", "__call__", "RenderKeyd"),
     "watermark": ("watermark/engine.py", "watermark_image", None),
@@ -120,18 +122,36 @@ def _count_cpu_seconds() -> None:
     DatasetProtector.protect_timed = protect_timed
 
 
-def protect_run(in_dir: Path, out_dir: Path, optimizer: str, profile: bool) -> tuple[dict, pstats.Stats | None, float]:
-    """``medlocker protect`` with ``optimizer`` (``name`` or ``name@Q``: ``--max-queries Q``); manifest rows by image stem."""
+def protect_run(in_dir: Path, out_dir: Path, optimizer: str, profile: bool, secret: Path) -> tuple[dict, pstats.Stats | None, float]:
+    """``medlocker protect`` with ``optimizer`` (``name`` or ``name@Q``: ``--max-queries Q``); manifest rows by image stem.
+
+    Every run uses the render secret ``secret``: a keyless run otherwise draws a new one, and the keyed rendering
+    (hence the outcomes) would differ from run to run and between the optimizers.
+    """
+    from monai_medlocker.watermark.optimizers import PROTECT_DEFAULTS
+
     shutil.rmtree(out_dir, ignore_errors=True)
     CPU_SECONDS.clear()
+    optimizer, *changes = optimizer.split(":")
     name, _, budget = optimizer.partition("@")
-    cli = ["protect", str(in_dir), str(out_dir), "--quiet", "--optimizer", name] + (["--max-queries", budget] if budget else [])
+    cli = ["protect", str(in_dir), str(out_dir), "--quiet", "--optimizer", name, "--render-secret", str(secret)] + (
+        ["--max-queries", budget] if budget else [])
+    saved = dict(PROTECT_DEFAULTS.get(name, {}))
+    # NAME:key=value (JSON value) changes one of protect's optimizer defaults for this run, e.g. medlocker:give_up=null
+    if changes:
+        PROTECT_DEFAULTS[name] = {**saved, **{k: json.loads(v) for k, _, v in (c.partition("=") for c in changes)}}
     prof = cProfile.Profile() if profile else None
     start = time.perf_counter()
-    code = prof.runcall(medlocker, cli) if prof else medlocker(cli)
+    try:
+        code = prof.runcall(medlocker, cli) if prof else medlocker(cli)
+    finally:
+        if changes:
+            PROTECT_DEFAULTS[name] = saved
     wall = time.perf_counter() - start
-    if code != 0:
+    if code not in (0, 1) or not (out_dir / "private" / "manifest.jsonl").is_file():
         raise SystemExit(f"bench_cost: protect --optimizer {optimizer} exited {code}")
+    # exit code 1: some images failed (e.g. bhe found no feasible box); they are listed under "failed", and the
+    # held-out models read their originals (no protection)
     rows = [json.loads(line) for line in (out_dir / "private" / "manifest.jsonl").read_text().splitlines() if line.strip()]
     return {Path(r["image"]).stem: r for r in rows}, (pstats.Stats(prof) if prof else None), wall
 
@@ -146,10 +166,11 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--seed", type=int, default=31)
     p.add_argument("--optimizers", default="medlocker,bhe",
-                   help="the first is the default protect; NAME@Q runs NAME with --max-queries Q (not profiled)")
+                   help="the first is the default protect; NAME@Q runs NAME with --max-queries Q, NAME:key=value with one of "
+                   "protect's optimizer defaults changed (JSON value, e.g. medlocker:give_up=null); those are not profiled")
     p.add_argument("--work", default="/tmp/medlocker_bench_cost")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/cost/cost.json"))
-    p.add_argument("--no-profile", action="store_true", help="skip the profiled pass")
+    p.add_argument("--no-profile", action="store_true", help="skip the profiled pass (of the first optimizer only)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     _count_cpu_seconds()
@@ -162,6 +183,8 @@ def main(argv=None) -> int:
     images = lab_study_images(args.n, args.size, args.seed, lab_version=2)
     for s in images:
         Image.fromarray(s.original).save(in_dir / f"{s.image_id}.png")
+    secret = work / "render_secret"  # one render secret for every run, from the seed (see protect_run)
+    secret.write_bytes(hashlib.sha256(f"bench_cost:{args.seed}".encode()).digest())
     zoo = load_zoo_config(None)
     held_out = {m.name: m.load(zoo.num_classes) for m in zoo.by_role("held_out")}
     grades = np.array([s.grade for s in images])
@@ -169,7 +192,7 @@ def main(argv=None) -> int:
 
     results = {}
     for name in args.optimizers.split(","):
-        rows, _, wall = protect_run(in_dir, work / name, name, profile=False)
+        rows, _, wall = protect_run(in_dir, work / name, name, profile=False, secret=secret)
         seconds = [r["seconds"] for r in rows.values()]
         cpu = [CPU_SECONDS[stem] for stem in rows if stem in CPU_SECONDS]
         queries = [r.get("queries") or 0 for r in rows.values()]
@@ -192,19 +215,34 @@ def main(argv=None) -> int:
             "held_out_asr": round(statistics.mean(m["asr"] for m in metrics.values() if m["asr"] is not None), 4),
             "held_out": {m: {k: v[k] for k in ("clean_accuracy", "watermarked_accuracy", "asr")} for m, v in metrics.items()},
         }
-        if not args.no_profile and "@" not in name:
-            _, stats, pwall = protect_run(in_dir, work / f"{name}-profiled", name, profile=True)
+        if not args.no_profile and name == args.optimizers.split(",")[0] and "@" not in name and ":" not in name:
+            _, stats, pwall = protect_run(in_dir, work / f"{name}-profiled", name, profile=True, secret=secret)
             stages = stage_seconds(stats)
+            chain = sum(stages[k] for k in ("load", "lesions", "anatomy", "wsm", "render_key", "watermark", "certify", "write"))
+            model = stages["model_forward"] + stages["model_backward"]
             entry["profile"] = {"wall_seconds": round(pwall, 2),
+                                # the surrogates' forward and backward passes over the per-image protect chain
+                                # (the stages above, under cProfile, which inflates Python-heavy code the most)
+                                "model_share_of_chain": round(model / chain, 3) if chain else None,
+                                "model_share_of_watermark": round(model / stages["watermark"], 3) if stages["watermark"] else None,
                                 "stage_seconds_per_image": {k: round(v / args.n, 4) for k, v in stages.items()},
                                 "stage_share_of_wall": {k: round(v / pwall, 3) for k, v in stages.items()},
                                 "top_functions_tottime": _top(stats)}
         results[name] = entry
         print(f"{name:>10}: {entry['seconds_per_image']} s/img, CPU {entry['cpu_seconds_per_image']} s/img, queries {entry['queries']}, held-out acc "
               f"{entry['held_out_clean_accuracy']} -> {entry['held_out_accuracy']} (ASR {entry['held_out_asr']})", flush=True)
+        _write_summary(args, argv, results, held_out)
         if "profile" in entry:
-            print(f"{'':>10}  stage s/img {entry['profile']['stage_seconds_per_image']}", flush=True)
+            print(f"{'':>10}  stage s/img {entry['profile']['stage_seconds_per_image']}; model share of the chain "
+                  f"{entry['profile']['model_share_of_chain']}, of the watermark step {entry['profile']['model_share_of_watermark']}",
+                  flush=True)
 
+    _write_summary(args, argv, results, held_out, final=True)
+    return 0
+
+
+def _write_summary(args, argv, results: dict, held_out: dict, final: bool = False) -> None:
+    """Write the JSON (after each optimizer, so that a run cut short keeps what it measured)."""
     names = list(results)
     base = names[0]
     ratios = {other: {f"{kind}_{stat}": round(results[other][kind][stat] / results[base][kind][stat], 2)
@@ -217,14 +255,15 @@ def main(argv=None) -> int:
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "cpus": os.cpu_count()},
         "held_out_members": list(held_out),
+        "render_secret": "sha256('bench_cost:<seed>'), the same for every optimizer",
         "optimizers": results,
         f"cost_ratio_vs_{base}": ratios,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"cost ratio (x / {base}): {ratios}; results in {out}")
-    return 0
+    if final:
+        print(f"cost ratio (x / {base}): {ratios}; results in {out}")
 
 
 def _top(stats: pstats.Stats, k: int = 15) -> list[dict]:

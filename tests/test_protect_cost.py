@@ -100,7 +100,7 @@ def test_default_protect_uses_the_cheap_search(tiny_surrogate):
     from monai_medlocker.workflows.threat_study import V1_SETTINGS
 
     opt = AdversarialWatermark(tiny_surrogate).optimizer
-    assert opt.verify_chunk == 3 and opt.reuse_linearization and opt.confidence == 0
+    assert opt.verify_chunk == 3 and opt.reuse_linearization and opt.confidence == 0 and opt.give_up == 2.0
     mine = AdversarialWatermark(tiny_surrogate, optimizer_kwargs={"verify_chunk": None, "confidence": 1.0}).optimizer
     assert mine.verify_chunk is None and mine.reuse_linearization and mine.confidence == 1.0
     assert AdversarialWatermark(tiny_surrogate, optimizer="bhe").optimizer.name == "bhe"  # no medlocker settings
@@ -115,6 +115,44 @@ def test_default_protect_uses_the_cheap_search(tiny_surrogate):
 def test_verify_chunk_is_validated():
     with pytest.raises(ValueError, match="verify_chunk"):
         MedLockerOptimizer(verify_chunk=0)
+    with pytest.raises(ValueError, match="give_up"):
+        MedLockerOptimizer(give_up=0)
+
+
+def test_give_up_ends_a_hopeless_search_early(region_model, dark_image):
+    """A margin target far out of reach (confidence 1e9) spends the whole budget, unless give_up stops it."""
+    full = _region_problem(region_model, dark_image, 200)
+    MedLockerOptimizer(max_queries=200, verify_chunk=3, confidence=1e9).search(full)
+    assert full.queries > 190
+    short = _region_problem(region_model, dark_image, 200)
+    opt = MedLockerOptimizer(max_queries=200, verify_chunk=3, confidence=1e9, give_up=2.0)
+    opt.search(short)
+    # clean + gradient, then half a round of candidates (8 = 3 passes of 3) before the rate is judged
+    assert short.queries == 2 + 9
+    assert short.best[1] is not None and short.best[0] >= full.best[0]  # it keeps its best placement
+    assert opt.settings()["give_up"] == 2.0 and "give_up" not in MedLockerOptimizer().settings()
+
+
+def test_give_up_keeps_a_search_that_gets_there(region_model, dark_image):
+    """A search that reaches the target is not cut: the same queries and outcome with give_up as without."""
+    plain = _region_problem(region_model, dark_image, 60)
+    MedLockerOptimizer(max_queries=60, verify_chunk=3).search(plain)
+    early = _region_problem(region_model, dark_image, 60)
+    MedLockerOptimizer(max_queries=60, verify_chunk=3, give_up=2.0).search(early)
+    assert early.best[0] < 0 and early.queries == plain.queries and early.best[1] == plain.best[1]
+
+
+def test_linearize_gradients_are_the_per_class_gradients(tiny_surrogate, dark_image):
+    """The batched backward pass gives, row k, the gradient of the k-th pairwise margin (one pass per class before)."""
+    problem = _region_problem(tiny_surrogate, dark_image, None)
+    lin = problem.linearize(None)
+    x = problem.clean_screen.clone().requires_grad_(True)
+    z = tiny_surrogate.network(preprocess_for_model(x[None], tiny_surrogate.spec))[0]
+    others = [k for k in range(z.shape[0]) if k != problem.label]
+    assert lin.grads.shape == (len(others),) + tuple(x.shape)
+    for row, k in enumerate(others):
+        (g,) = torch.autograd.grad(z[problem.label] - z[k], x, retain_graph=True)
+        assert torch.allclose(lin.grads[row], g, atol=1e-6)
 
 
 def test_one_summed_area_table_serves_every_box_size(monkeypatch, tiny_surrogate, dark_image):

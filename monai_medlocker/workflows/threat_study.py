@@ -50,8 +50,9 @@ ROWS = ("none", "random", "bhe", "medlocker", *LEVEL_ROWS, "medlocker+shield", "
 PROTECTED_ROWS = ROWS[1:]
 # The protect default before issue 11 (one surrogate, one mark in the full space, plain rendering): the
 # "old default" row, measured in the same run as the new one.
-V1_SETTINGS = {"optimizer": "medlocker", "optimizer_kwargs": {"verify_chunk": None, "reuse_linearization": False,
-                                                             "keyed_sites": None},
+V1_SETTINGS = {"optimizer": "medlocker",
+               "optimizer_kwargs": {"verify_chunk": None, "reuse_linearization": False, "keyed_sites": None,
+                                    "give_up": None},
                "max_queries": None, "search_space": "full"}
 WHITE_BOX = "white-box"
 # Removal attacks that must first be fitted (trained / estimated) before they can be applied.
