@@ -28,6 +28,7 @@ from monai_medlocker.watermark.blend import Placement, composite, mark_opacity
 from monai_medlocker.watermark.inpaint import as_placements, crop_around, inpaint_mask, logo_footprint, opencv
 from monai_medlocker.watermark.logo import load_logo, logo_for_image, render_logo
 from monai_medlocker.watermark.problem import SearchSpace, logo_box_size
+from monai_medlocker.watermark.remover import RemoverNetwork, _to_tensor, _unet
 
 __all__ = [
     "as_placements",
@@ -442,13 +443,6 @@ THIEF_REMOVER = {"n_pairs": 160, "epochs": 40, "crop": 128, "channels": (16, 32,
 OWNER_REMOVER_SEED = 515151
 
 
-def _unet(channels: Sequence[int], num_res_units: int = 1):
-    from monai.networks.nets import UNet
-
-    return UNet(spatial_dims=2, in_channels=3, out_channels=3, channels=tuple(channels),
-                strides=(2,) * (len(channels) - 1), num_res_units=num_res_units)
-
-
 def make_lab_pairs(n: int, size: int, seed: int, logo: np.ndarray | None = None, space: SearchSpace | None = None,
                    continuous: bool = True) -> list[tuple[np.ndarray, np.ndarray, Placement]]:
     """``n`` (clean, protected, placement) triples: lab images with one random mark each.
@@ -480,12 +474,6 @@ def _crop_origin(p: Placement, crop: int, size: int, rng: np.random.Generator) -
         hi = min(size - crop, max(a0 + crop // 2 - crop, a0 + extent - crop // 2))
         return int(rng.integers(min(lo, hi), max(lo, hi) + 1)) if size > crop else 0
     return axis(p.x0, p.width), axis(p.y0, p.height)
-
-
-def _to_tensor(images: list[np.ndarray]):
-    import torch
-
-    return torch.from_numpy(np.stack(images).transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0)
 
 
 def train_remover(out_path: str | None, n_pairs: int = 160, size: int = 512, seed: int = THIEF_LAB_SEED,
@@ -590,75 +578,16 @@ def train_remover(out_path: str | None, n_pairs: int = 160, size: int = 512, see
     return remover, report
 
 
-class LearnedRemover:
+class LearnedRemover(RemoverNetwork):
     """A trained logo remover (see :func:`train_remover`), applied fully convolutionally.
 
     Threat model: as :func:`train_remover` (public code, public logo, the thief's own images); at use
     the thief has only the protected image, so ``placements`` is ignored. With ``region="located"``
     (default) the network runs on the box :func:`locate_logo` finds, grown by a margin, and only that
     box changes; with ``"full"`` it runs on the whole image. An image whose shorter side differs from
-    the training size is processed at the training scale and the result resized back.
-
-    Args:
-        network: the trained UNet (predicting the residual on [-1, 1] images).
-        config: the training settings (``channels``, ``size``, the public search space).
-        region: ``"located"`` or ``"full"``.
-        report: the training report (kept in the checkpoint).
+    the training size is processed at the training scale and the result resized back. The network
+    itself, and its use on known boxes (the owner's), is :class:`~monai_medlocker.watermark.remover.RemoverNetwork`.
     """
-
-    def __init__(self, network, config: dict, region: str = "located", report: dict | None = None) -> None:
-        if region not in ("located", "full"):
-            raise ValueError(f"LearnedRemover: region must be 'located' or 'full', got {region!r}.")
-        self.network = network.eval()
-        self.config = dict(config)
-        self.region = region
-        self.report = dict(report or {})
-
-    @classmethod
-    def from_checkpoint(cls, path, region: str = "located") -> "LearnedRemover":
-        """Load a checkpoint written by :func:`train_remover`.
-
-        Raises:
-            ValueError: a missing or unreadable file, or one that is not a remover checkpoint.
-        """
-        import torch
-
-        try:
-            ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-            config = ckpt["config"]
-            net = _unet(config["channels"], config.get("num_res_units", 1))
-            net.load_state_dict(ckpt["state_dict"])
-        except FileNotFoundError:
-            raise ValueError(f"{path}: remover checkpoint not found") from None
-        except Exception as err:  # torch raises many types for a file that is not this checkpoint
-            raise ValueError(f"{path}: not a learned-remover checkpoint ({type(err).__name__}: {err})") from err
-        return cls(net, config, region, ckpt.get("report"))
-
-    def save(self, path, report: dict | None = None) -> None:
-        """Write the checkpoint atomically (temporary file, then rename)."""
-        import io
-
-        import torch
-
-        from monai_medlocker.io.image import atomic_write_bytes
-
-        buf = io.BytesIO()
-        torch.save({"format": "medlocker-remover/1", "config": self.config, "report": report or self.report,
-                    "state_dict": self.network.state_dict()}, buf)
-        atomic_write_bytes(path, buf.getvalue())
-
-    def predict(self, image: np.ndarray) -> np.ndarray:
-        """The network's clean estimate of a whole H x W x 3 uint8 image (reflect-padded to its stride)."""
-        import torch
-
-        step = 2 ** (len(self.config["channels"]) - 1)
-        h, w = image.shape[:2]
-        ph, pw = (-h) % step, (-w) % step
-        padded = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="reflect") if ph or pw else image
-        x = _to_tensor([padded])
-        with torch.no_grad():
-            y = (x + self.network(x))[0, :, :h, :w]
-        return np.clip(np.rint((y.numpy().transpose(1, 2, 0) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
     def __call__(self, protected: np.ndarray, logo: np.ndarray | None = None,
                  placements: Iterable[Placement | Mapping] | None = None) -> np.ndarray:
@@ -675,39 +604,6 @@ class LearnedRemover:
                             rotations=tuple(self.config["rotations"]))
         marks = locate_logo(protected, logo, 1, space.scale_range, space.rotations, space.alpha_range)
         return self._boxes(protected, work, f, [p for p, _ in marks])
-
-    def remove_at(self, protected: np.ndarray, placements: Iterable[Placement | Mapping]) -> np.ndarray:
-        """Run the network on the given marks' boxes (not located): only those boxes change.
-
-        The owner's use (the shield's objective, which knows its own marks); a thief has only
-        :meth:`__call__`.
-        """
-        protected = _check_image(protected, "LearnedRemover.remove_at")
-        cv2 = opencv()
-        height, width = protected.shape[:2]
-        f = self.config["size"] / min(height, width)
-        work = protected if abs(f - 1) < 1e-6 else cv2.resize(
-            protected, (round(width * f), round(height * f)), interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_CUBIC)
-        return self._boxes(protected, work, f, as_placements(placements))
-
-    def _boxes(self, protected: np.ndarray, work: np.ndarray, f: float, marks: list[Placement]) -> np.ndarray:
-        """``protected`` with each mark's box replaced by the network's estimate (run at the training scale)."""
-        cv2 = opencv()
-        height, width = protected.shape[:2]
-        out = protected.copy()
-        for p in marks:
-            m = 16  # context around the box: the network saw the mark's surround in training
-            x0, y0, x1, y1 = p.box_xyxy
-            wx0, wy0 = max(0, int((x0 - m) * f)), max(0, int((y0 - m) * f))
-            wx1, wy1 = min(work.shape[1], int(np.ceil((x1 + m) * f))), min(work.shape[0], int(np.ceil((y1 + m) * f)))
-            pred = self.predict(work[wy0:wy1, wx0:wx1])
-            if work is not protected:
-                nx0, ny0 = int(round(wx0 / f)), int(round(wy0 / f))
-                nx1, ny1 = min(width, int(round(wx1 / f))), min(height, int(round(wy1 / f)))
-                pred = cv2.resize(pred, (nx1 - nx0, ny1 - ny0), interpolation=cv2.INTER_CUBIC)
-                wx0, wy0 = nx0, ny0
-            out[y0:y1, x0:x1] = pred[y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0]
-        return out
 
 
 # ------------------------------------------------------------------------------------------------

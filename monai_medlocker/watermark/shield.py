@@ -389,7 +389,7 @@ def owner_remover(path: str | None = None):
     Raises:
         ValueError: the checkpoint is missing or is not a remover checkpoint (the message names the file).
     """
-    from monai_medlocker.threats.removal import LearnedRemover
+    from monai_medlocker.watermark.remover import RemoverNetwork
 
     if path is None:
         from monai_medlocker.bundle_config import bundle_root
@@ -400,7 +400,7 @@ def owner_remover(path: str | None = None):
             raise ValueError(f"the shield's learned remover: {err}; or set the shield's 'remover' checkpoint, "
                              "or leave 'learned' out of its 'removals'") from None
     if path not in _REMOVERS:
-        _REMOVERS[path] = LearnedRemover.from_checkpoint(path)
+        _REMOVERS[path] = RemoverNetwork.from_checkpoint(path)
     return _REMOVERS[path]
 
 
