@@ -24,6 +24,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from monai_medlocker.lesions.builtin import LesionDetectionError, detect_fov
+from monai_medlocker.watermark.inpaint import check_rgb_image as _check_image
 
 __all__ = [
     "fundus_disc_crop",
@@ -69,13 +70,6 @@ __all__ = [
     "GaussianBlurImageD",
     "GaussianBlurImageDict",
 ]
-
-
-def _check_image(image: np.ndarray, name: str) -> np.ndarray:
-    arr = np.asarray(image)
-    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
-        raise ValueError(f"{name}: expected an H x W x 3 uint8 image, got shape {arr.shape} and dtype {arr.dtype}.")
-    return arr
 
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:

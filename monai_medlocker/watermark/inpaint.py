@@ -18,9 +18,17 @@ from scipy.ndimage import binary_dilation
 from monai_medlocker.watermark.blend import Placement
 from monai_medlocker.watermark.logo import render_logo
 
-__all__ = ["INPAINT_METHODS", "as_placements", "logo_footprint", "crop_around", "inpaint_mask", "opencv"]
+__all__ = ["check_rgb_image", "INPAINT_METHODS", "as_placements", "logo_footprint", "crop_around", "inpaint_mask", "opencv"]
 
 INPAINT_METHODS = ("telea", "navier_stokes", "biharmonic")
+
+
+def check_rgb_image(image: np.ndarray, name: str) -> np.ndarray:
+    """``image`` as an array; ValueError naming ``name`` unless it is H x W x 3 uint8."""
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+        raise ValueError(f"{name}: expected an H x W x 3 uint8 image, got shape {arr.shape} and dtype {arr.dtype}.")
+    return arr
 
 
 def opencv():

@@ -13,7 +13,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from monai_medlocker.watermark.blend import Placement
-from monai_medlocker.watermark.inpaint import as_placements, opencv
+from monai_medlocker.watermark.inpaint import as_placements, check_rgb_image, opencv
 
 __all__ = ["RemoverNetwork"]
 
@@ -29,13 +29,6 @@ def _to_tensor(images: list[np.ndarray]):
     import torch
 
     return torch.from_numpy(np.stack(images).transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0)
-
-
-def _check_rgb(image: np.ndarray, what: str) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"{what}: expected an H x W x 3 uint8 image, got shape {image.shape} and dtype {image.dtype}.")
-    return image
 
 
 class RemoverNetwork:
@@ -108,7 +101,7 @@ class RemoverNetwork:
         The owner's use (the shield's objective, which knows its own marks); a thief has only
         :meth:`__call__`.
         """
-        protected = _check_rgb(protected, f"{type(self).__name__}.remove_at")
+        protected = check_rgb_image(protected, f"{type(self).__name__}.remove_at")
         cv2 = opencv()
         height, width = protected.shape[:2]
         f = self.config["size"] / min(height, width)
