@@ -55,12 +55,15 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="the study's quick mode (what CI may run)")
     p.add_argument("--out", default=None, help="output folder (default: from the config)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-training", action="store_true",
+                   help="skip the unauthorised-training experiment (run it separately when time is short)")
     args = p.parse_args(argv)
     cfg = json.loads(Path(args.config).read_text())
     mode = cfg["quick" if args.quick else "full"]
     out = Path(args.out or mode["out"])
     torch.set_num_threads(args.threads or cfg.get("threads", 1))
     cli = ["evaluate", str(out), "--quiet"] + (["--quick"] if args.quick else [])
+    cli += ["--no-training"] if args.no_training else []
     if isinstance(mode.get("model"), list):  # an ensemble of zoo source members (the protect default)
         cli += ["--zoo-members", ",".join(mode["model"])]
     if mode.get("rows"):
@@ -75,7 +78,8 @@ def main(argv=None) -> int:
     (out / "readme_table.md").write_text(readme_table(results))
     bench = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/bench_threats.py" + (" --quick" if args.quick else ""),
+        "command": "python benchmarks/bench_threats.py" + (" --quick" if args.quick else "")
+                   + (" --no-training" if args.no_training else ""),
         "config": mode, "exit_code": code, "wall_seconds": round(seconds, 1),
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "torch": torch.__version__, "threads": torch.get_num_threads()},
