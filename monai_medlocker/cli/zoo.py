@@ -89,7 +89,7 @@ def train_member(member, root: Path, data: Path, num_classes: int = 5, epochs: i
         **common, "output_dir": str(out.resolve()), "ckpt_name": member.checkpoint.name,
         "epochs": epochs if epochs is not None else member.train.get("epochs"),
         "batch_size": member.train.get("batch_size"), "learning_rate": member.train.get("learning_rate"),
-        "seed": member.seed,
+        "seed": member.seed, "adversarial_epsilon": member.train.get("adversarial_epsilon", 0),
         "replace_shipped_model": True,  # the zoo's own checkpoint_dir (configs/zoo.json or --out) is the point
     })
     run_workflow(train)
@@ -103,17 +103,20 @@ def train_member(member, root: Path, data: Path, num_classes: int = 5, epochs: i
     report = json.loads(report_path.read_text())
     report["zoo"] = {"member": member.name, "role": member.role, "seed": member.seed,
                      "epochs": epochs if epochs is not None else member.train.get("epochs"),
-                     "train_seconds": round(train_seconds, 1), "lab": str(data)}
+                     "train_seconds": round(train_seconds, 1), "lab": str(data),
+                     "adversarial_epsilon": member.train.get("adversarial_epsilon", 0)}
     report_path.write_text(json.dumps(report, indent=2))
     return report
 
 
 def _report(zoo, members) -> int:
-    rows, missing = [], []
-    for m in members:
+    """Write the zoo's report (every member with an evaluation, so that training a few members keeps the
+    others' rows) and print it; exit 1 when one of ``members`` has no evaluation."""
+    rows = []
+    missing = [m.name for m in members if not (m.checkpoint.parent / "eval" / m.name / "eval_report.json").is_file()]
+    for m in zoo.members.values():
         path = m.checkpoint.parent / "eval" / m.name / "eval_report.json"
         if not path.is_file():
-            missing.append(m.name)
             continue
         rep = json.loads(path.read_text())
         rows.append({"member": m.name, "network": m.network, "input_size": m.input_size, "role": m.role,

@@ -114,7 +114,7 @@ def load_zoo_config(path: str | Path | None = None, checkpoint_dir: str | Path |
         role = spec.get("role", "held_out")
         if role not in ROLES:
             raise ValueError(f"{path}: zoo member {name!r} has role {role!r}; expected one of {ROLES}.")
-        train = {**defaults, **{k: v for k, v in spec.items() if k in ("epochs", "batch_size", "learning_rate")}}
+        train = {**defaults, **{k: v for k, v in spec.items() if k in ("epochs", "batch_size", "learning_rate", "adversarial_epsilon")}}
         members[name] = ZooMember(
             name=name, network=spec["network"], input_size=int(spec.get("input_size", 224)), role=role,
             seed=int(spec.get("seed", 0)), checkpoint=ckpt_dir / f"{name}.pt", train=train,
