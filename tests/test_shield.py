@@ -80,7 +80,7 @@ def test_settings_state_and_enforce_the_bound():
     for bad in ({"linf": 13}, {"kind": "perceptual", "linf": 13}, {"kind": "jnd"}, {"jnd_scale": 0.0},
                 {"jnd_scale": 5.0}, {"luma": 1.5}, {"grid": 0}, {"linf": 0}, {"linf": 2.5}, {"step_size": 3, "linf": 2}, {"steps": 0},
                 {"momentum": -1.0}, {"views": ["jpeg75"]}, {"smoothing": 9.0}, {"smoothing": -1.0},
-                {"block": 0}, {"block": 2.0}):
+                {"block": 0}, {"block": 2.0}, {"target_shift": 5}, {"target_shift": -1}, {"target_shift": 1.5}):
         with pytest.raises(ValueError, match="shield"):
             ShieldSettings(**bad)
     with pytest.raises(ValueError, match="unknown shield setting"):
@@ -174,6 +174,22 @@ def test_perceptual_shield_honours_its_bound_map_and_is_smooth(surrogates, seed)
     f = out.astype(np.float64) - image
     luma = 0.299 * f[..., 0] + 0.587 * f[..., 1] + 0.114 * f[..., 2]
     assert np.abs(luma[region]).mean() < 0.5 * np.abs(f[region]).max(axis=-1).mean()
+
+
+@pytest.mark.parametrize("kind", ["block", "perceptual"])
+def test_target_shift_pulls_toward_the_shifted_grade(surrogates, kind):
+    """target_shift k: the shield lowers the loss of grade (g + k) mod 5 (a pull), where the default raises g's."""
+    image, fov, wsm, boxes = _case(2, size=160)
+    label, shift = 1, 2
+    pulled = shield_image(image, wsm, fov, surrogates, label, boxes,
+                          settings=ShieldSettings(kind=kind, steps=6, target_shift=shift))
+    pushed = shield_image(image, wsm, fov, surrogates, label, boxes, settings=ShieldSettings(kind=kind, steps=6))
+    target = (label + shift) % 5
+    assert _loss(pulled, surrogates, target) < _loss(image, surrogates, target)
+    assert _loss(pulled, surrogates, target) < _loss(pushed, surrogates, target)
+    assert _loss(pushed, surrogates, label) > _loss(image, surrogates, label)
+    region = shield_region(wsm, fov, boxes)
+    assert not (pulled != image).any(axis=-1)[~region].any()  # the same region and bound as any shield
 
 
 def test_perceptual_shield_keeps_grey_grey(surrogates):

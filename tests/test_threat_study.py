@@ -316,3 +316,30 @@ def test_study_rows_keep_every_mark_off_the_disc_and_macula(tmp_path):
                 x0, y0, x1, y1 = m["box_xyxy"]
                 assert not np.asarray(s.wsm)[y0:y1, x0:x1].any()
     assert marks >= 12  # every protected row placed marks on most images
+
+
+def test_thief_release_carries_the_shield_of_the_protect_settings(tmp_path):
+    """Issue 17 item 6: the cleaned release keeps what survives removal, the shield, when protect has one."""
+    from monai_medlocker.data.synthetic import generate_dataset
+    from monai_medlocker.io.image import load_rgb
+    from monai_medlocker.workflows.unauthorised import protect_lab_split
+
+    lab = tmp_path / "lab"
+    generate_dataset(lab, n=3, size=128, seed=21, split=(1.0, 0.0, 0.0), progress=False)
+    surrogate = _surrogate(tmp_path)
+    outs = {}
+    for name, shield in (("mark", None), ("shield", {"kind": "perceptual", "steps": 2})):
+        outs[name] = (tmp_path / name, tmp_path / f"{name}_cleaned")
+        protect_lab_split(lab, outs[name][0], surrogate, {"optimizer": "medlocker", "max_queries": 40, "shield": shield},
+                          sections=("training",), progress=False, cleaned_dir=outs[name][1])
+    data = json.loads((lab / "datalist.json").read_text())
+    changed = 0
+    for item in data["training"]:
+        original = load_rgb(lab / item["image"])
+        marked, shielded = (load_rgb(outs[n][0] / item["image"]) for n in ("mark", "shield"))
+        cleaned = load_rgb(outs["shield"][1] / item["image"])
+        off_marks = (marked == original).all(axis=-1)  # where the mark-only release left the pixels alone
+        changed += int((shielded != original).any(axis=-1)[off_marks].sum())
+        # the cleaned copy keeps the shield: outside the inpainted footprints it is the shielded image
+        assert (cleaned == shielded).all(axis=-1)[off_marks].mean() > 0.9
+    assert changed > 0

@@ -98,6 +98,10 @@ class ShieldSettings:
         luma: perceptual only: the share of the budget luminance may use (0 to 1); chroma gets the rest.
         grid: perceptual only: spacing, in native pixels, of the coarse field's control points;
             ``None``: two screen pixels.
+        target_shift: 0 moves the models away from the true grade (an evasion shield). ``k`` (1 to 4) pulls
+            every image toward grade ``(g + k) mod C`` instead: the same shift for every image, so the
+            shield carries features of one wrong grade per true grade, the class-consistent targets of
+            adversarial poisoning (Fowl et al. 2021), meant to mislead a thief who trains on the release.
     """
 
     enabled: bool = True
@@ -117,6 +121,7 @@ class ShieldSettings:
     jnd_scale: float = 0.8
     luma: float = 0.25
     grid: int | None = None
+    target_shift: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -129,7 +134,7 @@ class ShieldSettings:
         bad = sorted(set(self.removals) - set(REMOVALS))
         if bad:
             raise ValueError(f"unknown shield removal(s) {bad}; expected among {REMOVALS}.")
-        for name in ("linf", "steps", "step_size", "view_size", "block", "grid", "fills_per_step"):
+        for name in ("linf", "steps", "step_size", "view_size", "block", "grid", "fills_per_step", "target_shift"):
             value = getattr(self, name)
             if name in ("view_size", "block", "grid") and value is None:
                 continue
@@ -141,6 +146,8 @@ class ShieldSettings:
             raise ValueError(f"shield fills_per_step must be at least 1, got {self.fills_per_step}.")
         if self.steps < 1:
             raise ValueError(f"shield steps must be at least 1, got {self.steps}.")
+        if not 0 <= self.target_shift <= 4:
+            raise ValueError(f"shield target_shift must be 0 to 4 grades, got {self.target_shift}.")
         if self.kind == "block" and not 1 <= self.step_size <= self.linf:
             raise ValueError(f"shield step_size must be 1 to linf={self.linf} grey levels, got {self.step_size}.")
         if not self.momentum >= 0:
@@ -525,7 +532,7 @@ def shield_image(
     grey = is_greyscale(image)
     for step in range(settings.steps):
         d = delta.clone().requires_grad_(True)
-        loss = _ensemble_loss((batch(step) + d) / 255.0, surrogates, targets, views, view_size)
+        loss = _ensemble_loss((batch(step) + d) / 255.0, surrogates, targets, views, view_size, settings.target_shift)
         (grad,) = torch.autograd.grad(loss, d)
         if sigma > 0:
             grad = _gaussian_blur(grad, sigma)
@@ -544,8 +551,10 @@ def shield_image(
 
 
 def _ensemble_loss(batch: torch.Tensor, surrogates: Sequence[Surrogate], targets: torch.Tensor, views,
-                   view_size: int) -> torch.Tensor:
-    """Sum over the models of the mean cross-entropy of ``targets`` on ``batch`` (0-1), through the views."""
+                   view_size: int, target_shift: int = 0) -> torch.Tensor:
+    """The objective the shield ascends: the sum over the models of the mean cross-entropy of the true grades
+    ``targets`` on ``batch`` (0-1), through the views; with ``target_shift`` k, minus that of grades
+    ``(targets + k) mod C`` (a pull toward them)."""
     loss = 0.0
     for s in surrogates:
         inp = batch
@@ -553,7 +562,11 @@ def _ensemble_loss(batch: torch.Tensor, surrogates: Sequence[Surrogate], targets
             inp = views(torch.nn.functional.interpolate(
                 batch, size=(view_size, view_size), mode="bilinear", align_corners=False, antialias=True))
         logits = s.network(preprocess_for_model(inp.to(s.device), s.spec)).float().cpu()
-        loss = loss + torch.nn.functional.cross_entropy(logits, targets.expand(logits.shape[0]))
+        if target_shift:
+            shifted = (targets + target_shift) % logits.shape[1]
+            loss = loss - torch.nn.functional.cross_entropy(logits, shifted.expand(logits.shape[0]))
+        else:
+            loss = loss + torch.nn.functional.cross_entropy(logits, targets.expand(logits.shape[0]))
     return loss
 
 
@@ -580,7 +593,8 @@ def _perceptual(image, x, batch, wsm, fov_mask, surrogates, label, logo_boxes, v
 
     for step in range(settings.steps):
         c = coarse.clone().requires_grad_(True)
-        loss = _ensemble_loss(((batch(step) + field(c)) / 255.0).clamp(0, 1), surrogates, targets, views, view_size)
+        loss = _ensemble_loss(((batch(step) + field(c)) / 255.0).clamp(0, 1), surrogates, targets, views, view_size,
+                              settings.target_shift)
         (grad,) = torch.autograd.grad(loss, c)
         if sigma > 0:
             grad = _gaussian_blur(grad, sigma / cell)

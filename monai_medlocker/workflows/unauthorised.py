@@ -33,13 +33,14 @@ def protect_lab_split(clean_dir: Path, out_dir: Path, surrogate: Surrogate | lis
     """Copy a lab dataset with the images of ``sections`` protected (same names, labels and masks).
 
     An image where no placement avoids the lesions is kept unprotected and counted in the datalist's
-    ``unprotected`` field, as a release would ship it. With ``cleaned_dir``, a second copy has every
-    protected image's marks inpainted (Telea over their footprints): the thief's cleaned release.
+    ``unprotected`` field, as a release would ship it. The shield of ``protect_settings`` (its ``shield``:
+    a protection level's settings) is applied, as protect applies it. With ``cleaned_dir``, a second copy
+    has every protected image's marks inpainted (Telea over their footprints): the thief's cleaned release.
     """
     from monai_medlocker.data.datalist import load_datalist
     from monai_medlocker.io.image import load_mask, load_rgb, save_png
     from monai_medlocker.threats.removal import inpaint_telea
-    from monai_medlocker.watermark import watermark_image
+    from monai_medlocker.watermark import ShieldSettings, watermark_image
     from monai_medlocker.watermark.blend import Placement
     from monai_medlocker.watermark.feasibility import NoFeasiblePlacementError
     from monai_medlocker.workflows.study_tools import protect_tools, study_render_key, study_wsm
@@ -47,6 +48,7 @@ def protect_lab_split(clean_dir: Path, out_dir: Path, surrogate: Surrogate | lis
     data = json.loads((clean_dir / "datalist.json").read_text())
     surrogates = list(surrogate) if isinstance(surrogate, (list, tuple)) else [surrogate]
     optimizer, space, logo = protect_tools(protect_settings)
+    shield = ShieldSettings.from_config(protect_settings.get("shield"))
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     if cleaned_dir is not None:
         (cleaned_dir / "images").mkdir(parents=True, exist_ok=True)
@@ -65,7 +67,8 @@ def protect_lab_split(clean_dir: Path, out_dir: Path, surrogate: Surrogate | lis
             # protect's WSM: the lesion boxes and the zones of the lab's optic disc and fovea
             wsm, _ = study_wsm(image, masks, item.get("optic_disc"), item.get("fovea"), name=str(item["image"]))
             out, record = watermark_image(image, wsm, surrogates, logo, optimizer, space,
-                                          label=int(item["label"]), seed=i, render_key=study_render_key(rel, i))
+                                          label=int(item["label"]), seed=i, render_key=study_render_key(rel, i),
+                                          shield=shield)
         except NoFeasiblePlacementError:
             out, record, unprotected = image, None, unprotected + 1
         save_png(out_dir / rel, out)
@@ -114,7 +117,8 @@ def unauthorised_training(work_dir: str | Path, zoo, surrogate: Surrogate | list
                           test_images: dict[str, list[np.ndarray]], test_grades: Sequence[int],
                           families: Sequence[str] = ("resnet", "vgg"), n_train: int = 600, size: int = 256,
                           seed: int = 4242, epochs: int = 12, lab_version: int | None = None,
-                          bundle_root: str | None = None, progress: bool = True, cleaned: bool = True) -> dict:
+                          bundle_root: str | None = None, progress: bool = True, cleaned: bool = True,
+                          marked: bool = True) -> dict:
     """Run the unauthorised-training experiment; returns the report's rows (see the module docstring).
 
     Args:
@@ -125,6 +129,8 @@ def unauthorised_training(work_dir: str | Path, zoo, surrogate: Surrogate | list
         n_train, size, seed, lab_version: the thief's lab (training and validation splits are used).
         epochs: training epochs per model.
         cleaned: also train on the cleaned release (every mark of the protected split inpainted).
+        marked: also train on the release as published (marks in place); ``False`` keeps only the clean
+            and cleaned runs (the cleaned release is the thief's best case).
     """
     from monai.utils import set_determinism
 
@@ -140,7 +146,8 @@ def unauthorised_training(work_dir: str | Path, zoo, surrogate: Surrogate | list
     if not (protected_dir / "datalist.json").is_file() or (cleaned and not (cleaned_dir / "datalist.json").is_file()):
         protect_lab_split(clean_dir, protected_dir, surrogate, protect_settings, progress=progress,
                           cleaned_dir=cleaned_dir if cleaned else None)
-    training_sets = [("clean", clean_dir), ("protected", protected_dir)] + ([("cleaned", cleaned_dir)] if cleaned else [])
+    training_sets = ([("clean", clean_dir)] + ([("protected", protected_dir)] if marked else [])
+                     + ([("cleaned", cleaned_dir)] if cleaned else []))
     root = find_bundle(bundle_root)
     grades = np.asarray(test_grades)
     rows = []
