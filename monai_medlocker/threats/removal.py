@@ -592,13 +592,10 @@ class LearnedRemover(RemoverNetwork):
     def __call__(self, protected: np.ndarray, logo: np.ndarray | None = None,
                  placements: Iterable[Placement | Mapping] | None = None) -> np.ndarray:
         protected = _check_image(protected, "LearnedRemover")
-        cv2 = opencv()
-        height, width = protected.shape[:2]
-        f = self.config["size"] / min(height, width)
-        work = protected if abs(f - 1) < 1e-6 else cv2.resize(
-            protected, (round(width * f), round(height * f)), interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_CUBIC)
+        work, f = self._at_training_scale(protected)
         if self.region == "full":
-            out = self.predict(work)
+            out, cv2 = self.predict(work), opencv()
+            height, width = protected.shape[:2]
             return out if work is protected else cv2.resize(out, (width, height), interpolation=cv2.INTER_CUBIC)
         space = SearchSpace(scale_range=tuple(self.config["scale_range"]), alpha_range=tuple(self.config["alpha_range"]),
                             rotations=tuple(self.config["rotations"]))

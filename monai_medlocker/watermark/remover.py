@@ -102,12 +102,18 @@ class RemoverNetwork:
         :meth:`__call__`.
         """
         protected = check_rgb_image(protected, f"{type(self).__name__}.remove_at")
-        cv2 = opencv()
-        height, width = protected.shape[:2]
-        f = self.config["size"] / min(height, width)
-        work = protected if abs(f - 1) < 1e-6 else cv2.resize(
-            protected, (round(width * f), round(height * f)), interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_CUBIC)
+        work, f = self._at_training_scale(protected)
         return self._boxes(protected, work, f, as_placements(placements))
+
+    def _at_training_scale(self, image: np.ndarray) -> tuple[np.ndarray, float]:
+        """(``image`` resized so that its shorter side is the training size, the factor); the image itself at 1."""
+        cv2 = opencv()
+        height, width = image.shape[:2]
+        f = self.config["size"] / min(height, width)
+        if abs(f - 1) < 1e-6:
+            return image, f
+        size = (round(width * f), round(height * f))
+        return cv2.resize(image, size, interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_CUBIC), f
 
     def _boxes(self, protected: np.ndarray, work: np.ndarray, f: float, marks: list[Placement]) -> np.ndarray:
         """``protected`` with each mark's box replaced by the network's estimate (run at the training scale)."""
