@@ -13,6 +13,13 @@ threshold, minimum size and margins). Per lesion type:
 * WSM area fraction: of the image and of the field of view, total and per box channel;
 * seconds per image for the lesion source alone (one thread, one core).
 
+``--lookalikes`` (lab v2) measures whether the look-alikes (drusen, pigment clumps, vessel reflex) stay out
+of the built-in detector's WSM: each image is rendered again without them (``render._synthesize`` with
+``draw_lookalikes=False``: the same eye, lesions and camera), the look-alike objects are the 8-connected
+components where the two renders differ by more than 8 grey levels, and a look-alike counts as boxed when
+half of its pixels or more lie in the WSM but outside the ground-truth lesions' WSM. The WSM area that the
+look-alikes add is the difference between the two renders' WSMs.
+
 ``--watermark K`` also protects the first K lesion images with the demo surrogate under the
 ground-truth WSM and under the built-in detector's WSM (same seed, logo, budget) and reports the
 success rates. The real ``skimage.data.retina()`` photograph is run through the built-in detector
@@ -110,6 +117,29 @@ def summarise(rows: list[dict]) -> dict:
         "seconds_per_image_max": round(secs[-1], 3),
         "low_confidence_images": sum(bool(r.get("warnings")) for r in rows),
     }
+
+
+def lookalike_objects(with_looks: np.ndarray, without_looks: np.ndarray, level: int = 8) -> tuple[np.ndarray, int]:
+    """(labels, count) of the 8-connected regions where two renders differ by more than ``level`` grey levels."""
+    diff = np.abs(with_looks.astype(np.int16) - without_looks.astype(np.int16)).max(axis=-1) > level
+    return ndimage.label(diff, structure=np.ones((3, 3)))
+
+
+def lookalikes_of(sample, seed: int, gt: np.ndarray, settings: dict, detect, size: int) -> dict:
+    """The look-alikes of one lab-v2 image against the detector's WSM (see the module text)."""
+    from monai_medlocker.data.lab.render import _synthesize
+
+    plain = _synthesize(size, seed, sample.grade, lab_version=2, draw_lookalikes=False).image
+    labels, n = lookalike_objects(sample.image, plain)
+    wsm, _, _ = build_wsm(detect(sample.image)[0], settings)
+    gt_wsm, _, _ = build_wsm(gt, settings)
+    boxed = 0
+    for i, sl in enumerate(ndimage.find_objects(labels), start=1):
+        obj = labels[sl] == i
+        boxed += bool((wsm[sl] & ~gt_wsm[sl])[obj].mean() >= 0.5)
+    maps, _ = detect(plain)
+    wsm_plain, _, _ = build_wsm(maps, settings)
+    return {"objects": int(n), "boxed": int(boxed), "wsm_area_added": float(wsm.mean() - wsm_plain.mean())}
 
 
 def overlay(image: np.ndarray, boxes: np.ndarray, channels: np.ndarray, path: Path, gt_boxes=None) -> None:
@@ -214,12 +244,15 @@ def main(argv=None) -> int:
     ap.add_argument("--network-input-size", type=int, default=256)
     ap.add_argument("--working-size", type=int, default=None,
                     help="the built-in detector's grid (default: its DEFAULT_WORKING_SIZE; 640 = before issue 13 A4)")
+    ap.add_argument("--lookalikes", action="store_true", help="lab v2: how many look-alikes the built-in WSM boxes")
     ap.add_argument("--watermark", type=int, default=0, help="also protect K images under GT vs builtin WSMs")
     ap.add_argument("--max-queries", type=int, default=300)
     ap.add_argument("--paint-seed", type=int, default=0, help="placement of the lesions painted on the real photograph")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lesions.json"))
     ap.add_argument("--overlay", default=str(ROOT / "benchmarks" / "results" / "lesions_retina_overlay.png"))
     args = ap.parse_args(argv)
+    if args.lookalikes and args.lab_version != 2:
+        ap.error("--lookalikes needs --lab-version 2 (lab v1 has no look-alikes)")
 
     settings = wsm_settings()
     detector_kwargs = {} if args.working_size is None else {"working_size": args.working_size}
@@ -230,12 +263,14 @@ def main(argv=None) -> int:
         net = NetworkLesionDetector(args.checkpoint, input_size=args.network_input_size)
         sources["network"] = net
     rows = {name: [] for name in (*sources, "gt")}
-    samples = []
+    samples, looks = [], []
     for i in range(args.n):
         s = synthesize_fundus(args.size, sample_seed(args.seed, i), grade=i % 5, lab_version=args.lab_version)
         samples.append(s)
         gt = np.stack([s.masks[t] for t in LESION_TYPES])
         fov = s.image.max(axis=-1) > 0
+        if args.lookalikes:
+            looks.append(lookalikes_of(s, sample_seed(args.seed, i), gt, settings, sources["builtin"], args.size))
         for name, fn in (*sources.items(), ("gt", None)):
             t0 = time.perf_counter()
             maps, report = (gt, None) if fn is None else fn(s.image)
@@ -267,6 +302,18 @@ def main(argv=None) -> int:
                     "seconds_per_image_at_1024": "<= 0.3", "real_image": "WSM <= 0.20, every painted lesion found"},
         "sources": {name: summarise(r) for name, r in rows.items()},
     }
+    if looks:
+        objects, boxed = sum(r["objects"] for r in looks), sum(r["boxed"] for r in looks)
+        added = [r["wsm_area_added"] for r in looks]
+        result["lookalikes"] = {
+            "objects": objects, "boxed": boxed, "boxed_fraction": round(boxed / objects, 4) if objects else None,
+            "images_with_lookalikes": sum(r["objects"] > 0 for r in looks),
+            "wsm_area_added_mean": round(statistics.mean(added), 4), "wsm_area_added_max": round(max(added), 4),
+            "note": "built-in detector; boxed = half or more of a look-alike's pixels in its WSM outside the "
+                    "ground-truth lesions' WSM; area added = WSM area with the look-alikes minus without them",
+        }
+        print(f"look-alikes: {boxed}/{objects} boxed, WSM area added mean {result['lookalikes']['wsm_area_added_mean']}"
+              f" max {result['lookalikes']['wsm_area_added_max']}")
     if args.watermark:
         result["watermark"] = run_watermark(samples, settings, args.watermark, args.max_queries)
 

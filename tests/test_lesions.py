@@ -180,6 +180,23 @@ def test_real_photograph_small_wsm_and_every_painted_lesion_found():
     assert wsm.mean() <= 0.25
 
 
+def test_lookalike_measure_finds_the_lookalikes_and_counts_boxed_ones():
+    """bench_lesions --lookalikes: the look-alikes are what differs from the render without them; one counts as
+    boxed when the WSM (outside the lesions' own WSM) holds half of it."""
+    bench = _bench_lesions()
+    settings = {"lesion_threshold": 0.5, "lesion_min_size": 1, "wsm_margin": 2, "wsm_margin_fraction": 0.0}
+    seed = next(sample_seed(41, i) for i in range(60)
+                if synthesize_fundus(256, sample_seed(41, i), grade=0, lab_version=2).meta["lookalikes"]["drusen"])
+    s = synthesize_fundus(256, seed, grade=0, lab_version=2)
+    gt = np.stack([s.masks[t] for t in LESION_TYPES])
+    nothing = bench.lookalikes_of(s, seed, gt, settings, lambda img: (np.zeros((4, *img.shape[:2]), bool), {}), 256)
+    assert nothing["objects"] > 0 and nothing["boxed"] == 0 and nothing["wsm_area_added"] == 0
+    everything = bench.lookalikes_of(s, seed, gt, settings, lambda img: (np.ones((4, *img.shape[:2]), bool), {}), 256)
+    assert everything["boxed"] == everything["objects"]
+    labels, n = bench.lookalike_objects(s.image, s.image)
+    assert n == 0 and not labels.any()
+
+
 def test_low_confidence_is_reported_not_hidden():
     # A bright rectangle on black: a "field of view", but square and grey, so not a fundus.
     img = np.zeros((300, 300, 3), np.uint8)
