@@ -13,6 +13,7 @@ peak, as a ratio of the clean-trained recipe's (the issue's target: <= 0.6).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import sys
@@ -31,8 +32,13 @@ from monai_medlocker.workflows.threat_study import lab_study_images  # noqa: E40
 from monai_medlocker.workflows.unauthorised import unauthorised_training  # noqa: E402
 
 
+def settings_key(settings: dict) -> str:
+    """A short hash of JSON settings (a folder name's suffix)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+
+
 def table(results: dict) -> str:
-    lines = ["| variant | family | clean-trained acc | cleaned-release acc (last / peak) | ratio (last) | variant wall s |",
+    lines = ["| variant | family | clean-trained acc | cleaned-release acc (last / peak) | ratio (last) | variant wall s (the first includes the shared baseline) |",
              "|---|---|---|---|---|---|"]
     for name, v in results.items():
         by = {(r["family"], r["trained_on"]): r for r in v["rows"]}
@@ -63,8 +69,9 @@ def main(argv=None) -> int:
     test_images, grades = {"clean": [s.original for s in images]}, [s.grade for s in images]
     members = json.loads((ROOT / "bundle/configs/evaluate_protection.json").read_text())["surrogate"]["members"]
     zoo, surrogates = load_zoo_config(), load_protect_surrogates(members, checkpoint_dir=ROOT / "bundle/models/zoo")
+    # folders keyed by what made them, so that a changed thief recipe or shield never reuses old labs or models
     work = Path(args.work)
-    shared = work / "shared"
+    shared = work / f"shared-{settings_key({'thief': thief, 'members': members})}"
     (shared / "models").mkdir(parents=True, exist_ok=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -75,7 +82,7 @@ def main(argv=None) -> int:
                                                "threads": torch.get_num_threads()}})
     results = summary.setdefault("variants", {})
     for name in names:
-        folder = work / name
+        folder = work / f"{name}-{settings_key({'thief': thief, 'members': members, 'shield': cfg['variants'][name]})}"
         (folder / "models").mkdir(parents=True, exist_ok=True)
         # one clean lab and one clean-trained model per family, shared by every variant
         links = [(folder / "clean_lab", shared / "clean_lab")] + [

@@ -149,8 +149,9 @@ def run(n: int = 40, size: int = 512, seed: int = 31, shields: dict | None = Non
         rows: list[str] | None = None) -> dict:
     shields = shields if shields is not None else {"medlocker+shield": {}}
     zoo = load_zoo_config(zoo_path)
-    models = {name: member.load(zoo.num_classes) for name, member in zoo.members.items()}
-    roles = {name: member.role for name, member in zoo.members.items()}
+    members = {name: member for name, member in zoo.members.items() if member.role != "candidate"}
+    models = {name: member.load(zoo.num_classes) for name, member in members.items()}
+    roles = {name: member.role for name, member in members.items()}
     surrogates = [models[name] for name in models if roles[name] == "source"]
     images = lab_study_images(n, size, seed)
     grades = np.array([s.grade for s in images])

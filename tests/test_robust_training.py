@@ -6,7 +6,7 @@ import pytest
 import torch
 from monai.engines import default_prepare_batch
 
-from monai_medlocker.networks import get_network
+from monai_medlocker.networks import Surrogate, get_network
 from monai_medlocker.networks.factory import ModelSpec
 from monai_medlocker.networks.preprocess import preprocess_for_model
 from monai_medlocker.workflows.robust import AdversarialBatch, adversarial_prepare_batch
@@ -82,3 +82,40 @@ def test_train_config_wires_the_budget_into_the_trainer(epsilon):
         assert isinstance(prepare, AdversarialBatch) and prepare.epsilon == pytest.approx(2 / 255)
     else:
         assert prepare is default_prepare_batch
+
+
+def test_candidate_members_are_queried_only_when_named(tmp_path):
+    """A source under trial (role candidate) is in no default: not a source, not scored by the study."""
+    from monai_medlocker.networks import get_network, load_zoo_surrogates
+    from monai_medlocker.networks.zoo import load_zoo_config
+
+    ckpt = tmp_path / "zoo"
+    ckpt.mkdir()
+    members = {"s": ("resnet-tiny", "source"), "c": ("resnet-tiny", "candidate"), "h": ("vgg-tiny", "held_out")}
+    for name, (network, _) in members.items():
+        torch.save(get_network(network, 5, 64).state_dict(), ckpt / f"{name}.pt")
+    path = tmp_path / "zoo.json"
+    path.write_text(json.dumps({"checkpoint_dir": str(ckpt), "members": {
+        n: {"network": net, "input_size": 64, "role": role} for n, (net, role) in members.items()}}))
+    zoo = load_zoo_config(path)
+    assert [m.name for m in zoo.by_role("source")] == ["s"] and [m.name for m in zoo.by_role("candidate")] == ["c"]
+    assert len(load_zoo_surrogates(None, path)) == 1 and len(load_zoo_surrogates(["s", "c"], path)) == 2
+    with pytest.raises(ValueError, match="held out"):
+        load_zoo_surrogates(["c", "h"], path)
+    from monai_medlocker.workflows.threat_study import ThreatStudy
+
+    study = ThreatStudy(tmp_path / "out", load_zoo_surrogates(["s"], path), zoo=path, n=2, size=128,
+                        rows=["none"], attacks=[], transfer_matrix=False, progress=False)
+    models, roles = study._load_models()
+    assert "c" not in models and roles["h"] == "held_out"
+
+
+def test_target_shift_that_is_a_multiple_of_the_classes_is_refused():
+    from monai_medlocker.watermark.shield import _ensemble_loss
+
+    net = get_network("resnet-tiny", 5, 32)
+    surrogate = Surrogate(net, ModelSpec("resnet-tiny", 32))
+    batch = torch.rand(1, 3, 32, 32)
+    assert torch.isfinite(_ensemble_loss(batch, [surrogate], torch.tensor([1]), None, 32, target_shift=2))
+    with pytest.raises(ValueError, match="multiple"):
+        _ensemble_loss(batch, [surrogate], torch.tensor([1]), None, 32, target_shift=5)

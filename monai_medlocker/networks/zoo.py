@@ -4,6 +4,9 @@ A zoo is described by a JSON file (``configs/zoo.json``): the lab it is trained 
 checkpoints live, and one entry per member with its network, input size, training seed and role.
 ``source`` members may be queried by the watermark optimizer; ``held_out`` members are queried by
 nothing but the evaluation, so that effectiveness is measured on models the optimizer never saw.
+``candidate`` members are sources under trial: the optimizer may query one when it is named (a benchmark
+variant, ``--zoo-members``), but no default uses them: they are not among the ``source`` members, and
+the threat study neither scores them nor attacks them in its transfer matrix.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from monai_medlocker.networks.factory import NETWORK_NAMES, Surrogate, load_surr
 
 __all__ = ["ROLES", "ZooMember", "Zoo", "load_zoo_config", "load_zoo_surrogates", "load_protect_surrogates"]
 
-ROLES = ("source", "held_out")
+ROLES = ("source", "held_out", "candidate")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -140,7 +143,7 @@ def load_zoo_surrogates(members: list[str] | None = None, zoo_config: str | Path
     chosen = zoo.by_role("source") if members is None else zoo.select(list(members))
     if not chosen:
         raise ValueError(f"{zoo.path}: no zoo members to load (asked for {members!r}).")
-    held_out = [m.name for m in chosen if m.role != "source"]
+    held_out = [m.name for m in chosen if m.role == "held_out"]
     if held_out:
         raise ValueError(f"{zoo.path}: zoo member(s) {held_out} are held out (only the evaluation may query them); "
                          f"source members: {', '.join(m.name for m in zoo.by_role('source'))}.")

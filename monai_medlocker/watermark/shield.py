@@ -563,6 +563,9 @@ def _ensemble_loss(batch: torch.Tensor, surrogates: Sequence[Surrogate], targets
                 batch, size=(view_size, view_size), mode="bilinear", align_corners=False, antialias=True))
         logits = s.network(preprocess_for_model(inp.to(s.device), s.spec)).float().cpu()
         if target_shift:
+            if target_shift % logits.shape[1] == 0:
+                raise ValueError(f"shield target_shift {target_shift} is a multiple of the {logits.shape[1]} classes: "
+                                 "it would pull toward the true grade.")
             shifted = (targets + target_shift) % logits.shape[1]
             loss = loss - torch.nn.functional.cross_entropy(logits, shifted.expand(logits.shape[0]))
         else:

@@ -390,6 +390,8 @@ class ThreatStudy:
     def _load_models(self) -> tuple[dict[str, Surrogate], dict[str, str]]:
         models, roles = {WHITE_BOX: self.surrogate}, {WHITE_BOX: "white_box"}
         for member in self.zoo.members.values():
+            if member.role == "candidate":  # sources under trial: neither evidence nor part of any default
+                continue
             try:
                 models[member.name] = member.load(self.zoo.num_classes)
             except (FileNotFoundError, ValueError) as err:

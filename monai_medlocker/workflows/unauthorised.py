@@ -155,12 +155,13 @@ def unauthorised_training(work_dir: str | Path, zoo, surrogate: Surrogate | list
         for trained_on, data_dir in training_sets:
             out = work / "models" / f"{member.name}_{trained_on}"
             if len(list(out.glob("epoch_*.pt"))) != epochs:  # absent, or an interrupted run: train afresh
-                shutil.rmtree(out, ignore_errors=True)
+                shutil.rmtree(out.resolve(), ignore_errors=True)  # a linked folder (a shared baseline): its target
                 parser = parse_bundle_config("train.json", root, {
                     "dataset_dir": str(data_dir.resolve()), "output_dir": str(out.resolve()),
                     "network_name": member.network, "input_size": member.input_size, "epochs": epochs,
                     "batch_size": member.train.get("batch_size"), "learning_rate": member.train.get("learning_rate"),
                     "seed": member.seed, "num_classes": zoo.num_classes,
+                    "adversarial_epsilon": member.train.get("adversarial_epsilon", 0),
                 })
                 handlers = parser.get("train#handlers")
                 parser["train#handlers"] = list(handlers) + [{
@@ -181,8 +182,9 @@ def unauthorised_training(work_dir: str | Path, zoo, surrogate: Surrogate | list
         "ratios": _ratios(rows),
         "description": (f"Thief lab: {n_train} images at {size} px (seed {seed}), training/validation 80/20; "
                         f"{info.get('unprotected', 0)} of its images had no lesion-free placement and stayed clean. "
-                        f"{epochs} epochs per model, same recipe and seed for the clean, protected"
-                        f"{' and cleaned (every mark inpainted by Telea)' if cleaned else ''} runs; accuracy on "
+                        f"{epochs} epochs per model, same recipe and seed for the "
+                        f"{', '.join(name for name, _ in training_sets)} runs (cleaned: every mark inpainted by "
+                        "Telea); accuracy on "
                         "the study's clean and protected test images after every epoch (peak / last)."),
         "rows": rows,
     }
