@@ -112,10 +112,13 @@ def train_member(member, root: Path, data: Path, num_classes: int = 5, epochs: i
 def _report(zoo, members) -> int:
     """Write the zoo's report (every member with an evaluation, so that training a few members keeps the
     others' rows) and print it; exit 1 when one of ``members`` has no evaluation."""
+    def eval_report(m):
+        return m.checkpoint.parent / "eval" / m.name / "eval_report.json"
+
     rows = []
-    missing = [m.name for m in members if not (m.checkpoint.parent / "eval" / m.name / "eval_report.json").is_file()]
+    missing = [m.name for m in members if not eval_report(m).is_file()]
     for m in zoo.members.values():
-        path = m.checkpoint.parent / "eval" / m.name / "eval_report.json"
+        path = eval_report(m)
         if not path.is_file():
             continue
         rep = json.loads(path.read_text())
