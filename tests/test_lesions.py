@@ -495,3 +495,29 @@ def test_fill_holes_equals_scipy():
     ring[3:17, 3:17] = True
     ring[6:14, 6:14] = False
     assert _fill_holes(ring)[6:14, 6:14].all() and not _fill_holes(ring)[0].any()
+
+
+@pytest.mark.parametrize("mode", ["reflect", "nearest", "constant"])
+def test_opencv_gaussian_equals_scipy(mode):
+    """The detector's OpenCV Gaussian gives scipy's gaussian_filter: every derivative order the detector uses,
+    each boundary mode, small and large sigmas (kernels wider than the image included), to float32 rounding."""
+    from monai_medlocker.lesions.builtin import _gaussian
+
+    rng = np.random.default_rng(11)
+    img = ndimage.gaussian_filter(rng.standard_normal((61, 87)), 1.0).astype(np.float32)
+    for sigma in (0.7, 1.9, 6.0, 30.0):
+        for order in ((0, 0), (0, 2), (2, 0), (1, 1), (1, 0), (0, 1)):
+            want = ndimage.gaussian_filter(img, sigma, order=order, mode=mode)
+            got = _gaussian(img, sigma, order=order, mode=mode)
+            assert got.dtype == np.float32 and got.shape == img.shape
+            assert np.abs(got - want).max() <= 1e-5 * max(1.0, float(np.abs(want).max())), (sigma, order)
+
+
+def test_windowed_median_equals_scipy():
+    """The detector's median filter gives scipy's median_filter (mode nearest) exactly, across row blocks."""
+    from monai_medlocker.lesions.builtin import _median
+
+    rng = np.random.default_rng(12)
+    for shape, size in (((128, 128), 11), ((64, 64), 15), ((300, 97), 41), ((5, 9), 7)):
+        values = rng.random(shape).astype(np.float32)
+        assert np.array_equal(_median(values, size), ndimage.median_filter(values, size=size, mode="nearest"))

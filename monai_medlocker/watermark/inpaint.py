@@ -36,8 +36,8 @@ def opencv():
     try:
         import cv2
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("inpainting and the removal attacks need OpenCV: pip install 'monai-medlocker[threats]' "
-                          "(opencv-python-headless)") from err
+        raise ImportError("inpainting and the removal attacks need OpenCV, a dependency of monai-medlocker: "
+                          "pip install opencv-python-headless") from err
     return cv2
 
 
