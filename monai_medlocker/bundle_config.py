@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "bundle_root", "parse_bundle_config", "run_workflow", "build_workflow", "config_bundle_root", "user_error",
-    "one_line_errors", "check_argument_types", "new_run_dir", "check_model_output",
+    "one_line_errors", "check_argument_types", "new_run_dir", "in_shipped_models", "check_model_output",
 ]
 
 
@@ -150,6 +150,12 @@ def _remove_empty(folders: list[Path]) -> None:
             folder.rmdir()
 
 
+def in_shipped_models(path: str | Path, root: str | Path) -> bool:
+    """Whether ``path`` is the bundle's ``models/`` folder or lies inside it."""
+    path, models = Path(path).resolve(), (Path(root) / "models").resolve()
+    return path == models or models in path.parents
+
+
 def check_model_output(output_dir: str | Path, root: str | Path, replace_shipped_model: bool = False) -> str:
     """``output_dir``, unless it lies in the bundle's ``models/`` folder and replacing shipped models was not asked for.
 
@@ -157,9 +163,9 @@ def check_model_output(output_dir: str | Path, root: str | Path, replace_shipped
         ValueError: ``output_dir`` is inside ``<root>/models`` and ``replace_shipped_model`` is false.
     """
     out, models = Path(output_dir).resolve(), (Path(root) / "models").resolve()
-    if not replace_shipped_model and (out == models or models in out.parents):
+    if not replace_shipped_model and in_shipped_models(out, root):
         raise ValueError(f"output_dir {out} is inside the bundle's shipped models ({models}): choose another "
-                         "output_dir, or set replace_shipped_model (train-demo: --replace-shipped-model) to replace them")
+                         "output_dir, or set replace_shipped_model (train-demo, zoo: --replace-shipped-model) to replace them")
     return str(out)
 
 

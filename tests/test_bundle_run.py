@@ -186,3 +186,41 @@ def test_train_demo_defaults_never_touch_the_bundle(tmp_path, monkeypatch, capsy
     assert main(["train-demo", *tiny, "--run-dir", "r1", "--replace-shipped-model"]) == 0
     changed = {k for k, v in tree_hashes(bundle / "models").items() if shipped.get(k) != v}
     assert changed == {"model.pt", "val_report.json"}  # train.json's validation report sits beside its checkpoint
+
+
+@pytest.mark.slow
+def test_zoo_train_and_report_defaults_never_touch_the_shipped_zoo(tmp_path, monkeypatch, capsys):
+    bundle = copy_bundle(tmp_path / "bundle")
+    zoo_dir = bundle / "models" / "zoo"
+    cfg = {"lab": {"n": 12, "size": 128, "seed": 4}, "data_dir": str(tmp_path / "lab"), "checkpoint_dir": str(zoo_dir),
+           "defaults": {"epochs": 1, "batch_size": 4},
+           "members": {"v": {"network": "vgg-tiny", "input_size": 64, "role": "held_out", "seed": 3}}}
+    (tmp_path / "zoo.json").write_text(json.dumps(cfg))
+    zoo = ["--zoo", str(tmp_path / "zoo.json"), "--bundle-root", str(bundle)]
+    shipped = tree_hashes(bundle / "models")
+    monkeypatch.chdir(tmp_path)
+
+    # Training into the shipped zoo without the flag fails before the lab is drawn.
+    assert main(["zoo", "train", *zoo, "--out", str(zoo_dir)]) == 2
+    assert "replace_shipped_model" in capsys.readouterr().err and not (tmp_path / "lab").exists()
+
+    assert main(["zoo", "train", *zoo]) == 0
+    assert tree_hashes(bundle / "models") == shipped
+    [run] = (tmp_path / "runs").glob("zoo-*")
+    assert (run / "v.pt").is_file() and (run / "eval" / "v" / "eval_report.json").is_file()
+    assert [r["member"] for r in json.loads((run / "zoo_report.json").read_text())["members"]] == ["v"]
+
+    # zoo report on the shipped zoo writes its table to a new run folder; on a run folder, beside its checkpoints.
+    capsys.readouterr()
+    assert main(["zoo", "report", *zoo]) == 1  # v is not in the shipped zoo
+    assert tree_hashes(bundle / "models") == shipped
+    [report] = (tmp_path / "runs").glob("zoo-report-*/zoo_report.json")
+    assert json.loads(report.read_text())["missing"] == ["v"]
+    assert main(["zoo", "report", *zoo, "--out", str(run)]) == 0
+
+    assert main(["zoo", "train", *zoo, "--replace-shipped-model"]) == 0
+    changed = {k for k, v in tree_hashes(bundle / "models").items() if shipped.get(k) != v}
+    assert {"zoo/v.pt", "zoo/eval/v/eval_report.json", "zoo/zoo_report.json", "zoo/zoo_report.md"} <= changed
+    assert all(k.startswith("zoo/") for k in changed)
+    (zoo_dir / "zoo_report.md").unlink()
+    assert main(["zoo", "report", *zoo, "--replace-shipped-model"]) == 0 and (zoo_dir / "zoo_report.md").is_file()
