@@ -247,6 +247,34 @@ def test_unlock_resume_skips_restored_targets_and_fails_only_a_differing_one(tmp
     assert Image.open(un / "img2.png").mode == "L"
 
 
+def test_dicom_unlock_resume_skips_restored_files_and_fails_only_a_changed_one(tmp_path, tiny_surrogate, owner_key):
+    import shutil
+
+    import pydicom
+
+    from monai_medlocker.workflows.unlock import Unlocker
+
+    src, prot, un = tmp_path / "src", tmp_path / "prot", tmp_path / "un"
+    src.mkdir()
+    for f in Path(__file__).resolve().parents[1].joinpath("bundle", "samples").glob("op8_*"):
+        shutil.copy(f, src / f.name)  # two DICOM files and their lesion masks
+    assert DatasetProtector(src, prot, tiny_surrogate, owner_key=owner_key, **FAST).run()["protected"] == 2
+    runs = [Unlocker(public_dir(prot), un, key=owner_key, progress=False).run() for _ in range(2)]
+    assert [(r["unlocked"], r["already_restored"], r["exit_code"]) for r in runs] == [(2, 0, 0), (2, 2, 0)]
+    # After a kill: one target missing, one changed (a header attribute): only the changed one fails.
+    (un / "op8_redfree.dcm").unlink()
+    changed = pydicom.dcmread(un / "op8_colour.dcm")
+    changed.InstitutionName = "elsewhere"
+    changed.save_as(un / "op8_colour.dcm")
+    before = (un / "op8_colour.dcm").read_bytes()
+    resumed = Unlocker(public_dir(prot), un, key=owner_key, progress=False).run()
+    assert (resumed["unlocked"], resumed["already_restored"], resumed["exit_code"]) == (1, 0, 1)
+    [failure] = resumed["failures"]
+    assert failure["image"].endswith("op8_colour.dcm") and "is not the certified original; not overwritten" in failure["error"]
+    assert (un / "op8_colour.dcm").read_bytes() == before
+    assert (un / "op8_redfree.dcm").read_bytes() == (src / "op8_redfree.dcm").read_bytes()
+
+
 # Item 7: small ones.
 def test_max_queries_below_the_working_minimum_is_refused_up_front(tmp_path, capsys):
     from monai_medlocker.cli import main
