@@ -325,8 +325,10 @@ class _FullDisk:
         return Full()
 
 
-def test_full_disk_names_the_file_prints_the_summary_and_fails(tmp_path, tiny_surrogate, monkeypatch, capsys):
+@pytest.mark.parametrize("from_start", [False, True])
+def test_full_disk_names_the_file_prints_the_summary_and_fails(tmp_path, tiny_surrogate, monkeypatch, capsys, from_start):
     import monai_medlocker.io.files as files
+    from monai_medlocker.cli import main
 
     src = tmp_path / "src"
     for i in range(2):
@@ -334,11 +336,12 @@ def test_full_disk_names_the_file_prints_the_summary_and_fails(tmp_path, tiny_su
     out = tmp_path / "out"
     protector = DatasetProtector(src, out, tiny_surrogate, **FAST)
     disk = _FullDisk(os)
+    disk.full = from_start  # full before the run's first write (its settings), or once the images are being protected
     monkeypatch.setattr(files, "os", disk)
     protect_items = protector._protect_items
 
     def fill_then_protect(*args, **kwargs):
-        disk.full = True  # the disk fills once the run has started
+        disk.full = True
         return protect_items(*args, **kwargs)
 
     monkeypatch.setattr(protector, "_protect_items", fill_then_protect)
@@ -347,12 +350,16 @@ def test_full_disk_names_the_file_prints_the_summary_and_fails(tmp_path, tiny_su
     err = captured.out  # the summary is the run's result: stdout
     assert summary["exit_code"] == 1 and summary["protected"] == 0
     assert "Traceback" not in captured.err and "MedLocker protect: 0/2 images protected" in err
+    named = out / "private" / "run_settings.json" if from_start else public_dir(out)
     for failure in summary["failures"]:
-        assert "No space left on device" in failure["error"] and str(public_dir(out)) in failure["error"]
+        assert "No space left on device" in failure["error"] and str(named) in failure["error"]
     [manifest_line] = [line for line in err.splitlines() if "manifest.jsonl" in line]
     assert manifest_line.startswith("  NOT WRITTEN: [Errno 28] No space left on device; ") and str(out) in manifest_line
-    assert (out / "PUBLISH.txt").is_file()  # written before any image
+    assert (out / "PUBLISH.txt").is_file() != from_start  # written before any image, when there is room
     assert not list(out.rglob("*.part"))
+    if from_start:  # the command line: the summary, and exit code 1 (not 2, "could not start")
+        assert main(["protect", str(src), str(tmp_path / "out2"), "--quiet", "--lesion-segmenter", "masks"]) == 1
+        assert "MedLocker protect: 0/2 images protected" in capsys.readouterr().out
 
 
 def test_resume_summary_says_why_there_is_no_median(tmp_path, tiny_surrogate, capsys):

@@ -42,6 +42,7 @@ per-image record says which source built the WSM (``lesion_source``: ``masks``, 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import hmac
 import json
@@ -519,10 +520,17 @@ class DatasetProtector:
             clean_temporaries(self.output_dir)  # what a killed run left; no other run is writing here now
             private_folder(self.output_dir)
             self._settings = self.run_settings()
-            self._check_resume(self._settings)
-            self.keyring.render_key("")  # a keyless run's secret exists before any image (and any Ray actor) needs it
-            atomic_write_bytes(self.output_dir / PUBLISH_NOTE, PUBLISH_TEXT.encode())  # before public/ gets anything
             start = time.perf_counter()
+            try:
+                self._check_resume(self._settings)
+                self.keyring.render_key("")  # a keyless run's secret exists before any image (and any Ray actor) needs it
+                atomic_write_bytes(self.output_dir / PUBLISH_NOTE, PUBLISH_TEXT.encode())  # before public/ gets anything
+            except OSError as err:
+                if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                # A disk full from the start: no image is tried; each is listed as not protected, with the file named.
+                return self._finish([{"image": portable_name(item.relative), "output": None, "status": "failed",
+                                      "error": item.problem or f"not protected: {err}"} for item in items], start)
             rows = self._protect_items(list(enumerate(items)), items, protect_many=protect_many)
             return self._finish([row for _, row in rows], start)
 
