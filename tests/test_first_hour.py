@@ -436,4 +436,4 @@ def test_each_worker_bar_counts_its_own_share_of_all_images(tmp_path, tiny_surro
     DatasetProtector(src, tmp_path / "out", tiny_surrogate, distributed=True, **FAST).run()
     [bar] = _Bars.made
     assert bar.total == 2 and bar.updates == [1, 2] and bar.position == 0
-    assert "worker 1/2: 2 of 3" in bar.desc
+    assert bar.desc == "protect, worker 1 of 2 (2 of the 3 images)"  # no "1/2" beside the bar's own "1/2"

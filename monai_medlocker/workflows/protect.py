@@ -562,8 +562,8 @@ class DatasetProtector:
                 self._settings = self.run_settings()
             mine = _partition(self._output_groups(items), rank, world)
             # One bar per rank, each over its own share: rank 0 alone cannot see the others' progress.
-            rows = self._protect_items([(i, items[i]) for i in mine], items, progress=self.progress,
-                                       desc=f"protect (worker {rank + 1}/{world}: {len(mine)} of {len(items)})", position=rank)
+            desc = f"protect, worker {rank + 1} of {world} ({len(mine)} of the {len(items)} images)"
+            rows = self._protect_items([(i, items[i]) for i in mine], items, progress=self.progress, desc=desc, position=rank)
             gathered: list = [None] * world
             dist.all_gather_object(gathered, rows)
             merged = [row for _, row in sorted((r for part in gathered for r in part), key=lambda r: r[0])]
