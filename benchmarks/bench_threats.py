@@ -7,7 +7,8 @@ settings, the machine, the cost of the run) into the output folder:
     python benchmarks/bench_threats.py                      # full study -> benchmarks/results/threats
     python benchmarks/bench_threats.py --quick --out benchmarks/results/threats_quick
 
-The zoo's checkpoints must exist (``medlocker zoo train``; the shipped ones live in ``bundle/models/zoo``).
+The zoo's checkpoints must exist (the shipped ones live in ``bundle/models/zoo``; ``medlocker zoo train
+--replace-shipped-model`` remakes them).
 """
 
 from __future__ import annotations

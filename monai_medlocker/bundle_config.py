@@ -4,7 +4,10 @@ It lies below ``cli/`` and ``workflows/`` so that both may import it; it imports
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import importlib
+import itertools
 import json
 import os
 import secrets
@@ -18,7 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "bundle_root", "parse_bundle_config", "run_workflow", "build_workflow", "config_bundle_root", "user_error",
-    "one_line_errors", "new_run_dir", "check_model_output",
+    "one_line_errors", "check_argument_types", "new_run_dir", "in_shipped_models", "check_model_output",
 ]
 
 
@@ -41,14 +44,20 @@ def config_bundle_root() -> str:
     ``ConfigWorkflow`` (and without ``bundle_root`` set) gets the default bundle (:func:`bundle_root`).
     """
     workflows = sys.modules.get("monai.bundle.workflows")
-    frame = sys._getframe(1)
-    while frame is not None and workflows is not None:
+    for frame in _callers():
         owner = frame.f_locals.get("self")
-        if isinstance(owner, workflows.ConfigWorkflow):
+        if workflows is not None and isinstance(owner, workflows.ConfigWorkflow):
             path = Path(owner.config_root_path).resolve()
             return str(path.parent if path.name == "configs" else path)
-        frame = frame.f_back
     return str(bundle_root())
+
+
+def _callers():
+    """The frames of the current call stack, innermost first."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        yield frame
+        frame = frame.f_back
 
 
 def user_error(err: BaseException) -> BaseException | None:
@@ -65,8 +74,10 @@ def user_error(err: BaseException) -> BaseException | None:
 def one_line_errors() -> None:
     """Under ``python -m monai.bundle``, print a user error as one line (as the CLI does), not a traceback.
 
-    Every config calls this first in ``initialize``. Elsewhere (the CLI, the apps, tests) it does nothing: those
-    callers handle errors themselves. A bug (no user-facing error in the chain) keeps its traceback.
+    Every config calls this first in ``initialize``. It then checks the arguments given on the command line
+    (:func:`check_argument_types`), so that a wrongly typed one fails in one line before any of it is used.
+    Elsewhere (the CLI, the apps, tests) it does nothing: those callers handle errors themselves. A bug (no
+    user-facing error in the chain) keeps its traceback.
     """
     main = sys.modules.get("__main__")
     if getattr(getattr(main, "__spec__", None), "name", None) != "monai.bundle.__main__":
@@ -81,17 +92,68 @@ def one_line_errors() -> None:
             print(f"monai.bundle run: error: {cause}", file=sys.stderr)
 
     sys.excepthook = hook
+    for frame in _callers():  # monai.bundle's create_workflow holds the config files and the user's arguments
+        if frame.f_code.co_name == "create_workflow" and frame.f_globals.get("__name__") == "monai.bundle.scripts":
+            check_argument_types(frame.f_locals.get("config_file"), frame.f_locals.get("_args") or {})
+            return
+
+
+def check_argument_types(config_file, given: dict) -> None:
+    """Refuse an argument whose type is not that of the config's default, where the default is a bool, an int or
+    a float. ``python -m monai.bundle run --max_queries abc`` passes the string ``'abc'``, which would otherwise
+    fail deep inside the code with a TypeError that cannot be told from a bug. ``None`` and ``$``/``@``/``%``
+    expressions pass; so does an int for a float.
+
+    Args:
+        config_file: the config file(s) as ``monai.bundle run`` got them (a list is merged in order).
+        given: the arguments given, by config id (``#`` paths included); ids the configs lack are not checked.
+
+    Raises:
+        ValueError: naming the first wrongly typed argument, its value and the type expected.
+    """
+    from monai.bundle import ConfigParser
+
+    defaults = ConfigParser(ConfigParser.load_config_files(config_file))
+    for key, value in given.items():
+        default = defaults.get(key)
+        if value is None or (isinstance(value, str) and value.startswith(("$", "@", "%"))):
+            continue
+        if isinstance(default, bool):
+            ok, expected = isinstance(value, bool), "True or False"
+        elif isinstance(default, int):
+            ok, expected = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif isinstance(default, float):
+            ok, expected = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        else:
+            continue
+        if not ok:
+            raise ValueError(f"--{key} {value!r}: expected {expected} (the config's default is {default!r})")
 
 
 def new_run_dir(kind: str, parent: str | Path = "runs") -> str:
     """A new folder name ``runs/<kind>-<UTC time>-<random>`` for a run's default outputs (not created here).
 
-    Default outputs never go into the bundle: shipped models and reports stay as they are."""
+    Default outputs never go into the bundle: shipped models and reports stay as they are. A run that fails
+    before writing anything leaves no empty folder: at exit, the folder (and the parents it created) are removed
+    if empty."""
     while True:
         path = Path(parent, f"{kind}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}").resolve()
         if not path.exists():
             print(f"{kind}: outputs go to {path}", file=sys.stderr)
+            atexit.register(_remove_empty, [path, *itertools.takewhile(lambda p: not p.exists(), path.parents)])
             return str(path)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:  # innermost first; a folder that is not empty (or is gone) stays as it is
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def in_shipped_models(path: str | Path, root: str | Path) -> bool:
+    """Whether ``path`` is the bundle's ``models/`` folder or lies inside it."""
+    path, models = Path(path).resolve(), (Path(root) / "models").resolve()
+    return path == models or models in path.parents
 
 
 def check_model_output(output_dir: str | Path, root: str | Path, replace_shipped_model: bool = False) -> str:
@@ -101,9 +163,9 @@ def check_model_output(output_dir: str | Path, root: str | Path, replace_shipped
         ValueError: ``output_dir`` is inside ``<root>/models`` and ``replace_shipped_model`` is false.
     """
     out, models = Path(output_dir).resolve(), (Path(root) / "models").resolve()
-    if not replace_shipped_model and (out == models or models in out.parents):
+    if not replace_shipped_model and in_shipped_models(out, root):
         raise ValueError(f"output_dir {out} is inside the bundle's shipped models ({models}): choose another "
-                         "output_dir, or set replace_shipped_model (train-demo: --replace-shipped-model) to replace them")
+                         "output_dir, or set replace_shipped_model (train-demo, zoo: --replace-shipped-model) to replace them")
     return str(out)
 
 

@@ -247,6 +247,34 @@ def test_unlock_resume_skips_restored_targets_and_fails_only_a_differing_one(tmp
     assert Image.open(un / "img2.png").mode == "L"
 
 
+def test_dicom_unlock_resume_skips_restored_files_and_fails_only_a_changed_one(tmp_path, tiny_surrogate, owner_key):
+    import shutil
+
+    import pydicom
+
+    from monai_medlocker.workflows.unlock import Unlocker
+
+    src, prot, un = tmp_path / "src", tmp_path / "prot", tmp_path / "un"
+    src.mkdir()
+    for f in Path(__file__).resolve().parents[1].joinpath("bundle", "samples").glob("op8_*"):
+        shutil.copy(f, src / f.name)  # two DICOM files and their lesion masks
+    assert DatasetProtector(src, prot, tiny_surrogate, owner_key=owner_key, **FAST).run()["protected"] == 2
+    runs = [Unlocker(public_dir(prot), un, key=owner_key, progress=False).run() for _ in range(2)]
+    assert [(r["unlocked"], r["already_restored"], r["exit_code"]) for r in runs] == [(2, 0, 0), (2, 2, 0)]
+    # After a kill: one target missing, one changed (a header attribute): only the changed one fails.
+    (un / "op8_redfree.dcm").unlink()
+    changed = pydicom.dcmread(un / "op8_colour.dcm")
+    changed.InstitutionName = "elsewhere"
+    changed.save_as(un / "op8_colour.dcm")
+    before = (un / "op8_colour.dcm").read_bytes()
+    resumed = Unlocker(public_dir(prot), un, key=owner_key, progress=False).run()
+    assert (resumed["unlocked"], resumed["already_restored"], resumed["exit_code"]) == (1, 0, 1)
+    [failure] = resumed["failures"]
+    assert failure["image"].endswith("op8_colour.dcm") and "is not the certified original; not overwritten" in failure["error"]
+    assert (un / "op8_colour.dcm").read_bytes() == before
+    assert (un / "op8_redfree.dcm").read_bytes() == (src / "op8_redfree.dcm").read_bytes()
+
+
 # Item 7: small ones.
 def test_max_queries_below_the_working_minimum_is_refused_up_front(tmp_path, capsys):
     from monai_medlocker.cli import main
@@ -297,8 +325,10 @@ class _FullDisk:
         return Full()
 
 
-def test_full_disk_names_the_file_prints_the_summary_and_fails(tmp_path, tiny_surrogate, monkeypatch, capsys):
+@pytest.mark.parametrize("from_start", [False, True])
+def test_full_disk_names_the_file_prints_the_summary_and_fails(tmp_path, tiny_surrogate, monkeypatch, capsys, from_start):
     import monai_medlocker.io.files as files
+    from monai_medlocker.cli import main
 
     src = tmp_path / "src"
     for i in range(2):
@@ -306,11 +336,12 @@ def test_full_disk_names_the_file_prints_the_summary_and_fails(tmp_path, tiny_su
     out = tmp_path / "out"
     protector = DatasetProtector(src, out, tiny_surrogate, **FAST)
     disk = _FullDisk(os)
+    disk.full = from_start  # full before the run's first write (its settings), or once the images are being protected
     monkeypatch.setattr(files, "os", disk)
     protect_items = protector._protect_items
 
     def fill_then_protect(*args, **kwargs):
-        disk.full = True  # the disk fills once the run has started
+        disk.full = True
         return protect_items(*args, **kwargs)
 
     monkeypatch.setattr(protector, "_protect_items", fill_then_protect)
@@ -319,12 +350,16 @@ def test_full_disk_names_the_file_prints_the_summary_and_fails(tmp_path, tiny_su
     err = captured.out  # the summary is the run's result: stdout
     assert summary["exit_code"] == 1 and summary["protected"] == 0
     assert "Traceback" not in captured.err and "MedLocker protect: 0/2 images protected" in err
+    named = out / "private" / "run_settings.json" if from_start else public_dir(out)
     for failure in summary["failures"]:
-        assert "No space left on device" in failure["error"] and str(public_dir(out)) in failure["error"]
+        assert "No space left on device" in failure["error"] and str(named) in failure["error"]
     [manifest_line] = [line for line in err.splitlines() if "manifest.jsonl" in line]
     assert manifest_line.startswith("  NOT WRITTEN: [Errno 28] No space left on device; ") and str(out) in manifest_line
-    assert (out / "PUBLISH.txt").is_file()  # written before any image
+    assert (out / "PUBLISH.txt").is_file() != from_start  # written before any image, when there is room
     assert not list(out.rglob("*.part"))
+    if from_start:  # the command line: the summary, and exit code 1 (not 2, "could not start")
+        assert main(["protect", str(src), str(tmp_path / "out2"), "--quiet", "--lesion-segmenter", "masks"]) == 1
+        assert "MedLocker protect: 0/2 images protected" in capsys.readouterr().out
 
 
 def test_resume_summary_says_why_there_is_no_median(tmp_path, tiny_surrogate, capsys):
@@ -401,4 +436,4 @@ def test_each_worker_bar_counts_its_own_share_of_all_images(tmp_path, tiny_surro
     DatasetProtector(src, tmp_path / "out", tiny_surrogate, distributed=True, **FAST).run()
     [bar] = _Bars.made
     assert bar.total == 2 and bar.updates == [1, 2] and bar.position == 0
-    assert "worker 1/2: 2 of 3" in bar.desc
+    assert bar.desc == "protect, worker 1 of 2 (2 of the 3 images)"  # no "1/2" beside the bar's own "1/2"

@@ -61,8 +61,8 @@ def test_zoo_member_with_an_adversarial_budget_trains_and_records_it(tmp_path):
                              "adversarial_epsilon": 2}}}
     zoo = tmp_path / "zoo.json"
     zoo.write_text(json.dumps(cfg))
-    assert medlocker(["zoo", "train", "--zoo", str(zoo), "--members", "v"]) == 0
-    assert medlocker(["zoo", "train", "--zoo", str(zoo), "--members", "r"]) == 0
+    assert medlocker(["zoo", "train", "--zoo", str(zoo), "--out", str(tmp_path / "ckpt"), "--members", "v"]) == 0
+    assert medlocker(["zoo", "train", "--zoo", str(zoo), "--out", str(tmp_path / "ckpt"), "--members", "r"]) == 0
     assert (tmp_path / "ckpt" / "r.pt").is_file()
     report = json.loads((tmp_path / "ckpt" / "eval" / "r" / "eval_report.json").read_text())
     assert report["zoo"]["adversarial_epsilon"] == 2

@@ -267,10 +267,10 @@ def test_zoo_train_cli_trains_a_member_on_the_given_device_and_refuses_a_bad_one
            "members": {"v": {"network": "vgg-tiny", "input_size": 64, "role": "held_out", "seed": 3}}}
     zoo = tmp_path / "zoo.json"
     zoo.write_text(json.dumps(cfg))
-    assert medlocker(["zoo", "train", "--zoo", str(zoo), "--device", "nonsense"]) == 2
+    assert medlocker(["zoo", "train", "--zoo", str(zoo), "--out", str(tmp_path / "ckpt"), "--device", "nonsense"]) == 2
     assert "--device 'nonsense'" in capsys.readouterr().err
     assert not (tmp_path / "lab").exists()  # refused before any work
-    assert medlocker(["zoo", "train", "--zoo", str(zoo), "--device", "cpu"]) == 0
+    assert medlocker(["zoo", "train", "--zoo", str(zoo), "--out", str(tmp_path / "ckpt"), "--device", "cpu"]) == 0
     report = json.loads((tmp_path / "ckpt" / "zoo_report.json").read_text())
     assert [r["member"] for r in report["members"]] == ["v"] and report["members"][0]["eval_mode"] is True
 

@@ -3,7 +3,9 @@
 ``zoo train`` generates the zoo's seeded lab (reused when present), trains each member through the
 bundle's ``train.json`` with the member's seed and scores it on the lab's held-out test split
 through ``evaluate.json`` (eval mode), as ``train-demo`` does for the demo surrogate. ``zoo report``
-gathers the members' evaluation reports into one table.
+gathers the members' evaluation reports into one table. Neither writes into the shipped zoo (the zoo config's
+``checkpoint_dir``, ``bundle/models/zoo``) without ``--replace-shipped-model``: ``train`` writes to ``--out`` or a
+new folder under ``runs/``, and ``report`` on the shipped zoo writes its table to a new folder under ``runs/``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import json
 import time
 from pathlib import Path
 
-from monai_medlocker.bundle_config import bundle_root, parse_bundle_config, run_workflow
+from monai_medlocker.bundle_config import (
+    bundle_root, check_model_output, in_shipped_models, new_run_dir, parse_bundle_config, run_workflow,
+)
 
 REPORT_KEYS = ("accuracy", "quadratic_weighted_kappa", "auc_macro", "eval_mode")
 
@@ -28,7 +32,11 @@ def add_subparser(subparsers) -> None:
     p.add_argument("--zoo", default=None, help="zoo config (default: configs/zoo.json)")
     p.add_argument("--members", default=None, help="comma-separated member names (default: all)")
     p.add_argument("--data", default=None, help="lab folder (default: the config's data_dir); generated when absent")
-    p.add_argument("--out", default=None, help="checkpoint folder (default: the config's checkpoint_dir)")
+    p.add_argument("--out", default=None, help="train: where the checkpoints, evaluations and report go (default: a "
+                   "new folder under runs/); report: the trained zoo to report on (default: the config's checkpoint_dir)")
+    p.add_argument("--replace-shipped-model", action="store_true", help="train into the config's checkpoint_dir "
+                   "(bundle/models/zoo for configs/zoo.json), or write the report there, replacing what ships (needed "
+                   "for any --out inside BUNDLE/models)")
     p.add_argument("--epochs", type=int, default=None, help="override every member's epochs (quick runs)")
     p.add_argument("--lab-n", type=int, default=None, help="override the lab's image count (quick runs)")
     p.add_argument("--lab-size", type=int, default=None, help="override the lab's image side (quick runs)")
@@ -38,10 +46,10 @@ def add_subparser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _zoo(args):
+def _zoo(args, checkpoint_dir=None):
     from monai_medlocker.networks.zoo import load_zoo_config
 
-    return load_zoo_config(args.zoo, checkpoint_dir=args.out)
+    return load_zoo_config(args.zoo, checkpoint_dir=checkpoint_dir)
 
 
 def ensure_lab(zoo, data: Path, n: int | None = None, size: int | None = None) -> Path:
@@ -56,11 +64,15 @@ def ensure_lab(zoo, data: Path, n: int | None = None, size: int | None = None) -
 
 
 def run(args: argparse.Namespace) -> int:
-    zoo = _zoo(args)
-    members = zoo.select(args.members.split(",") if args.members else None)
-    if args.action == "report":
-        return _report(zoo, members)
     root = bundle_root(args.bundle_root)
+    names = args.members.split(",") if args.members else None
+    if args.action == "report":
+        zoo = _zoo(args, args.out)
+        members = zoo.select(names)
+        keep = in_shipped_models(zoo.checkpoint_dir, root) and not args.replace_shipped_model
+        return _report(zoo, members, Path(new_run_dir("zoo-report")) if keep else zoo.checkpoint_dir)
+    shipped = _zoo(args)
+    shipped.select(names)  # an unknown member fails before any work
     if args.device is not None:
         import torch
 
@@ -68,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
             torch.device(args.device)  # a malformed name fails here, before any work
         except RuntimeError as err:
             raise ValueError(f"--device {args.device!r} is not a torch device: {str(err).splitlines()[0]}") from err
+    out = args.out or (shipped.checkpoint_dir if args.replace_shipped_model else new_run_dir("zoo"))
+    zoo = _zoo(args, check_model_output(out, root, args.replace_shipped_model))
+    members = zoo.select(names)
     data = ensure_lab(zoo, Path(args.data) if args.data else zoo.data_dir, args.lab_n, args.lab_size)
     zoo.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     for member in members:
@@ -75,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"zoo: {member.name}: checkpoint exists, skipped ({member.checkpoint})")
             continue
         train_member(member, root, data, zoo.num_classes, epochs=args.epochs, device=args.device)
-    return _report(zoo, members)
+    return _report(zoo, members, zoo.checkpoint_dir)
 
 
 def train_member(member, root: Path, data: Path, num_classes: int = 5, epochs: int | None = None,
@@ -90,7 +105,7 @@ def train_member(member, root: Path, data: Path, num_classes: int = 5, epochs: i
         "epochs": epochs if epochs is not None else member.train.get("epochs"),
         "batch_size": member.train.get("batch_size"), "learning_rate": member.train.get("learning_rate"),
         "seed": member.seed, "adversarial_epsilon": member.train.get("adversarial_epsilon", 0),
-        "replace_shipped_model": True,  # the zoo's own checkpoint_dir (configs/zoo.json or --out) is the point
+        "replace_shipped_model": True,  # run() has checked the folder (check_model_output)
     })
     run_workflow(train)
     train_seconds = time.perf_counter() - start
@@ -109,9 +124,9 @@ def train_member(member, root: Path, data: Path, num_classes: int = 5, epochs: i
     return report
 
 
-def _report(zoo, members) -> int:
-    """Write the zoo's report (every member with an evaluation, so that training a few members keeps the
-    others' rows) and print it; exit 1 when one of ``members`` has no evaluation."""
+def _report(zoo, members, dest: Path) -> int:
+    """Write the zoo's report into ``dest`` (every member with an evaluation, so that training a few members keeps
+    the others' rows) and print it; exit 1 when one of ``members`` has no evaluation."""
     def eval_report(m):
         return m.checkpoint.parent / "eval" / m.name / "eval_report.json"
 
@@ -134,11 +149,11 @@ def _report(zoo, members) -> int:
                      f"{r['quadratic_weighted_kappa']:.3f} | {r['auc_macro']:.3f} | {r['epochs']} | {r['train_seconds']} | "
                      f"{r['checkpoint_mb']} |")
     table = "\n".join(lines) + "\n"
-    zoo.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    (zoo.checkpoint_dir / "zoo_report.json").write_text(json.dumps({"members": rows, "missing": missing}, indent=2))
-    (zoo.checkpoint_dir / "zoo_report.md").write_text(table)
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "zoo_report.json").write_text(json.dumps({"members": rows, "missing": missing}, indent=2))
+    (dest / "zoo_report.md").write_text(table)
     print(table, end="")
     if missing:
-        print(f"zoo: no evaluation report for: {', '.join(missing)} (run `medlocker zoo train`)")
+        print(f"zoo: no evaluation report in {zoo.checkpoint_dir} for: {', '.join(missing)} (run `medlocker zoo train`)")
         return 1
     return 0

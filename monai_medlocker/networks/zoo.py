@@ -44,12 +44,13 @@ class ZooMember:
         """The member as a :class:`Surrogate` (eval mode).
 
         Raises:
-            FileNotFoundError: the checkpoint is missing (train it with ``medlocker zoo train``).
+            FileNotFoundError: the checkpoint is missing (train it with ``medlocker zoo train --replace-shipped-model``).
             ValueError: the checkpoint does not fit this member's architecture or class count.
         """
         if not self.checkpoint.is_file():
             raise FileNotFoundError(
-                f"zoo member {self.name!r}: checkpoint not found: {self.checkpoint} (train it with `medlocker zoo train`)"
+                f"zoo member {self.name!r}: checkpoint not found: {self.checkpoint} (train it into the zoo's checkpoint_dir "
+                "with `medlocker zoo train --replace-shipped-model`)"
             )
         return Surrogate.from_checkpoint(self.checkpoint, self.network, num_classes, self.input_size)
 

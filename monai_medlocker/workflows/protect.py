@@ -42,6 +42,7 @@ per-image record says which source built the WSM (``lesion_source``: ``masks``, 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import hmac
 import json
@@ -519,10 +520,17 @@ class DatasetProtector:
             clean_temporaries(self.output_dir)  # what a killed run left; no other run is writing here now
             private_folder(self.output_dir)
             self._settings = self.run_settings()
-            self._check_resume(self._settings)
-            self.keyring.render_key("")  # a keyless run's secret exists before any image (and any Ray actor) needs it
-            atomic_write_bytes(self.output_dir / PUBLISH_NOTE, PUBLISH_TEXT.encode())  # before public/ gets anything
             start = time.perf_counter()
+            try:
+                self._check_resume(self._settings)
+                self.keyring.render_key("")  # a keyless run's secret exists before any image (and any Ray actor) needs it
+                atomic_write_bytes(self.output_dir / PUBLISH_NOTE, PUBLISH_TEXT.encode())  # before public/ gets anything
+            except OSError as err:
+                if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                # A disk full from the start: no image is tried; each is listed as not protected, with the file named.
+                return self._finish([{"image": portable_name(item.relative), "output": None, "status": "failed",
+                                      "error": item.problem or f"not protected: {err}"} for item in items], start)
             rows = self._protect_items(list(enumerate(items)), items, protect_many=protect_many)
             return self._finish([row for _, row in rows], start)
 
@@ -554,8 +562,8 @@ class DatasetProtector:
                 self._settings = self.run_settings()
             mine = _partition(self._output_groups(items), rank, world)
             # One bar per rank, each over its own share: rank 0 alone cannot see the others' progress.
-            rows = self._protect_items([(i, items[i]) for i in mine], items, progress=self.progress,
-                                       desc=f"protect (worker {rank + 1}/{world}: {len(mine)} of {len(items)})", position=rank)
+            desc = f"protect, worker {rank + 1} of {world} ({len(mine)} of the {len(items)} images)"
+            rows = self._protect_items([(i, items[i]) for i in mine], items, progress=self.progress, desc=desc, position=rank)
             gathered: list = [None] * world
             dist.all_gather_object(gathered, rows)
             merged = [row for _, row in sorted((r for part in gathered for r in part), key=lambda r: r[0])]
