@@ -341,6 +341,63 @@ def test_an_intact_sidecar_stands_in_for_a_damaged_embedded_copy(protected, keys
     assert code != 0 and report["results"][0]["verdict"] != "authentic"
 
 
+def _edited_dicom_copy(out: Path, tmp_path: Path, *edits) -> Path:
+    """A copy of ``colour.dcm`` (its sidecar beside it) with each of ``edits`` applied to its dataset."""
+    target = _copy(out, tmp_path, ["colour.dcm"]) / "colour.dcm"
+    ds = pydicom.dcmread(target)
+    for edit in edits:
+        edit(ds)
+    ds.save_as(target)
+    return target
+
+
+def _strip_medlocker_block(ds: pydicom.Dataset) -> None:
+    for elem in list(ds.group_dataset(0x0011)):
+        del ds[elem.tag]
+
+
+def _garble_certificate(ds: pydicom.Dataset) -> None:
+    block = ds.private_block(0x0011, "MEDLOCKER 1")
+    block[0x10].value = str(block[0x10].value)[:-9]  # no longer JSON: the whole block is unreadable
+
+
+@pytest.mark.parametrize("damage", [_strip_medlocker_block, _garble_certificate])
+def test_a_dicom_sidecar_stands_in_for_a_stripped_or_unreadable_block(protected, keys, tmp_path, capsys, damage):
+    """Issue 18 item 11 on DICOM: a PACS stripped the private block, or its certificate is garbled."""
+    src, out = protected
+    folder, _, _ = keys
+    target = _edited_dicom_copy(out, tmp_path, damage)
+    code, report = _verify(target, folder / "owner.pub", capsys)
+    row = report["results"][0]
+    assert code == 0 and row["verdict"] == "authentic" and row["certificate_in"] == "sidecar", report
+    assert "sidecar" in row["detail"] and "header_changes" not in row
+    assert main(["unlock", str(target), str(tmp_path / "un"), "--key", str(folder / "owner.key"), "--quiet"]) == 0
+    assert (tmp_path / "un" / "colour.dcm").read_bytes() == (src / "colour.dcm").read_bytes()
+
+
+@pytest.mark.parametrize("edit", ["header", "pixels"])
+def test_a_dicom_sidecar_does_not_let_an_altered_instance_pass(protected, keys, tmp_path, capsys, edit):
+    """With the block stripped, the sidecar's certificate still checks the signed header digest and the pixels."""
+    _, out = protected
+    folder, _, _ = keys
+
+    def alter(ds):
+        if edit == "header":
+            ds.ImageLaterality = "L"
+        else:
+            ds.PixelData = bytes([255 - ds.PixelData[0]]) + ds.PixelData[1:]
+    target = _edited_dicom_copy(out, tmp_path, _strip_medlocker_block, alter)
+    code, report = _verify(target, folder / "owner.pub", capsys)
+    row = report["results"][0]
+    assert code == 1 and row["certificate_in"] == "sidecar", report
+    if edit == "header":
+        assert row["verdict"] == "DICOM header modified" and row["header_changes"] == ["ImageLaterality changed"]
+    else:
+        assert row["verdict"].startswith("pixels modified") or row["verdict"].startswith("watermark present"), row
+    assert main(["unlock", str(target), str(tmp_path / "un"), "--key", str(folder / "owner.key"), "--quiet"]) == 1
+    assert not (tmp_path / "un").exists()
+
+
 def test_format_1_certificates_still_verify_and_unlock(protected, keys, tmp_path, capsys):
     """Outputs of the previous version sign no hashes of their blobs: still authentic when they are present."""
     from monai_medlocker.certify.certificate import certificate_digest, sign_certificate

@@ -4,8 +4,8 @@ For each image: read its certificate, encrypted restore payload and sealed recor
 signature (when an owner public key is known), derive or look up the image's key, decrypt both
 (the certificate is the associated data, so a changed certificate, payload or record fails
 here), put the original pixels back under the logo boxes, and check the result against the
-certified hash of the original. When the embedded copy fails and an intact sidecar sits beside the
-image, the sidecar is used.
+certified hash of the original. When the embedded copy fails (or a DICOM's MedLocker block was stripped)
+and an intact sidecar sits beside the image, the sidecar is used.
 Only then is anything written. A DICOM image comes back as its original file, byte for byte (identity,
 encoding and all, from the encrypted restore payload; outputs of earlier versions get their original
 UIDs and header values back from the certificate); one whose patient or study attributes, or any

@@ -5,8 +5,9 @@ Verdicts:
 * ``authentic``: authentic and restorable: the signature is valid, the pixels (and a DICOM's header)
   are exactly the certified ones, and the encrypted restore payload and sealed record are present
   and are the signed ones (a format 1 certificate, which signs no hashes of them, only needs them
-  present); when the embedded copy is damaged but the sidecar beside the image is intact, the image
-  is verified with the sidecar and the detail says so;
+  present); when the embedded copy is damaged, or a DICOM's MedLocker block was stripped (as a PACS may
+  do), but the sidecar beside the image is intact, the image is verified with the sidecar (pixels and
+  signed header digest included) and the detail says so;
 * ``pixels authentic, restore data damaged``: as authentic, but the restore payload or the sealed
   record is missing or is not the signed one (altered, truncated, swapped), or the embedded public
   record differs from the certified one: the pixels can be trusted, but unlock would fail;
@@ -86,11 +87,20 @@ def dicom_header_problem(pf: ProtectedFile, cert: dict) -> str | None:
     # instance legitimately re-points SourceImageSequence at the instance it transcoded.
     tags = pf.tags
     source_uid = str(cert.get("image_id") or "").split("#", 1)[0]  # the id is the UID plus the pixels' hash
-    if tags is None or tags.source_sop_instance_uid != source_uid:
+    # A block stripped (as a PACS may) or unreadable, with the sidecar's certificate: the signed header digest
+    # (which leaves the block out) checks the rest of the header.
+    sidecar_only = tags is None and pf.found_in == "sidecar" and _signs_header(cert)
+    if not sidecar_only and (tags is None or tags.source_sop_instance_uid != source_uid):
         return f"its MedLocker block does not name the certified original {source_uid}"
     if "dicom_subject_sha256" in extra and extra["dicom_subject_sha256"] != dicom_subject_sha256(pf.dicom.dataset):
         return "its patient/study attributes are not the certified ones"
     return None
+
+
+def _signs_header(cert: dict) -> bool:
+    """Whether the certificate signs the digest of the DICOM header as written (format 2)."""
+    published = cert.get(PUBLISHED)
+    return isinstance(published, dict) and published.get("dicom_header") is not None
 
 
 def dicom_header_changes(pf: ProtectedFile, cert: dict) -> list[str]:
@@ -103,15 +113,16 @@ def dicom_header_changes(pf: ProtectedFile, cert: dict) -> list[str]:
 
     if cert.get("format") == "medlocker-certificate/1":
         return []
-    signed = (cert.get(PUBLISHED) or {}).get("dicom_header") if isinstance(cert.get(PUBLISHED), dict) else None
-    if signed is None:
+    if not _signs_header(cert):
         return ["the certificate signs no digest of the header"]
-    return header_changes(signed, file_header_digest(pf.path))
+    return header_changes(cert[PUBLISHED]["dicom_header"], file_header_digest(pf.path))
 
 
 def verify_image(pf: ProtectedFile, pub: OwnerPublicKey, logo: np.ndarray) -> dict:
     """The verdict for one image already read by :func:`read_protected` (its sidecar too, when its embedded copy fails)."""
     row = _verdict(pf, pub, logo)
+    if pf.dicom is not None and pf.tags is None and pf.found_in == "sidecar" and row["verdict"] == "authentic":
+        row["detail"] = "the instance has no MedLocker block (a PACS may strip private data): verified with the sidecar"
     if row["verdict"] != "authentic" and pf.fallback is not None:
         alt = _verdict(pf.fallback, pub, logo)
         rank = (lambda r: {"authentic": 0, RESTORE_DAMAGED: 1}.get(r["verdict"], 2))  # noqa: E731
