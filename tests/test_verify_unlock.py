@@ -457,7 +457,14 @@ def test_dicom_header_swap_is_detected(protected, keys, tmp_path, capsys):
     ds.PatientID = "SOMEONE-ELSE"
     ds.save_as(copy / "colour.dcm")
     code, report = _verify(copy / "colour.dcm", folder / "owner.pub", capsys)
-    assert code == 1 and report["results"][0]["verdict"] == "DICOM header modified", report
+    row = report["results"][0]
+    assert code == 1 and row["verdict"] == "DICOM header modified", report
+    # Issue 18 item 9: what changed is named for the patient/study attributes too (the name, not the value).
+    assert row["header_changes"] == ["PatientID changed"] and "PatientID changed" in row["detail"], row
+    assert "SOMEONE" not in json.dumps(report)
+    assert main(["unlock", str(copy / "colour.dcm"), str(tmp_path / "un"), "--key", str(folder / "owner.key"),
+                 "--quiet"]) == 1
+    assert "patient/study attributes are not the certified ones (PatientID changed)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("edit", ["laterality_and_modality", "image_type", "removed", "added_in_sequence"])

@@ -18,9 +18,10 @@ Verdicts:
 * ``DICOM header modified``: the signature is valid, but the instance's patient/study identity or
   the source named in its MedLocker block is not the certified one (e.g. pixels and private block
   grafted onto another patient's instance), or, with exact pixels, any attribute of its header is
-  not as protect wrote it (a format 2 certificate signs the header's digest): the detail names the
-  attributes (e.g. ImageLaterality, Modality). Pixels that differ get the verdicts below, with the
-  header's changes listed under ``header_changes`` (a lossy transcode rewrites some);
+  not as protect wrote it (a format 2 certificate signs the header's digest): the detail and
+  ``header_changes`` name the attributes (e.g. PatientID, ImageLaterality, Modality; names only, never
+  their values). Pixels that differ get the verdicts above, with the header's changes listed under
+  ``header_changes`` (a lossy transcode rewrites some);
 * ``invalid signature``: the certificate or its signature was altered (or is unreadable);
 * ``foreign owner``: the certificate was signed by another owner key;
 * ``no certificate``: the image carries no MedLocker certificate (embedded or in a sidecar).
@@ -48,7 +49,7 @@ from monai_medlocker.io.outdir import check_output_file
 from monai_medlocker.watermark.logo import greyscale_logo, load_logo, logo_sha256
 
 __all__ = ["VERDICTS", "RESTORE_DAMAGED", "EXIT_RESTORE_DAMAGED", "find_certified_images", "dicom_header_problem",
-           "dicom_header_changes", "verify_image", "Verifier", "format_verify_summary"]
+           "dicom_header_changes", "header_modified_detail", "verify_image", "Verifier", "format_verify_summary"]
 
 RESTORE_DAMAGED = "pixels authentic, restore data damaged"
 EXIT_RESTORE_DAMAGED = 3
@@ -118,6 +119,14 @@ def dicom_header_changes(pf: ProtectedFile, cert: dict) -> list[str]:
     return header_changes(cert[PUBLISHED]["dicom_header"], file_header_digest(pf.path))
 
 
+def header_modified_detail(problem: str | None, changes: list[str]) -> str:
+    """What verify and unlock say of a modified DICOM header: the problem, and the attributes that changed (names only)."""
+    named = ", ".join(changes)
+    if problem:
+        return f"{problem} ({named})" if named else problem
+    return f"not as protect wrote it: {named}"
+
+
 def verify_image(pf: ProtectedFile, pub: OwnerPublicKey, logo: np.ndarray) -> dict:
     """The verdict for one image already read by :func:`read_protected` (its sidecar too, when its embedded copy fails)."""
     row = _verdict(pf, pub, logo)
@@ -146,16 +155,14 @@ def _verdict(pf: ProtectedFile, pub: OwnerPublicKey, logo: np.ndarray) -> dict:
         detail = (f"signed by {cert.get('key_id')}, not by {pub.key_id}" if status == "foreign owner"
                   else "the certificate or its signature does not match the owner's public key")
         return {**row, "verdict": status, "detail": detail}
-    if pf.dicom is not None:
-        problem = dicom_header_problem(pf, cert)
-        if problem:
-            return {**row, "verdict": "DICOM header modified", "detail": problem}
     changes = dicom_header_changes(pf, cert) if pf.dicom is not None else []
     if changes:
         row["header_changes"] = changes
-    if pixel_sha256(pf.pixels) == cert.get("watermarked_sha256"):
-        if changes:
-            return {**row, "verdict": "DICOM header modified", "detail": "not as protect wrote it: " + ", ".join(changes)}
+    problem = dicom_header_problem(pf, cert) if pf.dicom is not None else None
+    exact = pixel_sha256(pf.pixels) == cert.get("watermarked_sha256")
+    if problem or (changes and exact):
+        return {**row, "verdict": "DICOM header modified", "detail": header_modified_detail(problem, changes)}
+    if exact:
         damage = restore_data_problem(pf)
         return {**row, "verdict": RESTORE_DAMAGED, "detail": damage} if damage else {**row, "verdict": "authentic"}
     params = cert.get("params") or {}
