@@ -99,6 +99,7 @@ def test_verify_authentic_and_unlock_bit_exact(protected, keys, tmp_path, capsys
     folder, owner, _ = keys
     code, report = _verify(out, folder / "owner.pub", capsys)
     assert code == 0 and report["verdicts"] == {"authentic": 4}, report
+    assert all(r["verdict"] == r["status"] == "authentic" and r["restorable"] is True for r in report["results"])
     assert main(["unlock", str(out), str(tmp_path / "un"), "--key", str(folder / "owner.key"), "--quiet"]) == 0
     for name in ("fundus_c", "fundus_m"):
         assert np.array_equal(load_rgb(tmp_path / "un" / f"{name}.png"), load_rgb(src / f"{name}.png"))
@@ -115,6 +116,21 @@ def test_verify_authentic_and_unlock_bit_exact(protected, keys, tmp_path, capsys
         assert (tmp_path / "un" / f"{name}.dcm").read_bytes() == (src / f"{name}.dcm").read_bytes()
         if dciodvfy_available():
             assert run_dciodvfy(tmp_path / "un" / f"{name}.dcm").errors == []
+
+
+def test_verify_prints_authentic_and_restorable_apart_from_damaged_restore_data(protected, keys, tmp_path, capsys):
+    """Issue 18 item 8: a fully good file reads AUTHENTIC (restorable); one with damaged restore data does not."""
+    _, out = protected
+    folder, _, _ = keys
+    copy = _copy(out, tmp_path, ["fundus_c.png", "fundus_m.png"])
+    _rewrite_png(copy / "fundus_m.png", change_text=lambda text: text.pop(PNG_PAYLOAD))
+    capsys.readouterr()
+    assert main(["verify", str(copy), "--pub", str(folder / "owner.pub"), "--quiet"]) == 3
+    printed = capsys.readouterr().out.splitlines()
+    good, damaged = (next(x for x in printed if f"{os.sep}{name}" in x) for name in ("fundus_c.png", "fundus_m.png"))
+    assert good.startswith("AUTHENTIC (restorable) ")
+    assert damaged.startswith("PIXELS AUTHENTIC, RESTORE DATA DAMAGED ") and "restorable" not in damaged
+    assert printed[-1].endswith("2 image(s): 1 authentic (restorable), 1 pixels authentic, restore data damaged")
 
 
 def test_grant_unlocks_exactly_its_images(protected, keys, tmp_path):
@@ -299,6 +315,7 @@ def test_dicom_restore_data_damage_is_not_authentic(protected, keys, tmp_path, c
     ds.save_as(copy / "colour.dcm")
     code, report = _verify(copy / "colour.dcm", folder / "owner.pub", capsys)
     assert code == 3 and report["results"][0]["verdict"] == RESTORE_DAMAGED, report
+    assert report["results"][0]["restorable"] is False
     assert main(["unlock", str(copy / "colour.dcm"), str(tmp_path / "un"), "--key", str(folder / "owner.key"),
                  "--quiet"]) == 1
     assert not (tmp_path / "un").exists()

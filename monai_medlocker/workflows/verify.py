@@ -7,7 +7,9 @@ Verdicts:
   and are the signed ones (a format 1 certificate, which signs no hashes of them, only needs them
   present); when the embedded copy is damaged, or a DICOM's MedLocker block was stripped (as a PACS may
   do), but the sidecar beside the image is intact, the image is verified with the sidecar (pixels and
-  signed header digest included) and the detail says so;
+  signed header digest included) and the detail says so. Printed ``AUTHENTIC (restorable)``; the
+  ``--json`` rows keep ``"verdict": "authentic"`` and add ``"restorable"`` (true here, false for every
+  other verdict, and for a format 1 certificate without a sealed record: ``authentic (no restore data)``);
 * ``pixels authentic, restore data damaged``: as authentic, but the restore payload or the sealed
   record is missing or is not the signed one (altered, truncated, swapped), or the embedded public
   record differs from the certified one: the pixels can be trusted, but unlock would fail;
@@ -49,7 +51,7 @@ from monai_medlocker.io.outdir import check_output_file
 from monai_medlocker.watermark.logo import greyscale_logo, load_logo, logo_sha256
 
 __all__ = ["VERDICTS", "RESTORE_DAMAGED", "EXIT_RESTORE_DAMAGED", "find_certified_images", "dicom_header_problem",
-           "dicom_header_changes", "header_modified_detail", "verify_image", "Verifier", "format_verify_summary"]
+           "dicom_header_changes", "header_modified_detail", "verify_image", "Verifier", "verdict_label", "format_verify_summary"]
 
 RESTORE_DAMAGED = "pixels authentic, restore data damaged"
 EXIT_RESTORE_DAMAGED = 3
@@ -143,7 +145,7 @@ def verify_image(pf: ProtectedFile, pub: OwnerPublicKey, logo: np.ndarray) -> di
 
 
 def _verdict(pf: ProtectedFile, pub: OwnerPublicKey, logo: np.ndarray) -> dict:
-    row = {"image": str(pf.path), "certificate_in": pf.found_in}
+    row = {"image": str(pf.path), "certificate_in": pf.found_in, "restorable": False}
     if pf.problem:
         return {**row, "verdict": "invalid signature", "detail": pf.problem}
     if pf.signed is None:
@@ -164,7 +166,10 @@ def _verdict(pf: ProtectedFile, pub: OwnerPublicKey, logo: np.ndarray) -> dict:
         return {**row, "verdict": "DICOM header modified", "detail": header_modified_detail(problem, changes)}
     if exact:
         damage = restore_data_problem(pf)
-        return {**row, "verdict": RESTORE_DAMAGED, "detail": damage} if damage else {**row, "verdict": "authentic"}
+        if damage:
+            return {**row, "verdict": RESTORE_DAMAGED, "detail": damage}
+        # A format 1 certificate may stand without a sealed record, which unlock needs.
+        return {**row, "verdict": "authentic", "restorable": pf.payload is not None and pf.sealed_record is not None}
     params = cert.get("params") or {}
     if params.get("logo_sha256") != logo_sha256(logo):
         return {**row, "verdict": "pixels modified, watermark not found",
@@ -207,10 +212,10 @@ class Verifier:
                 rows.append(verify_image(read_protected(path), self.public_key, self.logo))
             except (ImageReadError, ValueError, OSError) as err:
                 message = str(err)
-                rows.append({"image": str(path), "verdict": "unreadable image",
+                rows.append({"image": str(path), "verdict": "unreadable image", "restorable": False,
                              "detail": message if str(path) in message else f"{path}: {message}"})
             except Exception as err:  # a library failure on one file must not stop the batch
-                rows.append({"image": str(path), "verdict": "unreadable image",
+                rows.append({"image": str(path), "verdict": "unreadable image", "restorable": False,
                              "detail": f"{path}: {type(err).__name__}: {err}"})
         counts = {v: sum(r["verdict"] == v for r in rows) for v in VERDICTS if any(r["verdict"] == v for r in rows)}
         self.summary = {"input": str(self.input_path), "owner_key_id": self.public_key.key_id, "images": len(rows),
@@ -229,9 +234,19 @@ def _exit_code(rows: list[dict]) -> int:
     return EXIT_RESTORE_DAMAGED if RESTORE_DAMAGED in verdicts else 0
 
 
+def verdict_label(row: dict) -> str:
+    """A row's verdict as printed: ``authentic (restorable)`` apart from ``authentic (no restore data)``."""
+    if row["verdict"] != "authentic":
+        return row["verdict"]
+    return "authentic (restorable)" if row.get("restorable") else "authentic (no restore data)"
+
+
 def format_verify_summary(summary: dict) -> str:
-    lines = [f"{r['verdict'].upper():38s} {r['image']}" + (f"  ({r['detail']})" if r.get("detail") else "")
-             for r in summary["results"]]
-    lines.append(f"MedLocker verify: {summary['images']} image(s): "
-                 + ", ".join(f"{n} {v}" for v, n in summary["verdicts"].items()))
+    lines, counts = [], {}
+    for r in summary["results"]:
+        label = verdict_label(r)  # e.g. AUTHENTIC (restorable)
+        head = r["verdict"].upper() + label[len(r["verdict"]):]
+        lines.append(f"{head:38s} {r['image']}" + (f"  ({r['detail']})" if r.get("detail") else ""))
+        counts[label] = counts.get(label, 0) + 1
+    lines.append(f"MedLocker verify: {summary['images']} image(s): " + ", ".join(f"{n} {v}" for v, n in counts.items()))
     return "\n".join(lines)
