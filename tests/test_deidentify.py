@@ -3,6 +3,7 @@ no free-text findings) and what unlock gives back (the original file, byte for b
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -262,22 +263,10 @@ def test_resuming_with_another_identity_setting_is_refused(tmp_path, owner, tiny
 
 def test_replaced_uids_leave_no_source_uid_in_public_and_unlock_restores_them(tmp_path, owner, tiny_surrogate, capsys):
     """Without the Retain UIDs Option no source UID is published, not even as the image id; verify and unlock work."""
-    from monai_medlocker.certify.seal import Keyring
-    from monai_medlocker.transforms.protect_steps import LoadFundusd
-    from monai_medlocker.workflows.protect import protect_chain
-
     rgb = synthesize_fundus(128, seed=11, grade=2).image
     source = _source(rgb)
+    out = _protect(tmp_path, {"eye": source}, owner, tiny_surrogate, retain_uids=False)  # the Python API's setting
     src = tmp_path / "in"
-    src.mkdir()
-    source.save_as(src / "eye.dcm", enforce_file_format=True)
-    Image.fromarray(np.zeros(rgb.shape[:2], np.uint8)).save(src / "eye_lesions.png")
-    out = tmp_path / "out"
-    keyring = Keyring(owner)
-    chain = protect_chain(out, tiny_surrogate, {"max_queries": 4}, keyring=keyring, lesion_segmenter="masks")
-    chain.transforms = (LoadFundusd(retain_uids=False, keyring=keyring),) + tuple(chain.transforms[1:])
-    summary = DatasetProtector(src, out, chain=chain, progress=False).run()
-    assert summary["protected"] == 1, summary
     uids = [source.SOPInstanceUID, source.StudyInstanceUID, source.SeriesInstanceUID,
             source.SynchronizationFrameOfReferenceUID]
     for path in public_dir(out).rglob("*"):
@@ -288,6 +277,98 @@ def test_replaced_uids_leave_no_source_uid_in_public_and_unlock_restores_them(tm
     assert main(["verify", str(public_dir(out)), "--pub", str(owner.with_suffix(".pub")), "--quiet"]) == 0
     _unlock(out, owner, tmp_path / "un")
     assert (tmp_path / "un" / "eye.dcm").read_bytes() == (src / "eye.dcm").read_bytes()
+
+
+def test_python_api_takes_every_privacy_setting(tmp_path, owner, tiny_surrogate):
+    """Issue 18 item 4: DatasetProtector takes the bundle's privacy settings, not only keep_identity."""
+    rgb = synthesize_fundus(128, seed=12, grade=1).image
+    source = _source(rgb)
+    source.StudyDate = "20200102"
+    out = _protect(tmp_path, {"eye": source}, owner, tiny_surrogate, keep_identity=True, keep_free_text=True)
+    ds = pydicom.dcmread(public_dir(out) / "eye.dcm")
+    assert ds.PatientName == IDENTITY["PatientName"] and ds.ImageComments == FINDINGS["ImageComments"]
+    (tmp_path / "dated").mkdir()
+    dated = _protect(tmp_path / "dated", {"eye": source}, owner, tiny_surrogate, retain_dates=True)
+    ds = pydicom.dcmread(public_dir(dated) / "eye.dcm")
+    assert ds.StudyDate == "20200102" and ds.PatientName == "" and "ImageComments" not in ds
+    assert [i.CodeValue for i in ds.DeidentificationMethodCodeSequence] == ["113100", "113110", "113106"]
+
+
+def _protect_cli(src: Path, out: Path, owner: Path, *flags: str) -> pydicom.Dataset:
+    assert main(["protect", str(src), str(out), "--quiet", "--max-queries", "4", "--lesion-segmenter", "masks",
+                 "--key", str(owner), *flags]) == 0
+    return pydicom.dcmread(public_dir(out) / "eye.dcm")
+
+
+def _dicom_input(tmp_path: Path, seed: int) -> tuple[Path, pydicom.Dataset]:
+    """A folder with one identified OP instance (a study date, a grader's comment) and its empty lesion mask."""
+    source = _source(synthesize_fundus(128, seed=seed, grade=2).image)
+    source.StudyDate = "20200102"
+    src = tmp_path / "in"
+    src.mkdir()
+    source.save_as(src / "eye.dcm", enforce_file_format=True)
+    Image.fromarray(np.zeros((128, 128), np.uint8)).save(src / "eye_lesions.png")
+    return src, source
+
+
+def test_cli_privacy_flags_end_to_end(tmp_path, owner):
+    """Issue 18 item 4: --replace-uids, --retain-dates, --keep-identity, --keep-free-text through the CLI (inference.json)."""
+    src, source = _dicom_input(tmp_path, seed=13)
+    ds = _protect_cli(src, tmp_path / "dated", owner, "--replace-uids", "--retain-dates")
+    assert ds.StudyInstanceUID.startswith("2.25.") and ds.StudyInstanceUID != source.StudyInstanceUID
+    assert ds.StudyDate == "20200102" and ds.PatientName == "" and "ImageComments" not in ds
+    assert [i.CodeValue for i in ds.DeidentificationMethodCodeSequence] == ["113100", "113106"]
+    kept = _protect_cli(src, tmp_path / "kept", owner, "--keep-identity", "--keep-free-text")
+    assert kept.PatientName == IDENTITY["PatientName"] and kept.ImageComments == FINDINGS["ImageComments"]
+    assert kept.StudyInstanceUID == source.StudyInstanceUID and "DeidentificationMethodCodeSequence" not in kept
+    for name in ("dated", "kept"):
+        _unlock(tmp_path / name, owner, tmp_path / f"un_{name}")
+        assert (tmp_path / f"un_{name}" / "eye.dcm").read_bytes() == (src / "eye.dcm").read_bytes()
+
+
+@pytest.mark.slow
+def test_bundle_privacy_keys_through_monai_bundle_run(tmp_path, owner):
+    """Issue 18 item 4: the bundle keys retain_uids, retain_dates, keep_identity, keep_free_text with monai.bundle run."""
+    from test_bundle_run import BUNDLE, bundle_run
+
+    src, source = _dicom_input(tmp_path, seed=14)
+    common = ["--dataset_dir", str(src), "--owner_key", str(owner), "--max_queries", "4", "--lesion_segmenter", "masks",
+              "--progress", "False"]
+    runs = {"dated": ["--retain_uids", "False", "--retain_dates", "True"],
+            "kept": ["--keep_identity", "True", "--keep_free_text", "True"]}
+    for name, keys in runs.items():
+        proc = bundle_run([BUNDLE / "configs" / "inference.json"], *common, "--output_dir", str(tmp_path / name), *keys,
+                          cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    dated, kept = (pydicom.dcmread(public_dir(tmp_path / n) / "eye.dcm") for n in runs)
+    assert dated.StudyInstanceUID.startswith("2.25.") and dated.StudyDate == "20200102" and dated.PatientName == ""
+    assert [i.CodeValue for i in dated.DeidentificationMethodCodeSequence] == ["113100", "113106"]
+    assert kept.PatientID == IDENTITY["PatientID"] and kept.ImageComments == FINDINGS["ImageComments"]
+    settings = json.loads((tmp_path / "dated" / "private" / "run_settings.json").read_text())
+    assert settings["dicom_privacy"] == DicomPrivacy(retain_uids=False, retain_dates=True).to_record()
+
+
+def test_missing_annex_e_table_names_the_package_not_an_extra(monkeypatch):
+    """dicom-anonymizer is a core dependency now: the error must not send the user to the [dicom] extra."""
+    import importlib
+
+    from monai_medlocker.io import deidentify as module
+
+    real_import = importlib.import_module
+
+    def no_anonymizer(name, *args):
+        if name.startswith("dicomanonymizer"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args)
+    module.annex_e_actions.cache_clear()
+    monkeypatch.setattr(importlib, "import_module", no_anonymizer)
+    try:
+        with pytest.raises(RuntimeError, match="dicom-anonymizer") as err:
+            module.annex_e_actions()
+        assert "[dicom]" not in str(err.value) and "--keep-identity" in str(err.value)
+    finally:
+        monkeypatch.undo()
+        module.annex_e_actions.cache_clear()
 
 
 def test_restore_payload_version_3_carries_the_original_file():

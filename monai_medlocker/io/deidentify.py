@@ -88,15 +88,16 @@ def annex_e_actions() -> tuple[dict[int, str], tuple[tuple[int, int, int, str], 
     """Table E.1-1 as (tag -> action code, masked rows (tag, group mask, element mask, action)).
 
     Raises:
-        RuntimeError: dicom-anonymizer is not installed (the message says how to get it).
+        RuntimeError: dicom-anonymizer (a dependency of monai-medlocker) is missing or lacks the table.
     """
     try:
         from importlib import import_module
 
         table = import_module(f"dicomanonymizer.dicom_anonymization_databases.{_TABLE_EDITION}")
     except ImportError as err:
-        raise RuntimeError("de-identifying DICOM needs dicom-anonymizer (pip install 'monai-medlocker[dicom]'); "
-                           "or keep the identity on purpose (--keep-identity)") from err
+        raise RuntimeError(f"de-identifying DICOM needs dicom-anonymizer 2.1.0 with its {_TABLE_EDITION} table, a "
+                           "dependency of monai-medlocker (reinstall it: pip install monai-medlocker); or keep the "
+                           "identity on purpose (--keep-identity)") from err
     exact: dict[int, str] = {}
     masked = []
     for category, action in _CATEGORIES.items():
