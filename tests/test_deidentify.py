@@ -120,6 +120,21 @@ def test_keep_identity_keeps_the_patient_but_not_other_vendors_data(tmp_path, ow
     assert _private_paths(ds) == [] and "ImageComments" not in ds  # findings never go out unless kept on purpose
 
 
+def test_private_elements_kept_on_purpose(tmp_path, owner, tiny_surrogate):
+    """Issue 18 item 5: keep_private (with keep_identity) publishes other vendors' data at any depth; unlock is exact."""
+    rgb = synthesize_fundus(128, seed=7, grade=2).image
+    out = _protect(tmp_path, {"eye": _source(rgb)}, owner, tiny_surrogate, keep_identity=True, keep_private=True)
+    ds = pydicom.dcmread(public_dir(out) / "eye.dcm")
+    assert ds.AnatomicRegionSequence[0][0x00991001].value == FINDINGS["nested private"]
+    assert ds.private_block(0x0029, "OTHER VENDOR")[0x01].value == "grade 2" and read_medlocker_tags(ds) is not None
+    assert "ImageComments" not in ds  # free text is a setting of its own
+    assert main(["verify", str(public_dir(out)), "--pub", str(owner.with_suffix(".pub")), "--quiet"]) == 0
+    _unlock(out, owner, tmp_path / "un")
+    assert (tmp_path / "un" / "eye.dcm").read_bytes() == (tmp_path / "in" / "eye.dcm").read_bytes()
+    with pytest.raises(ValueError, match="keep_private .* needs keep_identity"):
+        DatasetProtector(tmp_path / "in", tmp_path / "x", tiny_surrogate, keep_private=True)
+
+
 def test_free_text_kept_on_purpose():
     rgb = synthesize_fundus(128, seed=5, grade=0).image
     kept = deidentify(_source(rgb), DicomPrivacy(keep_identity=True, keep_free_text=True))
@@ -318,8 +333,9 @@ def test_cli_privacy_flags_end_to_end(tmp_path, owner):
     assert ds.StudyInstanceUID.startswith("2.25.") and ds.StudyInstanceUID != source.StudyInstanceUID
     assert ds.StudyDate == "20200102" and ds.PatientName == "" and "ImageComments" not in ds
     assert [i.CodeValue for i in ds.DeidentificationMethodCodeSequence] == ["113100", "113106"]
-    kept = _protect_cli(src, tmp_path / "kept", owner, "--keep-identity", "--keep-free-text")
+    kept = _protect_cli(src, tmp_path / "kept", owner, "--keep-identity", "--keep-free-text", "--keep-private")
     assert kept.PatientName == IDENTITY["PatientName"] and kept.ImageComments == FINDINGS["ImageComments"]
+    assert len(_private_paths(kept)) == 4  # both vendors' blocks (creator + element), as kept on purpose
     assert kept.StudyInstanceUID == source.StudyInstanceUID and "DeidentificationMethodCodeSequence" not in kept
     for name in ("dated", "kept"):
         _unlock(tmp_path / name, owner, tmp_path / f"un_{name}")
@@ -328,14 +344,15 @@ def test_cli_privacy_flags_end_to_end(tmp_path, owner):
 
 @pytest.mark.slow
 def test_bundle_privacy_keys_through_monai_bundle_run(tmp_path, owner):
-    """Issue 18 item 4: the bundle keys retain_uids, retain_dates, keep_identity, keep_free_text with monai.bundle run."""
+    """Issue 18 items 4 and 5: the bundle's privacy keys (retain_uids, retain_dates, keep_identity, keep_free_text,
+    keep_private) with monai.bundle run."""
     from test_bundle_run import BUNDLE, bundle_run
 
     src, source = _dicom_input(tmp_path, seed=14)
     common = ["--dataset_dir", str(src), "--owner_key", str(owner), "--max_queries", "4", "--lesion_segmenter", "masks",
               "--progress", "False"]
     runs = {"dated": ["--retain_uids", "False", "--retain_dates", "True"],
-            "kept": ["--keep_identity", "True", "--keep_free_text", "True"]}
+            "kept": ["--keep_identity", "True", "--keep_free_text", "True", "--keep_private", "True"]}
     for name, keys in runs.items():
         proc = bundle_run([BUNDLE / "configs" / "inference.json"], *common, "--output_dir", str(tmp_path / name), *keys,
                           cwd=tmp_path)
@@ -344,6 +361,7 @@ def test_bundle_privacy_keys_through_monai_bundle_run(tmp_path, owner):
     assert dated.StudyInstanceUID.startswith("2.25.") and dated.StudyDate == "20200102" and dated.PatientName == ""
     assert [i.CodeValue for i in dated.DeidentificationMethodCodeSequence] == ["113100", "113106"]
     assert kept.PatientID == IDENTITY["PatientID"] and kept.ImageComments == FINDINGS["ImageComments"]
+    assert kept.AnatomicRegionSequence[0][0x00991001].value == FINDINGS["nested private"]  # keep_private
     settings = json.loads((tmp_path / "dated" / "private" / "run_settings.json").read_text())
     assert settings["dicom_privacy"] == DicomPrivacy(retain_uids=False, retain_dates=True).to_record()
 

@@ -12,7 +12,8 @@ date or time that may be Type 1 (X/D, X/Z/D), else removal. The instance then sa
 DeidentificationMethod and DeidentificationMethodCodeSequence (CID 7050: 113100, plus 113110 and
 113106 for the options).
 
-Whatever the identity setting, two kinds of data never go out unless asked for: private elements at
+Whatever the identity setting, two kinds of data never go out unless asked for (with the identity kept:
+``keep_private``, ``keep_free_text``): private elements at
 any depth (other vendors' data; the writer adds MedLocker's own block afterwards), and free-text
 attributes that can carry findings (ImageComments and the profile's other comment, description and
 history text), since a grader's note tells the grade the mark hides.
@@ -71,16 +72,30 @@ class DicomPrivacy:
         retain_uids: the Retain UIDs Option (default on); off, UIDs are replaced by a keyed hash
             (``uid_secret`` of :func:`deidentify`).
         retain_dates: the Retain Longitudinal Temporal Information with Full Dates Option.
+        keep_private: with ``keep_identity``, keep other vendors' private elements (at any depth) on purpose;
+            de-identified, the profile removes them (they may carry identity or findings).
+
+    Raises:
+        ValueError: ``keep_private`` without ``keep_identity``.
     """
 
     keep_identity: bool = False
     keep_free_text: bool = False
     retain_uids: bool = True
     retain_dates: bool = False
+    keep_private: bool = False
+
+    def __post_init__(self) -> None:
+        if self.keep_private and not self.keep_identity:
+            raise ValueError("keep_private (--keep-private) needs keep_identity (--keep-identity): a de-identified "
+                             "instance never keeps private elements (PS3.15 E.1 removes them)")
 
     def to_record(self) -> dict:
-        return {"keep_identity": self.keep_identity, "keep_free_text": self.keep_free_text,
-                "retain_uids": self.retain_uids, "retain_dates": self.retain_dates}
+        record = {"keep_identity": self.keep_identity, "keep_free_text": self.keep_free_text,
+                  "retain_uids": self.retain_uids, "retain_dates": self.retain_dates}
+        if self.keep_private:  # only then: earlier runs' settings stay as they were
+            record["keep_private"] = True
+        return record
 
 
 @lru_cache(maxsize=1)
@@ -171,7 +186,8 @@ def _clean(ds: Dataset, privacy: DicomPrivacy, uid_secret: bytes | None, top: bo
     for elem in list(ds):
         tag = int(elem.tag)
         if BaseTag(tag).is_private:
-            del ds[elem.tag]  # other vendors' data, at any depth
+            if not privacy.keep_private:
+                del ds[elem.tag]  # other vendors' data, at any depth
             continue
         if top and tag >> 16 in (0x0002, 0x7FE0):
             continue  # file meta and pixel data: not header content

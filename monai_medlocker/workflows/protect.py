@@ -267,8 +267,8 @@ class DatasetProtector:
             default), ``"rle"`` or ``"jpeg-ls"`` (lossless). Lossy output is refused.
         keep_identity: publish DICOM sources' patient, study and equipment identity (a clinic's own PACS
             round trip); default: de-identify by DICOM PS3.15 Annex E (:mod:`monai_medlocker.io.deidentify`).
-        keep_free_text, retain_dates, retain_uids: the other DICOM privacy settings (bundle keys of the same
-            names; see :class:`~monai_medlocker.transforms.protect_steps.LoadFundusd`).
+        keep_free_text, retain_dates, retain_uids, keep_private: the other DICOM privacy settings (bundle keys
+            of the same names; see :class:`~monai_medlocker.transforms.protect_steps.LoadFundusd`).
         owner_key: the owner's ``.key`` file (or an ``OwnerKey``): when given, each protected image
             gets a signed certificate, a sealed record and an encrypted restore payload
             (:mod:`monai_medlocker.certify`), and its keyed rendering secret is derived from it.
@@ -306,6 +306,7 @@ class DatasetProtector:
         keep_free_text: bool = False,
         retain_dates: bool = False,
         retain_uids: bool = True,
+        keep_private: bool = False,
         owner_key=None,
         owner_key_passphrase: str | None = None,
         redo: bool = False,
@@ -339,7 +340,8 @@ class DatasetProtector:
                 wsm_margin=wsm_margin, wsm_margin_fraction=wsm_margin_fraction, seed=seed,
                 lesion_segmenter=lesion_segmenter, segmenter_checkpoint=segmenter_checkpoint, dicom_encoding=dicom_encoding,
                 anatomy=anatomy, privacy={"keep_identity": keep_identity, "keep_free_text": keep_free_text,
-                                          "retain_dates": retain_dates, "retain_uids": retain_uids},
+                                          "retain_dates": retain_dates, "retain_uids": retain_uids,
+                                          "keep_private": keep_private},
                 keyring=Keyring(owner_key, owner_key_passphrase, self.output_dir / PRIVATE_DIR / RENDER_SECRET))
         self.chain = chain
         self.watermark = self.step(AdversarialWatermarkd).transform
