@@ -54,17 +54,20 @@ def _surrogate() -> Surrogate:
     return Surrogate(TinyConv(), model_spec("resnet-tiny", 64))
 
 
-def _lab_batch(folder: Path, layout: str = "flat", per_grade: int = PER_GRADE, size: int = SIZE) -> list[dict]:
+def _lab_batch(folder: Path, layout: str = "flat", per_grade: int = PER_GRADE, size: int = SIZE,
+               names: list[str] | None = None) -> list[dict]:
     """``per_grade`` lab images per grade (with their lesion masks), grades interleaved; a datalist beside them.
 
     ``layout``: ``"flat"`` (names that tell nothing: ``eye_XX``) or ``"classes"`` (EyePACS-style class
-    folders ``0/`` .. ``4/``, names that do).
+    folders ``0/`` .. ``4/``, names that do); ``names``: the images' names instead.
     """
     items = []
     for i in range(per_grade * 5):
         grade = (i * 2) % 5  # grades not in file order
         sample = synthesize_fundus(size, seed=700 + i, grade=grade)
-        rel = Path(f"eye_{i:02d}.png") if layout == "flat" else Path(str(grade)) / f"grade{grade}_{i:02d}.png"
+        # Flat names count from 10: no number in them can equal a grade (eye_00 with grade 0 would be flagged).
+        rel = Path(f"eye_{i + 10:02d}.png") if layout == "flat" else Path(str(grade)) / f"grade{grade}_{i:02d}.png"
+        rel = Path(names[i]) if names else rel
         (folder / rel.parent).mkdir(parents=True, exist_ok=True)
         Image.fromarray(sample.image).save(folder / rel)
         item = {"image": rel.as_posix(), "label": grade}
@@ -238,6 +241,49 @@ def test_no_public_name_carries_a_label(flat_batch):
         rel = path.relative_to(public_dir(out))
         stem = str(rel).split(".")[0]
         assert label_like_name(rel, labels.get(stem)) is None, rel
+
+
+@pytest.mark.parametrize("relative, label, why", [
+    ("eye_02.png", 2, "its label 2"),  # zero-padded
+    ("eye_2.png", 2, "its label 2"),
+    ("scans/img_004.dcm", 4, "its label 4"),
+    ("eye_02.png", 3, None),
+    ("eye_12.png", 2, None),
+    ("eye_02.png", None, None),
+    ("moderate/eye_17.png", None, "grade word 'moderate'"),
+    ("eye_17_NPDR.png", 1, "grade word 'npdr'"),
+    ("3/eye_17.png", None, "class folder 3/"),
+    ("mildred_17.png", 1, None),  # a word that only starts like a grade word
+])
+def test_label_like_names(relative, label, why):
+    from monai_medlocker.workflows.protect import label_like_name
+
+    assert label_like_name(relative, label) == why
+
+
+def test_grade_words_and_datalist_labels_in_names_are_warned(tmp_path):
+    """Issue 18 item 3: a protect run names the inputs whose names would publish their label."""
+    src = tmp_path / "lab"
+    # Grades 0, 2, 4, 1, 3: a grade word, label 2 zero-padded, label 4, and two names that tell nothing.
+    items = _lab_batch(src, per_grade=1, names=["severe_a.png", "eye_02.png", "eye_4.png", "eye_17.png", "eye_21.png"])
+    assert [i["label"] for i in items] == [0, 2, 4, 1, 3]
+    with pytest.warns(UserWarning, match=r"3 input name\(s\) look like labels") as caught:
+        DatasetProtector(src / "datalist.json", tmp_path / "out", _surrogate(), owner_key=_owner(), **FAST).run()
+    message = str(next(w.message for w in caught if "look like labels" in str(w.message)))
+    for part in ("severe_a.png (grade word 'severe')", "eye_02.png (its label 2)", "eye_4.png (its label 4)"):
+        assert part in message, message
+    assert "eye_17" not in message and "eye_21" not in message
+
+
+def test_shipped_samples_carry_no_label_in_their_names():
+    """Issue 18 item 3: bundle/samples are named so that no name tells any grade (the published names would)."""
+    from monai_medlocker.workflows.protect import label_like_name
+
+    samples = Path(__file__).resolve().parents[1] / "bundle" / "samples"
+    names = sorted(p.relative_to(samples) for p in samples.rglob("*") if p.is_file())
+    assert any(n.suffix == ".dcm" for n in names) and any(n.suffix == ".png" for n in names)
+    flagged = {str(n): why for n in names for label in range(5) for why in [label_like_name(n, label)] if why}
+    assert flagged == {}
 
 
 def test_dicom_creation_time_is_the_day_only(tmp_path):

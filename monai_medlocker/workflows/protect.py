@@ -167,7 +167,7 @@ def label_like_name(relative: str | Path, label: int | None = None) -> str | Non
     """Why an input's relative path looks like it tells its grade (then publishing it would), or ``None``.
 
     A class folder (``0/`` .. ``4/``), a grade word (:data:`GRADE_WORDS`) in a folder or file name, or
-    a number in the name equal to the image's datalist label.
+    a number in the name equal to the image's datalist label (zero-padded too: ``eye_02.png`` for label 2).
     """
     parts = [p.lower() for p in Path(relative).parts]
     if not parts:
@@ -180,7 +180,7 @@ def label_like_name(relative: str | Path, label: int | None = None) -> str | Non
         found = _GRADE_WORD.search(name)
         if found:
             return f"grade word {found.group(1)!r}"
-    if label is not None and str(label) in (t for name in names for t in _NAME_TOKENS.findall(name)):
+    if label is not None and any(t.isdigit() and int(t) == int(label) for name in names for t in _NAME_TOKENS.findall(name)):
         return f"its label {label}"
     return None
 
