@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from pydicom.dataset import Dataset
 from PIL import Image
 
 from monai_medlocker.certify.keys import generate_owner_key, save_owner_key
@@ -144,7 +145,8 @@ def test_free_text_kept_on_purpose():
     assert "ImageComments" not in deidentify(_source(rgb), DicomPrivacy(keep_free_text=True))
 
 
-# Rows of DICOM PS3.15 (2026c) table E.1-1, copied from the standard, that the table in use must give.
+# Rows of DICOM PS3.15 (2026c) table E.1-1, copied from the standard, that the table in use must give (beside
+# the whole older copy, ANNEX_E_COPY: rows it lacks or that changed since, e.g. InstanceCreationDate).
 STANDARD_ROWS = {
     "PatientName": "Z", "PatientBirthDate": "Z", "PatientSex": "Z", "AccessionNumber": "Z", "StudyDate": "Z",
     "StudyTime": "Z", "StudyID": "Z", "ReferringPhysicianName": "Z", "PatientAddress": "X", "OtherPatientIDs": "X",
@@ -156,6 +158,40 @@ STANDARD_ROWS = {
     "ContentDate": "Z/D", "ContentTime": "Z/D", "SeriesDate": "X/D", "InstanceCreationDate": "X/D",
     "SourceImageSequence": "X/Z/U*", "ReferencedImageSequence": "X/Z/U*", "AcquisitionDate": "X/Z",
 }
+
+
+# Table E.1-1 as an independent copy holds it (tests/data/ps3.15_table_e.1-1.tsv: tag, action, name; an older edition).
+ANNEX_E_COPY = Path(__file__).parent / "data" / "ps3.15_table_e.1-1.tsv"
+# Rows whose action the standard changed after the copy's edition: tag -> (the copy's action, the 2026c action).
+# Patient ID's change shows in dicom-anonymizer's own tables (Z in its 2023 table, Z/D from 2024b).
+EDITION_CHANGES = {0x00100020: ("Z", "Z/D"), 0x30060009: ("X/D", "Z"), 0x300A00B2: ("X", "X/Z"),
+                   0x30100077: ("D", "X/D")}
+
+
+def _annex_e_copy() -> list[tuple[str, str, str]]:
+    rows = [tuple(line.split("\t")) for line in ANNEX_E_COPY.read_text(encoding="utf-8").splitlines()
+            if line and not line.startswith("#")]
+    assert len(rows) == 460 and all(len(r) == 3 for r in rows)  # the whole table, not a sample
+    return rows
+
+
+def test_annex_e_table_has_every_row_of_an_independent_copy():
+    """Issue 18 item 4: every row of Table E.1-1 (460, from a copy apart from dicom-anonymizer) gets its action."""
+    wrong = {}
+    for tag, action, name in _annex_e_copy():
+        if tag == "odd":  # private attributes: removed at any depth, checked below
+            continue
+        # A repeating group (50xx, 60xx): a few even groups, any element.
+        for value in {tag.replace("x", d) for d in ("0", "1", "E")}:
+            expected = EDITION_CHANGES.get(int(value, 16), (action, action))
+            assert expected[0] == action, f"{name}: the copy says {action}, EDITION_CHANGES {expected[0]}"
+            if annex_e_action(int(value, 16)) != expected[1]:
+                wrong[f"{name} ({value})"] = (annex_e_action(int(value, 16)), expected[1])
+    assert wrong == {}
+    source = Dataset()
+    source.PatientName = "Doe^Jane"
+    source.private_block(0x0011, "OTHER VENDOR", create=True).add_new(0x01, "LO", "grade 2")
+    assert _private_paths(deidentify(source)) == []
 
 
 def test_annex_e_table_matches_the_standard():

@@ -24,7 +24,9 @@ The attribute table is not typed in here: it comes from ``dicom-anonymizer`` (2.
 415 X, 55 U, 50 with a choice, repeating groups as masks); ``deid`` 0.4.13 ships its own "best effort"
 recipe (about 70 REMOVE/BLANK/REPLACE lines, not the table; it also pulls matplotlib); ``dicognito``
 0.19.0 randomises a fixed set of attribute kinds (names, ids, addresses, dates, UIDs, equipment)
-without the table. ``tests/test_deidentify.py`` checks the table against rows of the standard.
+without the table. ``tests/test_deidentify.py`` checks the table against a whole copy of table E.1-1
+made apart from dicom-anonymizer (``tests/data/ps3.15_table_e.1-1.tsv``, an older edition, every row) and
+against rows of the 2026c edition.
 """
 
 from __future__ import annotations
