@@ -3,11 +3,13 @@ no free-text findings) and what unlock gives back (the original file, byte for b
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from pydicom.dataset import Dataset
 from PIL import Image
 
 from monai_medlocker.certify.keys import generate_owner_key, save_owner_key
@@ -119,6 +121,21 @@ def test_keep_identity_keeps_the_patient_but_not_other_vendors_data(tmp_path, ow
     assert _private_paths(ds) == [] and "ImageComments" not in ds  # findings never go out unless kept on purpose
 
 
+def test_private_elements_kept_on_purpose(tmp_path, owner, tiny_surrogate):
+    """Issue 18 item 5: keep_private (with keep_identity) publishes other vendors' data at any depth; unlock is exact."""
+    rgb = synthesize_fundus(128, seed=7, grade=2).image
+    out = _protect(tmp_path, {"eye": _source(rgb)}, owner, tiny_surrogate, keep_identity=True, keep_private=True)
+    ds = pydicom.dcmread(public_dir(out) / "eye.dcm")
+    assert ds.AnatomicRegionSequence[0][0x00991001].value == FINDINGS["nested private"]
+    assert ds.private_block(0x0029, "OTHER VENDOR")[0x01].value == "grade 2" and read_medlocker_tags(ds) is not None
+    assert "ImageComments" not in ds  # free text is a setting of its own
+    assert main(["verify", str(public_dir(out)), "--pub", str(owner.with_suffix(".pub")), "--quiet"]) == 0
+    _unlock(out, owner, tmp_path / "un")
+    assert (tmp_path / "un" / "eye.dcm").read_bytes() == (tmp_path / "in" / "eye.dcm").read_bytes()
+    with pytest.raises(ValueError, match="keep_private .* needs keep_identity"):
+        DatasetProtector(tmp_path / "in", tmp_path / "x", tiny_surrogate, keep_private=True)
+
+
 def test_free_text_kept_on_purpose():
     rgb = synthesize_fundus(128, seed=5, grade=0).image
     kept = deidentify(_source(rgb), DicomPrivacy(keep_identity=True, keep_free_text=True))
@@ -128,7 +145,8 @@ def test_free_text_kept_on_purpose():
     assert "ImageComments" not in deidentify(_source(rgb), DicomPrivacy(keep_free_text=True))
 
 
-# Rows of DICOM PS3.15 (2026c) table E.1-1, copied from the standard, that the table in use must give.
+# Rows of DICOM PS3.15 (2026c) table E.1-1, copied from the standard, that the table in use must give (beside
+# the whole older copy, ANNEX_E_COPY: rows it lacks or that changed since, e.g. InstanceCreationDate).
 STANDARD_ROWS = {
     "PatientName": "Z", "PatientBirthDate": "Z", "PatientSex": "Z", "AccessionNumber": "Z", "StudyDate": "Z",
     "StudyTime": "Z", "StudyID": "Z", "ReferringPhysicianName": "Z", "PatientAddress": "X", "OtherPatientIDs": "X",
@@ -140,6 +158,40 @@ STANDARD_ROWS = {
     "ContentDate": "Z/D", "ContentTime": "Z/D", "SeriesDate": "X/D", "InstanceCreationDate": "X/D",
     "SourceImageSequence": "X/Z/U*", "ReferencedImageSequence": "X/Z/U*", "AcquisitionDate": "X/Z",
 }
+
+
+# Table E.1-1 as an independent copy holds it (tests/data/ps3.15_table_e.1-1.tsv: tag, action, name; an older edition).
+ANNEX_E_COPY = Path(__file__).parent / "data" / "ps3.15_table_e.1-1.tsv"
+# Rows whose action the standard changed after the copy's edition: tag -> (the copy's action, the 2026c action).
+# Patient ID's change shows in dicom-anonymizer's own tables (Z in its 2023 table, Z/D from 2024b).
+EDITION_CHANGES = {0x00100020: ("Z", "Z/D"), 0x30060009: ("X/D", "Z"), 0x300A00B2: ("X", "X/Z"),
+                   0x30100077: ("D", "X/D")}
+
+
+def _annex_e_copy() -> list[tuple[str, str, str]]:
+    rows = [tuple(line.split("\t")) for line in ANNEX_E_COPY.read_text(encoding="utf-8").splitlines()
+            if line and not line.startswith("#")]
+    assert len(rows) == 460 and all(len(r) == 3 for r in rows)  # the whole table, not a sample
+    return rows
+
+
+def test_annex_e_table_has_every_row_of_an_independent_copy():
+    """Issue 18 item 4: every row of Table E.1-1 (460, from a copy apart from dicom-anonymizer) gets its action."""
+    wrong = {}
+    for tag, action, name in _annex_e_copy():
+        if tag == "odd":  # private attributes: removed at any depth, checked below
+            continue
+        # A repeating group (50xx, 60xx): a few even groups, any element.
+        for value in {tag.replace("x", d) for d in ("0", "1", "E")}:
+            expected = EDITION_CHANGES.get(int(value, 16), (action, action))
+            assert expected[0] == action, f"{name}: the copy says {action}, EDITION_CHANGES {expected[0]}"
+            if annex_e_action(int(value, 16)) != expected[1]:
+                wrong[f"{name} ({value})"] = (annex_e_action(int(value, 16)), expected[1])
+    assert wrong == {}
+    source = Dataset()
+    source.PatientName = "Doe^Jane"
+    source.private_block(0x0011, "OTHER VENDOR", create=True).add_new(0x01, "LO", "grade 2")
+    assert _private_paths(deidentify(source)) == []
 
 
 def test_annex_e_table_matches_the_standard():
@@ -262,22 +314,10 @@ def test_resuming_with_another_identity_setting_is_refused(tmp_path, owner, tiny
 
 def test_replaced_uids_leave_no_source_uid_in_public_and_unlock_restores_them(tmp_path, owner, tiny_surrogate, capsys):
     """Without the Retain UIDs Option no source UID is published, not even as the image id; verify and unlock work."""
-    from monai_medlocker.certify.seal import Keyring
-    from monai_medlocker.transforms.protect_steps import LoadFundusd
-    from monai_medlocker.workflows.protect import protect_chain
-
     rgb = synthesize_fundus(128, seed=11, grade=2).image
     source = _source(rgb)
+    out = _protect(tmp_path, {"eye": source}, owner, tiny_surrogate, retain_uids=False)  # the Python API's setting
     src = tmp_path / "in"
-    src.mkdir()
-    source.save_as(src / "eye.dcm", enforce_file_format=True)
-    Image.fromarray(np.zeros(rgb.shape[:2], np.uint8)).save(src / "eye_lesions.png")
-    out = tmp_path / "out"
-    keyring = Keyring(owner)
-    chain = protect_chain(out, tiny_surrogate, {"max_queries": 4}, keyring=keyring, lesion_segmenter="masks")
-    chain.transforms = (LoadFundusd(retain_uids=False, keyring=keyring),) + tuple(chain.transforms[1:])
-    summary = DatasetProtector(src, out, chain=chain, progress=False).run()
-    assert summary["protected"] == 1, summary
     uids = [source.SOPInstanceUID, source.StudyInstanceUID, source.SeriesInstanceUID,
             source.SynchronizationFrameOfReferenceUID]
     for path in public_dir(out).rglob("*"):
@@ -288,6 +328,101 @@ def test_replaced_uids_leave_no_source_uid_in_public_and_unlock_restores_them(tm
     assert main(["verify", str(public_dir(out)), "--pub", str(owner.with_suffix(".pub")), "--quiet"]) == 0
     _unlock(out, owner, tmp_path / "un")
     assert (tmp_path / "un" / "eye.dcm").read_bytes() == (src / "eye.dcm").read_bytes()
+
+
+def test_python_api_takes_every_privacy_setting(tmp_path, owner, tiny_surrogate):
+    """Issue 18 item 4: DatasetProtector takes the bundle's privacy settings, not only keep_identity."""
+    rgb = synthesize_fundus(128, seed=12, grade=1).image
+    source = _source(rgb)
+    source.StudyDate = "20200102"
+    out = _protect(tmp_path, {"eye": source}, owner, tiny_surrogate, keep_identity=True, keep_free_text=True)
+    ds = pydicom.dcmread(public_dir(out) / "eye.dcm")
+    assert ds.PatientName == IDENTITY["PatientName"] and ds.ImageComments == FINDINGS["ImageComments"]
+    (tmp_path / "dated").mkdir()
+    dated = _protect(tmp_path / "dated", {"eye": source}, owner, tiny_surrogate, retain_dates=True)
+    ds = pydicom.dcmread(public_dir(dated) / "eye.dcm")
+    assert ds.StudyDate == "20200102" and ds.PatientName == "" and "ImageComments" not in ds
+    assert [i.CodeValue for i in ds.DeidentificationMethodCodeSequence] == ["113100", "113110", "113106"]
+
+
+def _protect_cli(src: Path, out: Path, owner: Path, *flags: str) -> pydicom.Dataset:
+    assert main(["protect", str(src), str(out), "--quiet", "--max-queries", "4", "--lesion-segmenter", "masks",
+                 "--key", str(owner), *flags]) == 0
+    return pydicom.dcmread(public_dir(out) / "eye.dcm")
+
+
+def _dicom_input(tmp_path: Path, seed: int) -> tuple[Path, pydicom.Dataset]:
+    """A folder with one identified OP instance (a study date, a grader's comment) and its empty lesion mask."""
+    source = _source(synthesize_fundus(128, seed=seed, grade=2).image)
+    source.StudyDate = "20200102"
+    src = tmp_path / "in"
+    src.mkdir()
+    source.save_as(src / "eye.dcm", enforce_file_format=True)
+    Image.fromarray(np.zeros((128, 128), np.uint8)).save(src / "eye_lesions.png")
+    return src, source
+
+
+def test_cli_privacy_flags_end_to_end(tmp_path, owner):
+    """Issue 18 item 4: --replace-uids, --retain-dates, --keep-identity, --keep-free-text through the CLI (inference.json)."""
+    src, source = _dicom_input(tmp_path, seed=13)
+    ds = _protect_cli(src, tmp_path / "dated", owner, "--replace-uids", "--retain-dates")
+    assert ds.StudyInstanceUID.startswith("2.25.") and ds.StudyInstanceUID != source.StudyInstanceUID
+    assert ds.StudyDate == "20200102" and ds.PatientName == "" and "ImageComments" not in ds
+    assert [i.CodeValue for i in ds.DeidentificationMethodCodeSequence] == ["113100", "113106"]
+    kept = _protect_cli(src, tmp_path / "kept", owner, "--keep-identity", "--keep-free-text", "--keep-private")
+    assert kept.PatientName == IDENTITY["PatientName"] and kept.ImageComments == FINDINGS["ImageComments"]
+    assert len(_private_paths(kept)) == 4  # both vendors' blocks (creator + element), as kept on purpose
+    assert kept.StudyInstanceUID == source.StudyInstanceUID and "DeidentificationMethodCodeSequence" not in kept
+    for name in ("dated", "kept"):
+        _unlock(tmp_path / name, owner, tmp_path / f"un_{name}")
+        assert (tmp_path / f"un_{name}" / "eye.dcm").read_bytes() == (src / "eye.dcm").read_bytes()
+
+
+@pytest.mark.slow
+def test_bundle_privacy_keys_through_monai_bundle_run(tmp_path, owner):
+    """Issue 18 items 4 and 5: the bundle's privacy keys (retain_uids, retain_dates, keep_identity, keep_free_text,
+    keep_private) with monai.bundle run."""
+    from test_bundle_run import BUNDLE, bundle_run
+
+    src, source = _dicom_input(tmp_path, seed=14)
+    common = ["--dataset_dir", str(src), "--owner_key", str(owner), "--max_queries", "4", "--lesion_segmenter", "masks",
+              "--progress", "False"]
+    runs = {"dated": ["--retain_uids", "False", "--retain_dates", "True"],
+            "kept": ["--keep_identity", "True", "--keep_free_text", "True", "--keep_private", "True"]}
+    for name, keys in runs.items():
+        proc = bundle_run([BUNDLE / "configs" / "inference.json"], *common, "--output_dir", str(tmp_path / name), *keys,
+                          cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    dated, kept = (pydicom.dcmread(public_dir(tmp_path / n) / "eye.dcm") for n in runs)
+    assert dated.StudyInstanceUID.startswith("2.25.") and dated.StudyDate == "20200102" and dated.PatientName == ""
+    assert [i.CodeValue for i in dated.DeidentificationMethodCodeSequence] == ["113100", "113106"]
+    assert kept.PatientID == IDENTITY["PatientID"] and kept.ImageComments == FINDINGS["ImageComments"]
+    assert kept.AnatomicRegionSequence[0][0x00991001].value == FINDINGS["nested private"]  # keep_private
+    settings = json.loads((tmp_path / "dated" / "private" / "run_settings.json").read_text())
+    assert settings["dicom_privacy"] == DicomPrivacy(retain_uids=False, retain_dates=True).to_record()
+
+
+def test_missing_annex_e_table_names_the_package_not_an_extra(monkeypatch):
+    """dicom-anonymizer is a core dependency now: the error must not send the user to the [dicom] extra."""
+    import importlib
+
+    from monai_medlocker.io import deidentify as module
+
+    real_import = importlib.import_module
+
+    def no_anonymizer(name, *args):
+        if name.startswith("dicomanonymizer"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args)
+    module.annex_e_actions.cache_clear()
+    monkeypatch.setattr(importlib, "import_module", no_anonymizer)
+    try:
+        with pytest.raises(RuntimeError, match="dicom-anonymizer") as err:
+            module.annex_e_actions()
+        assert "[dicom]" not in str(err.value) and "--keep-identity" in str(err.value)
+    finally:
+        monkeypatch.undo()
+        module.annex_e_actions.cache_clear()
 
 
 def test_restore_payload_version_3_carries_the_original_file():

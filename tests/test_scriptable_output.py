@@ -64,8 +64,8 @@ def test_verify_verdicts_go_to_stdout(keyed, capsys):
     captured = capsys.readouterr()
     for name in NAMES:
         line = next(x for x in captured.out.splitlines() if x.endswith(f"{name}.png"))
-        assert line.startswith("AUTHENTIC")
-    assert "2 image(s): 2 authentic" in captured.out and "AUTHENTIC" not in captured.err
+        assert line.startswith("AUTHENTIC (restorable) ")  # issue 18 item 8: apart from restore data damaged
+    assert "2 image(s): 2 authentic (restorable)" in captured.out and "AUTHENTIC" not in captured.err
 
 
 def test_verify_json_is_the_only_stdout(keyed, capsys):

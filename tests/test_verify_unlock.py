@@ -99,6 +99,7 @@ def test_verify_authentic_and_unlock_bit_exact(protected, keys, tmp_path, capsys
     folder, owner, _ = keys
     code, report = _verify(out, folder / "owner.pub", capsys)
     assert code == 0 and report["verdicts"] == {"authentic": 4}, report
+    assert all(r["verdict"] == r["status"] == "authentic" and r["restorable"] is True for r in report["results"])
     assert main(["unlock", str(out), str(tmp_path / "un"), "--key", str(folder / "owner.key"), "--quiet"]) == 0
     for name in ("fundus_c", "fundus_m"):
         assert np.array_equal(load_rgb(tmp_path / "un" / f"{name}.png"), load_rgb(src / f"{name}.png"))
@@ -115,6 +116,21 @@ def test_verify_authentic_and_unlock_bit_exact(protected, keys, tmp_path, capsys
         assert (tmp_path / "un" / f"{name}.dcm").read_bytes() == (src / f"{name}.dcm").read_bytes()
         if dciodvfy_available():
             assert run_dciodvfy(tmp_path / "un" / f"{name}.dcm").errors == []
+
+
+def test_verify_prints_authentic_and_restorable_apart_from_damaged_restore_data(protected, keys, tmp_path, capsys):
+    """Issue 18 item 8: a fully good file reads AUTHENTIC (restorable); one with damaged restore data does not."""
+    _, out = protected
+    folder, _, _ = keys
+    copy = _copy(out, tmp_path, ["fundus_c.png", "fundus_m.png"])
+    _rewrite_png(copy / "fundus_m.png", change_text=lambda text: text.pop(PNG_PAYLOAD))
+    capsys.readouterr()
+    assert main(["verify", str(copy), "--pub", str(folder / "owner.pub"), "--quiet"]) == 3
+    printed = capsys.readouterr().out.splitlines()
+    good, damaged = (next(x for x in printed if f"{os.sep}{name}" in x) for name in ("fundus_c.png", "fundus_m.png"))
+    assert good.startswith("AUTHENTIC (restorable) ")
+    assert damaged.startswith("PIXELS AUTHENTIC, RESTORE DATA DAMAGED ") and "restorable" not in damaged
+    assert printed[-1].endswith("2 image(s): 1 authentic (restorable), 1 pixels authentic, restore data damaged")
 
 
 def test_grant_unlocks_exactly_its_images(protected, keys, tmp_path):
@@ -299,6 +315,7 @@ def test_dicom_restore_data_damage_is_not_authentic(protected, keys, tmp_path, c
     ds.save_as(copy / "colour.dcm")
     code, report = _verify(copy / "colour.dcm", folder / "owner.pub", capsys)
     assert code == 3 and report["results"][0]["verdict"] == RESTORE_DAMAGED, report
+    assert report["results"][0]["restorable"] is False
     assert main(["unlock", str(copy / "colour.dcm"), str(tmp_path / "un"), "--key", str(folder / "owner.key"),
                  "--quiet"]) == 1
     assert not (tmp_path / "un").exists()
@@ -339,6 +356,63 @@ def test_an_intact_sidecar_stands_in_for_a_damaged_embedded_copy(protected, keys
     target.with_name(target.stem + SIDECAR_SUFFIX).unlink()
     code, report = _verify(target, folder / "owner.pub", capsys)
     assert code != 0 and report["results"][0]["verdict"] != "authentic"
+
+
+def _edited_dicom_copy(out: Path, tmp_path: Path, *edits) -> Path:
+    """A copy of ``colour.dcm`` (its sidecar beside it) with each of ``edits`` applied to its dataset."""
+    target = _copy(out, tmp_path, ["colour.dcm"]) / "colour.dcm"
+    ds = pydicom.dcmread(target)
+    for edit in edits:
+        edit(ds)
+    ds.save_as(target)
+    return target
+
+
+def _strip_medlocker_block(ds: pydicom.Dataset) -> None:
+    for elem in list(ds.group_dataset(0x0011)):
+        del ds[elem.tag]
+
+
+def _garble_certificate(ds: pydicom.Dataset) -> None:
+    block = ds.private_block(0x0011, "MEDLOCKER 1")
+    block[0x10].value = str(block[0x10].value)[:-9]  # no longer JSON: the whole block is unreadable
+
+
+@pytest.mark.parametrize("damage", [_strip_medlocker_block, _garble_certificate])
+def test_a_dicom_sidecar_stands_in_for_a_stripped_or_unreadable_block(protected, keys, tmp_path, capsys, damage):
+    """Issue 18 item 11 on DICOM: a PACS stripped the private block, or its certificate is garbled."""
+    src, out = protected
+    folder, _, _ = keys
+    target = _edited_dicom_copy(out, tmp_path, damage)
+    code, report = _verify(target, folder / "owner.pub", capsys)
+    row = report["results"][0]
+    assert code == 0 and row["verdict"] == "authentic" and row["certificate_in"] == "sidecar", report
+    assert "sidecar" in row["detail"] and "header_changes" not in row
+    assert main(["unlock", str(target), str(tmp_path / "un"), "--key", str(folder / "owner.key"), "--quiet"]) == 0
+    assert (tmp_path / "un" / "colour.dcm").read_bytes() == (src / "colour.dcm").read_bytes()
+
+
+@pytest.mark.parametrize("edit", ["header", "pixels"])
+def test_a_dicom_sidecar_does_not_let_an_altered_instance_pass(protected, keys, tmp_path, capsys, edit):
+    """With the block stripped, the sidecar's certificate still checks the signed header digest and the pixels."""
+    _, out = protected
+    folder, _, _ = keys
+
+    def alter(ds):
+        if edit == "header":
+            ds.ImageLaterality = "L"
+        else:
+            ds.PixelData = bytes([255 - ds.PixelData[0]]) + ds.PixelData[1:]
+    target = _edited_dicom_copy(out, tmp_path, _strip_medlocker_block, alter)
+    code, report = _verify(target, folder / "owner.pub", capsys)
+    row = report["results"][0]
+    assert code == 1 and row["certificate_in"] == "sidecar", report
+    if edit == "header":
+        assert row["verdict"] == "DICOM header modified" and row["header_changes"] == ["ImageLaterality changed"]
+    else:
+        assert row["verdict"].startswith("pixels modified") or row["verdict"].startswith("watermark present"), row
+    assert main(["unlock", str(target), str(tmp_path / "un"), "--key", str(folder / "owner.key"), "--quiet"]) == 1
+    assert not (tmp_path / "un").exists()
 
 
 def test_format_1_certificates_still_verify_and_unlock(protected, keys, tmp_path, capsys):
@@ -400,7 +474,14 @@ def test_dicom_header_swap_is_detected(protected, keys, tmp_path, capsys):
     ds.PatientID = "SOMEONE-ELSE"
     ds.save_as(copy / "colour.dcm")
     code, report = _verify(copy / "colour.dcm", folder / "owner.pub", capsys)
-    assert code == 1 and report["results"][0]["verdict"] == "DICOM header modified", report
+    row = report["results"][0]
+    assert code == 1 and row["verdict"] == "DICOM header modified", report
+    # Issue 18 item 9: what changed is named for the patient/study attributes too (the name, not the value).
+    assert row["header_changes"] == ["PatientID changed"] and "PatientID changed" in row["detail"], row
+    assert "SOMEONE" not in json.dumps(report)
+    assert main(["unlock", str(copy / "colour.dcm"), str(tmp_path / "un"), "--key", str(folder / "owner.key"),
+                 "--quiet"]) == 1
+    assert "patient/study attributes are not the certified ones (PatientID changed)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("edit", ["laterality_and_modality", "image_type", "removed", "added_in_sequence"])

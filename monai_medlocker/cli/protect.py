@@ -84,6 +84,9 @@ def add_protect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-free-text", dest="keep_free_text", action="store_true", default=None,
                    help="DICOM, with --keep-identity: publish ImageComments and other free text that can carry findings "
                    "(default: dropped)")
+    p.add_argument("--keep-private", dest="keep_private", action="store_true", default=None,
+                   help="DICOM, with --keep-identity: publish other vendors' private elements (at any depth) on purpose "
+                   "(default: removed; they may carry identity or findings)")
     p.add_argument("--retain-dates", dest="retain_dates", action="store_true", default=None,
                    help="DICOM de-identification: keep dates and times (Retain Longitudinal Temporal Information "
                    "Full Dates Option)")
@@ -141,6 +144,7 @@ def protect_overrides(args: argparse.Namespace) -> dict:
         "dicom_encoding": args.dicom_encoding,
         "keep_identity": args.keep_identity,
         "keep_free_text": args.keep_free_text,
+        "keep_private": args.keep_private,
         "retain_dates": args.retain_dates,
         "retain_uids": args.retain_uids,
         "owner_key": args.owner_key and str(Path(args.owner_key).resolve()),

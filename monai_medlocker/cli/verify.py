@@ -13,7 +13,7 @@ __all__ = ["add_subparser", "run"]
 def add_subparser(subparsers) -> None:
     p = subparsers.add_parser(
         "verify", help="check protected images' certificates against the owner's public key",
-        description="Print one verdict per image: authentic (and restorable); pixels authentic, restore data damaged; "
+        description="Print one verdict per image: AUTHENTIC (restorable); pixels authentic, restore data damaged; "
         "DICOM header modified; watermark present, pixels modified; pixels modified, watermark not found; invalid "
         "signature; foreign owner; no certificate. Exit code 0 when every image is authentic, 3 when the others only "
         "have damaged restore data, 1 otherwise.",
@@ -22,7 +22,7 @@ def add_subparser(subparsers) -> None:
     p.add_argument("--pub", required=True, help="the owner's public key file (OWNER.pub)")
     p.add_argument("--logo", help="the owner's logo, to look for it in modified images (default: the shipped logo)")
     p.add_argument("--json", action="store_true", help="print one machine-readable summary (JSON) on stdout, with each "
-                   "image's path, image id, verdict and detail (the verdict lines then go to stderr)")
+                   "image's path, image id, verdict, restorable and detail (the verdict lines then go to stderr)")
     p.add_argument("--report", help="also write the JSON report to this file")
     p.add_argument("--bundle-root", help="the MedLocker bundle folder (default: the one beside the package)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -293,6 +293,7 @@ def derive_protected_dataset(
     encoding: str = "explicit",
     monochrome: bool | None = None,
     now: _dt.datetime | None = None,
+    keep_private: bool = False,
 ) -> Dataset:
     """A derived instance holding the protected pixels and the MedLocker private block.
 
@@ -305,6 +306,7 @@ def derive_protected_dataset(
         series_description: default: the source's with " (MedLocker protected)".
         encoding: ``"explicit"`` (uncompressed), ``"rle"`` or ``"jpeg-ls"`` (both lossless).
         monochrome: write MONOCHROME2; default: the source is MONOCHROME2.
+        keep_private: keep the source's private elements (other vendors' data), kept on purpose.
 
     Raises:
         ValueError: an unknown encoding, pixels of the wrong shape, or colour pixels for a monochrome output.
@@ -327,7 +329,8 @@ def derive_protected_dataset(
     for keyword in _DROP:
         if keyword in ds:
             del ds[keyword]
-    _drop_private(ds)  # other vendors' private data, at any depth, may describe the old pixels or the grade
+    if not keep_private:
+        _drop_private(ds)  # other vendors' private data, at any depth, may describe the old pixels or the grade
     ds.SOPInstanceUID = generate_uid()
     ds.SeriesInstanceUID = series_uid or generate_uid()
     ds.SeriesNumber = int(series_number if series_number is not None else int(source.get("SeriesNumber", 0) or 0) + 1000)

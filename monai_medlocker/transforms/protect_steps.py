@@ -77,17 +77,20 @@ class LoadFundusd(Transform):
             certificate and grants name, included) are keyed hashes of the source's, under a secret
             that only the owner's ``keyring`` derives.
         keyring: the run's :class:`~monai_medlocker.certify.seal.Keyring` (needed with ``retain_uids`` off).
+        keep_private: with ``keep_identity``, publish other vendors' private elements on purpose (default: removed
+            at any depth).
 
     Raises:
         ImageReadError: an unreadable file, or one that is already a MedLocker output.
     """
 
     def __init__(self, keep_identity: bool = False, keep_free_text: bool = False, retain_dates: bool = False,
-                 retain_uids: bool = True, keyring: Keyring | None = None) -> None:
+                 retain_uids: bool = True, keyring: Keyring | None = None, keep_private: bool = False) -> None:
         from monai_medlocker.io.deidentify import DicomPrivacy
 
         self.privacy = DicomPrivacy(keep_identity=bool(keep_identity), keep_free_text=bool(keep_free_text),
-                                    retain_dates=bool(retain_dates), retain_uids=bool(retain_uids))
+                                    retain_dates=bool(retain_dates), retain_uids=bool(retain_uids),
+                                    keep_private=bool(keep_private))
         if not self.privacy.keep_identity and not self.privacy.retain_uids and keyring is None:
             raise ValueError("replacing UIDs (retain_uids false) needs the run's keyring, whose secret keys the UID hash")
         self.keyring = keyring
@@ -110,6 +113,7 @@ class LoadFundusd(Transform):
             from monai_medlocker.io.deidentify import deidentify
 
             d["dicom_public"] = deidentify(dicom.dataset, self.privacy, self._uid_secret())
+            d["dicom_keep_private"] = self.privacy.keep_private  # the writer keeps them too
         d["mode"] = "RGB" if dicom is not None else round_trip_mode(path)
         # The id is public: a DICOM's published SOP Instance UID, never a hidden (opaque-named) file's name.
         name = (str(d["dicom_public"].SOPInstanceUID) if dicom is not None
@@ -309,7 +313,8 @@ class SaveProtectedd(Transform):
             public_header = d.get("dicom_public", src)
             tags = MedlockerTags(params=public, source_sop_instance_uid=str(public_header.SOPInstanceUID))
             derived = derive_protected_dataset(public_header, protected, tags, encoding=self.dicom_encoding,
-                                               series_uid=self.derived_series_uid(str(src.get("SeriesInstanceUID", ""))))
+                                               series_uid=self.derived_series_uid(str(src.get("SeriesInstanceUID", ""))),
+                                               keep_private=bool(d.get("dicom_keep_private")))
             if sealed is not None:
                 # The header exactly as written is signed too, so the certificate is completed only now.
                 sealed = d["sealed"] = sealed.with_dicom_header(dataset_header_digest(derived))

@@ -168,7 +168,7 @@ def label_like_name(relative: str | Path, label: int | None = None) -> str | Non
     """Why an input's relative path looks like it tells its grade (then publishing it would), or ``None``.
 
     A class folder (``0/`` .. ``4/``), a grade word (:data:`GRADE_WORDS`) in a folder or file name, or
-    a number in the name equal to the image's datalist label.
+    a number in the name equal to the image's datalist label (zero-padded too: ``eye_02.png`` for label 2).
     """
     parts = [p.lower() for p in Path(relative).parts]
     if not parts:
@@ -181,7 +181,7 @@ def label_like_name(relative: str | Path, label: int | None = None) -> str | Non
         found = _GRADE_WORD.search(name)
         if found:
             return f"grade word {found.group(1)!r}"
-    if label is not None and str(label) in (t for name in names for t in _NAME_TOKENS.findall(name)):
+    if label is not None and any(t.isdigit() and int(t) == int(label) for name in names for t in _NAME_TOKENS.findall(name)):
         return f"its label {label}"
     return None
 
@@ -268,6 +268,8 @@ class DatasetProtector:
             default), ``"rle"`` or ``"jpeg-ls"`` (lossless). Lossy output is refused.
         keep_identity: publish DICOM sources' patient, study and equipment identity (a clinic's own PACS
             round trip); default: de-identify by DICOM PS3.15 Annex E (:mod:`monai_medlocker.io.deidentify`).
+        keep_free_text, retain_dates, retain_uids, keep_private: the other DICOM privacy settings (bundle keys
+            of the same names; see :class:`~monai_medlocker.transforms.protect_steps.LoadFundusd`).
         owner_key: the owner's ``.key`` file (or an ``OwnerKey``): when given, each protected image
             gets a signed certificate, a sealed record and an encrypted restore payload
             (:mod:`monai_medlocker.certify`), and its keyed rendering secret is derived from it.
@@ -302,6 +304,10 @@ class DatasetProtector:
         segmenter_checkpoint: str | None = None,
         dicom_encoding: str = "explicit",
         keep_identity: bool = False,
+        keep_free_text: bool = False,
+        retain_dates: bool = False,
+        retain_uids: bool = True,
+        keep_private: bool = False,
         owner_key=None,
         owner_key_passphrase: str | None = None,
         redo: bool = False,
@@ -334,7 +340,9 @@ class DatasetProtector:
                 self.output_dir, surrogates, watermark, lesion_threshold=lesion_threshold, lesion_min_size=lesion_min_size,
                 wsm_margin=wsm_margin, wsm_margin_fraction=wsm_margin_fraction, seed=seed,
                 lesion_segmenter=lesion_segmenter, segmenter_checkpoint=segmenter_checkpoint, dicom_encoding=dicom_encoding,
-                keep_identity=keep_identity, anatomy=anatomy,
+                anatomy=anatomy, privacy={"keep_identity": keep_identity, "keep_free_text": keep_free_text,
+                                          "retain_dates": retain_dates, "retain_uids": retain_uids,
+                                          "keep_private": keep_private},
                 keyring=Keyring(owner_key, owner_key_passphrase, self.output_dir / PRIVATE_DIR / RENDER_SECRET))
         self.chain = chain
         self.watermark = self.step(AdversarialWatermarkd).transform
@@ -879,10 +887,13 @@ def protect_chain(output_dir: str | Path, surrogates: Surrogate | Sequence[Surro
                   keyring: Keyring, lesion_threshold: float = 0.5, lesion_min_size: int = 1, wsm_margin: int = 2,
                   wsm_margin_fraction: float = 0.0, seed: int = 0, lesion_segmenter: str = "builtin",
                   segmenter_checkpoint: str | None = None, dicom_encoding: str = "explicit",
-                  keep_identity: bool = False, anatomy: dict | None = None) -> Compose:
-    """The protect chain that ``bundle/configs/inference.json`` builds, from Python settings."""
+                  privacy: dict | None = None, anatomy: dict | None = None) -> Compose:
+    """The protect chain that ``bundle/configs/inference.json`` builds, from Python settings.
+
+    ``privacy``: :class:`LoadFundusd`'s DICOM privacy settings (``keep_identity``, ``keep_free_text``, ...).
+    """
     return Compose([
-        LoadFundusd(keep_identity=keep_identity, keyring=keyring),
+        LoadFundusd(**(privacy or {}), keyring=keyring),
         LesionMapsd(lesion_segmenter, segmenter_checkpoint),
         AnatomyZonesd(**(anatomy or {})),
         LesionBBoxMaskd("lesion_maps", wsm_key="wsm", boxes_key="wsm_boxes", zones_key="anatomy_boxes", threshold=lesion_threshold,

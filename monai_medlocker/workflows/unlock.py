@@ -4,8 +4,8 @@ For each image: read its certificate, encrypted restore payload and sealed recor
 signature (when an owner public key is known), derive or look up the image's key, decrypt both
 (the certificate is the associated data, so a changed certificate, payload or record fails
 here), put the original pixels back under the logo boxes, and check the result against the
-certified hash of the original. When the embedded copy fails and an intact sidecar sits beside the
-image, the sidecar is used.
+certified hash of the original. When the embedded copy fails (or a DICOM's MedLocker block was stripped)
+and an intact sidecar sits beside the image, the sidecar is used.
 Only then is anything written. A DICOM image comes back as its original file, byte for byte (identity,
 encoding and all, from the encrypted restore payload; outputs of earlier versions get their original
 UIDs and header values back from the certificate); one whose patient or study attributes, or any
@@ -39,7 +39,12 @@ from monai_medlocker.certify.payload import (
 from monai_medlocker.certify.seal import ProtectedFile, SealedRecordError, open_sealed_record, payload_sha256, read_protected
 from monai_medlocker.io.image import ImageReadError, atomic_write_bytes, load_rgb, round_trip_mode, save_png
 from monai_medlocker.io.outdir import OutputError, OutputLock, clean_temporaries, inside_output, output_name, prepare_output_dir
-from monai_medlocker.workflows.verify import dicom_header_changes, dicom_header_problem, find_certified_images
+from monai_medlocker.workflows.verify import (
+    dicom_header_changes,
+    dicom_header_problem,
+    find_certified_images,
+    header_modified_detail,
+)
 
 __all__ = ["UnlockError", "unlock_image", "Unlocker", "format_unlock_summary"]
 
@@ -85,13 +90,10 @@ def _open_protected(pf: ProtectedFile, key: OwnerKey | None = None, grant: Grant
     if status != "valid":
         raise UnlockError(f"{where}: {status} (certificate key {key_id}, expected {pub.key_id}); nothing unlocked")
     if pf.dicom is not None:
-        problem = dicom_header_problem(pf, cert)
-        changes = dicom_header_changes(pf, cert)
-        if changes and not problem:
-            problem = "not as protect wrote it: " + ", ".join(changes)
-        if problem:
-            raise UnlockError(f"{where}: DICOM header modified after protection: {problem}; the original pixels are "
-                              "not handed back under another header (nothing unlocked)")
+        problem, changes = dicom_header_problem(pf, cert), dicom_header_changes(pf, cert)
+        if problem or changes:
+            raise UnlockError(f"{where}: DICOM header modified after protection: {header_modified_detail(problem, changes)}; "
+                              "the original pixels are not handed back under another header (nothing unlocked)")
     if key is not None:
         if key_id != key.key_id:
             raise UnlockError(f"{where}: protected by owner key {key_id}, not by the given key {key.key_id}")

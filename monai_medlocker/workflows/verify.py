@@ -5,8 +5,11 @@ Verdicts:
 * ``authentic``: authentic and restorable: the signature is valid, the pixels (and a DICOM's header)
   are exactly the certified ones, and the encrypted restore payload and sealed record are present
   and are the signed ones (a format 1 certificate, which signs no hashes of them, only needs them
-  present); when the embedded copy is damaged but the sidecar beside the image is intact, the image
-  is verified with the sidecar and the detail says so;
+  present); when the embedded copy is damaged, or a DICOM's MedLocker block was stripped (as a PACS may
+  do), but the sidecar beside the image is intact, the image is verified with the sidecar (pixels and
+  signed header digest included) and the detail says so. Printed ``AUTHENTIC (restorable)``; the
+  ``--json`` rows keep ``"verdict": "authentic"`` and add ``"restorable"`` (true here, false for every
+  other verdict, and for a format 1 certificate without a sealed record: ``authentic (no restore data)``);
 * ``pixels authentic, restore data damaged``: as authentic, but the restore payload or the sealed
   record is missing or is not the signed one (altered, truncated, swapped), or the embedded public
   record differs from the certified one: the pixels can be trusted, but unlock would fail;
@@ -17,9 +20,10 @@ Verdicts:
 * ``DICOM header modified``: the signature is valid, but the instance's patient/study identity or
   the source named in its MedLocker block is not the certified one (e.g. pixels and private block
   grafted onto another patient's instance), or, with exact pixels, any attribute of its header is
-  not as protect wrote it (a format 2 certificate signs the header's digest): the detail names the
-  attributes (e.g. ImageLaterality, Modality). Pixels that differ get the verdicts below, with the
-  header's changes listed under ``header_changes`` (a lossy transcode rewrites some);
+  not as protect wrote it (a format 2 certificate signs the header's digest): the detail and
+  ``header_changes`` name the attributes (e.g. PatientID, ImageLaterality, Modality; names only, never
+  their values). Pixels that differ get the verdicts above, with the header's changes listed under
+  ``header_changes`` (a lossy transcode rewrites some);
 * ``invalid signature``: the certificate or its signature was altered (or is unreadable);
 * ``foreign owner``: the certificate was signed by another owner key;
 * ``no certificate``: the image carries no MedLocker certificate (embedded or in a sidecar).
@@ -47,7 +51,7 @@ from monai_medlocker.io.outdir import check_output_file
 from monai_medlocker.watermark.logo import greyscale_logo, load_logo, logo_sha256
 
 __all__ = ["VERDICTS", "RESTORE_DAMAGED", "EXIT_RESTORE_DAMAGED", "find_certified_images", "dicom_header_problem",
-           "dicom_header_changes", "verify_image", "Verifier", "format_verify_summary"]
+           "dicom_header_changes", "header_modified_detail", "verify_image", "Verifier", "verdict_label", "format_verify_summary"]
 
 RESTORE_DAMAGED = "pixels authentic, restore data damaged"
 EXIT_RESTORE_DAMAGED = 3
@@ -86,11 +90,20 @@ def dicom_header_problem(pf: ProtectedFile, cert: dict) -> str | None:
     # instance legitimately re-points SourceImageSequence at the instance it transcoded.
     tags = pf.tags
     source_uid = str(cert.get("image_id") or "").split("#", 1)[0]  # the id is the UID plus the pixels' hash
-    if tags is None or tags.source_sop_instance_uid != source_uid:
+    # A block stripped (as a PACS may) or unreadable, with the sidecar's certificate: the signed header digest
+    # (which leaves the block out) checks the rest of the header.
+    sidecar_only = tags is None and pf.found_in == "sidecar" and _signs_header(cert)
+    if not sidecar_only and (tags is None or tags.source_sop_instance_uid != source_uid):
         return f"its MedLocker block does not name the certified original {source_uid}"
     if "dicom_subject_sha256" in extra and extra["dicom_subject_sha256"] != dicom_subject_sha256(pf.dicom.dataset):
         return "its patient/study attributes are not the certified ones"
     return None
+
+
+def _signs_header(cert: dict) -> bool:
+    """Whether the certificate signs the digest of the DICOM header as written (format 2)."""
+    published = cert.get(PUBLISHED)
+    return isinstance(published, dict) and published.get("dicom_header") is not None
 
 
 def dicom_header_changes(pf: ProtectedFile, cert: dict) -> list[str]:
@@ -103,15 +116,24 @@ def dicom_header_changes(pf: ProtectedFile, cert: dict) -> list[str]:
 
     if cert.get("format") == "medlocker-certificate/1":
         return []
-    signed = (cert.get(PUBLISHED) or {}).get("dicom_header") if isinstance(cert.get(PUBLISHED), dict) else None
-    if signed is None:
+    if not _signs_header(cert):
         return ["the certificate signs no digest of the header"]
-    return header_changes(signed, file_header_digest(pf.path))
+    return header_changes(cert[PUBLISHED]["dicom_header"], file_header_digest(pf.path))
+
+
+def header_modified_detail(problem: str | None, changes: list[str]) -> str:
+    """What verify and unlock say of a modified DICOM header: the problem, and the attributes that changed (names only)."""
+    named = ", ".join(changes)
+    if problem:
+        return f"{problem} ({named})" if named else problem
+    return f"not as protect wrote it: {named}"
 
 
 def verify_image(pf: ProtectedFile, pub: OwnerPublicKey, logo: np.ndarray) -> dict:
     """The verdict for one image already read by :func:`read_protected` (its sidecar too, when its embedded copy fails)."""
     row = _verdict(pf, pub, logo)
+    if pf.dicom is not None and pf.tags is None and pf.found_in == "sidecar" and row["verdict"] == "authentic":
+        row["detail"] = "the instance has no MedLocker block (a PACS may strip private data): verified with the sidecar"
     if row["verdict"] != "authentic" and pf.fallback is not None:
         alt = _verdict(pf.fallback, pub, logo)
         rank = (lambda r: {"authentic": 0, RESTORE_DAMAGED: 1}.get(r["verdict"], 2))  # noqa: E731
@@ -123,7 +145,7 @@ def verify_image(pf: ProtectedFile, pub: OwnerPublicKey, logo: np.ndarray) -> di
 
 
 def _verdict(pf: ProtectedFile, pub: OwnerPublicKey, logo: np.ndarray) -> dict:
-    row = {"image": str(pf.path), "certificate_in": pf.found_in}
+    row = {"image": str(pf.path), "certificate_in": pf.found_in, "restorable": False}
     if pf.problem:
         return {**row, "verdict": "invalid signature", "detail": pf.problem}
     if pf.signed is None:
@@ -135,18 +157,19 @@ def _verdict(pf: ProtectedFile, pub: OwnerPublicKey, logo: np.ndarray) -> dict:
         detail = (f"signed by {cert.get('key_id')}, not by {pub.key_id}" if status == "foreign owner"
                   else "the certificate or its signature does not match the owner's public key")
         return {**row, "verdict": status, "detail": detail}
-    if pf.dicom is not None:
-        problem = dicom_header_problem(pf, cert)
-        if problem:
-            return {**row, "verdict": "DICOM header modified", "detail": problem}
     changes = dicom_header_changes(pf, cert) if pf.dicom is not None else []
     if changes:
         row["header_changes"] = changes
-    if pixel_sha256(pf.pixels) == cert.get("watermarked_sha256"):
-        if changes:
-            return {**row, "verdict": "DICOM header modified", "detail": "not as protect wrote it: " + ", ".join(changes)}
+    problem = dicom_header_problem(pf, cert) if pf.dicom is not None else None
+    exact = pixel_sha256(pf.pixels) == cert.get("watermarked_sha256")
+    if problem or (changes and exact):
+        return {**row, "verdict": "DICOM header modified", "detail": header_modified_detail(problem, changes)}
+    if exact:
         damage = restore_data_problem(pf)
-        return {**row, "verdict": RESTORE_DAMAGED, "detail": damage} if damage else {**row, "verdict": "authentic"}
+        if damage:
+            return {**row, "verdict": RESTORE_DAMAGED, "detail": damage}
+        # A format 1 certificate may stand without a sealed record, which unlock needs.
+        return {**row, "verdict": "authentic", "restorable": pf.payload is not None and pf.sealed_record is not None}
     params = cert.get("params") or {}
     if params.get("logo_sha256") != logo_sha256(logo):
         return {**row, "verdict": "pixels modified, watermark not found",
@@ -189,10 +212,10 @@ class Verifier:
                 rows.append(verify_image(read_protected(path), self.public_key, self.logo))
             except (ImageReadError, ValueError, OSError) as err:
                 message = str(err)
-                rows.append({"image": str(path), "verdict": "unreadable image",
+                rows.append({"image": str(path), "verdict": "unreadable image", "restorable": False,
                              "detail": message if str(path) in message else f"{path}: {message}"})
             except Exception as err:  # a library failure on one file must not stop the batch
-                rows.append({"image": str(path), "verdict": "unreadable image",
+                rows.append({"image": str(path), "verdict": "unreadable image", "restorable": False,
                              "detail": f"{path}: {type(err).__name__}: {err}"})
         counts = {v: sum(r["verdict"] == v for r in rows) for v in VERDICTS if any(r["verdict"] == v for r in rows)}
         self.summary = {"input": str(self.input_path), "owner_key_id": self.public_key.key_id, "images": len(rows),
@@ -211,9 +234,19 @@ def _exit_code(rows: list[dict]) -> int:
     return EXIT_RESTORE_DAMAGED if RESTORE_DAMAGED in verdicts else 0
 
 
+def verdict_label(row: dict) -> str:
+    """A row's verdict as printed: ``authentic (restorable)`` apart from ``authentic (no restore data)``."""
+    if row["verdict"] != "authentic":
+        return row["verdict"]
+    return "authentic (restorable)" if row.get("restorable") else "authentic (no restore data)"
+
+
 def format_verify_summary(summary: dict) -> str:
-    lines = [f"{r['verdict'].upper():38s} {r['image']}" + (f"  ({r['detail']})" if r.get("detail") else "")
-             for r in summary["results"]]
-    lines.append(f"MedLocker verify: {summary['images']} image(s): "
-                 + ", ".join(f"{n} {v}" for v, n in summary["verdicts"].items()))
+    lines, counts = [], {}
+    for r in summary["results"]:
+        label = verdict_label(r)  # e.g. AUTHENTIC (restorable)
+        head = r["verdict"].upper() + label[len(r["verdict"]):]
+        lines.append(f"{head:38s} {r['image']}" + (f"  ({r['detail']})" if r.get("detail") else ""))
+        counts[label] = counts.get(label, 0) + 1
+    lines.append(f"MedLocker verify: {summary['images']} image(s): " + ", ".join(f"{n} {v}" for v, n in counts.items()))
     return "\n".join(lines)
