@@ -124,9 +124,16 @@ def test_keep_identity_keeps_the_patient_but_not_other_vendors_data(tmp_path, ow
 def test_private_elements_kept_on_purpose(tmp_path, owner, tiny_surrogate):
     """Issue 18 item 5: keep_private (with keep_identity) publishes other vendors' data at any depth; unlock is exact."""
     rgb = synthesize_fundus(128, seed=7, grade=2).image
-    out = _protect(tmp_path, {"eye": _source(rgb)}, owner, tiny_surrogate, keep_identity=True, keep_private=True)
+    source = _source(rgb)
+    inner = pydicom.Dataset()  # a vendor's private sequence holding a standard free-text attribute
+    inner.ImageComments = FINDINGS["ImageComments"]
+    inner.private_block(0x0099, "OTHER VENDOR", create=True).add_new(0x02, "LO", "kept")
+    source.private_block(0x0029, "OTHER VENDOR").add_new(0x02, "SQ", pydicom.Sequence([inner]))
+    out = _protect(tmp_path, {"eye": source}, owner, tiny_surrogate, keep_identity=True, keep_private=True)
     ds = pydicom.dcmread(public_dir(out) / "eye.dcm")
     assert ds.AnatomicRegionSequence[0][0x00991001].value == FINDINGS["nested private"]
+    kept = ds.private_block(0x0029, "OTHER VENDOR")[0x02].value[0]
+    assert kept[0x00991002].value == "kept" and "ImageComments" not in kept  # free text goes at any depth
     assert ds.private_block(0x0029, "OTHER VENDOR")[0x01].value == "grade 2" and read_medlocker_tags(ds) is not None
     assert "ImageComments" not in ds  # free text is a setting of its own
     assert main(["verify", str(public_dir(out)), "--pub", str(owner.with_suffix(".pub")), "--quiet"]) == 0
@@ -182,7 +189,7 @@ def test_annex_e_table_has_every_row_of_an_independent_copy():
         if tag == "odd":  # private attributes: removed at any depth, checked below
             continue
         # A repeating group (50xx, 60xx): a few even groups, any element.
-        for value in {tag.replace("x", d) for d in ("0", "1", "E")}:
+        for value in {tag[:4].replace("xx", g) + tag[4:].replace("x", d) for g, d in (("00", "0"), ("02", "1"), ("1E", "E"))}:
             expected = EDITION_CHANGES.get(int(value, 16), (action, action))
             assert expected[0] == action, f"{name}: the copy says {action}, EDITION_CHANGES {expected[0]}"
             if annex_e_action(int(value, 16)) != expected[1]:

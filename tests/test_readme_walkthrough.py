@@ -88,7 +88,7 @@ def test_publish_walkthrough_from_keygen_to_the_partners_bit_exact_originals(tmp
     assert summary["images"] == summary["protected"] == 2 and not summary["failures"]
     assert (owner / "release" / "private" / "montage.png").is_file()
     *verdicts, total = done[owner_steps.index(steps[4][0])].stdout.strip().splitlines()
-    assert len(verdicts) == 2 and all(v.startswith("AUTHENTIC ") for v in verdicts) and "2 authentic" in total, verdicts
+    assert len(verdicts) == 2 and all(v.startswith("AUTHENTIC (restorable) ") for v in verdicts) and "2 authentic" in total, verdicts
 
     # Step 7, the partner's: the published archive, the grant and the owner's public key beside them.
     partner.mkdir()

@@ -190,6 +190,9 @@ def _clean(ds: Dataset, privacy: DicomPrivacy, uid_secret: bytes | None, top: bo
         if BaseTag(tag).is_private:
             if not privacy.keep_private:
                 del ds[elem.tag]  # other vendors' data, at any depth
+            elif elem.VR == "SQ":  # a kept private sequence: the standard attributes inside it are cleaned too
+                for item in elem.value:
+                    _clean(item, privacy, uid_secret, False)
             continue
         if top and tag >> 16 in (0x0002, 0x7FE0):
             continue  # file meta and pixel data: not header content

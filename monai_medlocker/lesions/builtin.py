@@ -73,9 +73,9 @@ DEEP_MAX_EDGE_WIDTH = 18.0
 SPLIT_RED = True  # a seam between touching dark candidates (see step 5)
 RED_PAD = 2.0  # px of the working grid around dark candidates: their faint rims reach past the grown region
 # A dark candidate of at most MA_MAX_AREA unit^2, under MA_MAX_RIDGE of it on vessel ridges, counts from
-# MA_THRESHOLD x the red threshold (lab v2 seed 777: the missed microaneurysms peaked at 0.73-0.99 of it).
-# Tuned on lab v2 seeds 777 and 2027 (80 images at 1024 px): 0.7 and 80 found 919 of 946 microaneurysms
-# (WSM 17.1% of the image); 0.6 and 120 find 929 (18.4%); lower floors push the WSM past 21%.
+# MA_THRESHOLD x the red threshold (defocus flattens microaneurysms). Tuned on lab v2 seeds 777 and 2027
+# (80 images at 1024 px): 0.7 and 80 units^2 found 919 of 946 microaneurysms (WSM 17.1% of the image),
+# 0.6 and 120 find 929 (18.4%); lower floors push the WSM past 21%.
 MA_MAX_AREA, MA_MAX_RIDGE, MA_THRESHOLD = 120.0, 0.6, 0.6
 _EIGHT = np.ones((3, 3), dtype=bool)
 
@@ -134,34 +134,47 @@ def _resize(arr: np.ndarray, shape: tuple[int, int], resample=Image.BILINEAR) ->
     return np.asarray(Image.fromarray(arr).resize((shape[1], shape[0]), resample))
 
 
-_CV2 = None
 # scipy.ndimage boundary modes and their OpenCV equivalents (scipy's "reflect" repeats the edge pixel).
 _BORDERS = {"reflect": 2, "nearest": 1, "constant": 0}  # cv2.BORDER_REFLECT, BORDER_REPLICATE, BORDER_CONSTANT
 
 
-def _opencv():
-    """``cv2``, with one thread: the detector's filters are small, and a thread pool only waits on a shared machine."""
-    global _CV2
-    if _CV2 is None:
-        import cv2
-
-        cv2.setNumThreads(1)
-        _CV2 = cv2
-    return _CV2
+def _gaussian_kernel(sigma: float, order: int, radius: int) -> np.ndarray:
+    """The 1-D Gaussian (derivative) kernel of ``ndimage.gaussian_filter1d``, as a correlation kernel."""
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    phi = np.exp(-0.5 / (sigma * sigma) * x * x)
+    phi /= phi.sum()
+    if order == 0:
+        return phi
+    # d^n/dx^n of the Gaussian = q(x) * phi(x), with q from the recursion q' - x q / sigma^2 (scipy's kernel).
+    q = np.zeros(order + 1)
+    q[0] = 1.0
+    d = np.diag(np.arange(1, order + 1), 1)  # derivative of a polynomial in coefficient form
+    p = np.diag(np.ones(order) / -(sigma * sigma), -1)  # multiplication by -x / sigma^2
+    for _ in range(order):
+        q = d.dot(q) + p.dot(q)
+    return ((x[:, None] ** np.arange(order + 1)).dot(q) * phi)[::-1]  # scipy convolves: reversed to correlate
 
 
 def _gaussian(img: np.ndarray, sigma: float, order: tuple[int, int] = (0, 0), mode: str = "reflect") -> np.ndarray:
     """``ndimage.gaussian_filter(img, sigma, order, mode)`` in float32 (the same kernels, truncated at 4 sigma).
 
     OpenCV's separable filter runs it 5-15x faster than scipy's; the results agree to float32 rounding
-    (about 1e-7 of the response; ``tests/test_lesions.py``).
+    (about 1e-7 of the response; ``tests/test_lesions.py``). It runs on one OpenCV thread (the filters are
+    small, and a pool only waits on a shared machine); the process's OpenCV setting is restored after.
     """
-    cv2 = _opencv()
-    radius = int(4.0 * float(sigma) + 0.5)
-    # scipy correlates with the reversed kernel (a convolution); OpenCV correlates.
-    ky, kx = (ndimage._filters._gaussian_kernel1d(float(sigma), o, radius)[::-1].astype(np.float32) for o in order)
+    import cv2
+
     src = np.ascontiguousarray(img, dtype=np.float32)
-    return cv2.sepFilter2D(src, cv2.CV_32F, kx, ky, borderType=_BORDERS[mode])
+    if sigma <= 1e-15:  # scipy leaves the image as it is
+        return src.copy()
+    radius = int(4.0 * float(sigma) + 0.5)
+    ky, kx = (_gaussian_kernel(float(sigma), o, radius).astype(np.float32) for o in order)
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        return cv2.sepFilter2D(src, cv2.CV_32F, kx, ky, borderType=_BORDERS[mode])
+    finally:
+        cv2.setNumThreads(previous)
 
 
 def _median(values: np.ndarray, size: int) -> np.ndarray:
