@@ -496,3 +496,33 @@ def test_fills_take_turns_in_the_objective(per_step, batch):
     if per_step == 1:  # the last image of each step's batch cycles through the fills
         means = [c[1] for c in net.calls]
         assert means[0] < means[1] < means[2] and abs(means[3] - means[0]) < 0.01 and abs(means[5] - means[2]) < 0.01
+
+
+def test_feature_term_finds_mid_level_features_and_moves_them():
+    """feature_weight: the module at 1/8 of the input is ResNet's layer2 / DenseNet's denseblock2; the shield
+    with the term moves those features more than the one without; 0 is the plain objective, negatives refused."""
+    from monai_medlocker.networks import get_network
+    from monai_medlocker.watermark.shield import _feature_distance, feature_module
+
+    torch.manual_seed(3)
+    resnet, densenet = get_network("resnet-tiny", 5).eval(), get_network("densenet-tiny", 5).eval()
+    keys = list(resnet.state_dict())
+    assert feature_module(resnet, 64) is resnet.layer2
+    assert feature_module(densenet, 64) is densenet.features.denseblock2
+    assert list(resnet.state_dict()) == keys  # the cached choice is no submodule: checkpoints stay the same
+    with pytest.raises(ValueError, match="no module gives"):
+        feature_module(get_network("resnet-tiny", 5), 64, stride=1000)
+    surrogates = [Surrogate(resnet, model_spec("resnet-tiny", 64))]
+    image, fov, wsm, boxes = _case(4, size=128)
+    t = lambda a: torch.from_numpy(a.transpose(2, 0, 1).copy())[None].float() / 255.0  # noqa: E731
+    moved = {}
+    for w in (0.0, 50.0):
+        shielded = shield_image(image, wsm, fov, surrogates, 2, boxes,
+                                settings=ShieldSettings(kind="perceptual", steps=6, feature_weight=w))
+        with torch.no_grad():
+            moved[w] = float(_feature_distance(surrogates[0], t(shielded), t(image)))
+    with torch.no_grad():
+        assert float(_feature_distance(surrogates[0], t(image), t(image))) == 0.0
+    assert moved[50.0] > moved[0.0] > 0, moved
+    with pytest.raises(ValueError, match="feature_weight"):
+        ShieldSettings(feature_weight=-1.0)

@@ -102,6 +102,10 @@ class ShieldSettings:
             every image toward grade ``(g + k) mod C`` instead: the same shift for every image, so the
             shield carries features of one wrong grade per true grade, the class-consistent targets of
             adversarial poisoning (Fowl et al. 2021), meant to mislead a thief who trains on the release.
+        feature_weight: weight of a feature-level term (0: off): the objective also pushes each model's
+            intermediate features (the last block at 1/8 of its input size, :func:`feature_module`) away from
+            those of the unshielded image, as feature-level transfer attacks do (Zhou et al. 2018, Wang et
+            al. 2021): mid-level features are shared across families more than the logits are.
     """
 
     enabled: bool = True
@@ -122,6 +126,7 @@ class ShieldSettings:
     luma: float = 0.25
     grid: int | None = None
     target_shift: int = 0
+    feature_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -164,6 +169,8 @@ class ShieldSettings:
             raise ValueError(f"shield grid must be 1 to 64 pixels, got {self.grid}.")
         if self.view_size is not None and self.view_size < 16:
             raise ValueError(f"shield view_size must be at least 16 px, got {self.view_size}.")
+        if not 0 <= self.feature_weight <= 100:
+            raise ValueError(f"shield feature_weight must be 0 to 100, got {self.feature_weight}.")
         if self.views is not None and not isinstance(self.views, dict):
             raise ValueError(f"shield views must be a dict of ThiefViews settings or None, got {type(self.views).__name__}.")
 
@@ -532,7 +539,9 @@ def shield_image(
     grey = is_greyscale(image)
     for step in range(settings.steps):
         d = delta.clone().requires_grad_(True)
-        loss = _ensemble_loss((batch(step) + d) / 255.0, surrogates, targets, views, view_size, settings.target_shift)
+        clean = batch(step)
+        loss = _ensemble_loss((clean + d) / 255.0, surrogates, targets, views, view_size, settings.target_shift,
+                              clean / 255.0, settings.feature_weight)
         (grad,) = torch.autograd.grad(loss, d)
         if sigma > 0:
             grad = _gaussian_blur(grad, sigma)
@@ -550,12 +559,58 @@ def shield_image(
     return np.ascontiguousarray(out)
 
 
+def feature_module(network: torch.nn.Module, input_size: int, stride: int = 8) -> torch.nn.Module:
+    """The module whose output is the network's mid-level features: the last one (two levels deep at most, in
+    the order they run) whose output is ``input_size / stride`` pixels wide (ResNet's layer2, DenseNet's
+    denseblock2, EfficientNet's third block at stride 8)."""
+    cached = getattr(network, "_medlocker_feature_module", None)
+    if cached is not None:
+        return cached
+    found: list[torch.nn.Module] = []
+    want = input_size // stride
+
+    def note(module, _inputs, output):
+        if torch.is_tensor(output) and output.dim() == 4 and output.shape[-1] == want:
+            found.append(module)
+
+    hooks = [m.register_forward_hook(note) for name, m in network.named_modules() if name and name.count(".") <= 1]
+    try:
+        with torch.no_grad():
+            network(torch.zeros(1, 3, input_size, input_size, device=next(network.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+    if not found:
+        raise ValueError(f"{type(network).__name__}: no module gives {want} x {want} features at input {input_size}")
+    object.__setattr__(network, "_medlocker_feature_module", found[-1])
+    return found[-1]
+
+
+def _feature_distance(s: Surrogate, shielded: torch.Tensor, unshielded: torch.Tensor) -> torch.Tensor:
+    """How far the shield moves the model's mid-level features: squared change over the unshielded energy."""
+    module = feature_module(s.network, s.spec.input_size)
+    grabbed: list[torch.Tensor] = []
+    hook = module.register_forward_hook(lambda _m, _i, out: grabbed.append(out))
+    try:
+        s.network(preprocess_for_model(torch.cat([shielded, unshielded]).to(s.device), s.spec))
+    finally:
+        hook.remove()
+    moved, base = grabbed[0].float().cpu().chunk(2)
+    base = base.detach()
+    return ((moved - base) ** 2).mean() / (base**2).mean().clamp_min(1e-12)
+
+
 def _ensemble_loss(batch: torch.Tensor, surrogates: Sequence[Surrogate], targets: torch.Tensor, views,
-                   view_size: int, target_shift: int = 0) -> torch.Tensor:
+                   view_size: int, target_shift: int = 0, unshielded: torch.Tensor | None = None,
+                   feature_weight: float = 0.0) -> torch.Tensor:
     """The objective the shield ascends: the sum over the models of the mean cross-entropy of the true grades
     ``targets`` on ``batch`` (0-1), through the views; with ``target_shift`` k, minus that of grades
-    ``(targets + k) mod C`` (a pull toward them)."""
+    ``(targets + k) mod C`` (a pull toward them); with ``feature_weight``, plus that times each model's
+    feature change against ``unshielded`` (the same images without the shield, on the models' own input)."""
     loss = 0.0
+    if feature_weight:
+        for s in surrogates:
+            loss = loss + feature_weight * _feature_distance(s, batch, unshielded)
     for s in surrogates:
         inp = batch
         if views is not None:
@@ -596,8 +651,9 @@ def _perceptual(image, x, batch, wsm, fov_mask, surrogates, label, logo_boxes, v
 
     for step in range(settings.steps):
         c = coarse.clone().requires_grad_(True)
-        loss = _ensemble_loss(((batch(step) + field(c)) / 255.0).clamp(0, 1), surrogates, targets, views, view_size,
-                              settings.target_shift)
+        clean = batch(step)
+        loss = _ensemble_loss(((clean + field(c)) / 255.0).clamp(0, 1), surrogates, targets, views, view_size,
+                              settings.target_shift, clean / 255.0, settings.feature_weight)
         (grad,) = torch.autograd.grad(loss, c)
         if sigma > 0:
             grad = _gaussian_blur(grad, sigma / cell)
