@@ -89,7 +89,10 @@ def main(argv=None) -> int:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))
+    print(f"median s per image: {args.before} {result['seconds_median']['before']}, {result['after']} "
+          f"{result['seconds_median']['after']} (ratio {result['ratio_after_over_before_median']}); images with a "
+          f"differing 0.5 mask: {result['images_with_a_differing_mask']}; largest probability change "
+          f"{result['max_probability_change']:.2g}; reports equal: {result['reports_equal']}; -> {args.out}")
     return 0
 
 
