@@ -18,14 +18,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
+from bench_common import result_header  # noqa: E402
 from monai_medlocker.data.synthetic import sample_seed, synthesize_fundus  # noqa: E402
 
 DETECTOR = "monai_medlocker/lesions/builtin.py"
@@ -75,9 +75,7 @@ def main(argv=None) -> int:
     b = np.array([r["before_s"] for r in rows])
     a = np.array([r["after_s"] for r in rows])
     result = {
-        "benchmark": "built-in lesion detector, two commits back to back",
-        "command": "python benchmarks/bench_detector_ab.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **result_header("built-in lesion detector, two commits back to back", __file__, argv),
         "images": {"n": args.n, "size": args.size, "seed": args.seed, "lab_version": args.lab_version},
         "before": args.before, "after": args.after or "working tree",
         "seconds_median": {"before": round(float(np.median(b)), 3), "after": round(float(np.median(a)), 3)},

@@ -17,7 +17,6 @@ import argparse
 import io
 import json
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +24,9 @@ from PIL import Image
 from scipy.stats import mannwhitneyu, spearmanr
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
+from bench_common import result_header  # noqa: E402
 from monai_medlocker.certify.seal import SOURCE_ARCHIVE_ALLOWANCE  # noqa: E402
 from monai_medlocker.data.lab.render import synthesize_fundus  # noqa: E402
 from monai_medlocker.io.dicom import read_fundus_dicom, source_archive  # noqa: E402
@@ -65,9 +65,7 @@ def main(argv=None) -> int:
     doubling = np.array([r["doubling"] for r in rows])
     public = np.array([r["jpeg_of_pixels_bytes"] for r in rows])
     result = {
-        "benchmark": "restore archive size of JPEG Baseline DICOM sources against the grade",
-        "command": "python benchmarks/bench_jpeg_payload.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **result_header("restore archive size of JPEG Baseline DICOM sources against the grade", __file__, argv),
         "images": {"n": len(rows), "size": args.size, "seed": args.seed, "grades": "i % 5"},
         "allowance_bytes": SOURCE_ARCHIVE_ALLOWANCE,
         "over_allowance": int(sum(r["over_allowance"] for r in rows)),
