@@ -125,13 +125,12 @@ def lookalike_objects(with_looks: np.ndarray, without_looks: np.ndarray, level: 
     return ndimage.label(diff, structure=np.ones((3, 3)))
 
 
-def lookalikes_of(sample, seed: int, gt: np.ndarray, settings: dict, detect, size: int) -> dict:
-    """The look-alikes of one lab-v2 image against the detector's WSM (see the module text)."""
+def lookalikes_of(sample, seed: int, gt: np.ndarray, settings: dict, detect, size: int, wsm: np.ndarray) -> dict:
+    """The look-alikes of one lab-v2 image against the detector's WSM ``wsm`` of it (see the module text)."""
     from monai_medlocker.data.lab.render import _synthesize
 
     plain = _synthesize(size, seed, sample.grade, lab_version=2, draw_lookalikes=False).image
     labels, n = lookalike_objects(sample.image, plain)
-    wsm, _, _ = build_wsm(detect(sample.image)[0], settings)
     gt_wsm, _, _ = build_wsm(gt, settings)
     boxed = 0
     for i, sl in enumerate(ndimage.find_objects(labels), start=1):
@@ -269,13 +268,13 @@ def main(argv=None) -> int:
         samples.append(s)
         gt = np.stack([s.masks[t] for t in LESION_TYPES])
         fov = s.image.max(axis=-1) > 0
-        if args.lookalikes:
-            looks.append(lookalikes_of(s, sample_seed(args.seed, i), gt, settings, sources["builtin"], args.size))
         for name, fn in (*sources.items(), ("gt", None)):
             t0 = time.perf_counter()
             maps, report = (gt, None) if fn is None else fn(s.image)
             seconds = time.perf_counter() - t0
             wsm, boxes, channels = build_wsm(maps, settings)
+            if name == "builtin" and args.lookalikes:  # its WSM of this image, not detected again
+                looks.append(lookalikes_of(s, sample_seed(args.seed, i), gt, settings, fn, args.size, wsm))
             rows[name].append({
                 "grade": s.grade, "seconds": seconds, "score": score(gt, wsm), "wsm_area": float(wsm.mean()),
                 "wsm_area_fov": float((wsm & fov).sum() / fov.sum()),
