@@ -92,12 +92,17 @@ def dicom_header_problem(pf: ProtectedFile, cert: dict) -> str | None:
     source_uid = str(cert.get("image_id") or "").split("#", 1)[0]  # the id is the UID plus the pixels' hash
     # A block stripped (as a PACS may) or unreadable, with the sidecar's certificate: the signed header digest
     # (which leaves the block out) checks the rest of the header.
-    sidecar_only = tags is None and pf.found_in == "sidecar" and _signs_header(cert)
+    sidecar_only = _block_missing(pf) and _signs_header(cert)
     if not sidecar_only and (tags is None or tags.source_sop_instance_uid != source_uid):
         return f"its MedLocker block does not name the certified original {source_uid}"
     if "dicom_subject_sha256" in extra and extra["dicom_subject_sha256"] != dicom_subject_sha256(pf.dicom.dataset):
         return "its patient/study attributes are not the certified ones"
     return None
+
+
+def _block_missing(pf: ProtectedFile) -> bool:
+    """A DICOM without a readable MedLocker block, whose certificate came from the sidecar beside it."""
+    return pf.dicom is not None and pf.tags is None and pf.found_in == "sidecar"
 
 
 def _signs_header(cert: dict) -> bool:
@@ -132,7 +137,7 @@ def header_modified_detail(problem: str | None, changes: list[str]) -> str:
 def verify_image(pf: ProtectedFile, pub: OwnerPublicKey, logo: np.ndarray) -> dict:
     """The verdict for one image already read by :func:`read_protected` (its sidecar too, when its embedded copy fails)."""
     row = _verdict(pf, pub, logo)
-    if pf.dicom is not None and pf.tags is None and pf.found_in == "sidecar" and row["verdict"] == "authentic":
+    if _block_missing(pf) and row["verdict"] == "authentic":
         row["detail"] = "the instance has no MedLocker block (a PACS may strip private data): verified with the sidecar"
     if row["verdict"] != "authentic" and pf.fallback is not None:
         alt = _verdict(pf.fallback, pub, logo)
