@@ -16,14 +16,14 @@ import argparse
 import json
 import sys
 from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
+from bench_common import result_header  # noqa: E402
 from monai_medlocker.networks import load_protect_surrogates  # noqa: E402
 from monai_medlocker.watermark.feasibility import NoFeasiblePlacementError  # noqa: E402
 from monai_medlocker.watermark.logo import logo_for_image  # noqa: E402
@@ -57,8 +57,7 @@ def main(argv=None) -> int:
         rows.append({"image": s.image_id, "grade": s.grade, "rounds": rounds,
                      "wsm_fraction": round(float(s.wsm.mean()), 4)})
     by_grade = {g: dict(Counter(str(r["rounds"]) for r in rows if r["grade"] == g)) for g in sorted({r["grade"] for r in rows})}
-    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "command": "python benchmarks/bench_keyed_sites.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    result = {**result_header("how many rounds of keyed sites the first mark opens", __file__, argv),
               "keyed_sites": optimizer.keyed_sites, "site_rounds": SITE_ROUNDS,
               "images": {"n": args.n, "size": args.size, "seed": args.seed},
               "rounds_opened": dict(Counter(str(r["rounds"]) for r in rows)), "rounds_by_grade": by_grade,

@@ -18,14 +18,14 @@ import json
 import platform
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
+from bench_common import result_header  # noqa: E402
 from monai_medlocker.networks import load_protect_surrogates  # noqa: E402
 from monai_medlocker.networks.zoo import load_zoo_config  # noqa: E402
 from monai_medlocker.workflows.threat_study import lab_study_images  # noqa: E402
@@ -76,8 +76,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = json.loads(out.read_text()) if out.is_file() else {}
-    summary.update({"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "command": "python benchmarks/bench_poison.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    summary.update({**result_header("the thief trains on a cleaned release: shield variants", __file__, argv),
                     "config": cfg, "machine": {"platform": platform.platform(), "torch": torch.__version__,
                                                "threads": torch.get_num_threads()}})
     results = summary.setdefault("variants", {})
