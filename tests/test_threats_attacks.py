@@ -263,3 +263,15 @@ def test_collection_attack_estimates_logo_and_removes_it():
         rm.CollectionAttack().remove(triples[0][1])
     with pytest.raises(ValueError, match="at least 3"):
         rm.CollectionAttack().fit([lab(1), lab(2)])
+
+
+def test_remover_training_crops_stay_inside_the_image():
+    """train_remover's crops are crop x crop wherever the mark sits: a mark at the edge of a 256 px image (a box
+    from 0 to size - width) gave an origin past size - crop, a short crop, and np.stack failed in the study."""
+    rng = np.random.default_rng(0)
+    for size, crop in ((256, 128), (512, 128), (160, 152)):
+        for x0 in range(0, size - 40, 7):
+            for width in (40, 77, min(115, size - x0)):
+                p = Placement(x0=x0, y0=size - width, width=width, height=width, alpha=0.5)
+                u, v = rm._crop_origin(p, crop, size, rng)
+                assert 0 <= u <= size - crop and 0 <= v <= size - crop, (size, crop, x0, width, u, v)

@@ -472,6 +472,7 @@ def _crop_origin(p: Placement, crop: int, size: int, rng: np.random.Generator) -
     def axis(a0: int, extent: int) -> int:
         lo = max(0, min(a0 + extent - crop // 2, a0) - crop // 2)
         hi = min(size - crop, max(a0 + crop // 2 - crop, a0 + extent - crop // 2))
+        lo, hi = (min(max(v, 0), size - crop) for v in (lo, hi))  # the crop stays inside the image
         return int(rng.integers(min(lo, hi), max(lo, hi) + 1)) if size > crop else 0
     return axis(p.x0, p.width), axis(p.y0, p.height)
 
