@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -124,7 +125,14 @@ def test_without_zones_marks_do_land_on_the_anatomy(lab, tmp_path):
     truth = {it["image"]: _grader_zones((it["optic_disc"]["x"], it["optic_disc"]["y"], it["optic_disc"]["r"]),
                                         (it["fovea"]["x"], it["fovea"]["y"])) for it in _items(lab)}
     out = tmp_path / "out"
-    DatasetProtector(lab, out, _tiny(), FAST, lesion_segmenter="masks", progress=False, anatomy={"enabled": False}).run()
+    protector = DatasetProtector(lab, out, _tiny(), FAST, lesion_segmenter="masks", progress=False,
+                                 anatomy={"enabled": False})
+    # A fixed render secret (what protect --render-secret gives): a keyless run draws its own, and the keyed
+    # sites it opens then decide, run by run, whether any mark meets the disc or the macula.
+    secret = tmp_path / "render_secret"
+    secret.write_bytes(hashlib.sha256(b"test_without_zones").digest())
+    protector.keyring.secret_from = secret
+    protector.run()
     met = 0
     for rec in _records(out):
         met += any(_box_meets_circle(m["box_xyxy"], *z) for m in rec["marks"] for z in truth[rec["source"]["file"]])
